@@ -1,0 +1,50 @@
+"""gflow: tasks and flows for protein design and drug discovery, local first, remote unchanged."""
+
+from gflow.errors import (
+    ArtifactNotFound,
+    Cancelled,
+    ConfigError,
+    FlowFailed,
+    GflowError,
+    InvalidArguments,
+    InvalidTransition,
+    SerializationError,
+    StoreError,
+    TaskFailed,
+    TaskTimeout,
+    UpstreamFailed,
+)
+from gflow.executors import Executor, get_executor, register_executor
+from gflow.flows import Flow, Future, RunResult, flow
+from gflow.states import State
+from gflow.tasks import Resources, Retry, Task, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactNotFound",
+    "Cancelled",
+    "ConfigError",
+    "Executor",
+    "Flow",
+    "FlowFailed",
+    "Future",
+    "GflowError",
+    "InvalidArguments",
+    "InvalidTransition",
+    "Resources",
+    "Retry",
+    "RunResult",
+    "SerializationError",
+    "State",
+    "StoreError",
+    "Task",
+    "TaskFailed",
+    "TaskTimeout",
+    "UpstreamFailed",
+    "__version__",
+    "flow",
+    "get_executor",
+    "register_executor",
+    "task",
+]

@@ -1,0 +1,110 @@
+"""gflow's own exception types.
+
+Backend errors are translated into these at the boundary, so users catch ``gflow.TaskFailed``
+rather than a cloud SDK's exception.
+"""
+
+from __future__ import annotations
+
+
+class GflowError(Exception):
+    """Base class of every error gflow raises on purpose."""
+
+
+class ConfigError(GflowError):
+    """A profile, URL or option is malformed or names something unknown."""
+
+
+class InvalidArguments(GflowError, TypeError):
+    """A task or flow was called with arguments that do not match its signature or annotations."""
+
+
+class SerializationError(GflowError, TypeError):
+    """A value cannot be turned into gflow's canonical form (JSON or a typed blob)."""
+
+
+class StoreError(GflowError):
+    """The state store is unreachable, corrupt or locked."""
+
+
+class InvalidTransition(StoreError):
+    """A state transition that would move a run or task run backwards was refused."""
+
+
+class RunNotFound(StoreError, LookupError):
+    """No run with that id exists in the store."""
+
+
+class ArtifactNotFound(GflowError, LookupError):
+    """A content-addressed blob is missing from the artifact store."""
+
+
+class ExecutorError(GflowError):
+    """An executor backend failed (translated from the backend's own exception)."""
+
+
+class FlowFailed(GflowError):
+    """A flow run ended FAILED.
+
+    Attributes:
+        run_id: The failed run.
+        failures: The task failures that caused it (may be empty when the flow body raised).
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None, failures: list[TaskFailed] | None = None):
+        super().__init__(message)
+        self.run_id = run_id
+        self.failures = list(failures or [])
+
+
+class TaskFailed(FlowFailed):
+    """A task run failed after its retries; carries the original error and traceback.
+
+    Raised by ``future.result()`` and, for the first failed task, by the flow itself.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        *,
+        task_run_id: str | None = None,
+        run_id: str | None = None,
+        error_type: str = "Exception",
+        error_message: str = "",
+        traceback: str = "",
+        attempts: int = 1,
+    ):
+        self.task = task
+        self.task_run_id = task_run_id
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+        self.attempts = attempts
+        msg = f"task '{task}' ({task_run_id}) failed after {attempts} attempt(s): {error_type}: {error_message}"
+        if traceback:
+            msg += "\n\nOriginal traceback:\n" + traceback.rstrip()
+        super().__init__(msg, run_id=run_id, failures=[self])
+
+    def __reduce__(self):  # keep picklable across processes
+        return (
+            _rebuild_task_failed,
+            (type(self), self.task, self.task_run_id, self.run_id, self.error_type, self.error_message,
+             self.traceback, self.attempts),
+        )
+
+
+class UpstreamFailed(TaskFailed):
+    """A task was not run because a task it depends on failed."""
+
+
+class TaskTimeout(GflowError, TimeoutError):
+    """A task attempt ran longer than its ``timeout``."""
+
+
+class Cancelled(GflowError):
+    """The run was cancelled (Ctrl-C, ``cancelRun`` or ``executor.cancel``)."""
+
+
+def _rebuild_task_failed(cls, task, task_run_id, run_id, error_type, error_message, traceback, attempts):
+    return cls(task, task_run_id=task_run_id, run_id=run_id, error_type=error_type,
+               error_message=error_message, traceback=traceback, attempts=attempts)

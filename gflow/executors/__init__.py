@@ -1,0 +1,94 @@
+"""Executors by name: built-ins are imported only when used; third parties register through the
+``gflow.executors`` entry-point group (or :func:`register_executor`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from gflow.errors import ConfigError
+from gflow.executors.base import Call, Executor, JobStatus, Listener, Outcome
+
+_BUILTIN = {
+    "local": "gflow.executors.local:LocalExecutor",
+    "threads": "gflow.executors.local:LocalExecutor",
+    "processes": "gflow.executors.local:LocalExecutor",
+    "inline": "gflow.executors.local:InlineExecutor",
+    "dask": "gflow.executors.dask:DaskExecutor",
+    "docker": "gflow.executors.docker:DockerExecutor",
+    "aws_batch": "gflow.executors.aws_batch:AWSBatchExecutor",
+    "batch": "gflow.executors.aws_batch:AWSBatchExecutor",
+    "volcano": "gflow.executors.volcano:VolcanoExecutor",
+}
+_EXTRA = {"dask": "dask", "docker": "docker", "aws_batch": "aws", "batch": "aws", "volcano": "k8s"}
+_registered: dict[str, Callable[[str], Executor]] = {}
+
+
+def register_executor(name: str, factory: Callable[[str], Executor]) -> None:
+    """Register ``factory(spec) -> Executor`` under ``name`` (the spec's scheme)."""
+    _registered[name] = factory
+
+
+def known_executors() -> list[str]:
+    names = set(_BUILTIN) | set(_registered)
+    try:
+        names |= {ep.name for ep in entry_points(group="gflow.executors")}
+    except Exception:
+        pass
+    return sorted(names)
+
+
+def _scheme(spec: str) -> str:
+    if "://" in spec:
+        return spec.split("://", 1)[0]
+    return spec.split(":", 1)[0]
+
+
+def get_executor(spec: str | Executor | None = None) -> Executor:
+    """An executor from a spec like ``local``, ``local://processes``, ``dask://host:8786``.
+
+    Raises:
+        ConfigError: for an unknown name (listing the known ones) or a missing optional extra.
+    """
+    if isinstance(spec, Executor):
+        return spec
+    if spec is None or spec == "":
+        spec = "local"
+    if not isinstance(spec, str):
+        # e.g. a distributed.Client: let backends claim it
+        if type(spec).__module__.startswith("distributed"):
+            from gflow.executors.dask import DaskExecutor
+
+            return DaskExecutor(client=spec)
+        raise ConfigError(f"executor must be a name, URL or Executor, got {type(spec).__name__}")
+    name = _scheme(spec)
+    if name in ("threads", "processes"):
+        spec = f"local://{name}"
+    factory: Any = _registered.get(name)
+    if factory is None:
+        for ep in entry_points(group="gflow.executors"):
+            if ep.name == name and name not in _BUILTIN:
+                factory = ep.load()
+                break
+    if factory is None and name in _BUILTIN:
+        from gflow.serialization import import_path
+
+        try:
+            factory = import_path(_BUILTIN[name])
+        except ImportError as e:
+            raise ConfigError(
+                f"executor {name!r} needs an optional dependency ({e.name or e}); "
+                f"pip install 'gflow[{_EXTRA.get(name, name)}]'") from e
+    if factory is None:
+        raise ConfigError(f"unknown executor {name!r}; known executors: {', '.join(known_executors())}")
+    if isinstance(factory, type) and issubclass(factory, Executor):
+        return factory.from_spec(spec) if hasattr(factory, "from_spec") else factory()
+    ex = factory(spec)
+    if not isinstance(ex, Executor):
+        raise ConfigError(f"executor factory for {name!r} returned {type(ex).__name__}, not a gflow Executor")
+    return ex
+
+
+__all__ = ["Call", "Executor", "JobStatus", "Listener", "Outcome", "get_executor", "known_executors",
+           "register_executor"]

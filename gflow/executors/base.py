@@ -1,0 +1,119 @@
+"""The executor interface every backend implements.
+
+``submit(calls)`` takes a batch (so a map can become one array job), ``poll(handles)`` reports
+states, ``cancel(handles)`` stops them, ``close()`` releases the backend; ``can_submit(n)`` is how
+the engine asks for capacity. Executors never touch the state store: they report outcomes and the
+engine records them. An executor that can push events (``pushes_events = True``) calls the
+listener given to :meth:`Executor.start`; others are polled.
+"""
+
+from __future__ import annotations
+
+import abc
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gflow.states import State
+
+
+@dataclass(slots=True)
+class Call:
+    """One attempt of one task call, as handed to an executor."""
+
+    id: str
+    run_id: str
+    task: Any
+    args: tuple
+    kwargs: dict
+    attempt: int = 1
+    key: str | None = None
+    index: int | None = None
+    image: str | None = None
+    refs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def options(self) -> Any:
+        return self.task.options
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How an attempt ended. ``exc`` is the live exception where the backend can carry it."""
+
+    ok: bool
+    value: Any = None
+    exc: BaseException | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    result_ref: str | None = None
+
+    @classmethod
+    def from_exception(cls, e: BaseException, tb: str, started: float | None, ended: float) -> Outcome:
+        return cls(ok=False, exc=e, error_type=_qualname(type(e)), error_message=str(e), traceback=tb,
+                   started=started, ended=ended)
+
+
+def _qualname(t: type) -> str:
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+@dataclass(slots=True)
+class JobStatus:
+    """What :meth:`Executor.poll` returns for one handle."""
+
+    state: State
+    outcome: Outcome | None = None
+
+
+#: listener(kind, call_id, attempt, payload): kind is "started" (payload = timestamp) or "done" (an Outcome)
+Listener = Callable[[str, str, int, Any], None]
+
+
+class Executor(abc.ABC):
+    """Base class of executors; a context manager."""
+
+    name: str = "executor"
+    pushes_events: bool = False
+    poll_interval: float = 0.5
+
+    def start(self, listener: Listener) -> None:
+        """Called once by the engine before the first submit."""
+        self._listener = listener
+
+    @abc.abstractmethod
+    def submit(self, calls: Sequence[Call]) -> list[Any]:
+        """Start a batch of calls; returns one handle per call (in order)."""
+
+    @abc.abstractmethod
+    def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
+        """Current state of each handle (and its outcome once finished)."""
+
+    @abc.abstractmethod
+    def cancel(self, handles: Sequence[Any]) -> None:
+        """Stop these calls (queued ones never start; running ones are stopped where possible)."""
+
+    def can_submit(self, n: int = 1) -> bool:
+        """Whether ``n`` more calls can be accepted now."""
+        return self.capacity() >= n
+
+    def capacity(self) -> int:
+        """How many more calls the backend accepts right now."""
+        return sys.maxsize
+
+    def describe_handle(self, handle: Any) -> str:
+        """A short string for the state store (job id, array index, ...)."""
+        return str(handle)
+
+    def close(self) -> None:
+        """Release the backend (idempotent)."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

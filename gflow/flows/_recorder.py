@@ -1,0 +1,108 @@
+"""Batched, asynchronous recording of state transitions (and the blobs they reference).
+
+The engine appends; a writer thread drains every ``interval`` seconds and writes one batch per
+transaction, blobs before the records that reference them. A failed write is retried with backoff
+rather than dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+from gflow.artifacts import ArtifactStore
+from gflow.errors import GflowError, StoreError
+from gflow.store import Store, Transition
+
+log = logging.getLogger("gflow.recorder")
+
+
+class Recorder:
+    def __init__(self, store: Store, artifacts: ArtifactStore, *, interval: float = 0.05, max_batch: int = 20000):
+        self.store = store
+        self.artifacts = artifacts
+        self.interval = interval
+        self.max_batch = max_batch
+        self._items: deque[Transition] = deque()
+        self._blobs: deque[tuple[str, bytes]] = deque()
+        self._wake = threading.Event()
+        self._cond = threading.Condition()
+        self.enqueued = 0
+        self.written = 0
+        self.refused: list[Transition] = []
+        self.error: BaseException | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="gflow-recorder", daemon=True)
+        self._thread.start()
+
+    def add(self, t: Transition) -> None:
+        self._items.append(t)
+        self.enqueued += 1
+
+    def add_blob(self, digest: str, data: bytes) -> None:
+        self._blobs.append((digest, data))
+
+    def flush(self, timeout: float | None = 120.0) -> None:
+        """Block until everything added so far is written; raise StoreError if it cannot be."""
+        target = self.enqueued
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wake.set()
+        with self._cond:
+            while self.written < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise StoreError(f"could not record state to {self.store.url}: {self.error}")
+                self._cond.wait(min(0.5, remaining) if remaining is not None else 0.5)
+                self._wake.set()
+
+    def close(self, timeout: float | None = 120.0) -> None:
+        try:
+            self.flush(timeout)
+        finally:
+            self._closing = True
+            self._wake.set()
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        items, blobs = self._items, self._blobs
+        backoff = 0.1
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if not items and not blobs:
+                if self._closing:
+                    return
+                continue
+            batch_blobs = {}
+            while blobs:
+                d, data = blobs.popleft()
+                batch_blobs[d] = data
+            batch = []
+            while items and len(batch) < self.max_batch:
+                batch.append(items.popleft())
+            while True:
+                try:
+                    if batch_blobs:
+                        self.artifacts.put_many(batch_blobs)
+                        batch_blobs = {}
+                    refused = self.store.apply(batch)
+                    break
+                except (GflowError, OSError) as e:  # keep the batch and retry: losing state is worse
+                    self.error = e
+                    log.warning("state write failed (%s); retrying in %.1fs", e, backoff)
+                    if self._closing:
+                        return
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            backoff = 0.1
+            self.error = None
+            if refused:
+                log.error("store refused %d backward transition(s), e.g. %s", len(refused), refused[0])
+                self.refused.extend(refused)
+            with self._cond:
+                self.written += len(batch)
+                self._cond.notify_all()
+            if items:
+                self._wake.set()

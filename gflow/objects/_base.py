@@ -1,0 +1,88 @@
+"""Base class for gflow's domain objects: frozen, validated, content-addressed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Annotated, Any, Self, TypeAlias
+
+from pydantic import AllowInfNan, BaseModel, ConfigDict
+
+FiniteFloat: TypeAlias = Annotated[float, AllowInfNan(False)]
+"""A float that rejects NaN and +/-inf (they have no canonical JSON form)."""
+
+MetadataValue: TypeAlias = bool | int | FiniteFloat | str
+Metadata: TypeAlias = dict[str, MetadataValue]
+"""Free-form, JSON-safe annotations. Treat as read-only: the object is frozen, the dict is not."""
+
+CONTENT_ID_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
+
+def canonical_json(data: Any) -> str:
+    """Serializes JSON-compatible data canonically (sorted keys, no spaces, UTF-8, no NaN).
+
+    Args:
+        data: JSON-compatible data, e.g. the result of ``model_dump(mode="json")``.
+
+    Returns:
+        The canonical JSON text.
+    """
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class GflowObject(BaseModel):
+    """Base of all gflow objects: frozen, strict about unknown fields, content-addressed.
+
+    Equality and hashing follow ``content_id``: two objects of the same class are equal exactly
+    when their canonical JSON is equal.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def canonical_json(self) -> str:
+        """Returns the canonical JSON text of this object (what ``content_id`` hashes)."""
+        return canonical_json(self.model_dump(mode="json"))
+
+    @cached_property
+    def content_id(self) -> str:
+        """``"sha256:<hex>"`` of the canonical JSON; computed once per instance."""
+        digest = hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+        return f"sha256:{digest}"
+
+    def with_(self, **changes: Any) -> Self:
+        """Returns a copy with ``changes`` applied, validated like a freshly built object.
+
+        Args:
+            **changes: Field values to replace.
+
+        Returns:
+            A new instance of the same class.
+
+        Raises:
+            pydantic.ValidationError: If a change is invalid or names an unknown field.
+        """
+        data = {name: getattr(self, name) for name in type(self).model_fields}
+        data.update(changes)
+        return type(self).model_validate(data)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """Pydantic's unvalidated copy, minus cached values that ``update`` may have made stale.
+
+        Prefer ``with_``, which validates.
+        """
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            fields = type(self).model_fields
+            for key in [k for k in copied.__dict__ if k not in fields]:
+                del copied.__dict__[key]
+        return copied
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GflowObject):
+            return NotImplemented
+        return type(self) is type(other) and self.content_id == other.content_id
+
+    def __hash__(self) -> int:
+        return hash((type(self).__qualname__, self.content_id))

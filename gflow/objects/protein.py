@@ -1,0 +1,219 @@
+"""Protein sequences and point mutations."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ._base import GflowObject, Metadata
+
+STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+AMBIGUOUS_RESIDUES = "XUOBZ"
+ALLOWED_RESIDUES = STANDARD_RESIDUES + AMBIGUOUS_RESIDUES
+_ALLOWED_SET = frozenset(ALLOWED_RESIDUES)
+_MUTATION_RE = re.compile(r"^\s*([A-Za-z])(\d+)([A-Za-z])\s*$")
+_WHITESPACE_RE = re.compile(r"\s+")
+
+
+def _check_residue(value: str) -> str:
+    letter = value.strip().upper()
+    if len(letter) != 1 or letter not in _ALLOWED_SET:
+        raise ValueError(f"invalid residue {value!r} (allowed: {ALLOWED_RESIDUES})")
+    return letter
+
+
+class Mutation(GflowObject):
+    """A point substitution, written like ``"A23G"`` (1-based position).
+
+    Attributes:
+        position: 1-based residue position.
+        wt: Wild-type residue expected at ``position``.
+        mt: Residue it becomes.
+    """
+
+    position: int = Field(ge=1)
+    wt: str
+    mt: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            match = _MUTATION_RE.match(data)
+            if match is None:
+                raise ValueError(f"invalid mutation {data!r} (expected e.g. 'A23G')")
+            wt, position, mt = match.groups()
+            return {"position": int(position), "wt": wt, "mt": mt}
+        return data
+
+    @field_validator("wt", "mt")
+    @classmethod
+    def _residue(cls, value: str) -> str:
+        return _check_residue(value)
+
+    @classmethod
+    def parse(cls, text: str) -> Mutation:
+        """Parses ``"A23G"`` into a Mutation.
+
+        Raises:
+            pydantic.ValidationError: If the text is not of the form ``<wt><position><mt>``.
+        """
+        return cls.model_validate(text)
+
+    def __str__(self) -> str:
+        return f"{self.wt}{self.position}{self.mt}"
+
+
+class Protein(GflowObject):
+    """A protein sequence with an optional name and metadata.
+
+    ``Protein.model_validate("MKT...")`` accepts a bare sequence string.
+
+    Attributes:
+        sequence: One-letter residues; whitespace is removed and letters uppercased.
+        name: Optional identifier, e.g. a FASTA header's first word.
+        metadata: JSON-safe annotations.
+    """
+
+    sequence: str
+    name: str | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"sequence": data}
+        return data
+
+    @field_validator("sequence")
+    @classmethod
+    def _clean_sequence(cls, value: str) -> str:
+        sequence = _WHITESPACE_RE.sub("", value).upper()
+        if not sequence:
+            raise ValueError("sequence is empty")
+        for index, residue in enumerate(sequence):
+            if residue not in _ALLOWED_SET:
+                raise ValueError(f"invalid residue {residue!r} at position {index + 1} (allowed: {ALLOWED_RESIDUES})")
+        return sequence
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def mutate(self, *mutations: str | Mutation) -> Self:
+        """Applies point mutations, checking each wild-type residue.
+
+        Args:
+            *mutations: ``"A23G"``-style strings or Mutation objects, at distinct positions.
+
+        Returns:
+            A new Protein; its name (when set) gets the mutations appended, e.g. ``"parent_A23G"``.
+
+        Raises:
+            ValueError: If a position is out of range, repeated, or holds a different residue.
+        """
+        parsed = [m if isinstance(m, Mutation) else Mutation.parse(m) for m in mutations]
+        residues = list(self.sequence)
+        seen: set[int] = set()
+        for mutation in parsed:
+            if mutation.position in seen:
+                raise ValueError(f"mutation {mutation}: position {mutation.position} is mutated twice")
+            seen.add(mutation.position)
+            if mutation.position > len(residues):
+                raise ValueError(
+                    f"mutation {mutation}: position {mutation.position} is beyond the sequence length {len(residues)}"
+                )
+            actual = residues[mutation.position - 1]
+            if actual != mutation.wt:
+                raise ValueError(
+                    f"mutation {mutation}: position {mutation.position} holds {actual!r}, not {mutation.wt!r}"
+                )
+            residues[mutation.position - 1] = mutation.mt
+        name = self.name
+        if name is not None and parsed:
+            name = "_".join([name, *(str(m) for m in parsed)])
+        return self.with_(sequence="".join(residues), name=name)
+
+    def mutations_from(self, parent: Protein) -> list[Mutation]:
+        """Lists the substitutions that turn ``parent`` into this protein, by position.
+
+        Raises:
+            ValueError: If the two sequences differ in length.
+        """
+        if len(parent) != len(self):
+            raise ValueError(f"cannot compare sequences of different lengths ({len(parent)} and {len(self)})")
+        return [
+            Mutation(position=index + 1, wt=wt, mt=mt)
+            for index, (wt, mt) in enumerate(zip(parent.sequence, self.sequence, strict=True))
+            if wt != mt
+        ]
+
+    @classmethod
+    def from_fasta(cls, text_or_path: str | os.PathLike[str]) -> list[Protein]:
+        """Reads proteins from FASTA text or a FASTA file.
+
+        A header's first word becomes the name, the rest ``metadata["description"]``.
+
+        Args:
+            text_or_path: FASTA text (starting with ``>``) or a path to a file.
+
+        Returns:
+            The proteins in file order.
+
+        Raises:
+            ValueError: If the input is neither FASTA text nor an existing file, or is malformed.
+        """
+        if isinstance(text_or_path, os.PathLike):
+            text = Path(text_or_path).read_text()
+        elif text_or_path.lstrip().startswith((">", ";")):
+            text = text_or_path
+        elif "\n" not in text_or_path and Path(text_or_path).is_file():
+            text = Path(text_or_path).read_text()
+        else:
+            raise ValueError("expected FASTA text starting with '>' or the path of an existing file")
+        return _parse_fasta(cls, text)
+
+    def to_fasta(self, width: int = 60) -> str:
+        """Renders this protein as a FASTA record (``from_fasta`` reads it back).
+
+        Args:
+            width: Residues per line; 0 puts the whole sequence on one line.
+
+        Returns:
+            The record, ending in a newline.
+        """
+        header = self.name or "protein"
+        description = self.metadata.get("description")
+        if description is not None:
+            header = f"{header} {description}"
+        step = width if width > 0 else len(self.sequence)
+        lines = [self.sequence[i : i + step] for i in range(0, len(self.sequence), step)]
+        return "\n".join([f">{header}", *lines]) + "\n"
+
+
+def _parse_fasta(cls: type[Protein], text: str) -> list[Protein]:
+    records: list[tuple[str, list[str]]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith(";"):
+            continue
+        if line.startswith(">"):
+            records.append((line[1:].strip(), []))
+        elif not records:
+            raise ValueError(f"FASTA line {number}: sequence before the first '>' header")
+        else:
+            records[-1][1].append(line)
+    proteins = []
+    for header, chunks in records:
+        name, description = [*header.split(maxsplit=1), "", ""][:2]
+        metadata: Metadata = {"description": description} if description else {}
+        try:
+            proteins.append(cls(sequence="".join(chunks), name=name or None, metadata=metadata))
+        except ValidationError as exc:
+            message = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+            raise ValueError(f"FASTA record {header!r}: {message}") from exc
+    return proteins

@@ -1,0 +1,184 @@
+"""The state-store interface and its records.
+
+The engine is the only writer of run state. It sends task-run transitions in batches
+(:meth:`Store.apply`); the store enforces the forward-only rule itself (in the database, as a
+conditional write), so concurrent writers can never move a record backwards.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gflow.states import State
+
+
+@dataclass(slots=True)
+class Transition:
+    """One task-run state change, plus the fields it sets. ``None`` fields are left unchanged."""
+
+    task_run_id: str
+    run_id: str
+    state: State
+    attempt: int
+    ts: float
+    task: str | None = None
+    name: str | None = None
+    key: str | None = None
+    upstream: list[str] | None = None
+    map_index: int | None = None
+    error: str | None = None
+    traceback: str | None = None
+    result_ref: str | None = None
+    result_inline: str | None = None
+    handle: str | None = None
+    message: str | None = None
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """A flow run."""
+
+    id: str
+    flow: str
+    flow_path: str = ""
+    state: State = State.PENDING
+    params: str = "{}"
+    image_tag: str | None = None
+    executor: str | None = None
+    created: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    tags: list[str] = field(default_factory=list)
+    error: str | None = None
+    traceback: str | None = None
+    parent_run: str | None = None
+    resumed_from: str | None = None
+    replay_of: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    result_ref: str | None = None
+    result_inline: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        import time
+
+        return (self.ended or time.time()) - self.started
+
+
+@dataclass(slots=True)
+class TaskRunRecord:
+    """A task run (one call of a task, possibly several attempts)."""
+
+    id: str
+    run_id: str
+    task: str
+    name: str
+    state: State
+    attempt: int = 1
+    key: str | None = None
+    created: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    error: str | None = None
+    traceback: str | None = None
+    result_ref: str | None = None
+    result_inline: str | None = None
+    handle: str | None = None
+    upstream: list[str] = field(default_factory=list)
+    map_index: int | None = None
+
+
+@dataclass(slots=True)
+class Event:
+    """One entry of the event log."""
+
+    seq: int
+    run_id: str
+    task_run_id: str | None
+    state: State
+    attempt: int
+    ts: float
+    message: str | None = None
+
+
+class Store(abc.ABC):
+    """Run and task-run state. Implementations: ``sqlite`` (embedded), ``mongo``, plus a ``redis`` layer."""
+
+    url: str
+
+    # runs --------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_run(self, run: RunRecord) -> None: ...
+
+    @abc.abstractmethod
+    def set_run_state(self, run_id: str, state: State, ts: float, *, error: str | None = None,
+                      traceback: str | None = None, result_ref: str | None = None,
+                      result_inline: str | None = None) -> None:
+        """Move a run forward; raises InvalidTransition (record unchanged) or RunNotFound."""
+
+    @abc.abstractmethod
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set non-state fields (image_tag, extra, ...)."""
+
+    @abc.abstractmethod
+    def get_run(self, run_id: str) -> RunRecord: ...
+
+    @abc.abstractmethod
+    def list_runs(self, *, flow: str | None = None, state: State | str | None = None, tag: str | None = None,
+                  since: float | None = None, until: float | None = None, limit: int = 50,
+                  before: tuple[float, str] | None = None) -> list[RunRecord]:
+        """Newest first; ``before`` = (created, id) cursor for pagination."""
+
+    # task runs ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def apply(self, transitions: Sequence[Transition]) -> list[Transition]:
+        """Apply a batch atomically, in order; returns the transitions refused as backwards."""
+
+    def transition(self, t: Transition) -> None:
+        """Apply one transition; raises InvalidTransition if it was refused."""
+        from gflow.errors import InvalidTransition
+
+        if self.apply([t]):
+            raise InvalidTransition(
+                f"task run {t.task_run_id}: refused transition to {t.state.value} (attempt {t.attempt}); "
+                "states only move forward"
+            )
+
+    @abc.abstractmethod
+    def get_task_run(self, task_run_id: str) -> TaskRunRecord: ...
+
+    @abc.abstractmethod
+    def task_runs(self, run_id: str, *, state: State | str | None = None, task: str | None = None,
+                  limit: int | None = None, after: str | None = None) -> list[TaskRunRecord]:
+        """Task runs of a run in creation order; ``after`` = task-run id cursor."""
+
+    @abc.abstractmethod
+    def counts(self, run_id: str) -> dict[str, int]:
+        """Number of task runs in each state."""
+
+    @abc.abstractmethod
+    def events(self, run_id: str, *, after: int = 0, limit: int | None = None) -> list[Event]: ...
+
+    @abc.abstractmethod
+    def find_cached(self, key: str) -> TaskRunRecord | None:
+        """The newest finished task run with this cache key and a stored result, if any."""
+
+    @abc.abstractmethod
+    def results_by_key(self, run_id: str) -> dict[str, TaskRunRecord]:
+        """Finished task runs of a run that have stored results, by cache key (for resume)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

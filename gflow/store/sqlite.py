@@ -1,0 +1,364 @@
+"""The embedded state store: one SQLite file in WAL mode, safe with several writer processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+from gflow.errors import InvalidTransition, RunNotFound, StoreError
+from gflow.states import RANK, TERMINAL_RANK, State, is_forward
+from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, flow TEXT NOT NULL, flow_path TEXT, state TEXT NOT NULL, rank INTEGER NOT NULL,
+    params TEXT, image_tag TEXT, executor TEXT, created REAL NOT NULL, started REAL, ended REAL,
+    tags TEXT, error TEXT, traceback TEXT, parent_run TEXT, resumed_from TEXT, replay_of TEXT,
+    host TEXT, pid INTEGER, result_ref TEXT, result_inline TEXT, extra TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_created ON runs(created DESC, id DESC);
+CREATE INDEX IF NOT EXISTS runs_flow ON runs(flow, created DESC);
+CREATE TABLE IF NOT EXISTS task_runs (
+    id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER, task TEXT, name TEXT, key TEXT,
+    state TEXT NOT NULL, rank INTEGER NOT NULL, attempt INTEGER NOT NULL,
+    created REAL, started REAL, ended REAL, error TEXT, traceback TEXT,
+    result_ref TEXT, result_inline TEXT, handle TEXT, upstream TEXT, map_index INTEGER, updated REAL
+);
+CREATE INDEX IF NOT EXISTS task_runs_run ON task_runs(run_id, seq);
+CREATE INDEX IF NOT EXISTS task_runs_run_state ON task_runs(run_id, state);
+CREATE INDEX IF NOT EXISTS task_runs_key ON task_runs(key, state);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, task_run_id TEXT,
+    state TEXT NOT NULL, attempt INTEGER NOT NULL, ts REAL NOT NULL, message TEXT
+);
+CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
+"""
+
+_UPSERT = """
+INSERT INTO task_runs (id, run_id, seq, task, name, key, state, rank, attempt, created, started, ended,
+    error, traceback, result_ref, result_inline, handle, upstream, map_index, updated)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT(id) DO UPDATE SET
+    state = excluded.state, rank = excluded.rank, attempt = excluded.attempt,
+    task = coalesce(excluded.task, task), name = coalesce(excluded.name, name),
+    key = coalesce(excluded.key, key), started = coalesce(excluded.started, started),
+    ended = coalesce(excluded.ended, ended), error = coalesce(excluded.error, error),
+    traceback = coalesce(excluded.traceback, traceback), result_ref = coalesce(excluded.result_ref, result_ref),
+    result_inline = coalesce(excluded.result_inline, result_inline), handle = coalesce(excluded.handle, handle),
+    upstream = coalesce(excluded.upstream, upstream), map_index = coalesce(excluded.map_index, map_index),
+    updated = excluded.updated
+WHERE task_runs.rank < 4 AND (excluded.attempt > task_runs.attempt
+    OR (excluded.attempt = task_runs.attempt AND excluded.rank > task_runs.rank))
+"""
+_TR_COLS = ("id, run_id, task, name, state, attempt, key, created, started, ended, error, traceback, "
+            "result_ref, result_inline, handle, upstream, map_index")
+_RUN_COLS = ("id, flow, flow_path, state, params, image_tag, executor, created, started, ended, tags, error, "
+             "traceback, parent_run, resumed_from, replay_of, host, pid, result_ref, result_inline, extra")
+_RUN_FIELDS = frozenset(c.strip() for c in _RUN_COLS.split(","))
+
+
+def _seq_of(task_run_id: str) -> int | None:
+    tail = task_run_id.rpartition(".")[2]
+    return int(tail) if tail.isdigit() else None
+
+
+class SQLiteStore(Store):
+    """``sqlite:///path/to/gflow.db`` (``?timeout=SECONDS`` sets how long to wait for a lock)."""
+
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 30.0):
+        self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        self.url = f"sqlite:///{self.path}"
+        self.timeout = timeout
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with self._errors("open"):
+            conn = self._conn()
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                with self._write_lock:
+                    conn.executescript(_SCHEMA)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        parsed = urllib.parse.urlparse(url)
+        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db, sqlite:///~/in/home.db
+        if not url.startswith("sqlite:///"):
+            raise StoreError(f"sqlite URL {url!r} must look like sqlite:///path/to/gflow.db")
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        q = urllib.parse.parse_qs(parsed.query)
+        timeout = float(q["timeout"][0]) if "timeout" in q else 30.0
+        if not path:
+            raise StoreError(f"sqlite URL {url!r} names no file; use sqlite:///path/to/gflow.db")
+        return cls(path, timeout=timeout)
+
+    # -- connections ---------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            self._local.conn = conn
+        return conn
+
+    def _errors(self, what: str):
+        store = self
+
+        class _Translate:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, et, e, tb):
+                if e is None or not isinstance(e, sqlite3.Error):
+                    return False
+                msg = str(e)
+                if "locked" in msg or "busy" in msg:
+                    raise StoreError(
+                        f"state store {store.path} is locked by another process (waited {store.timeout:g}s during "
+                        f"{what})") from None
+                if isinstance(e, sqlite3.DatabaseError) and ("not a database" in msg or "malformed" in msg):
+                    raise StoreError(f"state store {store.path} is corrupt or not a SQLite database ({msg})") from None
+                raise StoreError(f"state store {store.path}: {what} failed: {msg}") from None
+
+        return _Translate()
+
+    def _write(self, fn, what: str):
+        with self._errors(what), self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return out
+
+    def _read(self, sql: str, args: Sequence[Any] = (), what: str = "read") -> list[tuple]:
+        with self._errors(what):
+            return self._conn().execute(sql, args).fetchall()
+
+    # -- runs ------------------------------------------------------------------------------------
+    def create_run(self, run: RunRecord) -> None:
+        row = (run.id, run.flow, run.flow_path, run.state.value, RANK[run.state], run.params, run.image_tag,
+               run.executor, run.created or time.time(), run.started, run.ended, json.dumps(run.tags), run.error,
+               run.traceback, run.parent_run, run.resumed_from, run.replay_of, run.host, run.pid, run.result_ref,
+               run.result_inline, json.dumps(run.extra))
+        cols = _RUN_COLS.replace("state,", "state, rank,")
+        self._write(lambda c: c.execute(f"INSERT INTO runs ({cols}) VALUES ({','.join('?' * len(row))})", row),
+                    "create run")
+
+    def set_run_state(self, run_id, state, ts, *, error=None, traceback=None, result_ref=None, result_inline=None):
+        state = State(state)
+        rank = RANK[state]
+        started = ts if state is State.RUNNING else None
+        ended = ts if rank == TERMINAL_RANK else None
+
+        def do(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "UPDATE runs SET state=?, rank=?, started=coalesce(started, ?), ended=coalesce(?, ended), "
+                "error=coalesce(?, error), traceback=coalesce(?, traceback), result_ref=coalesce(?, result_ref), "
+                "result_inline=coalesce(?, result_inline) WHERE id=? AND rank < 4 AND rank < ?",
+                (state.value, rank, started, ended, error, traceback, result_ref, result_inline, run_id, rank))
+            if cur.rowcount == 0:
+                row = c.execute("SELECT state FROM runs WHERE id=?", (run_id,)).fetchone()
+                if row is None:
+                    raise RunNotFound(f"no run {run_id!r} in {self.url}")
+                raise InvalidTransition(f"run {run_id}: refused transition {row[0]} -> {state.value}")
+            c.execute("INSERT INTO events (run_id, task_run_id, state, attempt, ts, message) VALUES (?,?,?,?,?,?)",
+                      (run_id, None, state.value, 0, ts, error))
+            return cur.rowcount
+
+        self._write(do, "set run state")
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        bad = set(fields) - _RUN_FIELDS - {"extra"} | ({"state"} & set(fields))
+        if bad:
+            raise ValueError(f"update_run cannot set {sorted(bad)}")
+        if not fields:
+            return
+        vals = [json.dumps(v) if k in ("tags", "extra") else v for k, v in fields.items()]
+
+        def do(c):
+            cur = c.execute(f"UPDATE runs SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?", (*vals, run_id))
+            if cur.rowcount == 0:
+                raise RunNotFound(f"no run {run_id!r} in {self.url}")
+
+        self._write(do, "update run")
+
+    def _run_from_row(self, r: tuple) -> RunRecord:
+        (id_, flow, flow_path, state, params, image_tag, executor, created, started, ended, tags, error, tb,
+         parent_run, resumed_from, replay_of, host, pid, result_ref, result_inline, extra) = r
+        return RunRecord(id=id_, flow=flow, flow_path=flow_path or "", state=State(state), params=params or "{}",
+                         image_tag=image_tag, executor=executor, created=created, started=started, ended=ended,
+                         tags=json.loads(tags or "[]"), error=error, traceback=tb, parent_run=parent_run,
+                         resumed_from=resumed_from, replay_of=replay_of, host=host, pid=pid, result_ref=result_ref,
+                         result_inline=result_inline, extra=json.loads(extra or "{}"))
+
+    def get_run(self, run_id: str) -> RunRecord:
+        rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id=?", (run_id,), "get run")
+        if not rows:
+            # accept a unique prefix, as users copy short ids
+            rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",), "get run")
+            if len(rows) != 1:
+                raise RunNotFound(f"no run {run_id!r} in {self.url}")
+        return self._run_from_row(rows[0])
+
+    def list_runs(self, *, flow=None, state=None, tag=None, since=None, until=None, limit=50, before=None):
+        where, args = [], []
+        if flow:
+            where.append("flow = ?")
+            args.append(flow)
+        if state:
+            where.append("state = ?")
+            args.append(State(state).value)
+        if tag:
+            where.append("EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = ?)")
+            args.append(tag)
+        if since is not None:
+            where.append("created >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("created < ?")
+            args.append(until)
+        if before is not None:
+            where.append("(created < ? OR (created = ? AND id < ?))")
+            args += [before[0], before[0], before[1]]
+        sql = f"SELECT {_RUN_COLS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created DESC, id DESC LIMIT ?"
+        return [self._run_from_row(r) for r in self._read(sql, (*args, limit), "list runs")]
+
+    # -- task runs -------------------------------------------------------------------------------
+    def apply(self, transitions: Sequence[Transition]) -> list[Transition]:
+        if not transitions:
+            return []
+
+        def do(c: sqlite3.Connection) -> list[Transition]:
+            # Inside BEGIN IMMEDIATE no other writer can interleave, so checking against the stored
+            # states here is atomic; the upsert's WHERE clause guards the same rule in SQL.
+            current: dict[str, tuple[State, int]] = {}
+            ids = list({t.task_run_id for t in transitions})
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                for id_, st, attempt in c.execute(
+                        f"SELECT id, state, attempt FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                    current[id_] = (State(st), attempt)
+            accepted: list[Transition] = []
+            refused: list[Transition] = []
+            for t in transitions:
+                cur = current.get(t.task_run_id)
+                if cur is None or is_forward(cur[0], cur[1], t.state, t.attempt):
+                    current[t.task_run_id] = (t.state, t.attempt)
+                    accepted.append(t)
+                else:
+                    refused.append(t)
+            c.executemany(_UPSERT, _merge_rows(accepted))
+            c.executemany(
+                "INSERT INTO events (run_id, task_run_id, state, attempt, ts, message) VALUES (?,?,?,?,?,?)",
+                [(t.run_id, t.task_run_id, t.state.value, t.attempt, t.ts, t.message or t.error) for t in accepted])
+            return refused
+
+        return self._write(do, "record transitions")
+
+    def _tr_from_row(self, r: tuple) -> TaskRunRecord:
+        (id_, run_id, task, name, state, attempt, key, created, started, ended, error, tb, result_ref,
+         result_inline, handle, upstream, map_index) = r
+        return TaskRunRecord(id=id_, run_id=run_id, task=task or "", name=name or "", state=State(state),
+                             attempt=attempt, key=key, created=created, started=started, ended=ended, error=error,
+                             traceback=tb, result_ref=result_ref, result_inline=result_inline, handle=handle,
+                             upstream=json.loads(upstream) if upstream else [], map_index=map_index)
+
+    def get_task_run(self, task_run_id: str) -> TaskRunRecord:
+        rows = self._read(f"SELECT {_TR_COLS} FROM task_runs WHERE id=?", (task_run_id,), "get task run")
+        if not rows:
+            raise LookupError(f"no task run {task_run_id!r} in {self.url}")
+        return self._tr_from_row(rows[0])
+
+    def task_runs(self, run_id, *, state=None, task=None, limit=None, after=None):
+        sql = f"SELECT {_TR_COLS} FROM task_runs WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if state:
+            sql += " AND state = ?"
+            args.append(State(state).value)
+        if task:
+            sql += " AND (task = ? OR name = ?)"
+            args += [task, task]
+        if after:
+            seq = _seq_of(after)
+            sql += " AND seq > ?"
+            args.append(seq if seq is not None else -1)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [self._tr_from_row(r) for r in self._read(sql, args, "list task runs")]
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        rows = self._read("SELECT state, count(*) FROM task_runs WHERE run_id=? GROUP BY state", (run_id,), "counts")
+        return {s: n for s, n in rows}
+
+    def events(self, run_id, *, after=0, limit=None):
+        sql = "SELECT seq, run_id, task_run_id, state, attempt, ts, message FROM events WHERE run_id=? AND seq>? " \
+              "ORDER BY seq"
+        args: list[Any] = [run_id, after]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [Event(seq=r[0], run_id=r[1], task_run_id=r[2], state=State(r[3]), attempt=r[4], ts=r[5], message=r[6])
+                for r in self._read(sql, args, "events")]
+
+    def find_cached(self, key: str) -> TaskRunRecord | None:
+        rows = self._read(
+            f"SELECT {_TR_COLS} FROM task_runs WHERE key=? AND state IN ('SUCCEEDED','CACHED') "
+            "AND result_ref IS NOT NULL ORDER BY ended DESC LIMIT 1", (key,), "cache lookup")
+        return self._tr_from_row(rows[0]) if rows else None
+
+    def results_by_key(self, run_id: str) -> dict[str, TaskRunRecord]:
+        rows = self._read(
+            f"SELECT {_TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
+            "AND result_ref IS NOT NULL AND key IS NOT NULL", (run_id,), "resume lookup")
+        return {r.key: r for r in map(self._tr_from_row, rows) if r.key}
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _merge_rows(transitions: Sequence[Transition]) -> list[list]:
+    """One upsert row per task run: the last state wins, timestamps and fields accumulate."""
+    merged: dict[str, list] = {}
+    now = time.time()
+    for t in transitions:
+        st = t.state
+        row = merged.get(t.task_run_id)
+        if row is None:
+            row = [t.task_run_id, t.run_id, _seq_of(t.task_run_id), None, None, None, None, None, None,
+                   None, None, None, None, None, None, None, None, None, None, now]
+            merged[t.task_run_id] = row
+        row[6], row[7], row[8] = st.value, RANK[st], t.attempt
+        if st is State.PENDING:
+            row[9] = t.ts
+        elif st is State.RUNNING:
+            row[10] = t.ts
+        elif RANK[st] == TERMINAL_RANK:
+            row[11] = t.ts
+        for idx, val in ((3, t.task), (4, t.name), (5, t.key), (12, t.error), (13, t.traceback),
+                         (14, t.result_ref), (15, t.result_inline), (16, t.handle), (18, t.map_index)):
+            if val is not None:
+                row[idx] = val
+        if t.upstream is not None:
+            row[17] = json.dumps(t.upstream)
+    return list(merged.values())

@@ -1,0 +1,228 @@
+"""The ``@task`` decorator and the ``Task`` object."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import textwrap
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from pydantic import TypeAdapter, ValidationError
+
+from gflow._context import current_flow
+from gflow.errors import InvalidArguments
+from gflow.tasks._options import TaskOptions
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def source_hash(fn: Callable[..., Any]) -> str:
+    """Short hash of a function's source (falls back to its bytecode)."""
+    try:
+        src = textwrap.dedent(inspect.getsource(fn)).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        src = code.co_code + repr(code.co_consts).encode() if code else repr(fn).encode()
+    return hashlib.sha256(src).hexdigest()[:16]
+
+
+class ArgumentValidator:
+    """Checks call arguments against a function's annotations (pydantic-compatible ones only)."""
+
+    def __init__(self, fn: Callable[..., Any], label: str):
+        self.label = label
+        self.signature = inspect.signature(fn)
+        self._adapters: dict[str, TypeAdapter] | None = None
+        self._fn = fn
+
+    @property
+    def adapters(self) -> dict[str, TypeAdapter]:
+        if self._adapters is None:
+            try:
+                hints = typing.get_type_hints(self._fn)
+            except Exception:
+                hints = {}
+            adapters = {}
+            for name in self.signature.parameters:
+                hint = hints.get(name)
+                if hint is None or hint is Any:
+                    continue
+                try:
+                    adapters[name] = TypeAdapter(hint)
+                except Exception:  # not a pydantic-compatible annotation: left unchecked
+                    continue
+            self._adapters = adapters
+        return self._adapters
+
+    def bind(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """Bind to the signature (defaults applied) or raise InvalidArguments."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise InvalidArguments(f"{self.label}: {e}") from None
+        bound.apply_defaults()
+        return bound.arguments
+
+    def validate(self, arguments: dict[str, Any], skip: Callable[[Any], bool] | None = None) -> dict[str, Any]:
+        """Validate bound arguments; returns them with pydantic's coercions applied.
+
+        Values for which ``skip(value)`` is true (unresolved futures) are left alone.
+        """
+        adapters = self.adapters
+        if not adapters:
+            return arguments
+        out = dict(arguments)
+        for name, adapter in adapters.items():
+            if name not in out:
+                continue
+            value = out[name]
+            if skip is not None and skip(value):
+                continue
+            kind = self.signature.parameters[name].kind
+            try:
+                if kind is inspect.Parameter.VAR_POSITIONAL:
+                    continue
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    continue
+                out[name] = adapter.validate_python(value)
+            except ValidationError as e:
+                first = e.errors()[0]
+                loc = ".".join(str(p) for p in first.get("loc", ()))
+                where = f"{name}.{loc}" if loc else name
+                raise InvalidArguments(
+                    f"{self.label}: argument '{where}': {first.get('msg')} (got {type(value).__name__}: "
+                    f"{_short(value)})"
+                ) from None
+        return out
+
+
+def _short(value: Any, n: int = 80) -> str:
+    r = repr(value)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+class Task(Generic[P, R]):
+    """A decorated function. Call it outside a flow: plain call. Inside a flow: a future."""
+
+    def __init__(self, fn: Callable[P, R], options: TaskOptions):
+        self.fn = fn
+        self.options = options
+        self.identity = f"{fn.__module__}:{fn.__qualname__}"
+        self.name = options.name or fn.__name__
+        self.version = options.version or source_hash(fn)
+        self.validator = ArgumentValidator(fn, f"task '{self.name}'")
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    # -- calling -----------------------------------------------------------------------------------
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = current_flow.get()
+        if ctx is None:
+            return self.fn(*args, **kwargs)
+        return ctx.call(self, args, kwargs)
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Schedule a call inside a flow and return its future (same as calling it there)."""
+        ctx = current_flow.get()
+        if ctx is None:
+            raise RuntimeError(f"task '{self.name}'.submit() needs a running flow; call the task directly instead")
+        return ctx.call(self, args, kwargs)
+
+    def map(self, *iterables: Iterable[Any], **common: Any) -> list[Any]:
+        """Fan out over ``iterables`` (zipped, like ``map``); ``common`` goes to every call.
+
+        Inside a flow this returns one future per element, handed to the executor as one batch.
+        Outside a flow it returns the list of results.
+        """
+        if not iterables:
+            raise InvalidArguments(f"task '{self.name}'.map() needs at least one iterable")
+        rows = list(zip(*iterables, strict=True)) if len(iterables) > 1 else [(x,) for x in iterables[0]]
+        ctx = current_flow.get()
+        if ctx is None:
+            return [self.fn(*row, **common) for row in rows]
+        return ctx.map(self, rows, common)
+
+    # -- options -----------------------------------------------------------------------------------
+    def with_options(self, **changes: Any) -> Task[P, R]:
+        """A copy of this task with some options changed (validated like the decorator's)."""
+        new = Task(self.fn, self.options.merged(**changes))
+        new.identity = self.identity
+        return new
+
+    def __reduce__(self):
+        return (_load_task, (self.identity, self.options))
+
+    def __repr__(self) -> str:
+        return f"<gflow.Task {self.identity} v{self.version}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return functools.partial(self.__call__, obj)
+
+
+def _load_task(identity: str, options: TaskOptions) -> Task:
+    from gflow.serialization import import_path
+
+    task = import_path(identity)
+    if not isinstance(task, Task):
+        raise TypeError(f"{identity} is not a gflow task")
+    if task.options != options:
+        task = task.with_options(**{k: getattr(options, k) for k in type(options).model_fields})
+    return task
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = ...,
+    version: str | None = ...,
+    retries: Any = ...,
+    retry_backoff: float = ...,
+    retry_on: Any = ...,
+    timeout: float | None = ...,
+    cache: bool = ...,
+    resources: Any = ...,
+    image: Any = ...,
+    max_concurrency: int | None = ...,
+    pickle: bool = ...,
+    tags: Any = ...,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+    """Make a function a gflow task: ``@task`` or ``@task(retries=2, cache=True, ...)``.
+
+    Args:
+        name: Display name (default: the function's name).
+        version: Task version (default: a hash of the function's source).
+        retries: Extra attempts (int) or a ``gflow.Retry`` policy; ``retry_backoff`` and
+            ``retry_on`` set its backoff (seconds) and exception types.
+        timeout: Seconds per attempt.
+        cache: Reuse results across runs for equal inputs.
+        resources: ``gflow.Resources(cpu=..., memory="2Gi", gpu=...)``.
+        image: A ``gflow.Image`` overriding the flow's image for this task.
+        max_concurrency: At most this many calls of this task run at once.
+        pickle: Allow pickled inputs/outputs for values that have no canonical form.
+    """
+    opts = TaskOptions().merged(**options)
+
+    def wrap(f: Callable[P, R]) -> Task[P, R]:
+        if isinstance(f, Task):
+            return f.with_options(**options)
+        if not callable(f):
+            raise TypeError(f"@gflow.task needs a function, got {type(f).__name__}")
+        return Task(f, opts)
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap
