@@ -177,8 +177,9 @@ def children_rss_mb() -> float:
 
 
 def wait_for_server_settle(api_url: str, flow_run_id, n_tasks: int, timeout: float):
-    """Seconds until the server holds ``n_tasks`` COMPLETED task runs for the
-    flow run, or None if that did not happen within ``timeout``."""
+    """Return (seconds, count): seconds until the server holds ``n_tasks``
+    COMPLETED task runs for the flow run (None if not within ``timeout``) and
+    the last count seen."""
     import httpx
 
     body = {
@@ -199,10 +200,10 @@ def wait_for_server_settle(api_url: str, flow_run_id, n_tasks: int, timeout: flo
                 log(f"settle poll failed: {exc!r}")
             elapsed = time.perf_counter() - t0
             if count >= n_tasks:
-                return round(elapsed, 3)
+                return round(elapsed, 3), count
             if elapsed > timeout:
                 log(f"server had {count}/{n_tasks} completed task runs after {elapsed:.1f} s")
-                return None
+                return None, count
             time.sleep(0.2)
 
 
@@ -234,6 +235,20 @@ def main(argv=None) -> int:
         log(f"prefect {prefect.__version__}, PREFECT_HOME={home}, python {sys.version.split()[0]}")
         flows, warmup = build_workload()
 
+        if args.runner == "dask":
+            # Fail fast (before the ~10-16 s server start) if prefect-dask is broken.
+            try:
+                import distributed
+                import prefect_dask
+                from prefect_dask import DaskTaskRunner
+            except Exception as exc:
+                record["error"] = f"prefect-dask unavailable: {type(exc).__name__}: {exc}"
+                log(record["error"])
+                emit(record)
+                return 2
+            record["prefect_dask_version"] = getattr(prefect_dask, "__version__", None)
+            record["distributed_version"] = distributed.__version__
+
         # ---- 1. temporary local server (not timed) ----------------------
         # This is the same singleton that Prefect's client would start lazily
         # on the first flow run; starting it here lets us time it separately.
@@ -248,17 +263,6 @@ def main(argv=None) -> int:
         if args.runner == "default":
             runner = ThreadPoolTaskRunner(max_workers=args.max_workers)
         else:
-            try:
-                import distributed
-                import prefect_dask
-                from prefect_dask import DaskTaskRunner
-            except Exception as exc:
-                record["error"] = f"prefect-dask unavailable: {type(exc).__name__}: {exc}"
-                log(record["error"])
-                emit(record)
-                return 2
-            record["prefect_dask_version"] = getattr(prefect_dask, "__version__", None)
-            record["distributed_version"] = distributed.__version__
             # Task runs execute in the Dask worker processes and receive the
             # flow's serialized settings; point those at our server explicitly
             # so workers do not try to start temporary servers of their own.
@@ -304,7 +308,7 @@ def main(argv=None) -> int:
         # the flow call returns. Report how long until it has all of them.
         if args.settle_timeout > 0:
             n_tasks = args.n + (1 if args.mode == "map" else 0)
-            record["settle_s"] = wait_for_server_settle(
+            record["settle_s"], record["settle_task_runs"] = wait_for_server_settle(
                 server.api_url, state.state_details.flow_run_id, n_tasks, args.settle_timeout
             )
 

@@ -13,6 +13,9 @@ from typing import Any
 
 from gflow.states import State
 
+_SUCCEEDED, _CACHED, _FAILED, _CANCELLED = State.SUCCEEDED, State.CACHED, State.FAILED, State.CANCELLED
+_PENDING, _RETRYING = State.PENDING, State.RETRYING
+
 
 class Node:
     """One task call in a flow run (the engine hands it to users as a :class:`gflow.Future`)."""
@@ -67,9 +70,9 @@ class Scheduler:
             bad = None
             for dep in node.deps:
                 st = dep.state
-                if st is State.SUCCEEDED or st is State.CACHED:
+                if st is _SUCCEEDED or st is _CACHED:
                     continue
-                if st is State.FAILED or st is State.CANCELLED:
+                if st is _FAILED or st is _CANCELLED:
                     bad = dep
                     break
                 waiting += 1
@@ -93,7 +96,7 @@ class Scheduler:
         running = self.running
         while ready and len(out) < capacity:
             node = ready.popleft()
-            if node.task is None or (node.state is not State.PENDING and node.state is not State.RETRYING):
+            if node.task is None or (node.state is not _PENDING and node.state is not _RETRYING):
                 continue  # resolved outside the executor (a subflow), or cancelled while queued here
             limit = node.task.options.max_concurrency if node.task is not None else None
             if limit is not None:
@@ -133,7 +136,7 @@ class Scheduler:
     def _finish(self, node: Node, state: State) -> list[Node]:
         failed: list[Node] = []
         stack = [(node, state)]
-        ok = state is State.SUCCEEDED or state is State.CACHED
+        ok = state is _SUCCEEDED or state is _CACHED
         while stack:
             n, st = stack.pop()
             if n.state.terminal:
@@ -150,7 +153,7 @@ class Scheduler:
             if ok:
                 for d in deps:
                     d.waiting -= 1
-                    if d.waiting == 0 and d.state is State.PENDING:
+                    if d.waiting == 0 and d.state is _PENDING:
                         self.ready.append(d)
             else:
                 follow = State.CANCELLED if st is State.CANCELLED else State.FAILED

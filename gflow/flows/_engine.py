@@ -27,6 +27,10 @@ from gflow.flows._future import Future, resolve
 from gflow.flows._recorder import Recorder
 from gflow.serialization import _dumps, decode, encode, to_jsonable
 from gflow.states import State
+
+PENDING, QUEUED, RUNNING, RETRYING = State.PENDING, State.QUEUED, State.RUNNING, State.RETRYING
+SUCCEEDED, FAILED, CANCELLED, CACHED = State.SUCCEEDED, State.FAILED, State.CANCELLED, State.CACHED
+_TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, CACHED})
 from gflow.store import Store, TaskRunRecord, Transition
 
 log = logging.getLogger("gflow.engine")
@@ -63,8 +67,6 @@ class Engine:
         self.nodes: dict[str, Node] = {}
         self.resume_results = resume_results or {}
         self.cache_mem: dict[str, Any] = {}
-        self.counts: Counter[str] = Counter()
-        self.task_counts: dict[str, Counter[str]] = {}
         self.failures: list[Node] = []
         self._timers: list[tuple[float, int, str, Node, int]] = []
         self._seq = itertools.count()
@@ -203,11 +205,11 @@ class Engine:
         kind = msg[0]
         if kind == "started":
             node = self.nodes.get(msg[1])
-            if node is not None and node.attempt == msg[2] and node.state is State.QUEUED:
+            if node is not None and node.attempt == msg[2] and node.state is QUEUED:
                 self._started(node, msg[3])
         elif kind == "done":
             node = self.nodes.get(msg[1])
-            if node is None or node.attempt != msg[2] or node.state.terminal or node.state is State.RETRYING:
+            if node is None or node.attempt != msg[2] or node.state in _TERMINAL or node.state is RETRYING:
                 return  # stale: a timed-out or cancelled attempt finishing late
             self._done(node, msg[3])
         elif kind == "add":
@@ -238,32 +240,30 @@ class Engine:
     # -- transitions ------------------------------------------------------------------------------
     def _record(self, node: Node, state: State, **fields: Any) -> None:
         self.recorder.add(Transition(node.id, node.run_id, state, node.attempt, time.time(), **fields))
-        counts = self.task_counts.get(node.task.name)
-        if counts is None:
-            counts = self.task_counts[node.task.name] = Counter()
-        prev = node.state if node.state is not state else None
-        if prev is not None and node.task is not None:
-            counts[prev.value] -= 1
-            self.counts[prev.value] -= 1
-        counts[state.value] += 1
-        self.counts[state.value] += 1
+
+    def snapshot(self) -> dict[str, Counter[str]]:
+        """Live counts of task runs by task name and state (for progress displays; any thread)."""
+        out: dict[str, Counter[str]] = {}
+        for node in list(self.nodes.values()):
+            if node.task is not None:
+                c = out.get(node.task.name)
+                if c is None:
+                    c = out[node.task.name] = Counter()
+                c[node.state.value] += 1
+        return out
 
     def _add(self, nodes: list[Node]) -> None:
         reg = self.nodes
         rec = self.recorder.add
         now = time.time()
-        tc = self.task_counts
         for n in nodes:
             reg[n.id] = n
-            if n.task is None:
+            task = n.task
+            if task is None:
                 continue
-            rec(Transition(n.id, n.run_id, State.PENDING, 1, now, task=n.task.identity, name=n.task.name,
-                           key=n.key, upstream=[d.id for d in n.deps] if n.deps else None, map_index=n.index))
-            c = tc.get(n.task.name)
-            if c is None:
-                c = tc[n.task.name] = Counter()
-            c["PENDING"] += 1
-        self.counts["PENDING"] += sum(1 for n in nodes if n.task is not None)
+            rec(Transition(n.id, n.run_id, PENDING, 1, now, task=task.identity, name=task.name, key=n.key,
+                           upstream=[d.id for d in n.deps] if n.deps else None, map_index=n.index,
+                           cacheable=1 if task.options.cache else 0))
         for f in self.core.add(nodes):
             self._record_upstream_failed(f)
 
@@ -275,10 +275,7 @@ class Engine:
             msg = f"Cancelled: upstream {root.id} was cancelled" if isinstance(root, Node) else "Cancelled"
         else:
             msg = f"UpstreamFailed: upstream task run {root.id} failed" if isinstance(root, Node) else "UpstreamFailed"
-        st = node.state
-        node.state = State.PENDING  # what it was before the core finished it, for the live counts
-        self._record(node, st, error=msg)
-        node.state = st
+        self._record(node, node.state, error=msg)
         node.arguments = None
 
     def _dispatch(self) -> None:
@@ -345,8 +342,8 @@ class Engine:
                 return None
         sig = task.validator.signature
         ba = inspect.BoundArguments(sig, args)  # type: ignore[arg-type]
-        self._record(node, State.QUEUED, key=key)
-        node.state = State.QUEUED
+        self._record(node, QUEUED, key=key)
+        node.state = QUEUED
         if not self.reports_start and task.options.timeout:
             self._arm_timeout(node, time.time())
         return Call(node.id, node.run_id, task, ba.args, ba.kwargs, node.attempt, key, node.index)
@@ -356,9 +353,9 @@ class Engine:
         return decode(data, self.artifacts.get)
 
     def _started(self, node: Node, ts: float) -> None:
-        self._record(node, State.RUNNING, handle=self.executor.describe_handle(node.handle)
+        self._record(node, RUNNING, handle=self.executor.describe_handle(node.handle)
                      if node.handle is not None else None)
-        node.state = State.RUNNING
+        node.state = RUNNING
         node.started = ts
         if node.task.options.timeout and self.reports_start:
             self._arm_timeout(node, ts)
@@ -369,7 +366,7 @@ class Engine:
 
     def _done(self, node: Node, out: Outcome) -> None:
         self._polled.pop(node.id, None)
-        if node.state is State.QUEUED:
+        if node.state is QUEUED:
             self._started(node, out.started or time.time())
         self.core.release(node)
         if out.ok:
@@ -393,7 +390,7 @@ class Engine:
         else:
             self.recorder.add_blob(enc.digest, enc.data)
         node.value = value
-        self._record(node, State.SUCCEEDED, result_ref=enc.digest, result_inline=inline)
+        self._record(node, SUCCEEDED, result_ref=enc.digest, result_inline=inline)
         if task.options.cache:
             self.cache_mem[node.key] = value
         self.core.succeeded(node)

@@ -52,7 +52,7 @@ class Recorder:
         with self._cond:
             while self.written < target:
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if (remaining is not None and remaining <= 0) or not self._thread.is_alive():
                     raise StoreError(f"could not record state to {self.store.url}: {self.error}")
                 self._cond.wait(min(0.5, remaining) if remaining is not None else 0.5)
                 self._wake.set()
@@ -82,6 +82,7 @@ class Recorder:
             batch = []
             while items and len(batch) < self.max_batch:
                 batch.append(items.popleft())
+            attempts = 0
             while True:
                 try:
                     if batch_blobs:
@@ -89,8 +90,13 @@ class Recorder:
                         batch_blobs = {}
                     refused = self.store.apply(batch)
                     break
-                except (GflowError, OSError) as e:  # keep the batch and retry: losing state is worse
+                except Exception as e:  # keep the batch and retry: losing state is worse
                     self.error = e
+                    attempts += 1
+                    if not isinstance(e, (GflowError, OSError)) and attempts >= 3:
+                        log.error("dropping %d transitions after an unexpected error: %r", len(batch), e)
+                        refused = []
+                        break
                     log.warning("state write failed (%s); retrying in %.1fs", e, backoff)
                     if self._closing:
                         return

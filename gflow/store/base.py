@@ -35,6 +35,7 @@ class Transition:
     result_inline: str | None = None
     handle: str | None = None
     message: str | None = None
+    cacheable: int | None = None
 
 
 @dataclass(slots=True)

@@ -29,13 +29,13 @@ CREATE TABLE IF NOT EXISTS task_runs (
     id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER, task TEXT, name TEXT, key TEXT,
     state TEXT NOT NULL, rank INTEGER NOT NULL, attempt INTEGER NOT NULL,
     created REAL, started REAL, ended REAL, error TEXT, traceback TEXT,
-    result_ref TEXT, result_inline TEXT, handle TEXT, upstream TEXT, map_index INTEGER, updated REAL
+    result_ref TEXT, result_inline TEXT, handle TEXT, upstream TEXT, map_index INTEGER, cacheable INTEGER
 );
 CREATE INDEX IF NOT EXISTS task_runs_run ON task_runs(run_id, seq);
 CREATE INDEX IF NOT EXISTS task_runs_run_state ON task_runs(run_id, state);
-CREATE INDEX IF NOT EXISTS task_runs_key ON task_runs(key, state);
+CREATE INDEX IF NOT EXISTS task_runs_cache ON task_runs(key) WHERE cacheable = 1;
 CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, task_run_id TEXT,
+    seq INTEGER PRIMARY KEY, run_id TEXT NOT NULL, task_run_id TEXT,
     state TEXT NOT NULL, attempt INTEGER NOT NULL, ts REAL NOT NULL, message TEXT
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
@@ -43,7 +43,7 @@ CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
 
 _UPSERT = """
 INSERT INTO task_runs (id, run_id, seq, task, name, key, state, rank, attempt, created, started, ended,
-    error, traceback, result_ref, result_inline, handle, upstream, map_index, updated)
+    error, traceback, result_ref, result_inline, handle, upstream, map_index, cacheable)
 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(id) DO UPDATE SET
     state = excluded.state, rank = excluded.rank, attempt = excluded.attempt,
@@ -53,10 +53,11 @@ ON CONFLICT(id) DO UPDATE SET
     traceback = coalesce(excluded.traceback, traceback), result_ref = coalesce(excluded.result_ref, result_ref),
     result_inline = coalesce(excluded.result_inline, result_inline), handle = coalesce(excluded.handle, handle),
     upstream = coalesce(excluded.upstream, upstream), map_index = coalesce(excluded.map_index, map_index),
-    updated = excluded.updated
+    cacheable = coalesce(excluded.cacheable, cacheable)
 WHERE task_runs.rank < 4 AND (excluded.attempt > task_runs.attempt
     OR (excluded.attempt = task_runs.attempt AND excluded.rank > task_runs.rank))
 """
+_EVENT_INSERT = "INSERT INTO events (run_id, task_run_id, state, attempt, ts, message) VALUES (?,?,?,?,?,?)"
 _TR_COLS = ("id, run_id, task, name, state, attempt, key, created, started, ended, error, traceback, "
             "result_ref, result_inline, handle, upstream, map_index")
 _RUN_COLS = ("id, flow, flow_path, state, params, image_tag, executor, created, started, ended, tags, error, "
@@ -263,10 +264,10 @@ class SQLiteStore(Store):
                     accepted.append(t)
                 else:
                     refused.append(t)
-            c.executemany(_UPSERT, _merge_rows(accepted))
-            c.executemany(
-                "INSERT INTO events (run_id, task_run_id, state, attempt, ts, message) VALUES (?,?,?,?,?,?)",
-                [(t.run_id, t.task_run_id, t.state.value, t.attempt, t.ts, t.message or t.error) for t in accepted])
+            _insert_many(c, _UPSERT, _merge_rows(accepted))
+            _insert_many(c, _EVENT_INSERT,
+                         [(t.run_id, t.task_run_id, _VALUE_RANK[t.state][0], t.attempt, t.ts, t.message or t.error)
+                          for t in accepted])
             return refused
 
         return self._write(do, "record transitions")
@@ -320,7 +321,7 @@ class SQLiteStore(Store):
 
     def find_cached(self, key: str) -> TaskRunRecord | None:
         rows = self._read(
-            f"SELECT {_TR_COLS} FROM task_runs WHERE key=? AND state IN ('SUCCEEDED','CACHED') "
+            f"SELECT {_TR_COLS} FROM task_runs WHERE key=? AND cacheable=1 AND state IN ('SUCCEEDED','CACHED') "
             "AND result_ref IS NOT NULL ORDER BY ended DESC LIMIT 1", (key,), "cache lookup")
         return self._tr_from_row(rows[0]) if rows else None
 
@@ -337,28 +338,64 @@ class SQLiteStore(Store):
             self._local.conn = None
 
 
+_VALUE_RANK = {st: (st.value, RANK[st]) for st in State}
+_PENDING, _RUNNING = State.PENDING, State.RUNNING
+
+
 def _merge_rows(transitions: Sequence[Transition]) -> list[list]:
     """One upsert row per task run: the last state wins, timestamps and fields accumulate."""
     merged: dict[str, list] = {}
-    now = time.time()
+    vr = _VALUE_RANK
     for t in transitions:
         st = t.state
         row = merged.get(t.task_run_id)
         if row is None:
             row = [t.task_run_id, t.run_id, _seq_of(t.task_run_id), None, None, None, None, None, None,
-                   None, None, None, None, None, None, None, None, None, None, now]
+                   None, None, None, None, None, None, None, None, None, None, None]
             merged[t.task_run_id] = row
-        row[6], row[7], row[8] = st.value, RANK[st], t.attempt
-        if st is State.PENDING:
+        value, rank = vr[st]
+        row[6] = value
+        row[7] = rank
+        row[8] = t.attempt
+        if st is _PENDING:
             row[9] = t.ts
-        elif st is State.RUNNING:
+            row[3] = t.task
+            row[4] = t.name
+            row[18] = t.map_index
+            row[19] = t.cacheable
+            if t.upstream is not None:
+                row[17] = json.dumps(t.upstream)
+        elif st is _RUNNING:
             row[10] = t.ts
-        elif RANK[st] == TERMINAL_RANK:
+            if t.handle is not None:
+                row[16] = t.handle
+        elif rank == TERMINAL_RANK:
             row[11] = t.ts
-        for idx, val in ((3, t.task), (4, t.name), (5, t.key), (12, t.error), (13, t.traceback),
-                         (14, t.result_ref), (15, t.result_inline), (16, t.handle), (18, t.map_index)):
-            if val is not None:
-                row[idx] = val
-        if t.upstream is not None:
-            row[17] = json.dumps(t.upstream)
+            if t.result_ref is not None:
+                row[14] = t.result_ref
+                row[15] = t.result_inline
+            if t.traceback is not None:
+                row[13] = t.traceback
+        if t.key is not None:
+            row[5] = t.key
+        if t.error is not None:
+            row[12] = t.error
     return list(merged.values())
+
+
+def _insert_many(c: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]], per_stmt: int = 500) -> None:
+    """Insert rows with multi-row VALUES statements.
+
+    One statement per ``per_stmt`` rows instead of one per row: each SQLite step releases and
+    re-takes the GIL, and with the engine busy on the other core a per-row step waits for the GIL
+    every time, which made the writer the bottleneck.
+    """
+    if not rows:
+        return
+    head, _, tail = sql.partition("VALUES")
+    tail = tail.strip()
+    one = tail.split(")", 1)[0] + ")"
+    rest = tail[len(one):]
+    for i in range(0, len(rows), per_stmt):
+        chunk = rows[i:i + per_stmt]
+        c.execute(f"{head}VALUES {','.join([one] * len(chunk))}{rest}", [v for row in chunk for v in row])
