@@ -157,7 +157,11 @@ def _torch_uint8():
 
 
 def _pickled(value: Any, blobs: dict[str, bytes]) -> dict:
-    return {TAG: "pickle", "blob": _blob(blobs, pickle.dumps(value, protocol=5))}
+    try:
+        raw = pickle.dumps(value, protocol=5)
+    except Exception as e:
+        raise SerializationError(f"cannot pickle a {type_path(type(value))}: {e}") from e
+    return {TAG: "pickle", "blob": _blob(blobs, raw)}
 
 
 def encode(value: Any, *, allow_pickle: bool = False, where: str = "value") -> Encoded:

@@ -79,6 +79,8 @@ class Executor(abc.ABC):
 
     name: str = "executor"
     pushes_events: bool = False
+    #: False when "started" is only known at the end; the engine then arms timeouts at submit time
+    reports_start: bool = True
     poll_interval: float = 0.5
 
     def start(self, listener: Listener) -> None:

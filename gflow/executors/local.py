@@ -60,6 +60,7 @@ class LocalExecutor(Executor):
     def __init__(self, workers: int | None = None, processes: bool = False, max_in_flight: int | None = None,
                  mp_context: str = "spawn"):
         self.processes = processes
+        self.reports_start = not processes  # a process reports its start only with its outcome
         cpu = os.cpu_count() or 1
         self.workers = workers or (cpu if processes else min(32, cpu + 4))
         self.max_in_flight = max_in_flight or max(256, self.workers * 64)

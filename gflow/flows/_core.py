@@ -82,7 +82,8 @@ class Scheduler:
                     dep.dependents.append(node)
             if bad is not None:
                 node.error = bad
-                failed.extend(self._finish(node, State.FAILED))
+                failed.append(node)
+                failed.extend(self._finish(node, _CANCELLED if bad.state is _CANCELLED else _FAILED))
                 continue
             node.waiting = waiting
             if waiting == 0:

@@ -30,6 +30,20 @@ def source_hash(fn: Callable[..., Any]) -> str:
     return hashlib.sha256(src).hexdigest()[:16]
 
 
+def module_name(fn: Callable[..., Any]) -> str:
+    """The importable module name of ``fn``: a script run as ``__main__`` counts as its file's stem,
+    so ``python examples/x.py`` and ``gflow run examples/x.py:flow`` give tasks the same identity."""
+    mod = fn.__module__
+    if mod == "__main__":
+        import os
+        import sys
+
+        path = getattr(sys.modules.get("__main__"), "__file__", None)
+        if path:
+            return os.path.splitext(os.path.basename(path))[0]
+    return mod
+
+
 class ArgumentValidator:
     """Checks call arguments against a function's annotations (pydantic-compatible ones only)."""
 
@@ -111,7 +125,7 @@ class Task(Generic[P, R]):
     def __init__(self, fn: Callable[P, R], options: TaskOptions):
         self.fn = fn
         self.options = options
-        self.identity = f"{fn.__module__}:{fn.__qualname__}"
+        self.identity = f"{module_name(fn)}:{fn.__qualname__}"
         self.name = options.name or fn.__name__
         self.version = options.version or source_hash(fn)
         self.validator = ArgumentValidator(fn, f"task '{self.name}'")

@@ -1,0 +1,3 @@
+from gflow.cli import main
+
+main()
