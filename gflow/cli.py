@@ -318,5 +318,39 @@ def version() -> None:
     out.print(f"gflow {__version__}")
 
 
+def _register_optional_commands() -> None:
+    """Commands that live beside their part (server, images) and need optional extras."""
+    import importlib
+
+    for module, names in (("gflow.server.cli", ("server",)), ("gflow.images.cli", ("build", "replay", "worker"))):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("gflow."):
+                continue  # that part is not built yet
+            mod = None
+        for name in names:
+            cmd = getattr(mod, name, None) if mod else None
+            if cmd is None:
+                cmd = _missing_extra(name, module)
+            main.add_command(cmd, name)
+
+
+def _missing_extra(name: str, module: str) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def cmd(args: tuple[str, ...]) -> None:
+        try:
+            import importlib
+
+            importlib.import_module(module)
+        except ImportError as e:
+            _fail(f"'gflow {name}' needs an optional dependency: {e}")
+
+    return cmd
+
+
+_register_optional_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -189,18 +189,21 @@ class Flow(Generic[P, R]):
         arguments = self.validator.validate(self.validator.bind(args, kwargs))
         params_json = encode(arguments, where=f"flow '{self.name}' parameters").data.decode()
         prof = load_profile(profile, executor=executor, store=store, artifacts=artifacts)
-        st = open_store(prof.store)
+        st = open_store(prof.store, events=prof.events)
         arts = open_artifacts(prof.artifacts)
         owns_executor = not hasattr(prof.executor, "submit")
         ex = get_executor(prof.executor)
         resume_results = st.results_by_key(st.get_run(resume_from).id) if resume_from else None
+        # executors that run code in images (docker, batch, volcano) say which tag this flow runs as
+        image_tag_for = getattr(ex, "image_tag_for", None)
+        image_tag = image_tag_for(self) if image_tag_for else None
         run_id = new_run_id()
         executor_desc = prof.executor if isinstance(prof.executor, str) else ex.name
         st.create_run(RunRecord(id=run_id, flow=self.name, flow_path=self.path, params=params_json,
                                 executor=executor_desc, created=time.time(), tags=list(tags),
                                 host=socket.gethostname(), pid=os.getpid(),
                                 resumed_from=st.get_run(resume_from).id if resume_from else None,
-                                image_tag=None, extra={"profile": prof.name}))
+                                image_tag=image_tag, extra={"profile": prof.name}))
         engine = Engine(ex, st, arts, resume_results=resume_results)
         stop_observer = observer(run_id, engine) if observer else None
         try:

@@ -12,8 +12,19 @@ _SCHEMES = {
 }
 
 
-def open_store(url: str | Store) -> Store:
-    """Open a store from its URL (or return a Store unchanged)."""
+def open_store(url: str | Store, events: str | None = None) -> Store:
+    """Open a store from its URL (or return a Store unchanged).
+
+    Args:
+        events: A ``redis://`` URL: layer live counters and the event stream in Redis over the
+            durable store (see ``gflow.store.redis``).
+    """
+    if events:
+        try:
+            from gflow.store.redis import RedisLayer
+        except ImportError as e:
+            raise ConfigError(f"--events {events!r} needs the redis extra: pip install 'gflow[redis]' ({e})") from e
+        return RedisLayer(open_store(url), events)
     if isinstance(url, Store):
         return url
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""

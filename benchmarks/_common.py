@@ -1,0 +1,40 @@
+"""Shared helpers for the benchmarks: medians, peak RSS in a fresh process, markdown tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+
+def median_time(fn: Callable[[], object], reps: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def peak_rss_subprocess(code: str, env: dict | None = None) -> dict:
+    """Run ``code`` in a fresh interpreter; it must print one JSON line. Adds peak_rss_mb of that process."""
+    wrapper = code + "\nimport resource, json as _j\nprint(_j.dumps({'peak_rss_mb': " \
+                     "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})})
+    result: dict = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            result.update(json.loads(line))
+    return result
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""Engine overhead on the local thread executor, side by side with a bare ThreadPoolExecutor and Prefect 3.
+
+    python benchmarks/bench_engine.py                 # gflow vs ThreadPoolExecutor (+ Prefect if set up)
+    python benchmarks/bench_engine.py --prefect-n 0   # skip Prefect
+
+Every gflow task transition is recorded in SQLite (the embedded default store) in a fresh
+GFLOW_HOME. Prefect runs in its own venv (benchmarks/prefect/setup.sh) with its temporary local
+server, started before its timing begins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import median_time, peak_rss_subprocess, table  # noqa: E402
+
+os.environ["GFLOW_HOME"] = tempfile.mkdtemp(prefix="gflow-bench-")
+import gflow  # noqa: E402
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+g_inc = gflow.task(inc)
+
+
+@gflow.task
+def g_total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@gflow.flow
+def g_map(n: int) -> int:
+    return g_total(g_inc.map(range(n)))
+
+
+@gflow.flow
+def g_loop(n: int) -> int:
+    return g_total([g_inc(i) for i in range(n)])
+
+
+@gflow.flow
+def g_chain(n: int) -> int:
+    x = 0
+    for _ in range(n):
+        x = g_inc(x)
+    return x
+
+
+def tpe_independent(n: int) -> int:
+    with cf.ThreadPoolExecutor() as pool:
+        futs = [pool.submit(inc, i) for i in range(n)]
+        return sum(f.result() for f in futs)
+
+
+def tpe_chain(n: int) -> int:
+    with cf.ThreadPoolExecutor() as pool:
+        x = 0
+        for _ in range(n):
+            x = pool.submit(inc, x).result()
+        return x
+
+
+def prefect(mode: str, n: int) -> dict | None:
+    py = HERE / ".venv-prefect" / "bin" / "python"
+    if not py.exists():
+        print("prefect venv missing: run benchmarks/prefect/setup.sh (skipping Prefect)", file=sys.stderr)
+        return None
+    out = subprocess.run([str(py), str(HERE / "prefect" / "bench_prefect.py"), "--mode", mode, "--n", str(n),
+                          "--settle-timeout", "0"], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    print(out.stderr[-2000:], file=sys.stderr)
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--chain", type=int, default=1_000)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--prefect-n", type=int, default=10_000, help="tasks for the Prefect map (0 = skip)")
+    args = ap.parse_args()
+    n, reps = args.n, args.reps
+    g_map(10, executor="local")  # warm imports
+
+    rows = []
+    expected = sum(range(1, n + 1))
+    t_tpe, _ = median_time(lambda: tpe_independent(n), reps)
+    for label, fl in (("map", g_map), ("loop of calls", g_loop)):
+        t_g, _ = median_time(lambda fl=fl: (fl.run(n, executor="local") == expected) or sys.exit("wrong result"),
+                             reps)
+        rows.append({"case": f"{n:,} independent tasks ({label}) + reduce", "gflow µs/task": f"{t_g / n * 1e6:.1f}",
+                     "baseline": "ThreadPoolExecutor", "baseline µs/task": f"{t_tpe / n * 1e6:.1f}",
+                     "ratio": f"{t_g / t_tpe:.2f}x"})
+    c = args.chain
+    t_gc, _ = median_time(lambda: g_chain.run(c, executor="local"), reps)
+    t_tc, _ = median_time(lambda: tpe_chain(c), reps)
+    rows.append({"case": f"chain of {c:,} dependent tasks", "gflow µs/task": f"{t_gc / c * 1e6:.1f}",
+                 "baseline": "ThreadPoolExecutor", "baseline µs/task": f"{t_tc / c * 1e6:.1f}",
+                 "ratio": f"{t_gc / t_tc:.2f}x"})
+
+    rss = peak_rss_subprocess(
+        "import os, tempfile, json; os.environ['GFLOW_HOME'] = tempfile.mkdtemp()\n"
+        "import sys; sys.path.insert(0, %r)\n"
+        "import bench_engine as b\n"
+        "assert b.g_map.run(%d, executor='local') == %d\n" % (str(HERE), n, expected))
+    rss_tpe = peak_rss_subprocess(
+        "import sys; sys.path.insert(0, %r)\nimport bench_engine as b\nb.tpe_independent(%d)\n" % (str(HERE), n))
+
+    pf = prefect("map", args.prefect_n) if args.prefect_n else None
+    if pf:
+        t_map = next(r for r in rows if "(map)" in r["case"])
+        g_us = float(t_map["gflow µs/task"])
+        rows.append({"case": f"{pf['n']:,}-task map + reduce", "gflow µs/task": f"{g_us:.1f}",
+                     "baseline": f"Prefect {pf['version']} (default runner)",
+                     "baseline µs/task": f"{pf['per_task_us']:.0f}",
+                     "ratio": f"{pf['per_task_us'] / g_us:.0f}x faster"})
+
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"medians of {reps}\n")
+    print(table(rows, ["case", "gflow µs/task", "baseline", "baseline µs/task", "ratio"]))
+    print(f"\ndriver peak RSS, {n:,}-task map + reduce: gflow {rss['peak_rss_mb']:.0f} MB "
+          f"(bare ThreadPoolExecutor process: {rss_tpe['peak_rss_mb']:.0f} MB"
+          + (f"; Prefect {pf['peak_rss_mb']:.0f} MB + server {pf.get('children_rss_mb', 0):.0f} MB)" if pf else ")"))
+    print(json.dumps({"rows": rows, "rss_mb": rss["peak_rss_mb"], "rss_tpe_mb": rss_tpe["peak_rss_mb"],
+                      "prefect": pf}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs (system packages, ./.venv with the test extras) and run it.
+# This is the command the README gives and the one .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# System services the integration tests start on 127.0.0.1 (installed only where missing).
+need_apt=()
+for pkg in $(cat scripts/apt-packages.txt 2>/dev/null | grep -v '^#' || true); do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "missing system packages (install them as root): ${need_apt[*]}" >&2
+  fi
+fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[test,dask]"
+exec .venv/bin/python -m pytest "$@"
