@@ -81,6 +81,10 @@ class Executor(abc.ABC):
     pushes_events: bool = False
     #: False when "started" is only known at the end; the engine then arms timeouts at submit time
     reports_start: bool = True
+    #: optional dict (call id -> (attempt, start time)) the executor fills instead of sending
+    #: "started" events; the engine reads it every ``board_interval`` seconds
+    started_board: dict | None = None
+    board_interval: float = 0.02
     poll_interval: float = 0.5
 
     def start(self, listener: Listener) -> None:

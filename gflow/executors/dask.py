@@ -38,15 +38,19 @@ _GATHER_BATCH = 5000
 _INFO_TTL = 2.0
 
 
-def _run_on_worker(task: Any, args: tuple, kwargs: dict, topic: str | None = None, call_id: str | None = None,
-                   attempt: int = 0) -> Outcome:
-    """Body of one Dask task. With ``topic`` set, it first tells the driver that the call started
-    (used for tasks with a timeout, which counts from the start, not from the submit)."""
-    if topic is not None:
-        try:
-            distributed.get_worker().log_event(topic, [call_id, attempt, time.time()])
-        except Exception:  # noqa: BLE001 - the start is reported again with the outcome
-            log.debug("could not report the start of %s", call_id, exc_info=True)
+def _run_on_worker(args: tuple, kwargs: dict, *, task: Any) -> Outcome:
+    """Body of one Dask task (``client.map`` maps over args and kwargs; the task is common)."""
+    return _run_in_process(task, args, kwargs)
+
+
+def _run_reporting_start(args: tuple, kwargs: dict, call_id: str, attempt: int, *, task: Any,
+                         topic: str) -> Outcome:
+    """Like :func:`_run_on_worker`, but first tells the driver that the call started: a task's
+    timeout counts from its start, not from its submit (it may wait in the scheduler's queue)."""
+    try:
+        distributed.get_worker().log_event(topic, [call_id, attempt, time.time()])
+    except Exception:  # noqa: BLE001 - the start is reported again with the outcome
+        log.debug("could not report the start of %s", call_id, exc_info=True)
     return _run_in_process(task, args, kwargs)
 
 
@@ -74,16 +78,14 @@ def _dask_key(call: Call) -> str:
 
 
 def _resource_request(call: Call, declared: set[str]) -> dict[str, float]:
-    """Dask resources for a call: GPU always (so GPU tasks only land on GPU workers); MEMORY and CPU
-    only where some worker declares them (otherwise nothing could ever run the call)."""
+    """Dask resources for a call: GPU always (so GPU tasks only land on GPU workers); MEMORY only where
+    some worker declares it (otherwise nothing could ever run the call). CPU is left to Dask's threads."""
     res = call.task.options.resources
     out: dict[str, float] = {}
     if res.gpu:
         out["GPU"] = res.gpu
     if res.memory and "MEMORY" in declared:
         out["MEMORY"] = res.memory
-    if "CPU" in declared:
-        out["CPU"] = res.cpu
     return out
 
 
@@ -235,7 +237,7 @@ class DaskExecutor(Executor):
             extra = {"topic": self._topic}
             iterables = ([c.args for c in calls], [c.kwargs for c in calls], [c.id for c in calls],
                          [c.attempt for c in calls])
-            fn = _run_started
+            fn = _run_reporting_start
         else:
             iterables = ([c.args for c in calls], [c.kwargs for c in calls])
             fn = _run_on_worker
@@ -400,13 +402,9 @@ class DaskExecutor(Executor):
         return None
 
 
-def _run_started(task: Any, args: tuple, kwargs: dict, call_id: str, attempt: int, topic: str) -> Outcome:
-    return _run_on_worker(task, args, kwargs, topic, call_id, attempt)
-
-
 def _needs_info(call: Call) -> bool:
     res = call.task.options.resources
-    return bool(res.gpu or res.memory or res.cpu != 1)
+    return bool(res.gpu or res.memory)
 
 
 def _dask_failure(h: _Handle, exc: BaseException | None, tb: Any) -> Outcome:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import queue
 import threading
 import time
 import traceback
@@ -16,10 +17,17 @@ from gflow.executors.base import Call, Executor, JobStatus, Outcome
 from gflow.states import State
 
 
-def _run_here(call: Call, listener: Any) -> None:
-    """Run one call in this thread, reporting start and outcome to the engine."""
+def _run_here(call: Call, listener: Any, board: dict | None = None) -> None:
+    """Run one call in this thread, reporting start and outcome to the engine.
+
+    With a ``board``, the start is written there instead of sent: the engine reads the board a few
+    times a second, so a task that finishes quickly costs the engine one wake-up, not two.
+    """
     t0 = time.time()
-    listener("started", call.id, call.attempt, t0)
+    if board is None:
+        listener("started", call.id, call.attempt, t0)
+    else:
+        board[call.id] = (call.attempt, t0)
     try:
         value = call.task.fn(*call.args, **call.kwargs)
     except BaseException as e:  # noqa: BLE001 - reported, not swallowed
@@ -45,6 +53,31 @@ def _run_in_process(task: Any, args: tuple, kwargs: dict) -> Outcome:
         return out
 
 
+class _ThreadPool:
+    """A minimal pool: workers pull calls from one queue (no per-call Future or Condition)."""
+
+    def __init__(self, workers: int, run: Any):
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.cancelled: set[tuple[str, int]] = set()
+        self._run = run
+        self._threads = [threading.Thread(target=self._work, name=f"gflow-task-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        get = self.q.get
+        while True:
+            call = get()
+            if call is None:
+                return
+            self._run(call)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self.q.put(None)
+
+
 class LocalExecutor(Executor):
     """Runs calls on this machine: ``local`` (threads), ``local://processes?workers=4``.
 
@@ -65,13 +98,15 @@ class LocalExecutor(Executor):
         self.workers = workers or (cpu if processes else min(32, cpu + 4))
         self.max_in_flight = max_in_flight or max(256, self.workers * 64)
         if processes:
-            self._pool: cf.Executor = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(
+            self._pool: Any = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(
                 mp_context))
         else:
-            self._pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="gflow-task")
+            self._pool = _ThreadPool(self.workers, self._run_thread_call)
         self._in_flight = 0
         self._lock = threading.Lock()
         self._closed = False
+        #: call id -> (attempt, start time), written by pool threads, read by the engine
+        self.started_board: dict | None = None if processes else {}
 
     @classmethod
     def from_spec(cls, spec: str) -> LocalExecutor:
@@ -94,15 +129,25 @@ class LocalExecutor(Executor):
         with self._lock:
             self._in_flight += len(calls)
         if not self.processes:
-            listen = self._listen
-            submit = self._pool.submit
-            return [submit(_run_here, c, listen) for c in calls]
+            put = self._pool.q.put
+            for c in calls:
+                put(c)
+            return list(calls)
         handles = []
         for c in calls:
             fut = self._pool.submit(_run_in_process, c.task, c.args, c.kwargs)
             fut.add_done_callback(lambda f, c=c: self._process_done(c, f))
             handles.append(fut)
         return handles
+
+    def _run_thread_call(self, call: Call) -> None:
+        cancelled = self._pool.cancelled
+        if cancelled and (call.id, call.attempt) in cancelled:
+            cancelled.discard((call.id, call.attempt))
+            with self._lock:
+                self._in_flight -= 1
+            return
+        _run_here(call, self._listen, self.started_board)
 
     def _process_done(self, call: Call, fut: cf.Future) -> None:
         if fut.cancelled():
@@ -118,6 +163,10 @@ class LocalExecutor(Executor):
         self._listen("done", call.id, call.attempt, outcome)
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
+        if not self.processes:  # threads push their events; this is a best-effort view
+            board = self.started_board or {}
+            return [JobStatus(State.CANCELLED if (h.id, h.attempt) in self._pool.cancelled else
+                              State.RUNNING if h.id in board else State.QUEUED) for h in handles]
         out = []
         for h in handles:
             if h.cancelled():
@@ -131,21 +180,28 @@ class LocalExecutor(Executor):
         return out
 
     def cancel(self, handles: Sequence[Any]) -> None:
+        """Queued calls never start; a running thread cannot be stopped (its result is ignored)."""
         for h in handles:
-            if h is not None and h.cancel() and not self.processes:
-                with self._lock:
-                    self._in_flight -= 1
+            if h is None:
+                continue
+            if self.processes:
+                h.cancel()
+            else:
+                self._pool.cancelled.add((h.id, h.attempt))
 
     def capacity(self) -> int:
         return self.max_in_flight - self._in_flight
 
     def describe_handle(self, handle: Any) -> str:
-        return f"{'process' if self.processes else 'thread'}-pool:{id(handle):x}"
+        return f"process-pool:{id(handle):x}" if self.processes else f"thread-pool:{handle.id}"
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self.processes:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            else:
+                self._pool.shutdown()
 
 
 class InlineExecutor(Executor):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import inspect
 import itertools
 import logging
 import queue
@@ -78,6 +77,10 @@ class Engine:
         self._stopped = False
         self._crashed: BaseException | None = None
         self.reports_start = getattr(executor, "reports_start", True)
+        self._board: dict | None = getattr(executor, "started_board", None)
+        self._board_interval = getattr(executor, "board_interval", 0.02)
+        self._last_board = 0.0
+        self._awaiting_start = 0  # dispatched calls whose start the board has not shown yet
         executor.start(self._listen)
         self._thread = threading.Thread(target=self._loop, name="gflow-engine", daemon=True)
         self._thread.start()
@@ -176,6 +179,8 @@ class Engine:
                     self._fire_timers()
                 if self._polled:
                     self._poll()
+                if self._awaiting_start:
+                    self._read_board()
                 self._dispatch()
                 if self._drains:
                     self._check_drains()
@@ -197,6 +202,9 @@ class Engine:
         if self._polled:
             p = max(0.0, self._last_poll + self.executor.poll_interval - time.monotonic())
             t = p if t is None else min(t, p)
+        if self._awaiting_start:
+            b = max(0.0, self._last_board + self._board_interval - time.monotonic())
+            t = b if t is None else min(t, b)
         if self.core.ready and self.executor.capacity() <= 0:
             t = 0.05 if t is None else min(t, 0.05)
         return t
@@ -304,6 +312,8 @@ class Engine:
                     self._done(node, Outcome.from_exception(e, tb, None, time.time()))
                 continue
             polled = not ex.pushes_events
+            if self._board is not None:
+                self._awaiting_start += len(calls)
             for c, h in zip(calls, handles):
                 node = self.nodes[c.id]
                 node.handle = h
@@ -340,19 +350,20 @@ class Engine:
                 self.core.succeeded(node, State.CACHED)
                 node.arguments = None
                 return None
-        sig = task.validator.signature
-        ba = inspect.BoundArguments(sig, args)  # type: ignore[arg-type]
+        call_args, call_kwargs = task.validator.call_args(args)
         self._record(node, QUEUED, key=key)
         node.state = QUEUED
         if not self.reports_start and task.options.timeout:
             self._arm_timeout(node, time.time())
-        return Call(node.id, node.run_id, task, ba.args, ba.kwargs, node.attempt, key, node.index)
+        return Call(node.id, node.run_id, task, call_args, call_kwargs, node.attempt, key, node.index)
 
     def _load_result(self, rec: TaskRunRecord) -> Any:
         data = rec.result_inline if rec.result_inline is not None else self.artifacts.get(rec.result_ref)
         return decode(data, self.artifacts.get)
 
     def _started(self, node: Node, ts: float) -> None:
+        if self._board is not None:
+            self._awaiting_start -= 1
         self._record(node, RUNNING, handle=self.executor.describe_handle(node.handle)
                      if node.handle is not None else None)
         node.state = RUNNING
@@ -366,6 +377,8 @@ class Engine:
 
     def _done(self, node: Node, out: Outcome) -> None:
         self._polled.pop(node.id, None)
+        if self._board is not None:
+            self._board.pop(node.id, None)
         if node.state is QUEUED:
             self._started(node, out.started or time.time())
         self.core.release(node)
@@ -440,6 +453,22 @@ class Engine:
                                 f"(attempt {attempt})")
                 self._fail(node, Outcome.from_exception(e, "", node.started, now))
 
+    def _read_board(self) -> None:
+        """Record RUNNING for calls the executor marked as started (see ``Executor.started_board``)."""
+        now = time.monotonic()
+        if now - self._last_board < self._board_interval:
+            return
+        self._last_board = now
+        board = self._board
+        nodes = self.nodes
+        for call_id in list(board):
+            entry = board.pop(call_id, None)
+            if entry is None:
+                continue
+            node = nodes.get(call_id)
+            if node is not None and node.state is QUEUED and node.attempt == entry[0]:
+                self._started(node, entry[1])
+
     def _poll(self) -> None:
         now = time.monotonic()
         if now - self._last_poll < self.executor.poll_interval:
@@ -472,6 +501,8 @@ class Engine:
         for n in victims:
             if n.state.terminal:
                 continue
+            if n.state is QUEUED and self._board is not None and n.handle is not None:
+                self._awaiting_start -= 1
             n.error = Cancelled(f"{reason}: task run {n.id}")
             if n.task is not None:
                 self._record(n, State.CANCELLED, error=f"Cancelled: {reason}")

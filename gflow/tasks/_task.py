@@ -52,6 +52,11 @@ class ArgumentValidator:
         self.signature = inspect.signature(fn)
         self._adapters: dict[str, TypeAdapter] | None = None
         self._fn = fn
+        kinds = [p.kind for p in self.signature.parameters.values()]
+        P_ = inspect.Parameter
+        #: all parameters positional-or-keyword (the common case): bind and call without inspect
+        self._simple = all(k in (P_.POSITIONAL_OR_KEYWORD, P_.POSITIONAL_ONLY) for k in kinds)
+        self._names = tuple(self.signature.parameters)
 
     @property
     def adapters(self) -> dict[str, TypeAdapter]:
@@ -74,12 +79,21 @@ class ArgumentValidator:
 
     def bind(self, args: tuple, kwargs: dict) -> dict[str, Any]:
         """Bind to the signature (defaults applied) or raise InvalidArguments."""
+        if self._simple and not kwargs and len(args) == len(self._names):
+            return dict(zip(self._names, args))
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as e:
             raise InvalidArguments(f"{self.label}: {e}") from None
         bound.apply_defaults()
         return bound.arguments
+
+    def call_args(self, arguments: dict[str, Any]) -> tuple[tuple, dict]:
+        """Positional and keyword arguments to call the function with, from bound ``arguments``."""
+        if self._simple:
+            return tuple(arguments.values()), {}
+        ba = inspect.BoundArguments(self.signature, arguments)  # type: ignore[arg-type]
+        return ba.args, ba.kwargs
 
     def validate(self, arguments: dict[str, Any], skip: Callable[[Any], bool] | None = None) -> dict[str, Any]:
         """Validate bound arguments; returns them with pydantic's coercions applied.
