@@ -8,8 +8,10 @@ rather than dropped.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from typing import Any
 from collections import deque
 
 from gflow.artifacts import ArtifactStore
@@ -19,9 +21,19 @@ from gflow.store import Store, Transition
 log = logging.getLogger("gflow.recorder")
 
 
+#: batches at least this large start a writer process for a SQLite store (GFLOW_WRITER=thread: never,
+#: GFLOW_WRITER=process: from the first batch)
+PROCESS_WRITER_THRESHOLD = 2000
+
+
 class Recorder:
     def __init__(self, store: Store, artifacts: ArtifactStore, *, interval: float = 0.05, max_batch: int = 20000):
         self.store = store
+        mode = os.environ.get("GFLOW_WRITER", "auto")
+        from gflow.store.sqlite import SQLiteStore
+
+        self._writer_mode = mode if type(store) is SQLiteStore else "thread"
+        self._writer: Any = None
         self.artifacts = artifacts
         self.interval = interval
         self.max_batch = max_batch
@@ -83,12 +95,13 @@ class Recorder:
             while items and len(batch) < self.max_batch:
                 batch.append(items.popleft())
             attempts = 0
+            target = self._target(len(batch))
             while True:
                 try:
                     if batch_blobs:
                         self.artifacts.put_many(batch_blobs)
                         batch_blobs = {}
-                    refused = self.store.apply(batch)
+                    refused = target.apply(batch)
                     break
                 except Exception as e:  # keep the batch and retry: losing state is worse
                     self.error = e
@@ -98,6 +111,7 @@ class Recorder:
                         refused = []
                         break
                     log.warning("state write failed (%s); retrying in %.1fs", e, backoff)
+                    target = self._target(0)  # a dead writer process falls back to this thread
                     if self._closing:
                         return
                     time.sleep(backoff)
@@ -112,3 +126,23 @@ class Recorder:
                 self._cond.notify_all()
             if items:
                 self._wake.set()
+
+    def _target(self, batch_size: int) -> Any:
+        """Where this batch goes: the writer process once it is ready, else the store in this thread."""
+        mode = self._writer_mode
+        if mode == "thread":
+            return self.store
+        if self._writer is None and (mode == "process" or batch_size >= PROCESS_WRITER_THRESHOLD):
+            from gflow.store._writer import writer_for
+
+            try:
+                self._writer = writer_for(self.store.path, self.store.timeout)
+                if mode == "process":
+                    self._writer.wait_ready()
+            except Exception:  # no child process: this thread writes, as before
+                log.warning("could not start a writer process; recording in this process", exc_info=True)
+                self._writer_mode = "thread"
+                return self.store
+        if self._writer is not None and self._writer.ready():
+            return self._writer
+        return self.store

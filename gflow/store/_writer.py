@@ -1,0 +1,156 @@
+"""A writer process for the SQLite store: batches cross a pipe and are applied on the other core.
+
+In-process, the SQL work of recording every transition competes with the engine for one
+interpreter; a child process gives it a core of its own. The engine's recorder starts one on
+demand (a large backlog), keeps writing in its own thread until the child is ready, and falls back
+to its own thread if the child dies. One writer per database file per driver process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import operator
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from gflow.errors import StoreError
+from gflow.states import State
+from gflow.store.base import Transition
+
+log = logging.getLogger("gflow.writer")
+_FIELDS = Transition.__slots__
+
+
+_to_row = operator.attrgetter(*_FIELDS)
+
+
+def _send(f: Any, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    f.write(struct.pack("<Q", len(data)))
+    f.write(data)
+    f.flush()
+
+
+def _recv(f: Any) -> Any:
+    head = f.read(8)
+    if len(head) < 8:
+        raise EOFError("writer pipe closed")
+    (n,) = struct.unpack("<Q", head)
+    data = f.read(n)
+    if len(data) < n:
+        raise EOFError("writer pipe closed")
+    return pickle.loads(data)
+
+
+def _serve(path: str, timeout: float) -> None:  # the child: python -m gflow.store._writer PATH TIMEOUT
+    from gflow.store.sqlite import SQLiteStore
+
+    rd, wr = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing else may write to the protocol pipe
+    store = SQLiteStore(path, timeout=timeout)
+    _send(wr, ("ready", os.getpid()))
+    idx_state = _FIELDS.index("state")
+    while True:
+        try:
+            msg = _recv(rd)
+        except (EOFError, OSError):
+            return  # the driver is gone
+        if msg is None:
+            return
+        batch = []
+        for row in msg:
+            row = list(row)
+            row[idx_state] = State(row[idx_state])
+            batch.append(Transition(*row))
+        try:
+            refused = {id(t) for t in store.apply(batch)}
+            _send(wr, ("ok", [i for i, t in enumerate(batch) if id(t) in refused]))
+        except Exception as e:  # noqa: BLE001 - reported to the driver, which retries
+            _send(wr, ("error", f"{type(e).__name__}: {e}"))
+
+
+class ProcessWriter:
+    """A child process (``python -m gflow.store._writer``) applying batches to one SQLite file.
+
+    A plain subprocess rather than multiprocessing: spawn would re-run the user's ``__main__``.
+    """
+
+    def __init__(self, path: str, timeout: float):
+        self.path = path
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._proc = subprocess.Popen([sys.executable, "-m", "gflow.store._writer", path, str(timeout)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._ready = False
+        self._dead = False
+        self._lock = threading.Lock()
+        self._ready_event = threading.Event()
+        threading.Thread(target=self._await_ready, daemon=True, name="gflow-writer-start").start()
+
+    def _await_ready(self) -> None:
+        try:
+            kind, _ = _recv(self._proc.stdout)
+            self._ready = kind == "ready"
+        except (EOFError, OSError):
+            self._dead = True
+        self._ready_event.set()
+
+    def ready(self) -> bool:
+        return self._ready and not self._dead
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        self._ready_event.wait(timeout)
+        return self.ready()
+
+    def apply(self, batch: list[Transition]) -> list[Transition]:
+        with self._lock:
+            try:
+                _send(self._proc.stdin, [_to_row(t) for t in batch])
+                kind, payload = _recv(self._proc.stdout)
+            except (EOFError, OSError, ValueError) as e:
+                self._dead = True
+                raise StoreError(f"the gflow writer process for {self.path} died ({e})") from None
+        if kind == "error":
+            raise StoreError(payload)
+        return [batch[i] for i in payload]
+
+    def close(self) -> None:
+        self._dead = True
+        try:
+            _send(self._proc.stdin, None)
+            self._proc.stdin.close()
+        except Exception:
+            pass
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+
+_writers: dict[tuple[int, str], ProcessWriter] = {}
+_lock = threading.Lock()
+
+
+def writer_for(path: str, timeout: float) -> ProcessWriter:
+    """The driver process's writer for ``path`` (started on first use; the caller checks ``ready()``)."""
+    key = (os.getpid(), path)
+    with _lock:
+        w = _writers.get(key)
+        if w is None or w._dead:
+            w = _writers[key] = ProcessWriter(path, timeout)
+        return w
+
+
+@atexit.register
+def _close_all() -> None:
+    for w in list(_writers.values()):
+        w.close()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1], float(sys.argv[2]))
