@@ -270,3 +270,43 @@ def test_with_options_and_signature():
         fb.inc.with_options(retries=-1)
     with pytest.raises(Exception):
         gflow.task(timeout=0)(lambda: 1)
+
+
+def test_map_over_a_future(executor, store):
+    res = fb.map_over_future.run(6, executor=executor, return_run=True)
+    assert res.value == 3 * sum(range(6))
+    trs = store.task_runs(res.id)
+    names = sorted(t.name for t in trs)
+    assert names.count("scale") == 6 and "scale.map" in names
+    mapnode = next(t for t in trs if t.name == "scale.map")
+    assert mapnode.state is State.SUCCEEDED and mapnode.task == "gflow:map"
+    (tot,) = [t for t in trs if t.name == "total"]
+    assert tot.upstream == [mapnode.id]
+    assert fb.map_over_future.run(0, executor=executor) == 0  # an empty fan-out
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("not-iterable", "not iterable"),
+    ("zip", "zip()"),
+])
+def test_map_over_a_future_bad_values(kind, message, store):
+    res = fb.map_over_future_bad.run(kind, executor="local", return_run=True)
+    assert res.state is State.FAILED and message in str(res.error)
+
+
+def test_map_over_a_future_child_failure(executor, store):
+    @gflow.flow
+    def f():
+        ys = fb.scale.map(fb.make_list(3), k=1)           # succeeds
+        bad = fb.scale.map(fb.signed_list(), k=2)        # one child of the fan-out fails
+        return fb.total(ys), fb.total(bad)
+
+    res = f.run(executor=executor, return_run=True)
+    assert res.state is State.FAILED and "negative" in str(res.error)
+    trs = {t.name: t for t in store.task_runs(res.id) if t.name in ("scale.map",)}
+    maps = [t for t in store.task_runs(res.id) if t.name == "scale.map"]
+    assert sorted(t.state.value for t in maps) == ["FAILED", "SUCCEEDED"]
+    failed_map = next(t for t in maps if t.state is State.FAILED)
+    assert failed_map.error.startswith("UpstreamFailed")
+    totals = [t for t in store.task_runs(res.id) if t.name == "total"]
+    assert sorted(t.state.value for t in totals) == ["FAILED", "SUCCEEDED"]

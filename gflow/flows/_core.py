@@ -22,7 +22,7 @@ class Node:
 
     __slots__ = ("id", "run_id", "task", "arguments", "deps", "waiting", "dependents", "state", "attempt",
                  "value", "error", "exc", "key", "handle", "index", "started", "deadline", "engine",
-                 "has_result", "__weakref__")
+                 "has_result", "expand", "__weakref__")
 
     def __init__(self, id: str, run_id: str, task: Any, arguments: dict[str, Any] | None,
                  deps: list[Node], index: int | None = None):
@@ -45,6 +45,7 @@ class Node:
         self.deadline: float | None = None
         self.engine: Any = None
         self.has_result = False
+        self.expand: Any = None  # a map over a future: what to fan out once it resolves
 
 
 class Scheduler:
@@ -97,7 +98,9 @@ class Scheduler:
         running = self.running
         while ready and len(out) < capacity:
             node = ready.popleft()
-            if node.task is None or (node.state is not _PENDING and node.state is not _RETRYING):
+            st = node.state
+            if node.task is None or (st is not _PENDING and st is not _RETRYING and node.expand is None) \
+                    or st.terminal:
                 continue  # resolved outside the executor (a subflow), or cancelled while queued here
             limit = node.task.options.max_concurrency if node.task is not None else None
             if limit is not None:
@@ -120,6 +123,30 @@ class Scheduler:
         held = self.held.get(ident)
         if held:
             self.ready.appendleft(held.popleft())
+
+    def rewait(self, node: Node, deps: list[Node]) -> list[Node]:
+        """Make a node that was popped wait again, on ``deps`` (a map node gathering its fan-out).
+
+        Returns the nodes failed at once (the node itself and its dependents) if a dep already failed.
+        """
+        node.deps = deps
+        waiting = 0
+        for dep in deps:
+            st = dep.state
+            if st is _SUCCEEDED or st is _CACHED:
+                continue
+            if st is _FAILED or st is _CANCELLED:
+                node.error = dep
+                return [node, *self._finish(node, _CANCELLED if st is _CANCELLED else _FAILED)]
+            waiting += 1
+            if dep.dependents is None:
+                dep.dependents = [node]
+            else:
+                dep.dependents.append(node)
+        node.waiting = waiting
+        if waiting == 0:
+            self.ready.append(node)
+        return []
 
     def requeue(self, node: Node) -> None:
         """A node waiting for a retry is ready again."""
@@ -154,7 +181,7 @@ class Scheduler:
             if ok:
                 for d in deps:
                     d.waiting -= 1
-                    if d.waiting == 0 and d.state is _PENDING:
+                    if d.waiting == 0 and (d.state is _PENDING or d.expand is not None):
                         self.ready.append(d)
             else:
                 follow = State.CANCELLED if st is State.CANCELLED else State.FAILED

@@ -298,6 +298,9 @@ class Engine:
                 return
             calls = []
             for node in nodes:
+                if node.expand is not None:
+                    self._expand(node)
+                    continue
                 call = self._prepare(node)
                 if call is not None:
                     calls.append(call)
@@ -356,6 +359,30 @@ class Engine:
         if not self.reports_start and task.options.timeout:
             self._arm_timeout(node, time.time())
         return Call(node.id, node.run_id, task, call_args, call_kwargs, node.attempt, key, node.index)
+
+    def _expand(self, node: Node) -> None:
+        """A map over futures: fan out once they resolved, then gather the results into a list."""
+        children = node.arguments
+        if children is None:  # phase 1: the iterables are known now
+            flowrun, task, iterables, common = node.expand
+            try:
+                values = [resolve(it, _value_of) for it in iterables]
+                rows = list(zip(*values, strict=True)) if len(values) > 1 else [(x,) for x in values[0]]
+                children = [flowrun._node(task, row, common, i) for i, row in enumerate(rows)]
+            except Exception as e:  # not iterable, mismatched lengths, invalid arguments
+                self._fail(node, Outcome.from_exception(e, tb_mod.format_exc(), None, time.time()), retryable=False)
+                return
+            self._record(node, RUNNING, message=f"fan-out of {len(children)} calls of '{task.name}'")
+            node.state = RUNNING
+            node.arguments = children
+            self._add(children)
+            for f in self.core.rewait(node, children):
+                self._record_upstream_failed(f)
+            return
+        node.value = [c.value for c in children]  # phase 2: every call finished
+        self._record(node, SUCCEEDED)
+        self.core.succeeded(node)
+        node.arguments = None
 
     def _load_result(self, rec: TaskRunRecord) -> Any:
         data = rec.result_inline if rec.result_inline is not None else self.artifacts.get(rec.result_ref)

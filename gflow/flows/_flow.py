@@ -76,10 +76,25 @@ class FlowRun:
         self.engine.add([node])
         return node
 
-    def map(self, task: Any, rows: Sequence[tuple], common: dict) -> list[Future]:
+    def map(self, task: Any, iterables: Sequence[Any], common: dict) -> Any:
+        pending = [it for it in iterables if type(it) is Future]
+        if pending:
+            return self._map_later(task, iterables, common, pending)
+        rows = list(zip(*iterables, strict=True)) if len(iterables) > 1 else [(x,) for x in iterables[0]]
         nodes = [self._node(task, row, common, i) for i, row in enumerate(rows)]
         self.engine.add(nodes)  # one batch: the executor sees the fan-out at once
         return nodes
+
+    def _map_later(self, task: Any, iterables: Sequence[Any], common: dict, pending: list[Future]) -> Future:
+        """``task.map(future_of_a_list)``: one future for the list of results, fanned out when ready."""
+        for d in pending:
+            if d.engine is not self.engine:
+                raise InvalidArguments(f"task '{task.name}'.map(): {d!r} belongs to another flow run")
+        node = Future(f"{self.id}.{next(self._ids)}", self.id, _MapTask(task), None, pending)
+        node.engine = self.engine
+        node.expand = (self, task, list(iterables), common)
+        self.engine.add([node])
+        return node
 
     def subflow(self, flow: Flow, args: tuple, kwargs: dict) -> Future:
         arguments = flow.validator.validate(flow.validator.bind(args, kwargs), skip=_has_future)
@@ -124,6 +139,17 @@ class FlowRun:
 
         threading.Thread(target=body, name=f"gflow-subflow-{flow.name}", daemon=True).start()
         return node
+
+
+class _MapTask:
+    """Stands in for a task on the node of a deferred map (recorded as task 'gflow:map')."""
+
+    def __init__(self, task: Any):
+        from gflow.tasks import TaskOptions
+
+        self.name = f"{task.name}.map"
+        self.identity = "gflow:map"
+        self.options = TaskOptions()
 
 
 @dataclass

@@ -162,16 +162,17 @@ class Task(Generic[P, R]):
     def map(self, *iterables: Iterable[Any], **common: Any) -> list[Any]:
         """Fan out over ``iterables`` (zipped, like ``map``); ``common`` goes to every call.
 
-        Inside a flow this returns one future per element, handed to the executor as one batch.
-        Outside a flow it returns the list of results.
+        Inside a flow this returns one future per element, handed to the executor as one batch; if an
+        iterable is itself a future (of a list), it returns one future of the list of results, and the
+        fan-out happens when that future resolves. Outside a flow it returns the list of results.
         """
         if not iterables:
             raise InvalidArguments(f"task '{self.name}'.map() needs at least one iterable")
-        rows = list(zip(*iterables, strict=True)) if len(iterables) > 1 else [(x,) for x in iterables[0]]
         ctx = current_flow.get()
-        if ctx is None:
-            return [self.fn(*row, **common) for row in rows]
-        return ctx.map(self, rows, common)
+        if ctx is not None:
+            return ctx.map(self, iterables, common)  # an iterable may be a future of a list
+        rows = list(zip(*iterables, strict=True)) if len(iterables) > 1 else [(x,) for x in iterables[0]]
+        return [self.fn(*row, **common) for row in rows]
 
     # -- options -----------------------------------------------------------------------------------
     def with_options(self, **changes: Any) -> Task[P, R]:

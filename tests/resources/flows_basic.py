@@ -252,3 +252,34 @@ def slow_count(folder: str, x: int) -> int:
 @gflow.flow
 def killable(folder: str, n: int = 20) -> int:
     return total(slow_count.map([folder] * n, range(n)))
+
+
+@gflow.task
+def make_list(n: int) -> list[int]:
+    return list(range(n))
+
+
+@gflow.task
+def scale(x: int, k: int) -> int:
+    if x < 0:
+        raise ValueError("negative")
+    return x * k
+
+
+@gflow.flow
+def map_over_future(n: int, k: int = 3) -> int:
+    xs = make_list(n)                 # a future of a list
+    ys = scale.map(xs, k=inc(k - 1))  # fans out when xs resolves; k is a future too
+    return total(ys)
+
+
+@gflow.flow
+def map_over_future_bad(kind: str) -> list[int]:
+    if kind == "not-iterable":
+        return scale.map(inc(1), k=1)
+    return scale.map(make_list(2), make_list(3))  # zip of lengths 2 and 3
+
+
+@gflow.task
+def signed_list() -> list[int]:
+    return [1, -4, 2]
