@@ -73,10 +73,9 @@ def design(parent: Protein = Protein(sequence=PARENT, name="parent"), variants: 
     """Mutate -> score -> rank, for ``rounds`` rounds, seeding each round with the previous best."""
     best = [Design(protein=parent)]
     for r in range(rounds):
-        pool = mutate(best[0].protein, n=variants, seed=seed + r)
-        proteins = pool.result()  # control flow needs the list to fan out over it
-        scores = score.map(proteins)
-        best = rank(proteins, scores, top=top).result()
+        pool = mutate(best[0].protein, n=variants, seed=seed + r)  # a future of a list
+        scores = score.map(pool)  # fans out as soon as the pool is known, one batch
+        best = rank(pool, scores, top=top).result()  # the next round needs the value
     return best
 
 

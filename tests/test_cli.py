@@ -38,9 +38,9 @@ def test_run_example_then_inspect(gflow_home):
     assert ls.returncode == 0 and run_id in ls.stdout and "SUCCEEDED" in ls.stdout
     show = cli("runs", "show", run_id, env=env)
     assert show.returncode == 0 and "mutate" in show.stdout and "score" in show.stdout and "rank" in show.stdout
-    assert "SUCCEEDED=14" in show.stdout  # 1 mutate + 12 score + 1 rank
+    assert "SUCCEEDED=15" in show.stdout  # 1 mutate + 1 score.map + 12 score + 1 rank
     logs = cli("logs", run_id, env=env)
-    assert logs.returncode == 0 and logs.stdout.count("QUEUED") == 14
+    assert logs.returncode == 0 and logs.stdout.count("QUEUED") == 14  # the map node is never queued
 
 
 def test_param_becomes_protein(gflow_home):
