@@ -24,6 +24,8 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 _STATE_STYLE = {"SUCCEEDED": "green", "CACHED": "cyan", "FAILED": "red", "CANCELLED": "yellow",
                 "RUNNING": "blue", "RETRYING": "magenta", "QUEUED": "white", "PENDING": "dim"}
+_SHORT = {"PENDING": "pend", "QUEUED": "queue", "RUNNING": "run", "RETRYING": "retry", "SUCCEEDED": "ok",
+          "CACHED": "cached", "FAILED": "fail", "CANCELLED": "cancel"}
 _COLUMNS = ("PENDING", "QUEUED", "RUNNING", "RETRYING", "SUCCEEDED", "CACHED", "FAILED", "CANCELLED")
 
 
@@ -48,9 +50,9 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 
 def _progress_table(snapshot: dict[str, Counter], run_id: str, t0: float) -> Table:
     table = Table(title=f"run {run_id} · {time.time() - t0:.1f}s", title_justify="left", expand=False)
-    table.add_column("task")
+    table.add_column("task", no_wrap=True)
     for col in _COLUMNS:
-        table.add_column(col.lower(), justify="right", style=_STATE_STYLE[col])
+        table.add_column(_SHORT[col], justify="right", style=_STATE_STYLE[col], no_wrap=True)
     for name, counts in sorted(snapshot.items()):
         table.add_row(name, *[str(counts.get(c, "")) if counts.get(c) else "" for c in _COLUMNS])
     return table
