@@ -289,6 +289,19 @@ def runs_show(run_id, state, limit, store, profile) -> None:
         out.print(f"  ... {total - len(trs)} more task runs (use --limit 0 to list all)")
 
 
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--reason", default="cancelled by user (gflow runs cancel)")
+@_common_store
+def runs_cancel(run_id, reason, store, profile) -> None:
+    """Cancel a run: its driver stops its calls within about a second."""
+    from gflow.config import load_profile
+    from gflow.store import cancel_run, open_store
+
+    rec = cancel_run(open_store(load_profile(profile, store=store).store), run_id, reason)
+    err.print(f"run [bold]{rec.id}[/bold] [yellow]CANCELLED[/yellow]", markup=True)
+
+
 @main.command()
 @click.argument("run_id")
 @click.option("--task-run", default=None, help="Only this task run's events (and its traceback).")

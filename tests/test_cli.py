@@ -162,3 +162,54 @@ def test_profiles_from_gflow_toml(gflow_home, tmp_path):
     r = cli("run", f"{FLOWS}:map_reduce", "--param", "n=2", "--no-progress",
             env={**_env(gflow_home), "GFLOW_STORE": f"sqlite:///{env_store}"}, cwd=tmp_path)
     assert r.returncode == 0 and len(open_store(f"sqlite:///{env_store}").list_runs()) == 1
+
+
+def test_ctrl_c_cancels_then_resume(gflow_home, tmp_path):
+    env = {**os.environ, "GFLOW_HOME": str(gflow_home), "GFLOW_TEST_SLOW": "0.1",
+           "PYTHONPATH": os.pathsep.join([str(RESOURCES), str(ROOT)])}
+    work = tmp_path / "w"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "gflow", "run", f"{FLOWS}:killable", "--param", f"folder={work}",
+                             "--param", "n=40", "--executor", "local://threads?workers=2", "--no-progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = gflow_home / "gflow.db"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        time.sleep(0.1)
+        if db.exists():
+            runs = open_store(f"sqlite:///{db}").list_runs()
+            if runs and open_store(f"sqlite:///{db}").counts(runs[0].id).get("SUCCEEDED", 0) >= 4:
+                break
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "gflow resume" in stderr
+    st = open_store(f"sqlite:///{db}")
+    run = st.list_runs()[0]
+    assert run.state is State.CANCELLED
+    assert set(st.counts(run.id)) <= {"SUCCEEDED", "CANCELLED"}
+    r = cli("resume", run.id, "--no-progress", env={"GFLOW_HOME": str(gflow_home), "GFLOW_TEST_SLOW": "0.01"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == sum(range(40))
+
+
+def test_runs_cancel_command(gflow_home, tmp_path):
+    env = {**os.environ, "GFLOW_HOME": str(gflow_home), "GFLOW_TEST_SLOW": "0.2",
+           "PYTHONPATH": os.pathsep.join([str(RESOURCES), str(ROOT)])}
+    work = tmp_path / "w"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "gflow", "run", f"{FLOWS}:killable", "--param", f"folder={work}",
+                             "--param", "n=40", "--executor", "local://threads?workers=2", "--no-progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = gflow_home / "gflow.db"
+    deadline = time.time() + 30
+    while time.time() < deadline and not (db.exists() and open_store(f"sqlite:///{db}").list_runs()):
+        time.sleep(0.1)
+    run_id = open_store(f"sqlite:///{db}").list_runs()[0].id
+    r = cli("runs", "cancel", run_id, env={"GFLOW_HOME": str(gflow_home)})
+    assert r.returncode == 0 and "CANCELLED" in r.stderr
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "cancelled" in stderr.lower()
+    assert open_store(f"sqlite:///{db}").get_run(run_id).state is State.CANCELLED
+    again = cli("runs", "cancel", run_id, env={"GFLOW_HOME": str(gflow_home)})
+    assert again.returncode != 0 and "refused" in again.stderr

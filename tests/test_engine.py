@@ -310,3 +310,30 @@ def test_map_over_a_future_child_failure(executor, store):
     assert failed_map.error.startswith("UpstreamFailed")
     totals = [t for t in store.task_runs(res.id) if t.name == "total"]
     assert sorted(t.state.value for t in totals) == ["FAILED", "SUCCEEDED"]
+
+
+def test_cancel_from_outside_stops_the_run(store, work):
+    """`gflow runs cancel` (or the server) marks the run; the driver cancels its calls within ~1 s."""
+    import threading
+
+    from gflow.store import cancel_run
+
+    box = {}
+    th = threading.Thread(target=lambda: box.update(res=fb.killable.run(work, 60, executor="local://threads?workers=2",
+                                                                          return_run=True)))
+    th.start()
+    deadline = time.time() + 20
+    while time.time() < deadline and not (store.list_runs() and store.counts(store.list_runs()[0].id).get("SUCCEEDED")):
+        time.sleep(0.05)
+    run_id = store.list_runs()[0].id
+    t0 = time.time()
+    cancel_run(store, run_id, "test says stop")
+    th.join(20)
+    assert not th.is_alive() and time.time() - t0 < 5
+    res = box["res"]
+    assert res.state is State.CANCELLED and isinstance(res.error, gflow.Cancelled)
+    run = store.get_run(run_id)
+    assert run.state is State.CANCELLED and "test says stop" in run.error
+    counts = store.counts(run_id)
+    assert counts.get("CANCELLED", 0) > 0 and counts.get("SUCCEEDED", 0) < 60
+    assert set(counts) <= {"SUCCEEDED", "CANCELLED"}

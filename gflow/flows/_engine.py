@@ -81,6 +81,11 @@ class Engine:
         self._board_interval = getattr(executor, "board_interval", 0.02)
         self._last_board = 0.0
         self._awaiting_start = 0  # dispatched calls whose start the board has not shown yet
+        #: the run whose state the engine watches for a cancel from outside (gflow runs cancel, the server)
+        self.watch: str | None = None
+        self.watch_interval = 1.0
+        self.cancelled_by: str | None = None
+        self._last_watch = time.monotonic()
         executor.start(self._listen)
         self._thread = threading.Thread(target=self._loop, name="gflow-engine", daemon=True)
         self._thread.start()
@@ -181,6 +186,8 @@ class Engine:
                     self._poll()
                 if self._awaiting_start:
                     self._read_board()
+                if self.watch is not None and time.monotonic() - self._last_watch >= self.watch_interval:
+                    self._check_cancelled()
                 self._dispatch()
                 if self._drains:
                     self._check_drains()
@@ -205,6 +212,9 @@ class Engine:
         if self._awaiting_start:
             b = max(0.0, self._last_board + self._board_interval - time.monotonic())
             t = b if t is None else min(t, b)
+        if self.watch is not None and self.cancelled_by is None:
+            w = max(0.0, self._last_watch + self.watch_interval - time.monotonic())
+            t = w if t is None else min(t, w)
         if self.core.ready and self.executor.capacity() <= 0:
             t = 0.05 if t is None else min(t, 0.05)
         return t
@@ -536,6 +546,20 @@ class Engine:
             self._polled.pop(n.id, None)
             for f in self.core.failed(n, State.CANCELLED):
                 self._record_upstream_failed(f)
+
+    def _check_cancelled(self) -> None:
+        """Cancel everything if someone else marked the watched run CANCELLED in the store."""
+        self._last_watch = time.monotonic()
+        if self.cancelled_by is not None:
+            return
+        try:
+            rec = self.store.get_run(self.watch)
+        except GflowError as e:
+            log.debug("could not check run %s for a cancel: %s", self.watch, e)
+            return
+        if rec.state is CANCELLED:
+            self.cancelled_by = rec.error or "Cancelled"
+            self._cancel(None, f"run cancelled from outside ({self.cancelled_by})")
 
     def _check_drains(self) -> None:
         keep = []

@@ -18,7 +18,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from gflow._context import current_flow
 from gflow.artifacts import open_artifacts
 from gflow.config import load_profile
-from gflow.errors import Cancelled, FlowFailed, InvalidArguments, TaskFailed
+from gflow.errors import Cancelled, FlowFailed, InvalidArguments, InvalidTransition, TaskFailed
 from gflow.executors import get_executor
 from gflow.flows._engine import Engine, compute_key
 from gflow.flows._future import _LEAF, Future, find_futures, resolve
@@ -245,6 +245,7 @@ class Flow(Generic[P, R]):
         st = engine.store
         st.set_run_state(run_id, State.RUNNING, time.time())
         ctx = FlowRun(self, run_id, engine)
+        engine.watch = run_id
         body_exc: BaseException | None = None
         out: Any = None
         token = current_flow.set(ctx)
@@ -271,6 +272,8 @@ class Flow(Generic[P, R]):
             raise
         failures = [engine.error_of(n) for n in engine.failures if n.run_id == run_id]
         error = body_exc or (failures[0] if failures else None)
+        if engine.cancelled_by is not None:
+            error = Cancelled(f"run {run_id} was cancelled: {engine.cancelled_by}")
         engine.recorder.close()
         if error is None:
             enc = None
@@ -289,7 +292,11 @@ class Flow(Generic[P, R]):
         final = State.CANCELLED if isinstance(error, Cancelled) else State.FAILED
         first_line = str(error).split("\n")[0]
         tb = getattr(error, "traceback", "") or "".join(traceback.format_exception(error))
-        st.set_run_state(run_id, final, time.time(), error=f"{type(error).__name__}: {first_line}", traceback=tb)
+        try:
+            st.set_run_state(run_id, final, time.time(), error=f"{type(error).__name__}: {first_line}", traceback=tb)
+        except InvalidTransition:
+            if engine.cancelled_by is None:  # only a cancel from outside may have ended the run first
+                raise
         if return_run:
             return RunResult(run_id, final, None, error)
         raise error

@@ -41,4 +41,37 @@ def open_store(url: str | Store, events: str | None = None) -> Store:
     return cls.from_url(url)
 
 
-__all__ = ["Event", "RunRecord", "Store", "TaskRunRecord", "Transition", "open_store"]
+def cancel_run(store: Store, run_id: str, reason: str = "cancelled by user") -> RunRecord:
+    """Mark a run CANCELLED. A live driver notices within about a second and cancels its calls
+    (queued ones never start, running ones are cancelled on the backend where it can); a run whose
+    driver is gone has its unfinished task runs marked CANCELLED here.
+
+    Raises:
+        RunNotFound, InvalidTransition: unknown id, or the run already ended.
+    """
+    import os
+    import socket
+    import time
+
+    from gflow.states import TERMINAL, State
+
+    rec = store.get_run(run_id)
+    now = time.time()
+    store.set_run_state(rec.id, State.CANCELLED, now, error=f"Cancelled: {reason}")
+    alive = False
+    if rec.host == socket.gethostname() and rec.pid:
+        try:
+            os.kill(rec.pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+    if not alive and rec.host == socket.gethostname():
+        orphans = [t for t in store.task_runs(rec.id) if t.state not in TERMINAL]
+        store.apply([Transition(t.id, rec.id, State.CANCELLED, t.attempt, now, error=f"Cancelled: {reason}")
+                     for t in orphans])
+    return store.get_run(rec.id)
+
+
+__all__ = ["cancel_run", "Event", "RunRecord", "Store", "TaskRunRecord", "Transition", "open_store"]
