@@ -337,3 +337,21 @@ def test_cancel_from_outside_stops_the_run(store, work):
     counts = store.counts(run_id)
     assert counts.get("CANCELLED", 0) > 0 and counts.get("SUCCEEDED", 0) < 60
     assert set(counts) <= {"SUCCEEDED", "CANCELLED"}
+
+
+def test_lineage_of_objects(store):
+    p = Protein(sequence="MKTAYIAK", name="p")
+    scores = fb.protein_flow.run(p, n=2, executor="local")
+    s0 = scores[0]
+    lin = store.lineage(s0.content_id)
+    # both mutants have length 8: the same Score (same content id) came from two task runs
+    producers = lin["produced_by"]
+    assert [t.name for t in producers] == ["score_len", "score_len"]
+    mutants = {p.mutate("M1A").content_id, p.mutate("M1G").content_id}
+    assert set(lin["inputs"]) == mutants
+    for t in producers:
+        ins = store.objects_of(t.id)
+        assert ins["outputs"] == [s0.content_id] and len(ins["inputs"]) == 1 and ins["inputs"][0] in mutants
+    consumer = store.lineage(p.mutate("M1A").content_id)["consumed_by"]
+    assert len(consumer) == 1 and consumer[0].name == "score_len"
+    assert store.lineage("sha256:" + "0" * 64) == {"produced_by": [], "inputs": [], "consumed_by": []}

@@ -19,6 +19,8 @@ import traceback as tb_mod
 from collections import Counter
 from typing import Any
 
+from pydantic import BaseModel
+
 from gflow.errors import Cancelled, GflowError, SerializationError, TaskFailed, TaskTimeout, UpstreamFailed
 from gflow.executors.base import Call, Executor, Outcome
 from gflow.flows._core import Node, Scheduler
@@ -38,6 +40,32 @@ INLINE_MAX = 16 * 1024
 
 def _value_of(f: Future) -> Any:
     return f.value
+
+
+def object_ids(value: Any, out: list[str] | None = None, depth: int = 0) -> list[str]:
+    """Content ids of the gflow objects in ``value`` (itself, or inside lists/tuples/dicts, 3 levels)."""
+    if out is None:
+        out = []
+    t = type(value)
+    if t in _SCALARS or depth > 3:
+        return out
+    cid = getattr(value, "content_id", None) if isinstance(value, BaseModel) else None
+    if isinstance(cid, str):
+        if cid not in out:
+            out.append(cid)
+        return out
+    if t is list or t is tuple:
+        for v in value:
+            if type(v) not in _SCALARS:
+                object_ids(v, out, depth + 1)
+    elif t is dict:
+        for v in value.values():
+            if type(v) not in _SCALARS:
+                object_ids(v, out, depth + 1)
+    return out
+
+
+_SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
 
 
 def compute_key(task: Any, arguments: dict[str, Any]) -> str:
@@ -358,13 +386,13 @@ class Engine:
             else:
                 node.value = value
                 ref = hit.result_ref if isinstance(hit, TaskRunRecord) else None
-                self._record(node, State.CACHED, key=key, result_ref=ref,
+                self._record(node, State.CACHED, key=key, result_ref=ref, objects=object_ids(value) or None,
                              message=f"from {hit.id}" if isinstance(hit, TaskRunRecord) else "from this run")
                 self.core.succeeded(node, State.CACHED)
                 node.arguments = None
                 return None
         call_args, call_kwargs = task.validator.call_args(args)
-        self._record(node, QUEUED, key=key)
+        self._record(node, QUEUED, key=key, objects=object_ids(args) or None)
         node.state = QUEUED
         if not self.reports_start and task.options.timeout:
             self._arm_timeout(node, time.time())
@@ -440,7 +468,8 @@ class Engine:
         else:
             self.recorder.add_blob(enc.digest, enc.data)
         node.value = value
-        self._record(node, SUCCEEDED, result_ref=enc.digest, result_inline=inline)
+        self._record(node, SUCCEEDED, result_ref=enc.digest, result_inline=inline,
+                     objects=object_ids(value) or None)
         if task.options.cache:
             self.cache_mem[node.key] = value
         self.core.succeeded(node)

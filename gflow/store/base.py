@@ -36,6 +36,8 @@ class Transition:
     handle: str | None = None
     message: str | None = None
     cacheable: int | None = None
+    #: content ids of gflow objects this call read (on QUEUED) or produced (on SUCCEEDED/CACHED)
+    objects: list[str] | None = None
 
 
 @dataclass(slots=True)
@@ -174,6 +176,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def results_by_key(self, run_id: str) -> dict[str, TaskRunRecord]:
         """Finished task runs of a run that have stored results, by cache key (for resume)."""
+
+    def lineage(self, content_id: str) -> dict[str, Any]:
+        """Which task run produced a gflow object (by content id), from which inputs, and which
+        task runs consumed it: ``{"produced_by": [TaskRunRecord], "inputs": [ids], "consumed_by": [...]}``."""
+        return {"produced_by": [], "inputs": [], "consumed_by": []}
+
+    def objects_of(self, task_run_id: str) -> dict[str, list[str]]:
+        """Content ids of the gflow objects a task run read and produced."""
+        return {"inputs": [], "outputs": []}
 
     def close(self) -> None:
         """Release connections."""

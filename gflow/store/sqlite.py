@@ -15,7 +15,7 @@ from gflow.errors import InvalidTransition, RunNotFound, StoreError
 from gflow.states import RANK, TERMINAL_RANK, State, is_forward
 from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, flow TEXT NOT NULL, flow_path TEXT, state TEXT NOT NULL, rank INTEGER NOT NULL,
@@ -39,6 +39,11 @@ CREATE TABLE IF NOT EXISTS events (
     state TEXT NOT NULL, attempt INTEGER NOT NULL, ts REAL NOT NULL, message TEXT
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
+CREATE TABLE IF NOT EXISTS objects (
+    content_id TEXT NOT NULL, task_run_id TEXT NOT NULL, run_id TEXT NOT NULL, role TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_content ON objects(content_id, role);
+CREATE INDEX IF NOT EXISTS objects_task_run ON objects(task_run_id);
 """
 
 _UPSERT = """
@@ -265,6 +270,10 @@ class SQLiteStore(Store):
                 else:
                     refused.append(t)
             _insert_many(c, _UPSERT, _merge_rows(accepted))
+            objs = [(cid, t.task_run_id, t.run_id, "in" if t.state is State.QUEUED else "out")
+                    for t in accepted if t.objects for cid in t.objects]
+            if objs:
+                _insert_many(c, "INSERT INTO objects (content_id, task_run_id, run_id, role) VALUES (?,?,?,?)", objs)
             _insert_many(c, _EVENT_INSERT,
                          [(t.run_id, t.task_run_id, _VALUE_RANK[t.state][0], t.attempt, t.ts, t.message or t.error)
                           for t in accepted])
@@ -330,6 +339,21 @@ class SQLiteStore(Store):
             f"SELECT {_TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
             "AND result_ref IS NOT NULL AND key IS NOT NULL", (run_id,), "resume lookup")
         return {r.key: r for r in map(self._tr_from_row, rows) if r.key}
+
+    def lineage(self, content_id: str) -> dict[str, Any]:
+        rows = self._read("SELECT task_run_id, role FROM objects WHERE content_id=?", (content_id,), "lineage")
+        produced = sorted({r[0] for r in rows if r[1] == "out"})
+        consumed = sorted({r[0] for r in rows if r[1] == "in"})
+        inputs: list[str] = []
+        for tr in produced:
+            inputs += [cid for cid in self.objects_of(tr)["inputs"] if cid not in inputs]
+        return {"produced_by": [self.get_task_run(t) for t in produced], "inputs": inputs,
+                "consumed_by": [self.get_task_run(t) for t in consumed]}
+
+    def objects_of(self, task_run_id: str) -> dict[str, list[str]]:
+        rows = self._read("SELECT content_id, role FROM objects WHERE task_run_id=? ORDER BY rowid", (task_run_id,),
+                          "lineage")
+        return {"inputs": [r[0] for r in rows if r[1] == "in"], "outputs": [r[0] for r in rows if r[1] == "out"]}
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
