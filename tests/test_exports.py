@@ -28,3 +28,23 @@ def test_executor_registry_by_name_and_entry_point():
 
     gflow.register_executor("mine", lambda spec: Mine())
     assert isinstance(gflow.get_executor("mine://x"), Mine)
+
+
+def test_executor_from_entry_point(tmp_path, monkeypatch):
+    """A third-party package registers an executor through the gflow.executors entry-point group."""
+    pkg = tmp_path / "thirdparty_exec.py"
+    pkg.write_text("from gflow.executors.local import InlineExecutor\n\n"
+                   "class ThirdParty(InlineExecutor):\n    name = 'thirdparty'\n")
+    dist = tmp_path / "thirdparty_exec-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-exec\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[gflow.executors]\nthirdparty = thirdparty_exec:ThirdParty\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from gflow.executors import known_executors
+
+    assert "thirdparty" in known_executors()
+    ex = gflow.get_executor("thirdparty")
+    assert type(ex).__name__ == "ThirdParty"
+    import flows_basic as fb
+
+    assert fb.map_reduce.run(3, executor=ex) == 6
