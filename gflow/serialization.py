@@ -211,7 +211,7 @@ def from_jsonable(tree: Any, load_blob: Callable[[str], bytes]) -> Any:
         return _dt.date.fromisoformat(tree["v"])
     if tag == "dataclass":
         cls = import_path(tree["type"])
-        if not dataclasses.is_dataclass(cls):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             raise SerializationError(f"{tree['type']} is not a dataclass")
         return cls(**{k: from_jsonable(v, load_blob) for k, v in tree["data"].items()})
     if tag == "ndarray":

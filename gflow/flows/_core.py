@@ -8,7 +8,7 @@ passed in, so retries and backoff are testable deterministically.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gflow.states import State
@@ -24,13 +24,14 @@ class Node:
                  "value", "error", "exc", "key", "handle", "index", "started", "deadline", "engine",
                  "has_result", "expand", "__weakref__")
 
-    def __init__(self, id: str, run_id: str, task: Any, arguments: dict[str, Any] | None,
-                 deps: list[Node], index: int | None = None):
+    def __init__(self, id: str, run_id: str, task: Any, arguments: Any, deps: Sequence[Node],
+                 index: int | None = None):
         self.id = id
         self.run_id = run_id
         self.task = task
-        self.arguments = arguments
-        self.deps = deps
+        #: bound arguments (a dict) until dispatched; for a map node, then its fan-out (a list of nodes)
+        self.arguments: Any = arguments
+        self.deps: Sequence[Node] = deps
         self.waiting = 0
         self.dependents: list[Node] | None = None
         self.state = State.PENDING
@@ -124,7 +125,7 @@ class Scheduler:
         if held:
             self.ready.appendleft(held.popleft())
 
-    def rewait(self, node: Node, deps: list[Node]) -> list[Node]:
+    def rewait(self, node: Node, deps: Sequence[Node]) -> list[Node]:
         """Make a node that was popped wait again, on ``deps`` (a map node gathering its fan-out).
 
         Returns the nodes failed at once (the node itself and its dependents) if a dep already failed.

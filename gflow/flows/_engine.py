@@ -17,6 +17,7 @@ import threading
 import time
 import traceback as tb_mod
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -119,7 +120,7 @@ class Engine:
         self._thread.start()
 
     # -- API for flow threads -----------------------------------------------------------------
-    def add(self, nodes: list[Node]) -> None:
+    def add(self, nodes: Sequence[Node]) -> None:
         self.q.put(("add", nodes))
 
     def wait(self, node: Node, timeout: float | None = None) -> None:
@@ -298,7 +299,7 @@ class Engine:
                 c[node.state.value] += 1
         return out
 
-    def _add(self, nodes: list[Node]) -> None:
+    def _add(self, nodes: Sequence[Node]) -> None:
         reg = self.nodes
         rec = self.recorder.add
         now = time.time()
@@ -470,7 +471,7 @@ class Engine:
         node.value = value
         self._record(node, SUCCEEDED, result_ref=enc.digest, result_inline=inline,
                      objects=object_ids(value) or None)
-        if task.options.cache:
+        if task.options.cache and node.key is not None:
             self.cache_mem[node.key] = value
         self.core.succeeded(node)
         node.arguments = None
@@ -526,6 +527,8 @@ class Engine:
             return
         self._last_board = now
         board = self._board
+        if board is None:
+            return
         nodes = self.nodes
         for call_id in list(board):
             entry = board.pop(call_id, None)
@@ -579,7 +582,7 @@ class Engine:
     def _check_cancelled(self) -> None:
         """Cancel everything if someone else marked the watched run CANCELLED in the store."""
         self._last_watch = time.monotonic()
-        if self.cancelled_by is not None:
+        if self.cancelled_by is not None or self.watch is None:
             return
         try:
             rec = self.store.get_run(self.watch)

@@ -112,8 +112,8 @@ class FlowRun:
         def body() -> None:
             token = current_flow.set(child)
             try:
-                resolved = {k: resolve(v) for k, v in arguments.items()}
-                out = flow.fn(**resolved)
+                call_args, call_kwargs = flow.validator.call_args({k: resolve(v) for k, v in arguments.items()})
+                out = flow.fn(*call_args, **call_kwargs)
             except BaseException as e:  # noqa: BLE001 - reported through the future
                 current_flow.reset(token)
                 self.engine.drain(child_id)
@@ -180,16 +180,16 @@ class Flow(Generic[P, R]):
         """Where to import the flow from again (for resume): ``module:qualname`` or ``file.py:name``."""
         if self.source_file:
             return f"{self.source_file}:{self.fn.__qualname__}"
-        mod = sys.modules.get(self.fn.__module__)
-        if self.fn.__module__ == "__main__" and getattr(mod, "__file__", None):
-            return f"{os.path.abspath(mod.__file__)}:{self.fn.__qualname__}"
+        main_file = getattr(sys.modules.get(self.fn.__module__), "__file__", None)
+        if self.fn.__module__ == "__main__" and main_file:
+            return f"{os.path.abspath(main_file)}:{self.fn.__qualname__}"
         return f"{self.fn.__module__}:{self.fn.__qualname__}"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         ctx = current_flow.get()
         if ctx is not None:
             return ctx.subflow(self, args, kwargs)  # type: ignore[return-value]
-        return self.run(*args, **kwargs)
+        return self.run(*args, **kwargs)  # type: ignore[arg-type]
 
     def run(self, *args: Any, executor: Any = None, store: Any = None, artifacts: Any = None,
             profile: str | None = None, tags: Sequence[str] = (), params: dict[str, Any] | None = None,
@@ -251,7 +251,8 @@ class Flow(Generic[P, R]):
         token = current_flow.set(ctx)
         try:
             try:
-                out = self.fn(**arguments)
+                call_args, call_kwargs = self.validator.call_args(arguments)
+                out = self.fn(*call_args, **call_kwargs)
             except KeyboardInterrupt:
                 raise
             except BaseException as e:  # noqa: BLE001 - re-raised after the run is recorded

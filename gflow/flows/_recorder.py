@@ -91,7 +91,7 @@ class Recorder:
             while blobs:
                 d, data = blobs.popleft()
                 batch_blobs[d] = data
-            batch = []
+            batch: list[Transition] = []
             while items and len(batch) < self.max_batch:
                 batch.append(items.popleft())
             attempts = 0
@@ -136,7 +136,8 @@ class Recorder:
             from gflow.store._writer import writer_for
 
             try:
-                self._writer = writer_for(self.store.path, self.store.timeout)
+                store: Any = self.store  # a SQLiteStore (checked in __init__)
+                self._writer = writer_for(store.path, store.timeout)
                 if mode == "process":
                     self._writer.wait_ready()
             except Exception:  # no child process: this thread writes, as before

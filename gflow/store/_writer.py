@@ -122,9 +122,10 @@ class ProcessWriter:
     def close(self) -> None:
         self._dead = True
         try:
-            _send(self._proc.stdin, None)
-            self._proc.stdin.close()
-        except Exception:
+            if self._proc.stdin is not None:
+                _send(self._proc.stdin, None)
+                self._proc.stdin.close()
+        except Exception:  # the child is already gone
             pass
         try:
             self._proc.wait(timeout=5)
