@@ -85,12 +85,24 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._write_lock = threading.Lock()
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with self._errors("open"):
-            conn = self._conn()
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                with self._write_lock:
-                    conn.executescript(_SCHEMA)
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # Several threads or processes may create the same new file at once: setting WAL mode or
+        # writing the schema can then report "locked" at once (no busy wait applies); retry briefly.
+        delay = 0.01
+        for attempt in range(50):
+            try:
+                with self._errors("open"):
+                    conn = self._conn()
+                    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                        with self._write_lock:
+                            conn.executescript(_SCHEMA)
+                            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                break
+            except StoreError as e:
+                if "locked" not in str(e) or attempt == 49:
+                    raise
+                self.close()
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:

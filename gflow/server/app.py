@@ -1,0 +1,224 @@
+"""The ASGI app: GraphQL at ``/graphql`` (HTTP and graphql-transport-ws), the dashboard at ``/``,
+``/healthz``.
+
+Store calls are blocking (SQLite, pymongo), so resolvers run them on a small pool of store threads
+and the event loop stays free for other requests and subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graphql import GraphQLError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+
+try:  # where strawberry's HTTP errors live (moved between versions)
+    from cross_web import HTTPException as _HTTPException
+except ImportError:  # pragma: no cover
+    from strawberry.http.exceptions import HTTPException as _HTTPException  # type: ignore[no-redef,attr-defined]
+
+from gflow.errors import GflowError, InvalidTransition, StoreError
+from gflow.server.auth import AuthConfig, InvalidToken, Role, connection_authorization
+from gflow.server.events import EventHub
+from gflow.server.loaders import Loaders
+from gflow.server.schema import BAD_INPUT, CONFLICT, NOT_FOUND, Limits, build_schema, gql_error
+from gflow.store import Store
+
+log = logging.getLogger("gflow.server")
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass
+class ServerState:
+    """What every request shares: the store, its threads, the live event hub, auth and limits."""
+
+    store: Store
+    auth: AuthConfig
+    limits: Limits
+    pool: ThreadPoolExecutor
+    hub: EventHub | None = None
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking store call on a store thread, translating its errors into GraphQL errors."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+        except GraphQLError:
+            raise
+        except LookupError as e:  # RunNotFound, unknown task run
+            raise gql_error(self._clean(e).strip("'\""), NOT_FOUND) from None
+        except InvalidTransition as e:
+            raise gql_error(self._clean(e), CONFLICT) from None
+        except StoreError as e:
+            raise gql_error(f"state store unavailable: {self._clean(e)}", "STORE_UNAVAILABLE") from None
+        except (GflowError, ValueError) as e:
+            raise gql_error(self._clean(e), BAD_INPUT) from None
+        except Exception:
+            log.exception("store call %s failed", getattr(fn, "__name__", fn))
+            raise gql_error("internal server error (see the server log)", "INTERNAL") from None
+
+
+    def _clean(self, e: BaseException) -> str:
+        """The error's message without the store's URL (it may carry credentials)."""
+        msg = str(e)
+        for where in (getattr(self.store, "url", None), getattr(self.store, "path", None)):
+            if isinstance(where, str) and where:
+                msg = msg.replace(where, f"the {_scheme(self.store)} store")
+        return msg
+
+
+@dataclass
+class Context:
+    """The GraphQL context: one per HTTP request, one per websocket connection."""
+
+    state: ServerState
+    request: Any
+    response: Any
+    role: Role = Role.ANONYMOUS
+    connection_params: dict | None = None
+    loaders: Loaders = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loaders = Loaders(self.state.store, self.state.call)
+
+    store = property(lambda self: self.state.store)
+    auth = property(lambda self: self.state.auth)
+    limits = property(lambda self: self.state.limits)
+    call = property(lambda self: self.state.call)
+
+    @property
+    def hub(self) -> EventHub:
+        if self.state.hub is None:
+            self.state.hub = EventHub(self.state.store, self.state.call, poll_interval=self.state.limits.poll_interval)
+        return self.state.hub
+
+    def set_status(self, status: int) -> None:
+        """Set the HTTP status of the response (no-op over websockets)."""
+        if isinstance(self.response, Response):
+            self.response.status_code = status
+
+
+def _error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status,
+                        headers=headers)
+
+
+class GflowGraphQL(GraphQL[Context, None]):
+    """Strawberry's ASGI view plus auth, a body-size limit and a request timeout."""
+
+    def __init__(self, state: ServerState):
+        super().__init__(build_schema(state.limits), keep_alive=True, keep_alive_interval=15)
+        self.state = state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        request = Request(scope, receive)
+        response = self._check_http(request)
+        if response is None:
+            try:
+                response = await asyncio.wait_for(self.run(request), self.state.limits.request_timeout)
+            except TimeoutError:
+                response = _error_response(504, f"request timed out after {self.state.limits.request_timeout:g}s",
+                                           "TIMEOUT")
+            except _HTTPException as e:  # malformed body, bad method, ...
+                response = _error_response(e.status_code, e.reason, BAD_INPUT)
+        await response(scope, receive, send)
+
+    def _check_http(self, request: Request) -> Response | None:
+        size = request.headers.get("content-length")
+        if size and size.isdigit() and int(size) > self.state.limits.max_body_bytes:
+            return _error_response(413, f"request body over {self.state.limits.max_body_bytes} bytes", BAD_INPUT)
+        auth = self.state.auth
+        try:
+            role = auth.role_from_header(request.headers.get("authorization"))
+        except InvalidToken as e:
+            return _error_response(401, str(e), "UNAUTHENTICATED",
+                                   {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if not auth.can_read(role):
+            return _error_response(401, "this server needs a token for reads: send 'Authorization: Bearer <token>'",
+                                   "UNAUTHENTICATED", {"WWW-Authenticate": "Bearer"})
+        request.state.gflow_role = role
+        return None
+
+    async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        role = getattr(request.state, "gflow_role", Role.ANONYMOUS) if isinstance(request, Request) else Role.ANONYMOUS
+        return Context(state=self.state, request=request, response=response, role=role)
+
+    async def on_ws_connect(self, context: Context) -> Any:
+        auth = self.state.auth
+        header = connection_authorization(context.connection_params) or context.request.headers.get("authorization")
+        try:
+            role = auth.role_from_header(header)
+        except InvalidToken:
+            raise ConnectionRejectionError() from None
+        if not auth.can_read(role):
+            raise ConnectionRejectionError()
+        context.role = role
+        return await super().on_ws_connect(context)
+
+
+def create_app(store: Store, *, auth: AuthConfig | None = None, limits: Limits | None = None,
+               close_store: bool = False) -> Starlette:
+    """The server's ASGI app over an open store.
+
+    Args:
+        auth: Tokens (default: none: reads open, mutations refused).
+        limits: Page size, query depth/aliases/tokens, request timeout, ...
+        close_store: Close the store when the app shuts down.
+    """
+    limits = limits or Limits()
+    state = ServerState(store=store, auth=auth or AuthConfig(), limits=limits,
+                        pool=ThreadPoolExecutor(limits.store_threads, thread_name_prefix="gflow-store"))
+    graphql = GflowGraphQL(state)
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def healthz(request: Request) -> Response:
+        try:
+            await asyncio.wait_for(state.call(store.list_runs, limit=1), 5.0)
+        except (GraphQLError, TimeoutError) as e:
+            return JSONResponse({"ok": False, "store": _scheme(store), "error": str(e) or "timeout"}, status_code=503)
+        return JSONResponse({"ok": True, "store": _scheme(store),
+                             "watched_runs": state.hub.watched if state.hub else 0})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        if state.hub is not None:
+            await state.hub.close()
+        state.pool.shutdown(wait=False, cancel_futures=True)
+        if close_store:
+            store.close()
+
+    app = Starlette(routes=[
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
+    ], lifespan=lifespan)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.state.gflow = state
+    return app
+
+
+def _scheme(store: Store) -> str:
+    """The store's kind, without its URL (which may hold credentials)."""
+    url = getattr(store, "url", "") or ""
+    return url.split(":", 1)[0] if ":" in url else type(store).__name__

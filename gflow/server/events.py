@@ -1,0 +1,206 @@
+"""Live run events for subscriptions: one shared tail per watched run, fanned out to subscribers.
+
+A subscriber first reads its backlog from the durable event log (``store.events(run_id, after)``),
+then receives what the run's tail publishes, skipping what the backlog already had. The tail reads
+the event log with an indexed ``after=seq`` query:
+
+- every ``poll_interval`` (50 ms) on a store without push notifications;
+- when the store has ``subscribe(run_id)`` (the Redis layer's pub/sub), each message wakes the tail
+  for an immediate read, with a slow poll (``fallback_interval``) as a safety net, since pub/sub
+  delivery is at-most-once. The events themselves always come from the durable log, so their
+  ``seq`` is the log's and nothing is lost if a message is.
+
+A stream ends after the run's own terminal event (the last event a run writes). A subscriber that
+falls ``max_queue`` batches behind is dropped with :class:`SlowSubscriber`; it can resubscribe
+with ``after`` = the last seq it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from gflow.server.loaders import last_event_seq
+from gflow.store import Event, Store
+
+log = logging.getLogger("gflow.server.events")
+
+_END = None
+_BATCH = 5000
+
+
+class SlowSubscriber(Exception):
+    """The subscriber did not keep up with the run's events."""
+
+
+def is_run_end(e: Event) -> bool:
+    return e.task_run_id is None and e.state.terminal
+
+
+class _Tail:
+    def __init__(self, hub: EventHub, run_id: str):
+        self.hub = hub
+        self.run_id = run_id
+        self.queues: set[asyncio.Queue] = set()
+        self.cursor = 0  # seq of the newest event published
+        self.ready = asyncio.Event()  # set once the cursor is known
+        self.wake = asyncio.Event()
+        self.pubsub_stop: Callable[[], None] | None = None
+        self.pushed = hub.pushes  # False once this tail's push stream fails: then it polls
+        if hub.pushes:
+            self._start_pubsub()
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"gflow-tail-{run_id}")
+
+    def _start_pubsub(self) -> None:
+        """Bridge the store's blocking ``subscribe`` iterator into wake-ups of this tail."""
+        loop = asyncio.get_running_loop()
+        stopped = threading.Event()
+        subscribe = self.hub.store.subscribe  # type: ignore[attr-defined]
+        try:  # the Redis layer takes a stop event (and ends by itself after the run's terminal event)
+            it = subscribe(self.run_id, stop=stopped)
+        except TypeError:
+            it = subscribe(self.run_id)
+
+        def pump() -> None:
+            try:
+                for _ in it:
+                    if stopped.is_set():
+                        break
+                    loop.call_soon_threadsafe(self.wake.set)
+            except Exception as e:  # noqa: BLE001 - the slow poll still runs; say why pushes stopped
+                if not stopped.is_set():
+                    log.warning("event push for run %s stopped (%s); falling back to polling", self.run_id, e)
+                    loop.call_soon_threadsafe(self._lost_pushes)
+
+        def stop() -> None:
+            stopped.set()
+            close = getattr(it, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - best effort on shutdown
+                    pass
+
+        self.pubsub_stop = stop
+        threading.Thread(target=pump, name=f"gflow-pubsub-{self.run_id}", daemon=True).start()
+
+    def _lost_pushes(self) -> None:
+        self.pushed = False
+        self.wake.set()
+
+    async def _run(self) -> None:
+        hub = self.hub
+        try:
+            while not self.ready.is_set():
+                try:
+                    self.cursor = await hub.call(last_event_seq, hub.store, self.run_id)
+                    self.ready.set()
+                except Exception as e:  # noqa: BLE001 - store trouble: keep the subscribers, retry
+                    log.warning("reading events of run %s failed (%s); retrying", self.run_id, e)
+                    await asyncio.sleep(1.0)
+            idle_reads = 0
+            while self.queues:
+                try:
+                    events = await hub.call(hub.store.events, self.run_id, after=self.cursor, limit=_BATCH)
+                except Exception as e:  # noqa: BLE001 - store trouble: keep the subscribers, retry
+                    log.warning("reading events of run %s failed (%s); retrying", self.run_id, e)
+                    await asyncio.sleep(1.0)
+                    continue
+                if events:
+                    idle_reads = 0
+                    self.cursor = events[-1].seq
+                    self._publish(events)
+                    if any(is_run_end(e) for e in events):
+                        self._publish(_END)
+                        return
+                    if len(events) == _BATCH:
+                        continue
+                else:
+                    idle_reads += 1
+                if not self.pushed:
+                    await asyncio.sleep(hub.poll_interval)
+                elif idle_reads <= 3:
+                    # a wake-up can arrive just before its write is visible: read again a few times quickly
+                    await asyncio.sleep(0.02)
+                else:
+                    # then sleep until the next push, or the safety-net poll
+                    self.wake.clear()
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), hub.fallback_interval)
+                    except TimeoutError:
+                        pass
+        finally:
+            if hub._tails.get(self.run_id) is self:
+                del hub._tails[self.run_id]
+            if self.pubsub_stop:
+                self.pubsub_stop()
+
+    def _publish(self, item: list[Event] | None) -> None:
+        for q in list(self.queues):
+            try:
+                q.put_nowait(item)
+            except asyncio.QueueFull:
+                self.queues.discard(q)
+                q._gflow_overflow = True  # type: ignore[attr-defined]
+
+
+class EventHub:
+    """The server's live event streams (one per watched run). Lives on the server's event loop."""
+
+    def __init__(self, store: Store, call: Callable[..., Awaitable[Any]], *, poll_interval: float = 0.05,
+                 fallback_interval: float = 1.0, max_queue: int = 1000):
+        self.store = store
+        self.call = call
+        self.poll_interval = poll_interval
+        self.fallback_interval = fallback_interval
+        self.max_queue = max_queue
+        self.pushes = callable(getattr(store, "subscribe", None))
+        self._tails: dict[str, _Tail] = {}
+
+    async def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
+        """Batches of the run's events with ``seq > after``, in order, until the run's terminal event."""
+        tail = self._tails.get(run_id)
+        if tail is None:
+            tail = self._tails[run_id] = _Tail(self, run_id)
+        q: asyncio.Queue = asyncio.Queue(self.max_queue)
+        # Join, wait until the tail knows where it starts, then read the backlog: every event is
+        # either committed before the backlog read (so in it) or published by the tail after we
+        # joined (so in our queue); the overlap is skipped by seq.
+        tail.queues.add(q)
+        try:
+            await tail.ready.wait()
+            last = after
+            while True:
+                backlog = await self.call(self.store.events, run_id, after=last, limit=_BATCH)
+                if backlog:
+                    last = backlog[-1].seq
+                    yield backlog
+                    if any(is_run_end(e) for e in backlog):
+                        return
+                if len(backlog) < _BATCH:
+                    break
+            while True:
+                if getattr(q, "_gflow_overflow", False) and q.empty():
+                    raise SlowSubscriber(f"subscriber fell more than {self.max_queue} batches behind run {run_id}; "
+                                         f"resubscribe with after={last}")
+                item = await q.get()
+                if item is _END:
+                    return
+                fresh = [e for e in item if e.seq > last]
+                if fresh:
+                    last = fresh[-1].seq
+                    yield fresh
+        finally:
+            tail.queues.discard(q)
+
+    @property
+    def watched(self) -> int:
+        return len(self._tails)
+
+    async def close(self) -> None:
+        for tail in list(self._tails.values()):
+            tail.queues.clear()
+            tail.task.cancel()
