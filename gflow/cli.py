@@ -146,14 +146,17 @@ def _common_store(f):
               help="Flow parameter (JSON value, or a bare string). Repeatable.")
 @click.option("--executor", "-e", default=None, help="Executor: local, local://processes, dask://host:port, ...")
 @click.option("--artifacts", default=None, help="Artifact store folder or URL.")
+@click.option("--events", default=None, help="Live-state layer over the store, e.g. redis://127.0.0.1:6379/0.")
 @click.option("--tag", "tags", multiple=True, help="Label the run. Repeatable.")
 @click.option("--progress/--no-progress", default=None, help="Live task table (default: when on a terminal).")
 @_common_store
-def run(target: str, params: tuple[str, ...], executor, artifacts, tags, progress, store, profile) -> None:
+def run(target: str, params: tuple[str, ...], executor, artifacts, events, tags, progress, store, profile) -> None:
     """Run a flow: TARGET is path/to/file.py:flow or package.module:flow."""
     from gflow._loader import load_target
     from gflow.flows import Flow
 
+    if events:
+        os.environ["GFLOW_EVENTS"] = events
     parsed = _parse_params(params)
     flow_obj = load_target(target, Flow)
     _run_flow(flow_obj, parsed, executor=executor, profile=profile, store=store, artifacts=artifacts,

@@ -8,6 +8,7 @@ from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition
 _SCHEMES = {
     "sqlite": "gflow.store.sqlite:SQLiteStore",
     "mongodb": "gflow.store.mongo:MongoStore",
+    "mongodb+srv": "gflow.store.mongo:MongoStore",
     "mongomock": "gflow.store.mongo:MongoStore",
 }
 

@@ -166,6 +166,10 @@ class Store(abc.ABC):
     def counts(self, run_id: str) -> dict[str, int]:
         """Number of task runs in each state."""
 
+    def counts_many(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Counts for several runs (stores override this with one query)."""
+        return {rid: self.counts(rid) for rid in run_ids}
+
     @abc.abstractmethod
     def events(self, run_id: str, *, after: int = 0, limit: int | None = None) -> list[Event]: ...
 
