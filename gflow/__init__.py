@@ -17,6 +17,7 @@ from gflow.errors import (
 )
 from gflow.executors import Executor, get_executor, register_executor
 from gflow.flows import Flow, Future, RunResult, flow
+from gflow.images import Image
 from gflow.states import State
 from gflow.tasks import Resources, Retry, Task, task
 
@@ -31,6 +32,7 @@ __all__ = [
     "FlowFailed",
     "Future",
     "GflowError",
+    "Image",
     "InvalidArguments",
     "InvalidTransition",
     "Resources",

@@ -4,7 +4,7 @@ import gflow.objects
 
 def test_public_api_pinned():
     assert sorted(gflow.__all__) == sorted([
-        "ArtifactNotFound", "Cancelled", "ConfigError", "Executor", "Flow", "FlowFailed", "Future", "GflowError",
+        "ArtifactNotFound", "Cancelled", "ConfigError", "Executor", "Flow", "FlowFailed", "Future", "GflowError", "Image",
         "InvalidArguments", "InvalidTransition", "Resources", "Retry", "RunNotFound", "RunResult",
         "SerializationError", "State", "StoreError", "Task", "TaskFailed", "TaskTimeout", "UpstreamFailed",
         "__version__", "flow", "get_executor", "register_executor", "task",

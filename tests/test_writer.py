@@ -22,7 +22,7 @@ def process_writer(monkeypatch):
 def test_process_writer_records_everything(process_writer, store):
     res = fb.map_reduce.run(300, executor="local", return_run=True)
     assert res.value == sum(range(1, 301))
-    (w,) = _writer._writers.values()
+    w = _writer._writers[(os.getpid(), store.path)]
     assert w.ready() and w._proc.pid != os.getpid()
     assert store.counts(res.id) == {"SUCCEEDED": 301}
     assert len([e for e in store.events(res.id) if e.task_run_id]) == 301 * 4

@@ -103,6 +103,10 @@ class Executor(abc.ABC):
     def cancel(self, handles: Sequence[Any]) -> None:
         """Stop these calls (queued ones never start; running ones are stopped where possible)."""
 
+    def attach_artifacts(self, artifacts: Any) -> None:
+        """The engine hands over the run's artifact store before ``start`` (remote executors pass
+        inputs and outcomes through it by reference); local executors ignore it."""
+
     def can_submit(self, n: int = 1) -> bool:
         """Whether ``n`` more calls can be accepted now."""
         return self.capacity() >= n

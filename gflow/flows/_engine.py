@@ -115,6 +115,7 @@ class Engine:
         self.watch_interval = 1.0
         self.cancelled_by: str | None = None
         self._last_watch = time.monotonic()
+        executor.attach_artifacts(artifacts)
         executor.start(self._listen)
         self._thread = threading.Thread(target=self._loop, name="gflow-engine", daemon=True)
         self._thread.start()

@@ -1,0 +1,159 @@
+"""``gflow worker``: run one call spec (or one element of an array spec) and record its outcome.
+
+Steps, each named in a failure's ``stage``: read the spec; unpack the code bundle if it names one
+(dev mode); import the task by path; check its version against the spec; read the inputs; run;
+write the output blob; write the outcome record to the spec's outcome slot. The exit code tells
+the backend how it went: 0 success, 1 the task raised, 2 the worker could not run the call (bad
+spec, unknown task, version mismatch, unreadable inputs) -- an outcome record is written in every
+case where the artifact store is reachable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+from typing import Any
+
+from gflow.images.errors import TaskVersionMismatch, WorkerError
+from gflow.images.protocol import (
+    ARRAY,
+    EXIT_OK,
+    EXIT_TASK_FAILED,
+    EXIT_WORKER_ERROR,
+    read_spec,
+    write_outcome,
+)
+
+INDEX_VARS = ("AWS_BATCH_JOB_ARRAY_INDEX", "VC_TASK_INDEX")
+
+
+def array_index(explicit: int | None = None) -> int | None:
+    """The element index: ``--index``, else the backend's environment variable, else None."""
+    if explicit is not None:
+        return explicit
+    for var in INDEX_VARS:
+        v = os.environ.get(var)
+        if v not in (None, ""):
+            try:
+                return int(v)
+            except ValueError:
+                raise WorkerError(f"{var}={v!r} is not an integer") from None
+    return None
+
+
+def unpack_bundle(artifacts: Any, digest: str) -> list[str]:
+    """Unpack a dev-mode code bundle (once per container) and put its roots first on sys.path."""
+    dest = os.path.join(tempfile.gettempdir(), "gflow-bundles", digest.replace(":", "-"))
+    if not os.path.isdir(dest):
+        tmp = f"{dest}.{os.getpid()}"
+        with tarfile.open(fileobj=io.BytesIO(artifacts.get(digest))) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, filter="data")
+            else:  # Pythons before 3.11.4; the bundle is gflow's own content-addressed tar
+                tar.extractall(tmp)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another worker in the same container won
+            pass
+    with open(os.path.join(dest, "gflow-bundle.json")) as f:
+        manifest = json.load(f)
+    paths = [os.path.join(dest, p) for p in manifest["pythonpath"]]
+    sys.path[:0] = paths
+    return paths
+
+
+def _load_task(spec: dict) -> Any:
+    from gflow.serialization import import_path
+    from gflow.tasks import Task
+
+    try:
+        task = import_path(spec["task"])
+    except Exception as e:
+        raise WorkerError(f"cannot import task {spec['task']} in this image: {type(e).__name__}: {e}") from e
+    if not isinstance(task, Task):
+        raise WorkerError(f"{spec['task']} is a {type(task).__name__}, not a gflow task")
+    if task.version != spec["version"]:
+        raise TaskVersionMismatch(
+            f"task '{spec.get('name', spec['task'])}' ({spec['task']}) in this image is version {task.version}, "
+            f"but the call was made with version {spec['version']}: the image holds other code than the "
+            f"driver; rebuild the image (gflow build) or replay with the image the run recorded")
+    return task
+
+
+def run_spec(artifacts: Any, spec_digest: str, index: int | None = None) -> int:
+    """Run a call spec (or element ``index`` of an array spec); returns the exit code."""
+    started = time.time()
+    stage = "spec"
+    spec: dict = {}
+    try:
+        spec = read_spec(artifacts, spec_digest)
+        if spec["kind"] == ARRAY:
+            if index is None:
+                raise WorkerError(f"{spec_digest} is an array spec of {len(spec['calls'])} calls; give --index or "
+                                  f"set one of {', '.join(INDEX_VARS)}")
+            if not 0 <= index < len(spec["calls"]):
+                raise WorkerError(f"index {index} is outside the array spec {spec_digest} "
+                                  f"({len(spec['calls'])} calls)")
+            spec_digest = spec["calls"][index]
+            spec = read_spec(artifacts, spec_digest)
+        if spec.get("bundle"):
+            stage = "bundle"
+            unpack_bundle(artifacts, spec["bundle"])
+        stage = "import"
+        task = _load_task(spec)
+        stage = "inputs"
+        from gflow.serialization import decode, encode
+
+        inputs = decode(artifacts.get(spec["inputs"]), artifacts.get)
+        args, kwargs = inputs["args"], inputs["kwargs"]
+    except BaseException as e:  # noqa: BLE001 - becomes the outcome record
+        _fail(artifacts, spec_digest, spec, stage, e, started)
+        return EXIT_WORKER_ERROR
+    stage = "run"
+    t_run = time.time()
+    try:
+        value = task.fn(*args, **kwargs)
+    except BaseException as e:  # noqa: BLE001
+        _fail(artifacts, spec_digest, spec, stage, e, t_run)
+        return EXIT_TASK_FAILED
+    try:
+        stage = "output"
+        enc = encode(value, allow_pickle=bool(spec.get("pickle")), where=f"result of task '{task.name}'")
+        artifacts.put_many(enc.blobs)
+        result = artifacts.put(enc.data, enc.digest)
+        record = {"ok": True, "result": result, "started": t_run, "ended": time.time(), **_where(spec)}
+        write_outcome(artifacts, spec_digest, record)
+    except BaseException as e:  # noqa: BLE001
+        _fail(artifacts, spec_digest, spec, stage, e, t_run)
+        return EXIT_TASK_FAILED
+    print(json.dumps({"gflow.outcome": "ok", "spec": spec_digest, "result": result}), flush=True)
+    return EXIT_OK
+
+
+def _where(spec: dict) -> dict:
+    from gflow import __version__
+
+    return {"task": spec.get("task"), "version": spec.get("version"), "host": socket.gethostname(),
+            "gflow": __version__}
+
+
+def _fail(artifacts: Any, spec_digest: str, spec: dict, stage: str, e: BaseException, started: float) -> None:
+    from gflow.executors.base import _qualname
+
+    tb = traceback.format_exc()
+    record = {"ok": False, "stage": stage, "error_type": _qualname(type(e)), "error_message": str(e),
+              "traceback": tb, "started": started, "ended": time.time(), **_where(spec)}
+    print(f"gflow worker: {stage} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    print(tb, file=sys.stderr, flush=True)
+    try:
+        write_outcome(artifacts, spec_digest, record)
+    except Exception as w:  # noqa: BLE001 - the exit code and stderr still tell
+        print(f"gflow worker: cannot write the outcome record: {w}", file=sys.stderr, flush=True)

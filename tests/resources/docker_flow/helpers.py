@@ -1,0 +1,2 @@
+def scale(v: int) -> int:
+    return v
