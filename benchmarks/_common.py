@@ -22,8 +22,9 @@ def median_time(fn: Callable[[], object], reps: int) -> tuple[float, list[float]
 
 def peak_rss_subprocess(code: str, env: dict | None = None) -> dict:
     """Run ``code`` in a fresh interpreter; it must print one JSON line. Adds peak_rss_mb of that process."""
-    wrapper = code + "\nimport resource, json as _j\nprint(_j.dumps({'peak_rss_mb': " \
-                     "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    # VmHWM, not ru_maxrss: on Linux ru_maxrss survives fork+exec and reports the parent's peak
+    wrapper = code + "\nimport json as _j\n_hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n" \
+                     "print(_j.dumps({'peak_rss_mb': int(_hwm[0].split()[1]) / 1024}))\n"
     out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True,
                          env={**os.environ, **(env or {})})
     result: dict = {}

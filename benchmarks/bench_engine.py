@@ -33,7 +33,9 @@ def inc(x: int) -> int:
     return x + 1
 
 
-g_inc = gflow.task(inc)
+@gflow.task
+def g_inc(x: int) -> int:
+    return x + 1
 
 
 @gflow.task

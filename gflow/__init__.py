@@ -16,7 +16,7 @@ from gflow.errors import (
     UpstreamFailed,
 )
 from gflow.executors import Executor, get_executor, register_executor
-from gflow.flows import Flow, Future, RunResult, flow
+from gflow.flows import Flow, Future, RunResult, cancel_run, flow
 from gflow.images import Image
 from gflow.states import State
 from gflow.tasks import Resources, Retry, Task, task
@@ -47,6 +47,7 @@ __all__ = [
     "TaskTimeout",
     "UpstreamFailed",
     "__version__",
+    "cancel_run",
     "flow",
     "get_executor",
     "register_executor",

@@ -13,7 +13,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-sys.path.insert(0, str(Path(__file__).parent / "resources"))  # workers import tasks from here (spawned later)
+sys.path.append(str(Path(__file__).parent / "resources"))  # workers import tasks from here (spawned later)
 
 import dask_tasks as T  # noqa: E402
 
@@ -406,6 +406,39 @@ def test_killed_worker_without_retries_fails_clearly(ctx, client):
     assert r.state is State.FAILED
     assert r.error.error_type == "distributed.scheduler.KilledWorker"
     client.wait_for_workers(2, timeout=30)
+
+
+def test_task_workers_cannot_import_fails_fast_with_the_reason(ctx):
+    @gflow.task
+    def nested(x: int) -> int:
+        return x
+
+    @gflow.flow
+    def uses_nested() -> int:
+        return nested(1)
+
+    t0 = time.monotonic()
+    r = ctx.run(uses_nested)
+    assert r.state is State.FAILED and time.monotonic() - t0 < 5
+    assert r.error.error_type == "gflow.errors.ExecutorError"
+    assert "defined inside a function" in r.error.error_message
+
+
+def test_dask_spec_starts_and_closes_its_own_cluster(ctx, monkeypatch):
+    made = []
+    real = DaskExecutor.from_spec.__func__
+
+    def spy(cls, spec):
+        made.append(real(cls, spec))
+        return made[-1]
+
+    monkeypatch.setattr(DaskExecutor, "from_spec", classmethod(spy))
+    r = map_reduce.run(20, executor="dask://?n_workers=1", store=ctx.store_url, artifacts=str(ctx.tmp / "a"),
+                       return_run=True)
+    assert r.state is State.SUCCEEDED and r.value == sum(range(1, 21))
+    assert ctx.store.get_run(r.id).executor == "dask://?n_workers=1"
+    (ex,) = made
+    assert ex._cluster.status.name == "closed" and ex.client.status == "closed"
 
 
 def test_unreachable_scheduler_is_a_clear_error_before_anything_runs(ctx):

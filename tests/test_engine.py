@@ -316,8 +316,6 @@ def test_cancel_from_outside_stops_the_run(store, work):
     """`gflow runs cancel` (or the server) marks the run; the driver cancels its calls within ~1 s."""
     import threading
 
-    from gflow.store import cancel_run
-
     box = {}
     th = threading.Thread(target=lambda: box.update(res=fb.killable.run(work, 60, executor="local://threads?workers=2",
                                                                           return_run=True)))
@@ -327,7 +325,7 @@ def test_cancel_from_outside_stops_the_run(store, work):
         time.sleep(0.05)
     run_id = store.list_runs()[0].id
     t0 = time.time()
-    cancel_run(store, run_id, "test says stop")
+    gflow.cancel_run(run_id, reason="test says stop")
     th.join(20)
     assert not th.is_alive() and time.time() - t0 < 5
     res = box["res"]

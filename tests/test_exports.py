@@ -7,7 +7,7 @@ def test_public_api_pinned():
         "ArtifactNotFound", "Cancelled", "ConfigError", "Executor", "Flow", "FlowFailed", "Future", "GflowError", "Image",
         "InvalidArguments", "InvalidTransition", "Resources", "Retry", "RunNotFound", "RunResult",
         "SerializationError", "State", "StoreError", "Task", "TaskFailed", "TaskTimeout", "UpstreamFailed",
-        "__version__", "flow", "get_executor", "register_executor", "task",
+        "__version__", "cancel_run", "flow", "get_executor", "register_executor", "task",
     ])
     for name in gflow.__all__:
         assert hasattr(gflow, name)

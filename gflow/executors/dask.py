@@ -14,9 +14,12 @@ must be importable there. See ``docs/dask.md``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pickle
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -38,20 +41,47 @@ _GATHER_BATCH = 5000
 _INFO_TTL = 2.0
 
 
-def _run_on_worker(args: tuple, kwargs: dict, *, task: Any) -> Outcome:
-    """Body of one Dask task (``client.map`` maps over args and kwargs; the task is common)."""
-    return _run_in_process(task, args, kwargs)
+@functools.lru_cache(maxsize=256)
+def _task_from(blob: bytes) -> Any:
+    return pickle.loads(blob)  # Task.__reduce__: imports module:qualname on this worker
 
 
-def _run_reporting_start(args: tuple, kwargs: dict, call_id: str, attempt: int, *, task: Any,
-                         topic: str) -> Outcome:
+def _run_on_worker(payload: bytes, *, task: bytes) -> Outcome:
+    """Body of one Dask task. The task and the arguments travel as opaque pickles, so the scheduler
+    (which unpickles the graph) needs gflow but not the user's task modules or argument types, and
+    Dask never mistakes an argument string for one of its keys."""
+    args, kwargs = pickle.loads(payload)
+    return _run_in_process(_task_from(task), args, kwargs)
+
+
+def _run_reporting_start(payload: bytes, call_id: str, attempt: int, *, task: bytes, topic: str) -> Outcome:
     """Like :func:`_run_on_worker`, but first tells the driver that the call started: a task's
     timeout counts from its start, not from its submit (it may wait in the scheduler's queue)."""
     try:
         distributed.get_worker().log_event(topic, [call_id, attempt, time.time()])
     except Exception:  # noqa: BLE001 - the start is reported again with the outcome
         log.debug("could not report the start of %s", call_id, exc_info=True)
-    return _run_in_process(task, args, kwargs)
+    return _run_on_worker(payload, task=task)
+
+
+def importable_problem(task: Any) -> str | None:
+    """Why workers could not import ``task`` by its ``module:qualname``; None if they can (as far as
+    this process can tell: the module must also be installed or on the path on the workers)."""
+    from gflow.tasks import Task
+
+    mod_name, _, qual = task.identity.partition(":")
+    if mod_name in ("__main__", "__mp_main__"):
+        return (f"task '{task.name}' is defined in the script being run ({task.identity}); Dask workers "
+                f"import tasks by module:qualname, so move it to an importable module")
+    if "<locals>" in qual:
+        return f"task '{task.name}' is defined inside a function ({task.identity}); define it at module level"
+    obj: Any = sys.modules.get(mod_name)
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, Task):
+        return (f"task '{task.name}': {task.identity} is not a gflow task at import time (decorate the "
+                f"function with @gflow.task where it is defined, rather than `t = gflow.task(f)`)")
+    return None
 
 
 class _Handle:
@@ -122,7 +152,8 @@ def parse_spec(spec: str) -> dict[str, Any]:
 
 
 class DaskExecutor(Executor):
-    """Runs calls on a Dask distributed cluster.
+    """Runs calls on a Dask distributed cluster. A context manager: ``close()`` stops its gatherer
+    thread and, for a cluster or client it made itself, closes them (a given client stays open).
 
     Args:
         address: Scheduler address (``tcp://host:8786``); ``None`` starts a LocalCluster here.
@@ -145,6 +176,8 @@ class DaskExecutor(Executor):
     def __init__(self, address: str | None = None, *, client: Any = None, timeout: float = 5.0,
                  n_workers: int | None = None, threads_per_worker: int = 1, memory_limit: str | int = "auto",
                  allowed_failures: int = 0, max_in_flight: int | None = None, protocol: str | None = None):
+        if client is not None and address is not None:
+            raise ConfigError("DaskExecutor: give either a scheduler address or a client, not both")
         self._cluster: Any = None
         self._owns_client = client is None
         if client is not None:
@@ -166,12 +199,11 @@ class DaskExecutor(Executor):
         self._done_q: queue.SimpleQueue = queue.SimpleQueue()
         self._topic = f"gflow-started-{uuid.uuid4().hex[:12]}"
         self._subscribed = False
-        self._info: dict[str, Any] = {}
-        self._info_at = 0.0
+        self._info: dict[bool, tuple[float, dict[str, Any]]] = {}
         self._warned: set[str] = set()
+        self._importable_cache: dict[str, str | None] = {}
         self._closed = False
-        self._gatherer = threading.Thread(target=self._gather_loop, name="gflow-dask-gather", daemon=True)
-        self._gatherer.start()
+        self._gatherer: threading.Thread | None = None
 
     @classmethod
     def from_spec(cls, spec: str) -> DaskExecutor:
@@ -181,10 +213,14 @@ class DaskExecutor(Executor):
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, listener: Any) -> None:
+        """Called by the engine before its first submit (again for each run that reuses this executor)."""
         super().start(listener)
         if not self._subscribed:
             self.client.subscribe_topic(self._topic, self._on_started_event)
             self._subscribed = True
+        if self._gatherer is None:
+            self._gatherer = threading.Thread(target=self._gather_loop, name="gflow-dask-gather", daemon=True)
+            self._gatherer.start()
 
     def close(self) -> None:
         if self._closed:
@@ -228,30 +264,37 @@ class DaskExecutor(Executor):
         task = calls[0].task
         keys = [_dask_key(c) for c in calls]
         handles = [_Handle(k, c.id, c.attempt) for k, c in zip(keys, calls)]
-        problem = self._unsatisfiable(resources) if resources else None
+        problem = self._importable(task) or (self._unsatisfiable(resources) if resources else None)
         if problem is not None:
-            self._fail_now(calls, handles, ExecutorError(f"task '{task.name}': {problem}"))
+            self._fail_now(calls, handles, ExecutorError(problem if problem.startswith("task '")
+                                                         else f"task '{task.name}': {problem}"))
             return handles
-        extra: dict[str, Any] = {}
-        if task.options.timeout:  # the timeout counts from the start: the worker reports it
-            extra = {"topic": self._topic}
-            iterables = ([c.args for c in calls], [c.kwargs for c in calls], [c.id for c in calls],
-                         [c.attempt for c in calls])
-            fn = _run_reporting_start
-        else:
-            iterables = ([c.args for c in calls], [c.kwargs for c in calls])
-            fn = _run_on_worker
         try:
-            futures = self.client.map(fn, *iterables, key=keys, pure=False, resources=resources or None,
-                                      task=task, **extra)
+            payloads = [pickle.dumps((c.args, c.kwargs), protocol=5) for c in calls]
+            common: dict[str, Any] = {"task": pickle.dumps(task, protocol=5)}
+            if task.options.timeout:  # the timeout counts from the start: the worker reports it
+                common["topic"] = self._topic
+                futures = self.client.map(_run_reporting_start, payloads, [c.id for c in calls],
+                                          [c.attempt for c in calls], key=keys, pure=False,
+                                          resources=resources or None, **common)
+            else:
+                futures = self.client.map(_run_on_worker, payloads, key=keys, pure=False,
+                                          resources=resources or None, **common)
         except Exception as e:  # noqa: BLE001 - e.g. an argument that does not pickle: fail this group only
-            self._fail_now(calls, handles, e, traceback.format_exc())
+            self._fail_now(calls, handles, ExecutorError(f"task '{task.name}': could not submit to Dask: "
+                                                         f"{type(e).__name__}: {e}"), traceback.format_exc())
             return handles
         on_done = self._on_done
         for h, f in zip(handles, futures):
             h.future = f
             f.add_done_callback(lambda fut, h=h: on_done(h, fut))
         return handles
+
+    def _importable(self, task: Any) -> str | None:
+        problem = self._importable_cache.get(task.identity, False)
+        if problem is False:
+            problem = self._importable_cache[task.identity] = importable_problem(task)
+        return problem
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
         """States only: outcomes reach the engine through the listener (``pushes_events``)."""
@@ -317,7 +360,7 @@ class DaskExecutor(Executor):
                 batch.append(item)
             try:
                 self._report(batch)
-            except Exception:  # noqa: BLE001 - never let the gatherer die: the engine would wait forever
+            except BaseException:  # noqa: BLE001 - never let the gatherer die: the engine would wait forever
                 log.exception("gflow dask executor: reporting %d outcomes failed", len(batch))
                 tb = traceback.format_exc()
                 for h, _ in batch:
@@ -338,23 +381,22 @@ class DaskExecutor(Executor):
             else:  # cancelled by the cluster (scheduler restart, another client): a failed attempt
                 self._finish(h, _dask_failure(h, ExecutorError(
                     f"Dask cancelled {h.key} ({st}); the scheduler may have restarted"), None))
-        if not finished:
-            return
-        if self._closed:
+        if not finished or self._closed:
             return
         try:
             outcomes = self.client.gather([f for _, f in finished])
-        except Exception:  # noqa: BLE001 - one bad result must not fail the batch: retry one by one
-            outcomes = []
-            for h, f in finished:
-                try:
-                    outcomes.append(f.result())
-                except Exception as e:  # noqa: BLE001
-                    outcomes.append(Outcome.from_exception(ExecutorError(
-                        f"the result of {h.key} could not be brought back from the Dask worker: "
-                        f"{type(e).__name__}: {e}"), traceback.format_exc(), None, time.time()))
+        except BaseException:  # noqa: BLE001 - incl. CancelledError: one bad result must not fail the batch
+            outcomes = [self._gather_one(h, f) for h, f in finished]
         for (h, _), out in zip(finished, outcomes):
             self._finish(h, out)
+
+    def _gather_one(self, h: _Handle, f: Any) -> Outcome:
+        try:
+            return f.result()
+        except BaseException as e:  # noqa: BLE001 - e.g. the Outcome did not pickle on the worker
+            return Outcome.from_exception(ExecutorError(
+                f"the result of {h.key} could not be brought back from the Dask worker: {type(e).__name__}: {e}"),
+                traceback.format_exc(), None, time.time())
 
     def _finish(self, h: _Handle, out: Outcome) -> None:
         with self._lock:
@@ -372,22 +414,24 @@ class DaskExecutor(Executor):
             self._finish(h, Outcome.from_exception(e, tb, None, time.time()))
 
     # -- cluster facts --------------------------------------------------------------------------------
-    def _cluster_info(self) -> dict[str, Any]:
+    def _cluster_info(self, workers: bool = False) -> dict[str, Any]:
+        """The scheduler's identity, at most ``_INFO_TTL`` seconds old (per-worker details if asked)."""
         now = time.monotonic()
-        if now - self._info_at > _INFO_TTL and not self._closed:
+        at, info = self._info.get(workers, (0.0, {}))
+        if now - at > _INFO_TTL and not self._closed:
             try:
-                self._info = self.client.scheduler_info(n_workers=-1)
+                info = self.client.scheduler_info(n_workers=-1 if workers else 0)
             except Exception:  # noqa: BLE001 - keep the last known picture
                 log.debug("scheduler_info failed", exc_info=True)
-            self._info_at = now
-        return self._info
+            self._info[workers] = (now, info)
+        return info
 
     def _declared_resources(self) -> set[str]:
-        return {r for w in self._cluster_info().get("workers", {}).values() for r in (w.get("resources") or {})}
+        return {r for w in self._cluster_info(True).get("workers", {}).values() for r in (w.get("resources") or {})}
 
     def _unsatisfiable(self, resources: dict[str, float]) -> str | None:
         """Why no worker can run a call needing ``resources``; None if one can (or one may join)."""
-        workers = self._cluster_info().get("workers", {})
+        workers = self._cluster_info(True).get("workers", {})
         if any(all((w.get("resources") or {}).get(r, 0) >= n for r, n in resources.items())
                for w in workers.values()):
             return None

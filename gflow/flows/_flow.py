@@ -31,6 +31,16 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def cancel_run(run_id: str, *, store: Any = None, profile: str | None = None, reason: str = "cancelled by user") -> Any:
+    """Cancel a run by id (from any process): its driver stops its calls within about a second.
+
+    Returns the run's record. See ``gflow.store.cancel_run``.
+    """
+    from gflow.store import cancel_run as _cancel
+
+    return _cancel(open_store(load_profile(profile, store=store).store), run_id, reason)
+
+
 def new_run_id() -> str:
     """Sortable, readable and unique: ``20261122-161052-3fa9c1``."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)

@@ -198,7 +198,9 @@ def _load_task(identity: str, options: TaskOptions) -> Task:
 
     task = import_path(identity)
     if not isinstance(task, Task):
-        raise TypeError(f"{identity} is not a gflow task")
+        if not callable(task):
+            raise TypeError(f"{identity} is not a gflow task")
+        return Task(task, options)  # `t = gflow.task(f)`: the module holds the plain function under its name
     if task.options != options:
         task = task.with_options(**{k: getattr(options, k) for k in type(options).model_fields})
     return task
