@@ -153,11 +153,22 @@ def test_map_reduce_is_one_client_map_per_fanout(ctx, client, monkeypatch):
         calls.append(len(iterables[0]))
         return real_map(fn, *iterables, **kw)
 
+    submits = []
+    real_submit = client.submit
+
+    def counting_submit(fn, *args, **kw):
+        submits.append(len(args))
+        return real_submit(fn, *args, **kw)
+
     monkeypatch.setattr(client, "map", counting_map)
+    monkeypatch.setattr(client, "submit", counting_submit)
     r = ctx.run(map_reduce, 200)
     assert r.state is State.SUCCEEDED, r.error
     assert r.value == sum(range(1, 201))
-    assert calls == [200, 1]  # the fan-out is one round-trip, the reduce another
+    # the fan-out is one round-trip; the reduce is submitted at once with the 200 futures as its inputs
+    # (payload + ref ids + 200 futures), or, if the fan-out finished first, as an ordinary one-call map
+    assert calls in ([200], [200, 1])
+    assert submits == ([202] if calls == [200] else [])
     assert ctx.store.counts(r.id) == {"SUCCEEDED": 201}
     runs = ctx.store.task_runs(r.id, task="inc")
     assert all(tr.handle.startswith("inc-") and tr.handle.endswith("-a1") for tr in runs)

@@ -62,6 +62,28 @@ def _qualname(t: type) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
+#: error_type of an Outcome that says "an input of this speculative call was not available (its upstream
+#: attempt failed or its result was released)": not a failure of the call; the engine runs it again
+#: the ordinary way once its inputs are known
+UPSTREAM_PENDING = "gflow.upstream-pending"
+
+
+class Ref:
+    """Stands, inside a speculative call's arguments, for the result of the call ``call_id``, still
+    running on the same backend (executors with ``accepts_refs`` resolve it there)."""
+
+    __slots__ = ("call_id",)
+
+    def __init__(self, call_id: str):
+        self.call_id = call_id
+
+    def __reduce__(self) -> Any:
+        return (Ref, (self.call_id,))
+
+    def __repr__(self) -> str:
+        return f"Ref({self.call_id})"
+
+
 @dataclass(slots=True)
 class JobStatus:
     """What :meth:`Executor.poll` returns for one handle."""
@@ -81,6 +103,9 @@ class Executor(abc.ABC):
     pushes_events: bool = False
     #: False when "started" is only known at the end; the engine then arms timeouts at submit time
     reports_start: bool = True
+    #: the backend can start a call before its inputs exist, given ``Ref`` placeholders and
+    #: ``Call.refs`` (dep call id -> the dep's handle): dependent chains then stay on the backend
+    accepts_refs: bool = False
     #: optional dict (call id -> (attempt, start time)) the executor fills instead of sending
     #: "started" events; the engine reads it every ``board_interval`` seconds
     started_board: dict | None = None

@@ -31,7 +31,7 @@ from typing import Any
 import distributed
 
 from gflow.errors import ConfigError, ExecutorError
-from gflow.executors.base import Call, Executor, JobStatus, Outcome
+from gflow.executors.base import UPSTREAM_PENDING, Call, Executor, JobStatus, Outcome, Ref
 from gflow.executors.local import _run_in_process
 from gflow.states import State
 
@@ -64,6 +64,44 @@ def _run_reporting_start(payload: bytes, call_id: str, attempt: int, *, task: by
     return _run_on_worker(payload, task=task)
 
 
+def _fill_refs(value: Any, values: dict[str, Any]) -> Any:
+    """Replace ``Ref`` placeholders (in lists, tuples, sets, dicts, pydantic fields) by results."""
+    t = type(value)
+    if t is Ref:
+        return values[value.call_id]
+    if t is list:
+        return [_fill_refs(v, values) for v in value]
+    if t is tuple or t is set or t is frozenset:
+        return t(_fill_refs(v, values) for v in value)
+    if t is dict:
+        return {k: _fill_refs(v, values) for k, v in value.items()}
+    fields = getattr(value, "__pydantic_fields__", None)
+    if fields is not None and not isinstance(value, type):
+        changed = {k: _fill_refs(v, values) for k, v in value.__dict__.items()}
+        return value.model_copy(update=changed)
+    return value
+
+
+def _run_with_refs(payload: bytes, ref_ids: list[str], *inputs: Outcome, task: bytes) -> Outcome:
+    """A speculative call: Dask hands over the Outcomes of the calls it depends on (kept on the
+    cluster). If one failed, say so (the engine reruns this call the ordinary way later); else fill
+    the inputs in, check them against the task's annotations, and run."""
+    values = {}
+    for rid, out in zip(ref_ids, inputs):
+        if not isinstance(out, Outcome) or not out.ok:
+            return Outcome(False, error_type=UPSTREAM_PENDING, error_message=f"input {rid} is not available",
+                           ended=time.time())
+        values[rid] = out.value
+    args, kwargs = pickle.loads(payload)
+    t = _task_from(task)
+    try:
+        bound = t.validator.bind(_fill_refs(args, values), _fill_refs(kwargs, values))
+        args, kwargs = t.validator.call_args(t.validator.validate(bound))
+    except Exception as e:  # noqa: BLE001 - the engine records it (no retry for bad arguments)
+        return Outcome.from_exception(e, traceback.format_exc(), None, time.time())
+    return _run_in_process(t, args, kwargs)
+
+
 def importable_problem(task: Any) -> str | None:
     """Why workers could not import ``task`` by its ``module:qualname``; None if they can (as far as
     this process can tell: the module must also be installed or on the path on the workers)."""
@@ -87,7 +125,7 @@ def importable_problem(task: Any) -> str | None:
 class _Handle:
     """What the engine holds for one submitted call. ``future`` is dropped once the call is reported."""
 
-    __slots__ = ("key", "call_id", "attempt", "future", "state", "cancelled")
+    __slots__ = ("key", "call_id", "attempt", "future", "state", "cancelled", "speculative")
 
     def __init__(self, key: str, call_id: str, attempt: int, future: Any = None, state: State = State.QUEUED):
         self.key = key
@@ -96,6 +134,7 @@ class _Handle:
         self.future = future
         self.state = state
         self.cancelled = False
+        self.speculative = False
 
     def __repr__(self) -> str:
         return f"<dask {self.key} {self.state.value}>"
@@ -171,6 +210,7 @@ class DaskExecutor(Executor):
 
     name = "dask"
     pushes_events = True
+    accepts_refs = True  # dependent calls start with Dask futures of their inputs: chains stay on the cluster
     reports_start = True  # at the start for calls with a timeout, with the outcome for the others
 
     def __init__(self, address: str | None = None, *, client: Any = None, timeout: float = 5.0,
@@ -269,6 +309,8 @@ class DaskExecutor(Executor):
             self._fail_now(calls, handles, ExecutorError(problem if problem.startswith("task '")
                                                          else f"task '{task.name}': {problem}"))
             return handles
+        if any(c.refs for c in calls):
+            return self._submit_speculative(calls, handles, resources)
         try:
             payloads = [pickle.dumps((c.args, c.kwargs), protocol=5) for c in calls]
             common: dict[str, Any] = {"task": pickle.dumps(task, protocol=5)}
@@ -286,6 +328,29 @@ class DaskExecutor(Executor):
             return handles
         on_done = self._on_done
         for h, f in zip(handles, futures):
+            h.future = f
+            f.add_done_callback(lambda fut, h=h: on_done(h, fut))
+        return handles
+
+    def _submit_speculative(self, calls: list[Call], handles: list[_Handle],
+                            resources: dict[str, float]) -> list[_Handle]:
+        """Calls whose inputs are still running here: one ``client.submit`` each, the inputs' Dask
+        futures as arguments (Dask moves the data worker to worker; the driver is not in the loop)."""
+        task_blob = pickle.dumps(calls[0].task, protocol=5)
+        on_done = self._on_done
+        for c, h in zip(calls, handles):
+            h.speculative = True
+            ids = list(c.refs)
+            futures = [getattr(c.refs[i], "future", None) for i in ids]
+            if any(f is None for f in futures):  # an input was already collected and released
+                self._finish(h, Outcome(False, error_type=UPSTREAM_PENDING, ended=time.time()))
+                continue
+            try:
+                f = self.client.submit(_run_with_refs, pickle.dumps((c.args, c.kwargs), protocol=5), ids, *futures,
+                                       key=h.key, pure=False, resources=resources or None, task=task_blob)
+            except Exception:  # noqa: BLE001 - e.g. an argument that does not pickle: the ordinary path decides
+                self._finish(h, Outcome(False, error_type=UPSTREAM_PENDING, ended=time.time()))
+                continue
             h.future = f
             f.add_done_callback(lambda fut, h=h: on_done(h, fut))
         return handles
@@ -376,6 +441,8 @@ class DaskExecutor(Executor):
             st = fut.status
             if st == "finished":
                 finished.append((h, fut))
+            elif st == "error" and h.speculative:  # most likely an input's worker died: rerun the ordinary way
+                self._finish(h, Outcome(False, error_type=UPSTREAM_PENDING, ended=time.time()))
             elif st == "error":
                 self._finish(h, _dask_failure(h, fut.exception(), fut.traceback()))
             else:  # cancelled by the cluster (scheduler restart, another client): a failed attempt

@@ -22,7 +22,7 @@ class Node:
 
     __slots__ = ("id", "run_id", "task", "arguments", "deps", "waiting", "dependents", "state", "attempt",
                  "value", "error", "exc", "key", "handle", "index", "started", "deadline", "engine",
-                 "has_result", "expand", "__weakref__")
+                 "has_result", "expand", "stash", "__weakref__")
 
     def __init__(self, id: str, run_id: str, task: Any, arguments: Any, deps: Sequence[Node],
                  index: int | None = None):
@@ -47,6 +47,7 @@ class Node:
         self.engine: Any = None
         self.has_result = False
         self.expand: Any = None  # a map over a future: what to fan out once it resolves
+        self.stash: Any = None  # a speculative call's outcome that arrived before its inputs were known
 
 
 class Scheduler:

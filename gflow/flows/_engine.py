@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gflow.errors import Cancelled, GflowError, SerializationError, TaskFailed, TaskTimeout, UpstreamFailed
-from gflow.executors.base import Call, Executor, Outcome
+from gflow.executors.base import UPSTREAM_PENDING, Call, Executor, Outcome, Ref
 from gflow.flows._core import Node, Scheduler
 from gflow.flows._future import Future, resolve
 from gflow.flows._recorder import Recorder
@@ -106,6 +106,7 @@ class Engine:
         self._stopped = False
         self._crashed: BaseException | None = None
         self.reports_start = getattr(executor, "reports_start", True)
+        self.speculate = bool(getattr(executor, "accepts_refs", False)) and not self.resume_results
         self._board: dict | None = getattr(executor, "started_board", None)
         self._board_interval = getattr(executor, "board_interval", 0.02)
         self._last_board = 0.0
@@ -253,12 +254,18 @@ class Engine:
         kind = msg[0]
         if kind == "started":
             node = self.nodes.get(msg[1])
-            if node is not None and node.attempt == msg[2] and node.state is QUEUED:
-                self._started(node, msg[3])
+            if node is not None and node.attempt == msg[2]:
+                if node.state is PENDING and node.handle is not None:  # a speculative call started
+                    self._record(node, QUEUED)
+                    node.state = QUEUED
+                if node.state is QUEUED:
+                    self._started(node, msg[3])
         elif kind == "done":
             node = self.nodes.get(msg[1])
             if node is None or node.attempt != msg[2] or node.state in _TERMINAL or node.state is RETRYING:
                 return  # stale: a timed-out or cancelled attempt finishing late
+            if node.handle is None and node.state is PENDING:
+                return  # a speculative attempt already given up
             self._done(node, msg[3])
         elif kind == "add":
             self._add(msg[1])
@@ -318,6 +325,11 @@ class Engine:
     def _record_upstream_failed(self, node: Node) -> None:
         if node.task is None:
             return
+        if node.handle is not None:  # a speculative call in flight: its input will never come
+            try:
+                self.executor.cancel([node.handle])
+            except Exception:
+                log.debug("cancel of %s failed", node.id, exc_info=True)
         root = node.error
         if node.state is State.CANCELLED:
             msg = f"Cancelled: upstream {root.id} was cancelled" if isinstance(root, Node) else "Cancelled"
@@ -341,6 +353,11 @@ class Engine:
                 if node.expand is not None:
                     self._expand(node)
                     continue
+                if node.handle is not None and node.state is not RETRYING:  # dispatched speculatively
+                    if node.stash is not None:
+                        out, node.stash = node.stash, None
+                        self._done(node, out)
+                    continue
                 call = self._prepare(node)
                 if call is not None:
                     calls.append(call)
@@ -357,11 +374,15 @@ class Engine:
             polled = not ex.pushes_events
             if self._board is not None:
                 self._awaiting_start += len(calls)
+            dispatched = []
             for c, h in zip(calls, handles):
                 node = self.nodes[c.id]
                 node.handle = h
+                dispatched.append(node)
                 if polled:
                     self._polled[node.id] = node
+            if self.speculate:
+                self._speculate(dispatched)
 
     def _prepare(self, node: Node) -> Call | None:
         """Resolve arguments, compute the key, consult cache/resume; return a Call or None."""
@@ -424,6 +445,79 @@ class Engine:
         self.core.succeeded(node)
         node.arguments = None
 
+    def _speculate(self, dispatched: list[Node]) -> None:
+        """Start dependents of just-dispatched calls at once, with ``Ref``s to their inputs, on an
+        executor that resolves them itself (Dask): a dependent chain then runs at the backend's speed,
+        not one driver round-trip per link. Cached, concurrency-limited, resumed and timed-out tasks,
+        and maps, take the ordinary path."""
+        ex = self.executor
+        stack = list(dispatched)
+        while stack:
+            cap = ex.capacity()
+            if cap <= 0:
+                return
+            calls: list[Call] = []
+            nodes: list[Node] = []
+            seen: set[str] = set()
+            for n in stack:
+                for d in n.dependents or ():
+                    if len(calls) >= cap:
+                        break
+                    if d.id in seen:
+                        continue
+                    seen.add(d.id)
+                    call = self._speculative_call(d)
+                    if call is not None:
+                        calls.append(call)
+                        nodes.append(d)
+            stack = []
+            if not calls:
+                return
+            try:
+                handles = ex.submit(calls)
+            except Exception:
+                log.debug("speculative submit failed; those calls take the ordinary path", exc_info=True)
+                return
+            for node, h in zip(nodes, handles):
+                node.handle = h
+                stack.append(node)
+
+    def _speculative_call(self, node: Node) -> Call | None:
+        task = node.task
+        if (node.state is not PENDING or node.handle is not None or node.expand is not None or task is None
+                or node.arguments is None):
+            return None
+        opts = task.options
+        if opts.cache or opts.max_concurrency is not None or opts.timeout is not None:
+            return None
+        refs: dict[str, Any] = {}
+        for dep in node.deps:
+            st = dep.state
+            if st is SUCCEEDED or st is CACHED:
+                continue
+            if (st is QUEUED or st is RUNNING or (st is PENDING and dep.handle is not None)) \
+                    and dep.handle is not None and dep.task is not None and dep.expand is None:
+                refs[dep.id] = dep.handle
+                continue
+            return None
+
+        def placeholder(f: Any) -> Any:
+            return Ref(f.id) if f.id in refs else f.value
+
+        try:
+            args = {k: resolve(v, placeholder) for k, v in node.arguments.items()}
+        except Exception:
+            return None
+        call_args, call_kwargs = task.validator.call_args(args)
+        return Call(node.id, node.run_id, task, call_args, call_kwargs, node.attempt, None, node.index, refs=refs)
+
+    def _unspeculate(self, node: Node) -> None:
+        """A speculative attempt could not get its inputs: run it the ordinary way when they are known."""
+        node.handle = None
+        node.stash = None
+        if node.waiting == 0 and all(d.state is SUCCEEDED or d.state is CACHED for d in node.deps):
+            self.core.ready.append(node)
+
     def _load_result(self, rec: TaskRunRecord) -> Any:
         data = rec.result_inline if rec.result_inline is not None else self.artifacts.get(rec.result_ref)
         return decode(data, self.artifacts.get)
@@ -443,6 +537,15 @@ class Engine:
                                       node.attempt))
 
     def _done(self, node: Node, out: Outcome) -> None:
+        if node.state is PENDING:  # a speculative call
+            if not out.ok and out.error_type == UPSTREAM_PENDING:
+                self._unspeculate(node)
+                return
+            if node.waiting > 0:  # its inputs' own outcomes have not reached the engine yet
+                node.stash = out
+                return
+            self._record(node, QUEUED)
+            node.state = QUEUED
         self._polled.pop(node.id, None)
         if self._board is not None:
             self._board.pop(node.id, None)
@@ -457,6 +560,12 @@ class Engine:
     def _succeed(self, node: Node, out: Outcome) -> None:
         task = node.task
         value = out.value
+        if node.key is None and node.arguments is not None:  # ran speculatively: key from the known inputs now
+            try:
+                args = {k: resolve(v, _value_of) for k, v in node.arguments.items()}
+                node.key = compute_key(task, task.validator.validate(args))
+            except GflowError as e:
+                log.warning("no cache key for %s: %s", node.id, e)
         try:
             enc = encode(value, allow_pickle=task.options.pickle, where=f"result of task '{task.name}'")
         except SerializationError as e:
@@ -482,6 +591,8 @@ class Engine:
         policy = task.options.retries
         etype = type(out.exc) if out.exc is not None else None
         error = f"{out.error_type}: {out.error_message}"
+        if out.error_type and out.error_type.endswith(("InvalidArguments", "SerializationError")):
+            retryable = False
         if retryable and policy.should_retry(node.attempt, etype):
             self._record(node, State.RETRYING, error=error, traceback=out.traceback)
             node.state = State.RETRYING
@@ -562,7 +673,7 @@ class Engine:
     def _cancel(self, run_id: str | None, reason: str) -> None:
         victims = [n for n in self.nodes.values()
                    if not n.state.terminal and (run_id is None or n.run_id == run_id)]
-        handles = [n.handle for n in victims if n.handle is not None and n.state in (State.QUEUED, State.RUNNING)]
+        handles = [n.handle for n in victims if n.handle is not None and n.state in (QUEUED, RUNNING, PENDING)]
         if handles:
             try:
                 self.executor.cancel(handles)
