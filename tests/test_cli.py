@@ -21,6 +21,18 @@ def _env(home):
     return {"GFLOW_HOME": str(home)}
 
 
+def _start_killable(gflow_home, tmp_path, slow, n=40):
+    """`gflow run killable` in the background (threads, 2 workers): returns (process, work dir, db path)."""
+    env = {**os.environ, "GFLOW_HOME": str(gflow_home), "GFLOW_TEST_SLOW": str(slow),
+           "PYTHONPATH": os.pathsep.join([str(RESOURCES), str(ROOT)])}
+    work = tmp_path / "w"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "gflow", "run", f"{FLOWS}:killable", "--param", f"folder={work}",
+                             "--param", f"n={n}", "--executor", "local://threads?workers=2", "--no-progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, work, gflow_home / "gflow.db"
+
+
 def test_version():
     r = cli("version")
     assert r.returncode == 0 and r.stdout.startswith("gflow 0.")
@@ -105,14 +117,7 @@ def test_failed_run_exit_code_and_resume(gflow_home, tmp_path):
 
 def test_kill_driver_then_resume(gflow_home, tmp_path):
     """SIGKILL the driver mid-run; `gflow resume` finishes without redoing recorded tasks."""
-    env = {**os.environ, "GFLOW_HOME": str(gflow_home), "GFLOW_TEST_SLOW": "0.15",
-           "PYTHONPATH": os.pathsep.join([str(RESOURCES), str(ROOT)])}
-    work = tmp_path / "w"
-    work.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "gflow", "run", f"{FLOWS}:killable", "--param", f"folder={work}",
-                             "--param", "n=40", "--executor", "local://threads?workers=2", "--no-progress"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    db = gflow_home / "gflow.db"
+    proc, work, db = _start_killable(gflow_home, tmp_path, 0.15)
     deadline = time.time() + 60
     run_id, done = None, 0
     while time.time() < deadline:
@@ -165,14 +170,7 @@ def test_profiles_from_gflow_toml(gflow_home, tmp_path):
 
 
 def test_ctrl_c_cancels_then_resume(gflow_home, tmp_path):
-    env = {**os.environ, "GFLOW_HOME": str(gflow_home), "GFLOW_TEST_SLOW": "0.1",
-           "PYTHONPATH": os.pathsep.join([str(RESOURCES), str(ROOT)])}
-    work = tmp_path / "w"
-    work.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "gflow", "run", f"{FLOWS}:killable", "--param", f"folder={work}",
-                             "--param", "n=40", "--executor", "local://threads?workers=2", "--no-progress"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    db = gflow_home / "gflow.db"
+    proc, work, db = _start_killable(gflow_home, tmp_path, 0.1)
     deadline = time.time() + 30
     while time.time() < deadline:
         time.sleep(0.1)
@@ -194,14 +192,7 @@ def test_ctrl_c_cancels_then_resume(gflow_home, tmp_path):
 
 
 def test_runs_cancel_command(gflow_home, tmp_path):
-    env = {**os.environ, "GFLOW_HOME": str(gflow_home), "GFLOW_TEST_SLOW": "0.2",
-           "PYTHONPATH": os.pathsep.join([str(RESOURCES), str(ROOT)])}
-    work = tmp_path / "w"
-    work.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "gflow", "run", f"{FLOWS}:killable", "--param", f"folder={work}",
-                             "--param", "n=40", "--executor", "local://threads?workers=2", "--no-progress"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    db = gflow_home / "gflow.db"
+    proc, work, db = _start_killable(gflow_home, tmp_path, 0.2)
     deadline = time.time() + 30
     while time.time() < deadline and not (db.exists() and open_store(f"sqlite:///{db}").list_runs()):
         time.sleep(0.1)

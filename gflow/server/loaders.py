@@ -36,65 +36,18 @@ def counts_many(store: Store, run_ids: Sequence[str]) -> dict[str, dict[str, int
     """Task-run counts by state for many runs: ``{run_id: {state: n}}`` (every id present)."""
     ids = list(dict.fromkeys(run_ids))
     out: dict[str, dict[str, int]] = {r: {} for r in ids}
-    many = getattr(store, "counts_many", None)
-    if many is not None:
-        out.update(many(ids))
-        return out
-    sq = _sqlite(store)
-    if sq is None:
-        for r in ids:
-            out[r] = store.counts(r)
-        return out
-    for chunk in _chunks(ids):
-        rows = sq._read(f"SELECT run_id, state, count(*) FROM task_runs WHERE run_id IN ({','.join('?' * len(chunk))})"
-                        " GROUP BY run_id, state", chunk, "counts")
-        for run_id, state, n in rows:
-            out[run_id][state] = n
+    out.update(store.counts_many(ids))
     return out
 
 
 def runs_many(store: Store, run_ids: Sequence[str]) -> dict[str, RunRecord | None]:
     """Runs by exact id (None where unknown)."""
-    ids = list(dict.fromkeys(run_ids))
-    out: dict[str, RunRecord | None] = {r: None for r in ids}
-    sq = _sqlite(store)
-    if sq is None:
-        from gflow.errors import RunNotFound
-
-        for r in ids:
-            try:
-                out[r] = store.get_run(r)
-            except RunNotFound:
-                pass
-        return out
-    from gflow.store.sqlite import _RUN_COLS
-
-    for chunk in _chunks(ids):
-        for row in sq._read(f"SELECT {_RUN_COLS} FROM runs WHERE id IN ({','.join('?' * len(chunk))})", chunk,
-                            "get runs"):
-            out[row[0]] = sq._run_from_row(row)
-    return out
+    return store.get_runs(list(dict.fromkeys(run_ids)))
 
 
 def task_runs_many(store: Store, ids: Sequence[str]) -> dict[str, TaskRunRecord | None]:
     """Task runs by id (None where unknown)."""
-    uniq = list(dict.fromkeys(ids))
-    out: dict[str, TaskRunRecord | None] = {i: None for i in uniq}
-    sq = _sqlite(store)
-    if sq is None:
-        for i in uniq:
-            try:
-                out[i] = store.get_task_run(i)
-            except LookupError:
-                pass
-        return out
-    from gflow.store.sqlite import _TR_COLS
-
-    for chunk in _chunks(uniq):
-        for row in sq._read(f"SELECT {_TR_COLS} FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk,
-                            "get task runs"):
-            out[row[0]] = sq._tr_from_row(row)
-    return out
+    return store.get_task_runs(list(dict.fromkeys(ids)))
 
 
 def task_events_many(store: Store, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:

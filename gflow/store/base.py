@@ -166,6 +166,29 @@ class Store(abc.ABC):
     def counts(self, run_id: str) -> dict[str, int]:
         """Number of task runs in each state."""
 
+    def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord | None]:
+        """Runs by exact id, None where unknown (stores override this with one query)."""
+        from gflow.errors import RunNotFound
+
+        out: dict[str, RunRecord | None] = {}
+        for rid in dict.fromkeys(run_ids):
+            try:
+                rec = self.get_run(rid)
+                out[rid] = rec if rec.id == rid else None
+            except RunNotFound:
+                out[rid] = None
+        return out
+
+    def get_task_runs(self, task_run_ids: Sequence[str]) -> dict[str, TaskRunRecord | None]:
+        """Task runs by id, None where unknown (stores override this with one query)."""
+        out: dict[str, TaskRunRecord | None] = {}
+        for tid in dict.fromkeys(task_run_ids):
+            try:
+                out[tid] = self.get_task_run(tid)
+            except LookupError:
+                out[tid] = None
+        return out
+
     def counts_many(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """Counts for several runs (stores override this with one query)."""
         return {rid: self.counts(rid) for rid in run_ids}

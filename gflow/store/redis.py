@@ -464,6 +464,12 @@ class RedisLayer(Store):
     def get_task_run(self, task_run_id: str) -> TaskRunRecord:
         return self.durable.get_task_run(task_run_id)
 
+    def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord | None]:
+        return self.durable.get_runs(run_ids)
+
+    def get_task_runs(self, task_run_ids: Sequence[str]) -> dict[str, TaskRunRecord | None]:
+        return self.durable.get_task_runs(task_run_ids)
+
     def task_runs(self, run_id: str, **kw: Any) -> list[TaskRunRecord]:
         return self.durable.task_runs(run_id, **kw)
 

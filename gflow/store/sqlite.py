@@ -330,6 +330,36 @@ class SQLiteStore(Store):
         rows = self._read("SELECT state, count(*) FROM task_runs WHERE run_id=? GROUP BY state", (run_id,), "counts")
         return {s: n for s, n in rows}
 
+    def _in_chunks(self, sql: str, ids: Sequence[str], what: str) -> list[tuple]:
+        """``sql`` has one ``{in}`` slot; runs it per chunk of ids (one IN (...) clause each)."""
+        rows: list[tuple] = []
+        ids = list(dict.fromkeys(ids))
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            rows += self._read(sql.format(ins=",".join("?" * len(chunk))), chunk, what)
+        return rows
+
+    def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord | None]:
+        out: dict[str, RunRecord | None] = {r: None for r in run_ids}
+        for row in self._in_chunks(f"SELECT {_RUN_COLS} FROM runs WHERE id IN ({{ins}})", run_ids, "get runs"):
+            out[row[0]] = self._run_from_row(row)
+        return out
+
+    def get_task_runs(self, task_run_ids: Sequence[str]) -> dict[str, TaskRunRecord | None]:
+        out: dict[str, TaskRunRecord | None] = {t: None for t in task_run_ids}
+        for row in self._in_chunks(f"SELECT {_TR_COLS} FROM task_runs WHERE id IN ({{ins}})", task_run_ids,
+                                   "get task runs"):
+            out[row[0]] = self._tr_from_row(row)
+        return out
+
+    def counts_many(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {r: {} for r in run_ids}
+        for run_id, state, n in self._in_chunks(
+                "SELECT run_id, state, count(*) FROM task_runs WHERE run_id IN ({ins}) GROUP BY run_id, state",
+                run_ids, "counts"):
+            out[run_id][state] = n
+        return out
+
     def events(self, run_id, *, after=0, limit=None):
         sql = "SELECT seq, run_id, task_run_id, state, attempt, ts, message FROM events WHERE run_id=? AND seq>? " \
               "ORDER BY seq"
