@@ -23,42 +23,16 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))  # Dask workers, spawned by this process, import the tasks as bench_dask:*
+    sys.path.insert(0, str(HERE))  # Dask workers, spawned by this process, import the tasks as _flows:*
 from _common import median_time, table  # noqa: E402
 
-import gflow  # noqa: E402
 
 
-def inc(x: int) -> int:
-    return x + 1
-
-
-@gflow.task
-def g_inc(x: int) -> int:  # a task is imported on workers by module:qualname, so it has its own name
-    return x + 1
-
-
-@gflow.task
-def g_total(xs: list[int]) -> int:
-    return sum(xs)
-
-
-@gflow.flow
-def g_map(n: int) -> int:
-    return g_total(g_inc.map(range(n)))
-
-
-@gflow.flow
-def g_chain(n: int) -> int:
-    x = 0
-    for _ in range(n):
-        x = g_inc(x)
-    return x
+from _flows import g_chain, g_map, inc  # noqa: E402,F401  (used as bench_dask.g_map; workers import _flows:*)
 
 
 def raw_map(client, n: int) -> int:

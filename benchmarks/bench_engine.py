@@ -18,7 +18,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -26,39 +25,9 @@ sys.path.insert(0, str(HERE))
 from _common import median_time, peak_rss_subprocess, table  # noqa: E402
 
 os.environ["GFLOW_HOME"] = tempfile.mkdtemp(prefix="gflow-bench-")
-import gflow  # noqa: E402
 
 
-def inc(x: int) -> int:
-    return x + 1
-
-
-@gflow.task
-def g_inc(x: int) -> int:
-    return x + 1
-
-
-@gflow.task
-def g_total(xs: list[int]) -> int:
-    return sum(xs)
-
-
-@gflow.flow
-def g_map(n: int) -> int:
-    return g_total(g_inc.map(range(n)))
-
-
-@gflow.flow
-def g_loop(n: int) -> int:
-    return g_total([g_inc(i) for i in range(n)])
-
-
-@gflow.flow
-def g_chain(n: int) -> int:
-    x = 0
-    for _ in range(n):
-        x = g_inc(x)
-    return x
+from _flows import g_chain, g_loop, g_map, inc  # noqa: E402
 
 
 def tpe_independent(n: int) -> int:
@@ -118,7 +87,7 @@ def main() -> None:
     rss = peak_rss_subprocess(
         "import os, tempfile, json; os.environ['GFLOW_HOME'] = tempfile.mkdtemp()\n"
         "import sys; sys.path.insert(0, %r)\n"
-        "import bench_engine as b\n"
+        "import _flows as b\n"
         "assert b.g_map.run(%d, executor='local') == %d\n" % (str(HERE), n, expected))
     rss_tpe = peak_rss_subprocess(
         "import sys; sys.path.insert(0, %r)\nimport bench_engine as b\nb.tpe_independent(%d)\n" % (str(HERE), n))
