@@ -80,7 +80,10 @@ class TaskFailed(FlowFailed):
         self.error_message = error_message
         self.traceback = traceback
         self.attempts = attempts
-        msg = f"task '{task}' ({task_run_id}) failed after {attempts} attempt(s): {error_type}: {error_message}"
+        if attempts:
+            msg = f"task '{task}' ({task_run_id}) failed after {attempts} attempt(s): {error_type}: {error_message}"
+        else:
+            msg = f"task '{task}' ({task_run_id}) was not run: {error_type}: {error_message}"
         if traceback:
             msg += "\n\nOriginal traceback:\n" + traceback.rstrip()
         super().__init__(msg, run_id=run_id, failures=[self])

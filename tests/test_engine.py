@@ -353,3 +353,14 @@ def test_lineage_of_objects(store):
     consumer = store.lineage(p.mutate("M1A").content_id)["consumed_by"]
     assert len(consumer) == 1 and consumer[0].name == "score_len"
     assert store.lineage("sha256:" + "0" * 64) == {"produced_by": [], "inputs": [], "consumed_by": []}
+
+
+def test_flow_error_names_the_root_task_not_the_victim(executor):
+    @gflow.flow
+    def f():
+        return fb.inc(fb.boom(3))  # the returned future is the downstream victim
+
+    with pytest.raises(gflow.TaskFailed) as ei:
+        f.run(executor=executor)
+    assert ei.value.task == "boom" and not isinstance(ei.value, gflow.UpstreamFailed)
+    assert "boom on 3" in str(ei.value) and 'raise ValueError(f"boom on {x}")' in str(ei.value)

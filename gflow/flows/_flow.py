@@ -18,7 +18,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from gflow._context import current_flow
 from gflow.artifacts import open_artifacts
 from gflow.config import load_profile
-from gflow.errors import Cancelled, FlowFailed, InvalidArguments, InvalidTransition, TaskFailed
+from gflow.errors import Cancelled, FlowFailed, InvalidArguments, InvalidTransition, TaskFailed, UpstreamFailed
 from gflow.executors import get_executor
 from gflow.flows._engine import Engine, compute_key
 from gflow.flows._future import _LEAF, Future, find_futures, resolve
@@ -283,6 +283,8 @@ class Flow(Generic[P, R]):
             raise
         failures = [engine.error_of(n) for n in engine.failures if n.run_id == run_id]
         error = body_exc or (failures[0] if failures else None)
+        if isinstance(body_exc, UpstreamFailed) and failures:
+            error = failures[0]  # name the task that failed, with its traceback, not a downstream victim
         if engine.cancelled_by is not None:
             error = Cancelled(f"run {run_id} was cancelled: {engine.cancelled_by}")
         engine.recorder.close()
