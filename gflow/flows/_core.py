@@ -21,8 +21,8 @@ class Node:
     """One task call in a flow run (the engine hands it to users as a :class:`gflow.Future`)."""
 
     __slots__ = ("id", "run_id", "task", "arguments", "deps", "waiting", "dependents", "state", "attempt",
-                 "value", "error", "exc", "key", "handle", "index", "started", "deadline", "engine",
-                 "has_result", "expand", "stash", "__weakref__")
+                 "value", "error", "exc", "key", "handle", "index", "started", "engine", "expand", "stash",
+                 "__weakref__")
 
     def __init__(self, id: str, run_id: str, task: Any, arguments: Any, deps: Sequence[Node],
                  index: int | None = None):
@@ -43,9 +43,7 @@ class Node:
         self.handle: Any = None
         self.index = index
         self.started: float | None = None
-        self.deadline: float | None = None
         self.engine: Any = None
-        self.has_result = False
         self.expand: Any = None  # a map over a future: what to fan out once it resolves
         self.stash: Any = None  # a speculative call's outcome that arrived before its inputs were known
 
