@@ -364,3 +364,19 @@ def test_flow_error_names_the_root_task_not_the_victim(executor):
         f.run(executor=executor)
     assert ei.value.task == "boom" and not isinstance(ei.value, gflow.UpstreamFailed)
     assert "boom on 3" in str(ei.value) and 'raise ValueError(f"boom on {x}")' in str(ei.value)
+
+
+def test_subflow_value_and_failure(store):
+    @gflow.flow
+    def child(x: int) -> int:
+        return fb.boom(x) if x < 0 else fb.inc(x)
+
+    @gflow.flow
+    def parent(x: int) -> int:
+        return child(x) * 2  # a called subflow gives its value
+
+    assert parent.run(4, executor="local") == 10
+    with pytest.raises(gflow.TaskFailed, match="boom on -1"):
+        parent.run(-1, executor="local")
+    failed_child = [r for r in store.list_runs(flow="child") if r.state is State.FAILED]
+    assert len(failed_child) == 1 and failed_child[0].parent_run

@@ -196,10 +196,19 @@ class Flow(Generic[P, R]):
         return f"{self.fn.__module__}:{self.fn.__qualname__}"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the flow here; inside another flow, run it as a subflow and return its value."""
         ctx = current_flow.get()
         if ctx is not None:
-            return ctx.subflow(self, args, kwargs)  # type: ignore[return-value]
+            return ctx.subflow(self, args, kwargs).result()  # type: ignore[no-any-return]
         return self.run(*args, **kwargs)  # type: ignore[arg-type]
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future:
+        """Inside a flow: start this flow as a subflow and return its future at once (subflows
+        started this way run concurrently)."""
+        ctx = current_flow.get()
+        if ctx is None:
+            raise RuntimeError(f"flow '{self.name}'.submit() needs a running flow; call the flow or use .run()")
+        return ctx.subflow(self, args, kwargs)
 
     def run(self, *args: Any, executor: Any = None, store: Any = None, artifacts: Any = None,
             profile: str | None = None, tags: Sequence[str] = (), params: dict[str, Any] | None = None,

@@ -162,9 +162,9 @@ def inner(x: int) -> int:
 
 @gflow.flow
 def outer(x: int) -> int:
-    a = inner(x)
-    b = inner(x + 1)
-    return add(a, b)
+    a = inner(x)               # a subflow call returns its value
+    b = inner.submit(x + 1)    # .submit() returns a future: it runs concurrently
+    return add(a * 1, b)
 
 
 @gflow.flow
