@@ -380,3 +380,18 @@ def test_subflow_value_and_failure(store):
         parent.run(-1, executor="local")
     failed_child = [r for r in store.list_runs(flow="child") if r.state is State.FAILED]
     assert len(failed_child) == 1 and failed_child[0].parent_run
+
+
+def test_process_pool_refuses_unimportable_task_clearly(store):
+    @gflow.task
+    def local_task(x: int) -> int:
+        return x
+
+    @gflow.flow
+    def f():
+        return local_task(1)
+
+    res = f.run(executor="local://processes?workers=1", return_run=True)
+    assert res.state is State.FAILED
+    assert "defined inside a function" in str(res.error) and "module level" in str(res.error)
+    assert fb.map_reduce.run(3, executor="local://processes?workers=1") == 6  # the pool was not broken

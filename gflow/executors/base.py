@@ -62,6 +62,31 @@ def _qualname(t: type) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
+def importable_problem(task: Any) -> str | None:
+    """Why another process (a pool worker, a Dask worker, a container) could not import ``task`` by
+    its ``module:qualname``; None if it can, as far as this process can tell (the module must also be
+    installed or on the path there)."""
+    import sys
+
+    from gflow.tasks import Task
+
+    mod_name, _, qual = task.identity.partition(":")
+    if "<locals>" in qual:
+        return (f"task '{task.name}' is defined inside a function ({task.identity}); other processes import "
+                f"tasks by module:qualname, so define it at module level")
+    module = sys.modules.get(mod_name)
+    main = sys.modules.get("__main__")
+    if module is None and main is not None and getattr(task.fn, "__module__", None) == "__main__":
+        module = main  # a script run as __main__: workers import it by its file's stem
+    obj: Any = module
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, Task) and not callable(obj):
+        return (f"task '{task.name}': {task.identity} cannot be found by import (decorate the function with "
+                f"@gflow.task at module level where it is defined)")
+    return None
+
+
 #: error_type of an Outcome that says "an input of this speculative call was not available (its upstream
 #: attempt failed or its result was released)": not a failure of the call; the engine runs it again
 #: the ordinary way once its inputs are known

@@ -31,7 +31,7 @@ from typing import Any
 import distributed
 
 from gflow.errors import ConfigError, ExecutorError
-from gflow.executors.base import UPSTREAM_PENDING, Call, Executor, JobStatus, Outcome, Ref
+from gflow.executors.base import UPSTREAM_PENDING, Call, Executor, JobStatus, Outcome, Ref, importable_problem
 from gflow.executors.local import _run_in_process
 from gflow.states import State
 
@@ -100,26 +100,6 @@ def _run_with_refs(payload: bytes, ref_ids: list[str], *inputs: Outcome, task: b
     except Exception as e:  # noqa: BLE001 - the engine records it (no retry for bad arguments)
         return Outcome.from_exception(e, traceback.format_exc(), None, time.time())
     return _run_in_process(t, args, kwargs)
-
-
-def importable_problem(task: Any) -> str | None:
-    """Why workers could not import ``task`` by its ``module:qualname``; None if they can (as far as
-    this process can tell: the module must also be installed or on the path on the workers)."""
-    from gflow.tasks import Task
-
-    mod_name, _, qual = task.identity.partition(":")
-    if mod_name in ("__main__", "__mp_main__"):
-        return (f"task '{task.name}' is defined in the script being run ({task.identity}); Dask workers "
-                f"import tasks by module:qualname, so move it to an importable module")
-    if "<locals>" in qual:
-        return f"task '{task.name}' is defined inside a function ({task.identity}); define it at module level"
-    obj: Any = sys.modules.get(mod_name)
-    for part in qual.split("."):
-        obj = getattr(obj, part, None)
-    if not isinstance(obj, Task):
-        return (f"task '{task.name}': {task.identity} is not a gflow task at import time (decorate the "
-                f"function with @gflow.task where it is defined, rather than `t = gflow.task(f)`)")
-    return None
 
 
 class _Handle:

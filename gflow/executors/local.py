@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import multiprocessing
 import os
 import queue
@@ -13,7 +14,8 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from gflow.executors.base import Call, Executor, JobStatus, Outcome
+from gflow.errors import ExecutorError
+from gflow.executors.base import Call, Executor, JobStatus, Outcome, importable_problem
 from gflow.states import State
 
 
@@ -133,10 +135,17 @@ class LocalExecutor(Executor):
             for c in calls:
                 put(c)
             return list(calls)
-        handles = []
+        handles: list[Any] = []
         for c in calls:
+            problem = importable_problem(c.task)
+            if problem is not None:  # would break the pool in the child: fail this call clearly instead
+                fut: cf.Future = cf.Future()
+                fut.set_result(Outcome.from_exception(ExecutorError(problem), "", None, time.time()))
+                fut.add_done_callback(functools.partial(self._process_done, c))
+                handles.append(fut)
+                continue
             fut = self._pool.submit(_run_in_process, c.task, c.args, c.kwargs)
-            fut.add_done_callback(lambda f, c=c: self._process_done(c, f))
+            fut.add_done_callback(functools.partial(self._process_done, c))
             handles.append(fut)
         return handles
 
