@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 CORE = ["gflow/tasks", "gflow/flows", "gflow/states.py", "gflow/errors.py", "gflow/serialization.py",
-        "gflow/config.py", "gflow/store/base.py", "gflow/store/sqlite.py", "gflow/store/_writer.py",
+        "gflow/_walk.py", "gflow/config.py", "gflow/store/base.py", "gflow/store/sqlite.py", "gflow/store/_writer.py",
         "gflow/executors/base.py", "gflow/executors/local.py", "gflow/executors/__init__.py", "gflow/artifacts",
         "gflow/cli.py", "gflow/_loader.py", "gflow/testing.py", "gflow/objects"]
 

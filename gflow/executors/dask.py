@@ -19,7 +19,6 @@ import logging
 import os
 import pickle
 import queue
-import sys
 import threading
 import time
 import traceback
@@ -30,6 +29,7 @@ from typing import Any
 
 import distributed
 
+from gflow._walk import substitute
 from gflow.errors import ConfigError, ExecutorError
 from gflow.executors.base import UPSTREAM_PENDING, Call, Executor, JobStatus, Outcome, Ref, importable_problem
 from gflow.executors.local import _run_in_process
@@ -66,20 +66,7 @@ def _run_reporting_start(payload: bytes, call_id: str, attempt: int, *, task: by
 
 def _fill_refs(value: Any, values: dict[str, Any]) -> Any:
     """Replace ``Ref`` placeholders (in lists, tuples, sets, dicts, pydantic fields) by results."""
-    t = type(value)
-    if t is Ref:
-        return values[value.call_id]
-    if t is list:
-        return [_fill_refs(v, values) for v in value]
-    if t is tuple or t is set or t is frozenset:
-        return t(_fill_refs(v, values) for v in value)
-    if t is dict:
-        return {k: _fill_refs(v, values) for k, v in value.items()}
-    fields = getattr(value, "__pydantic_fields__", None)
-    if fields is not None and not isinstance(value, type):
-        changed = {k: _fill_refs(v, values) for k, v in value.__dict__.items()}
-        return value.model_copy(update=changed)
-    return value
+    return substitute(value, Ref, lambda r: values[r.call_id])
 
 
 def _run_with_refs(payload: bytes, ref_ids: list[str], *inputs: Outcome, task: bytes) -> Outcome:

@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gflow._walk import LEAF as _LEAF
+from gflow._walk import substitute
 from gflow.flows._core import Node
 from gflow.states import State
 
-_LEAF = (str, int, float, bool, bytes, type(None))
 
 
 class Future(Node):
@@ -71,18 +72,4 @@ def find_futures(value: Any, out: list[Future]) -> bool:
 
 def resolve(value: Any, get: Callable[[Future], Any] = Future.result) -> Any:
     """Replace every Future inside ``value`` by its result (rebuilding containers)."""
-    t = type(value)
-    if t in _LEAF:
-        return value
-    if t is Future:
-        return get(value)
-    if t is list:
-        return [resolve(v, get) for v in value]
-    if t is tuple or t is set or t is frozenset:
-        return t(resolve(v, get) for v in value)
-    if t is dict:
-        return {k: resolve(v, get) for k, v in value.items()}
-    if isinstance(value, BaseModel):
-        changed = {k: resolve(v, get) for k, v in value.__dict__.items() if type(v) not in _LEAF}
-        return value.model_copy(update=changed) if changed else value
-    return value
+    return substitute(value, Future, get)
