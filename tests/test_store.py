@@ -91,3 +91,41 @@ def test_missing_result_artifact_recomputes_on_resume(tmp_path, gflow_home):
             p.unlink()
     assert f.run(executor="inline") == 0.0
     assert fb.count(str(work), "big") == 2
+
+
+def test_engine_retries_store_writes_while_the_store_is_locked(tmp_path, gflow_home, caplog):
+    """The state store is unreachable (locked) for a while mid-run: nothing is lost, the run completes."""
+    import threading
+
+    import flows_basic as fb
+
+    path = tmp_path / "locked.db"
+    url = f"sqlite:///{path}?timeout=0.1"
+    SQLiteStore(path)  # create the schema first
+    work = tmp_path / "w"
+    work.mkdir()
+    released = threading.Event()
+
+    def hold_lock():
+        time.sleep(0.3)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        time.sleep(1.0)  # writes fail with "locked" meanwhile; the recorder keeps its batches and retries
+        holder.execute("ROLLBACK")
+        holder.close()
+        released.set()
+
+    th = threading.Thread(target=hold_lock)
+    th.start()
+    os.environ["GFLOW_TEST_SLOW"] = "0.1"
+    try:
+        res = fb.killable.run(str(work), 20, executor="local://threads?workers=2", store=url, return_run=True)
+    finally:
+        os.environ.pop("GFLOW_TEST_SLOW", None)
+        th.join()
+    assert released.is_set()
+    assert any("state write failed" in r.getMessage() and "locked" in r.getMessage() for r in caplog.records)
+    assert res.state is State.SUCCEEDED and res.value == sum(range(20))
+    st = SQLiteStore(path)
+    assert st.counts(res.id) == {"SUCCEEDED": 21}
+    assert len([e for e in st.events(res.id) if e.task_run_id]) == 21 * 4
