@@ -494,3 +494,29 @@ def test_10k_map_reduce_tracked_in_sqlite(ctx, client):
     assert r.value == sum(range(1, 10_001))
     assert ctx.store.counts(r.id) == {"SUCCEEDED": 10_001}
     assert 500 <= ex.peak <= 1000  # backpressure: never more than max(1000, 200 * workers) on the cluster
+
+
+@gflow.flow
+def one_long_sleep(seconds: float) -> float:
+    return T.sleepy(seconds)
+
+
+def test_long_task_without_timeout_shows_running_live(ctx):
+    """The start watcher asks the scheduler once a second: RUNNING is recorded before the task ends."""
+    box = {}
+    th = threading.Thread(target=lambda: box.update(r=ctx.run(one_long_sleep, 3.0)))
+    th.start()
+    seen_running = False
+    deadline = time.time() + 10
+    while time.time() < deadline and th.is_alive():
+        time.sleep(0.2)
+        runs = ctx.store.list_runs()
+        if runs and ctx.store.counts(runs[0].id).get("RUNNING"):
+            seen_running = True
+            break
+    th.join(30)
+    assert seen_running
+    r = box["r"]
+    assert r.state is State.SUCCEEDED and r.value == 3.0
+    (tr,) = ctx.store.task_runs(r.id)
+    assert tr.started is not None and tr.ended - tr.started >= 1.0  # recorded while it ran, not at the end

@@ -92,7 +92,7 @@ def _run_with_refs(payload: bytes, ref_ids: list[str], *inputs: Outcome, task: b
 class _Handle:
     """What the engine holds for one submitted call. ``future`` is dropped once the call is reported."""
 
-    __slots__ = ("key", "call_id", "attempt", "future", "state", "cancelled", "speculative")
+    __slots__ = ("key", "call_id", "attempt", "future", "state", "cancelled", "speculative", "started")
 
     def __init__(self, key: str, call_id: str, attempt: int, future: Any = None, state: State = State.QUEUED):
         self.key = key
@@ -102,6 +102,7 @@ class _Handle:
         self.state = state
         self.cancelled = False
         self.speculative = False
+        self.started = False
 
     def __repr__(self) -> str:
         return f"<dask {self.key} {self.state.value}>"
@@ -211,6 +212,9 @@ class DaskExecutor(Executor):
         self._importable_cache: dict[str, str | None] = {}
         self._closed = False
         self._gatherer: threading.Thread | None = None
+        self._live: dict[str, _Handle] = {}  # dask key -> handle, for the start watcher
+        self._watcher: threading.Thread | None = None
+        self.start_poll_interval = 1.0
 
     @classmethod
     def from_spec(cls, spec: str) -> DaskExecutor:
@@ -228,6 +232,28 @@ class DaskExecutor(Executor):
         if self._gatherer is None:
             self._gatherer = threading.Thread(target=self._gather_loop, name="gflow-dask-gather", daemon=True)
             self._gatherer.start()
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_starts, name="gflow-dask-starts", daemon=True)
+            self._watcher.start()
+
+    def _watch_starts(self) -> None:
+        """Once a second, ask the scheduler which calls are processing on a worker and report those as
+        started: long tasks show RUNNING live, at one scheduler call per second, not a message per task."""
+        while not self._closed:
+            time.sleep(self.start_poll_interval)
+            if not self._live or self._closed:
+                continue
+            try:
+                processing = self.client.processing()
+            except Exception:  # noqa: BLE001 - the outcome still reports the start
+                continue
+            now = time.time()
+            for keys in processing.values():
+                for key in keys:
+                    h = self._live.get(key)
+                    if h is not None and not h.started and not h.state.terminal:
+                        h.started = True
+                        self._listener("started", h.call_id, h.attempt, now)
 
     def close(self) -> None:
         if self._closed:
@@ -294,8 +320,12 @@ class DaskExecutor(Executor):
                                                          f"{type(e).__name__}: {e}"), traceback.format_exc())
             return handles
         on_done = self._on_done
+        # calls with a timeout report their real start from the worker; "processing" on the scheduler
+        # may still mean queued behind another call there, so the watcher leaves those alone
+        live = self._live if not task.options.timeout else {}
         for h, f in zip(handles, futures):
             h.future = f
+            live[h.key] = h
             f.add_done_callback(lambda fut, h=h: on_done(h, fut))
         return handles
 
@@ -319,6 +349,7 @@ class DaskExecutor(Executor):
                 self._finish(h, Outcome(False, error_type=UPSTREAM_PENDING, ended=time.time()))
                 continue
             h.future = f
+            self._live[h.key] = h
             f.add_done_callback(lambda fut, h=h: on_done(h, fut))
         return handles
 
@@ -349,6 +380,7 @@ class DaskExecutor(Executor):
                     continue
                 h.cancelled = True
                 h.state = State.CANCELLED
+                self._live.pop(h.key, None)
                 self._in_flight -= 1
                 if h.future is not None:
                     futures.append(h.future)
@@ -438,6 +470,7 @@ class DaskExecutor(Executor):
                 return
             h.state = State.SUCCEEDED if out.ok else State.FAILED
             h.future = None  # releases the key on the cluster
+            self._live.pop(h.key, None)
             self._in_flight -= 1
         listener = self._listener
         listener("started", h.call_id, h.attempt, out.started or out.ended or time.time())
