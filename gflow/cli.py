@@ -232,6 +232,16 @@ def _fmt_dur(d: float | None) -> str:
     return f"{d * 1000:.0f}ms" if d < 1 else f"{d:.1f}s"
 
 
+def _state_label(r: Any) -> str:
+    """A run's state, saying so when a RUNNING run's driver on this host is gone (killed)."""
+    style = _STATE_STYLE.get(r.state.value, "white")
+    label = f"[{style}]{r.state.value}[/{style}]"
+    if r.state in (State.RUNNING, State.PENDING) and r.pid and r.host == socket.gethostname() \
+            and not _pid_alive(r.pid):
+        label += " [red](driver gone: gflow resume)[/red]"
+    return label
+
+
 @runs.command("ls")
 @click.option("--flow", default=None)
 @click.option("--state", default=None, type=click.Choice([s.value for s in State], case_sensitive=False))
@@ -249,8 +259,7 @@ def runs_ls(flow, state, tag, limit, store, profile) -> None:
         table.add_column(col, no_wrap=col in ("run", "state", "started"))
     for r in st.list_runs(flow=flow, state=state.upper() if state else None, tag=tag, limit=limit):
         counts = st.counts(r.id)
-        style = _STATE_STYLE.get(r.state.value, "white")
-        table.add_row(r.id, r.flow, f"[{style}]{r.state.value}[/{style}]", _fmt_ts(r.started or r.created),
+        table.add_row(r.id, r.flow, _state_label(r), _fmt_ts(r.started or r.created),
                       _fmt_dur(r.duration), str(sum(counts.values())), str(r.executor or "-"), ",".join(r.tags))
     out.print(table)
 
@@ -267,8 +276,7 @@ def runs_show(run_id, state, limit, store, profile) -> None:
 
     st = open_store(load_profile(profile, store=store).store)
     r = st.get_run(run_id)
-    style = _STATE_STYLE.get(r.state.value, "white")
-    out.print(f"[bold]run[/bold] {r.id}  [{style}]{r.state.value}[/{style}]")
+    out.print(f"[bold]run[/bold] {r.id}  {_state_label(r)}")
     for label, value in (("flow", f"{r.flow} ({r.flow_path})"), ("params", r.params), ("executor", r.executor),
                          ("image", r.image_tag or "-"), ("started", _fmt_ts(r.started or r.created)),
                          ("duration", _fmt_dur(r.duration)), ("tags", ",".join(r.tags) or "-"),

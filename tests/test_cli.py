@@ -136,6 +136,8 @@ def test_kill_driver_then_resume(gflow_home, tmp_path):
     assert run_id and done >= 6
     st = open_store(f"sqlite:///{db}")
     assert st.get_run(run_id).state is State.RUNNING  # what a killed driver leaves behind
+    ls = cli("runs", "ls", env={"GFLOW_HOME": str(gflow_home)})
+    assert "driver gone" in ls.stdout  # the CLI says so rather than showing a live-looking run
     recorded = {t.map_index for t in st.task_runs(run_id, state="SUCCEEDED") if t.name == "slow_count"}
     ran_before = {i for i in range(40) if (work / f"slow-{i}").exists()}
     r = cli("resume", run_id, "--no-progress", env={"GFLOW_HOME": str(gflow_home), "GFLOW_TEST_SLOW": "0.01"})
