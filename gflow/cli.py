@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -17,8 +16,8 @@ from rich.live import Live
 from rich.table import Table
 
 from gflow import __version__
-from gflow.errors import ConfigError, GflowError, InvalidArguments, RunNotFound, TaskFailed
-from gflow.states import TERMINAL, State
+from gflow.errors import GflowError, InvalidArguments, TaskFailed
+from gflow.states import State
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -191,29 +190,17 @@ def resume(run_id: str, executor, artifacts, progress, force, store, profile) ->
               tags=rec.tags, progress=progress, resume_from=rec.id)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _mark_killed(st: Any, rec: Any, force: bool) -> None:
     """A run still marked RUNNING whose driver is gone: record it FAILED before resuming."""
-    from gflow.store import Transition
+    from gflow.store import driver_alive, end_unfinished
 
-    same_host = rec.host == socket.gethostname()
-    if same_host and rec.pid and _pid_alive(rec.pid) and rec.pid != os.getpid():
+    alive = driver_alive(rec)
+    if alive and rec.pid != os.getpid():
         _fail(f"run {rec.id} is still running (driver pid {rec.pid} on this host); cancel it first")
-    if not same_host and not force:
+    if alive is None and not force:
         _fail(f"run {rec.id} is marked {rec.state.value} on host {rec.host}; if its driver is gone, use --force")
     now = time.time()
-    orphans = [t for t in st.task_runs(rec.id) if t.state not in TERMINAL]
-    st.apply([Transition(t.id, rec.id, State.FAILED, t.attempt, now, error="DriverLost: the driver process died")
-              for t in orphans])
+    end_unfinished(st, rec.id, State.FAILED, "DriverLost: the driver process died", now)
     st.set_run_state(rec.id, State.FAILED, now, error=f"DriverLost: driver pid {rec.pid} on {rec.host} is gone")
 
 
@@ -236,8 +223,9 @@ def _state_label(r: Any) -> str:
     """A run's state, saying so when a RUNNING run's driver on this host is gone (killed)."""
     style = _STATE_STYLE.get(r.state.value, "white")
     label = f"[{style}]{r.state.value}[/{style}]"
-    if r.state in (State.RUNNING, State.PENDING) and r.pid and r.host == socket.gethostname() \
-            and not _pid_alive(r.pid):
+    from gflow.store import driver_alive
+
+    if r.state in (State.RUNNING, State.PENDING) and r.pid and driver_alive(r) is False:
         label += " [red](driver gone: gflow resume)[/red]"
     return label
 

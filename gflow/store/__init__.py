@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gflow.errors import ConfigError
 from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition
 
@@ -42,6 +44,35 @@ def open_store(url: str | Store, events: str | None = None) -> Store:
     return cls.from_url(url)
 
 
+def driver_alive(rec: RunRecord) -> bool | None:
+    """Whether a run's driver process still lives: True or False for a run driven from this host,
+    None for one driven from another host (not knowable from here)."""
+    import os
+    import socket
+
+    if rec.host != socket.gethostname():
+        return None
+    if not rec.pid:
+        return False
+    try:
+        os.kill(rec.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def end_unfinished(store: Store, run_id: str, state: Any, error: str, ts: float) -> int:
+    """Mark every unfinished task run of ``run_id`` with ``state`` (what a driver that is gone cannot
+    do itself); returns how many."""
+    from gflow.states import TERMINAL
+
+    orphans = [t for t in store.task_runs(run_id) if t.state not in TERMINAL]
+    store.apply([Transition(t.id, run_id, state, t.attempt, ts, error=error) for t in orphans])
+    return len(orphans)
+
+
 def cancel_run(store: Store, run_id: str, reason: str = "cancelled by user") -> RunRecord:
     """Mark a run CANCELLED. A live driver notices within about a second and cancels its calls
     (queued ones never start, running ones are cancelled on the backend where it can); a run whose
@@ -50,29 +81,16 @@ def cancel_run(store: Store, run_id: str, reason: str = "cancelled by user") -> 
     Raises:
         RunNotFound, InvalidTransition: unknown id, or the run already ended.
     """
-    import os
-    import socket
     import time
 
-    from gflow.states import TERMINAL, State
+    from gflow.states import State
 
     rec = store.get_run(run_id)
     now = time.time()
     store.set_run_state(rec.id, State.CANCELLED, now, error=f"Cancelled: {reason}")
-    alive = False
-    if rec.host == socket.gethostname() and rec.pid:
-        try:
-            os.kill(rec.pid, 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-    if not alive and rec.host == socket.gethostname():
-        orphans = [t for t in store.task_runs(rec.id) if t.state not in TERMINAL]
-        store.apply([Transition(t.id, rec.id, State.CANCELLED, t.attempt, now, error=f"Cancelled: {reason}")
-                     for t in orphans])
+    if driver_alive(rec) is False:
+        end_unfinished(store, rec.id, State.CANCELLED, f"Cancelled: {reason}", now)
     return store.get_run(rec.id)
 
 
-__all__ = ["cancel_run", "Event", "RunRecord", "Store", "TaskRunRecord", "Transition", "open_store"]
+__all__ = ["cancel_run", "driver_alive", "end_unfinished", "Event", "RunRecord", "Store", "TaskRunRecord", "Transition", "open_store"]
