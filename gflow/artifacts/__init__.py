@@ -11,14 +11,8 @@ def open_artifacts(url: str | ArtifactStore) -> ArtifactStore:
     """Open an artifact store from its URL (or return one unchanged)."""
     if isinstance(url, ArtifactStore):
         return url
-    if url.startswith("s3://"):
-        try:
-            from gflow.artifacts.s3 import S3ArtifactStore
-        except ImportError as e:
-            raise ConfigError(f"s3 artifacts need boto3: pip install 'gflow[aws]' ({e})") from e
-        return S3ArtifactStore.from_url(url)
     if "://" in url and not url.startswith("file://"):
-        raise ConfigError(f"unknown artifact store URL {url!r}; use a folder, file:///path or s3://bucket/prefix")
+        raise ConfigError(f"unknown artifact store URL {url!r}; use a folder or file:///path")
     return LocalArtifactStore.from_url(url)
 
 

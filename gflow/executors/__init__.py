@@ -17,11 +17,8 @@ _BUILTIN = {
     "inline": "gflow.executors.local:InlineExecutor",
     "dask": "gflow.executors.dask:DaskExecutor",
     "docker": "gflow.executors.docker:DockerExecutor",
-    "aws_batch": "gflow.executors.aws_batch:AWSBatchExecutor",
-    "batch": "gflow.executors.aws_batch:AWSBatchExecutor",
-    "volcano": "gflow.executors.volcano:VolcanoExecutor",
 }
-_EXTRA = {"dask": "dask", "docker": "docker", "aws_batch": "aws", "batch": "aws", "volcano": "k8s"}
+_EXTRA = {"dask": "dask", "docker": "docker"}
 _registered: dict[str, Callable[[str], Executor]] = {}
 
 

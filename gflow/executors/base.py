@@ -1,10 +1,34 @@
-"""The executor interface every backend implements.
+"""The executor contract: everything a backend author needs to know is in this module.
 
-``submit(calls)`` takes a batch (so a map can become one array job), ``poll(handles)`` reports
-states, ``cancel(handles)`` stops them, ``close()`` releases the backend; ``can_submit(n)`` is how
-the engine asks for capacity. Executors never touch the state store: they report outcomes and the
-engine records them. An executor that can push events (``pushes_events = True``) calls the
-listener given to :meth:`Executor.start`; others are polled.
+An executor runs *calls* (one attempt of one task call) somewhere and reports how they went. The
+engine is its only client and the only writer of run state; executors never touch the state store.
+
+Lifecycle (a context manager)::
+
+    ex.attach_artifacts(store)      # the run's artifact store (remote backends pass values through it)
+    ex.start(listener)              # once per run, before the first submit
+    handles = ex.submit(calls)      # a batch: a fan-out arrives as one batch (one array job where possible)
+    ex.poll(handles)                # only for executors that do not push events (``capabilities.pushes_events``)
+    ex.cancel(handles)              # queued calls never start; running ones stop where the backend can
+    ex.close()                      # idempotent
+
+Reporting. A pushing executor calls ``listener(kind, call_id, attempt, payload)`` from any thread:
+``"started"`` with the start timestamp (seconds since the epoch, as the backend saw it), and
+``"done"`` with an :class:`Outcome`. An executor whose starts are cheaper to collect than to push
+(the local thread pool) sets ``capabilities.start_poll_interval`` and returns them from
+:meth:`Executor.poll_starts` instead. Every handle reaches exactly one ``"done"`` (or one terminal
+:class:`JobStatus` from ``poll``) unless it was cancelled. An outcome's ``started`` is the time the
+call really started: the engine records RUNNING with it, so durations are right even when the
+start is only learnt with the outcome.
+
+Capacity. :meth:`Executor.capacity` is the one question the engine asks before a batch: how many
+more calls the backend accepts now. The rest waits, ready, in the engine's core.
+
+What a backend can do is declared in :class:`Capabilities` (``Executor.capabilities``), never
+probed. Values cross the boundary in canonical form only (``gflow.serialization``); a remote
+backend passes them through the artifact store (``gflow.images.protocol``: call spec -> ``gflow
+worker`` -> outcome record) and returns outcomes whose ``result_ref`` already names the stored
+result, which the engine records as is (no second encode or upload).
 """
 
 from __future__ import annotations
@@ -13,9 +37,40 @@ import abc
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from gflow.states import State
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do. Declared per executor class (or per instance, where it depends on options).
+
+    Attributes:
+        pushes_events: Calls the listener with starts and outcomes; False: the engine polls
+            :meth:`Executor.poll` every ``poll_interval`` seconds.
+        reports_start: A call's start is known before its outcome (pushed, or by ``poll_starts``).
+            False: the start arrives with the outcome, so the engine counts a timeout from submit.
+        start_poll_interval: If set, the engine calls :meth:`Executor.poll_starts` this often (seconds)
+            while calls are in flight, instead of receiving a ``"started"`` event per call.
+        accepts_refs: The backend can start a call before its inputs exist, given :class:`Ref`
+            placeholders in the arguments and ``Call.refs``: dependent chains stay on the backend.
+        kills_on_timeout: ``cancel`` stops a running call (a process, a container, a job); False: a
+            timed-out attempt runs on and its late outcome is ignored.
+        needs_image: Calls run inside a container image (the run records its tag; the image is part
+            of the cache key).
+        array_jobs: A batch of calls of one task becomes one backend job (an array).
+        poll_interval: Seconds between ``poll`` calls for executors that do not push.
+    """
+
+    pushes_events: bool = True
+    reports_start: bool = True
+    start_poll_interval: float | None = None
+    accepts_refs: bool = False
+    kills_on_timeout: bool = False
+    needs_image: bool = False
+    array_jobs: bool = False
+    poll_interval: float = 0.5
 
 
 @dataclass(slots=True)
@@ -40,7 +95,13 @@ class Call:
 
 @dataclass(slots=True)
 class Outcome:
-    """How an attempt ended. ``exc`` is the live exception where the backend can carry it."""
+    """How an attempt ended. ``exc`` is the live exception where the backend can carry it.
+
+    Attributes:
+        result_ref: The digest of the result already stored in the run's artifact store by a remote
+            worker; the engine records it without encoding or uploading the value again.
+        info: Backend details recorded on the task run (exit code, job id, log stream, attempts).
+    """
 
     ok: bool
     value: Any = None
@@ -51,6 +112,7 @@ class Outcome:
     started: float | None = None
     ended: float | None = None
     result_ref: str | None = None
+    info: dict[str, Any] | None = None
 
     @classmethod
     def from_exception(cls, e: BaseException, tb: str, started: float | None, ended: float) -> Outcome:
@@ -66,8 +128,6 @@ def importable_problem(task: Any) -> str | None:
     """Why another process (a pool worker, a Dask worker, a container) could not import ``task`` by
     its ``module:qualname``; None if it can, as far as this process can tell (the module must also be
     installed or on the path there)."""
-    import sys
-
     from gflow.tasks import Task
 
     mod_name, _, qual = task.identity.partition(":")
@@ -117,33 +177,38 @@ class JobStatus:
     outcome: Outcome | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StartReport:
+    """A call that started (from :meth:`Executor.poll_starts`)."""
+
+    call_id: str
+    attempt: int
+    ts: float
+
+
 #: listener(kind, call_id, attempt, payload): kind is "started" (payload = timestamp) or "done" (an Outcome)
 Listener = Callable[[str, str, int, Any], None]
 
 
 class Executor(abc.ABC):
-    """Base class of executors; a context manager."""
+    """Base class of executors; a context manager. See the module docstring for the contract."""
 
     name: str = "executor"
-    pushes_events: bool = False
-    #: False when "started" is only known at the end; the engine then arms timeouts at submit time
-    reports_start: bool = True
-    #: the backend can start a call before its inputs exist, given ``Ref`` placeholders and
-    #: ``Call.refs`` (dep call id -> the dep's handle): dependent chains then stay on the backend
-    accepts_refs: bool = False
-    #: optional dict (call id -> (attempt, start time)) the executor fills instead of sending
-    #: "started" events; the engine reads it every ``board_interval`` seconds
-    started_board: dict | None = None
-    board_interval: float = 0.02
-    poll_interval: float = 0.5
+    capabilities: Capabilities = Capabilities()
+    _listener: Listener
 
     def start(self, listener: Listener) -> None:
-        """Called once by the engine before the first submit."""
+        """Called by the engine before the first submit of a run (again for each run that reuses this executor)."""
         self._listener = listener
 
     @abc.abstractmethod
     def submit(self, calls: Sequence[Call]) -> list[Any]:
-        """Start a batch of calls; returns one handle per call (in order)."""
+        """Start a batch of calls; returns one handle per call (in order). A batch may mix tasks.
+
+        Raises:
+            ExecutorError: the backend refused the whole batch (each call then fails, and is retried
+                per its task's policy).
+        """
 
     @abc.abstractmethod
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
@@ -153,12 +218,16 @@ class Executor(abc.ABC):
     def cancel(self, handles: Sequence[Any]) -> None:
         """Stop these calls (queued ones never start; running ones are stopped where possible)."""
 
+    def poll_starts(self) -> list[StartReport]:
+        """Calls that started since the last call (only for ``capabilities.start_poll_interval``)."""
+        return []
+
     def attach_artifacts(self, artifacts: Any) -> None:
         """The engine hands over the run's artifact store before ``start`` (remote executors pass
         inputs and outcomes through it by reference); local executors ignore it."""
 
     def can_submit(self, n: int = 1) -> bool:
-        """Whether ``n`` more calls can be accepted now."""
+        """Whether ``n`` more calls can be accepted now (the same question as :meth:`capacity`)."""
         return self.capacity() >= n
 
     def capacity(self) -> int:
@@ -166,8 +235,23 @@ class Executor(abc.ABC):
         return sys.maxsize
 
     def describe_handle(self, handle: Any) -> str:
-        """A short string for the state store (job id, array index, ...)."""
+        """A short string for the state store (job id, array index, container, pod ...)."""
         return str(handle)
+
+    def image_tag_for(self, flow: Any) -> str | None:
+        """For image-based executors: build (if needed) the flow's image before the run is recorded and
+        return the tag the run records. None for executors that run code in this environment."""
+        return None
+
+    def image_key(self, task: Any) -> str | None:
+        """The image a task's calls run in, as it enters the task's cache key (None: no image)."""
+        return None
+
+    @classmethod
+    def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
+        """The backend's log of one task run (``gflow logs --task-run``), from the executor spec the run
+        recorded and the task run's recorded handle and info; None where the backend keeps none."""
+        return None
 
     def close(self) -> None:
         """Release the backend (idempotent)."""

@@ -31,7 +31,7 @@ import distributed
 
 from gflow._walk import substitute
 from gflow.errors import ConfigError, ExecutorError
-from gflow.executors.base import UPSTREAM_PENDING, Call, Executor, JobStatus, Outcome, Ref, importable_problem
+from gflow.executors.base import UPSTREAM_PENDING, Call, Capabilities, Executor, JobStatus, Outcome, Ref, importable_problem
 from gflow.executors.local import _run_in_process
 from gflow.states import State
 
@@ -177,9 +177,9 @@ class DaskExecutor(Executor):
     """
 
     name = "dask"
-    pushes_events = True
-    accepts_refs = True  # dependent calls start with Dask futures of their inputs: chains stay on the cluster
-    reports_start = True  # at the start for calls with a timeout, with the outcome for the others
+    # dependent calls start with Dask futures of their inputs (chains stay on the cluster); starts are
+    # reported from the worker for calls with a timeout, by a once-a-second watcher for the others
+    capabilities = Capabilities(accepts_refs=True, kills_on_timeout=True)
 
     def __init__(self, address: str | None = None, *, client: Any = None, timeout: float = 5.0,
                  n_workers: int | None = None, threads_per_worker: int = 1, memory_limit: str | int = "auto",

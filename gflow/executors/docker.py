@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gflow.errors import ConfigError, ExecutorError
-from gflow.executors.base import Call, Executor, JobStatus, Outcome
+from gflow.executors.base import Call, Capabilities, Executor, JobStatus, Outcome
 from gflow.states import State
 
 log = logging.getLogger("gflow.executors.docker")
@@ -77,8 +77,7 @@ class DockerExecutor(Executor):
     """
 
     name = "docker"
-    pushes_events = True
-    reports_start = True
+    capabilities = Capabilities(kills_on_timeout=True, needs_image=True)
 
     def __init__(self, image: str | None = None, *, bundle: str | None = None, base_url: str | None = None,
                  client: Any = None, dev: bool = False, build: bool = True, registry: str | None = None,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gflow.errors import ExecutorError
-from gflow.executors.base import Call, Executor, JobStatus, Outcome, importable_problem
+from gflow.executors.base import Call, Capabilities, Executor, JobStatus, Outcome, StartReport, importable_problem
 from gflow.states import State
 
 
@@ -90,12 +90,13 @@ class LocalExecutor(Executor):
     """
 
     name = "local"
-    pushes_events = True
+    capabilities = Capabilities(start_poll_interval=0.02)
 
     def __init__(self, workers: int | None = None, processes: bool = False, max_in_flight: int | None = None,
                  mp_context: str = "spawn"):
         self.processes = processes
-        self.reports_start = not processes  # a process reports its start only with its outcome
+        if processes:  # a process reports its start only with its outcome
+            self.capabilities = Capabilities(reports_start=False)
         cpu = os.cpu_count() or 1
         self.workers = workers or (cpu if processes else min(32, cpu + 4))
         self.max_in_flight = max_in_flight or max(256, self.workers * 64)
@@ -107,8 +108,8 @@ class LocalExecutor(Executor):
         self._in_flight = 0
         self._lock = threading.Lock()
         self._closed = False
-        #: call id -> (attempt, start time), written by pool threads, read by the engine
-        self.started_board: dict | None = None if processes else {}
+        #: call id -> (attempt, start time), written by pool threads, handed out by poll_starts()
+        self._board: dict[str, tuple[int, float]] = {}
 
     @classmethod
     def from_spec(cls, spec: str) -> LocalExecutor:
@@ -156,7 +157,7 @@ class LocalExecutor(Executor):
             with self._lock:
                 self._in_flight -= 1
             return
-        _run_here(call, self._listen, self.started_board)
+        _run_here(call, self._listen, self._board)
 
     def _process_done(self, call: Call, fut: cf.Future) -> None:
         if fut.cancelled():
@@ -173,7 +174,7 @@ class LocalExecutor(Executor):
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
         if not self.processes:  # threads push their events; this is a best-effort view
-            board = self.started_board or {}
+            board = self._board
             return [JobStatus(State.CANCELLED if (h.id, h.attempt) in self._pool.cancelled else
                               State.RUNNING if h.id in board else State.QUEUED) for h in handles]
         out = []
@@ -198,6 +199,15 @@ class LocalExecutor(Executor):
             else:
                 self._pool.cancelled.add((h.id, h.attempt))
 
+    def poll_starts(self) -> list[StartReport]:
+        board = self._board
+        out = []
+        for call_id in list(board):
+            entry = board.pop(call_id, None)
+            if entry is not None:
+                out.append(StartReport(call_id, entry[0], entry[1]))
+        return out
+
     def capacity(self) -> int:
         return self.max_in_flight - self._in_flight
 
@@ -217,7 +227,6 @@ class InlineExecutor(Executor):
     """Runs each call synchronously inside ``submit``: deterministic, for tests and debugging."""
 
     name = "inline"
-    pushes_events = True
 
     @classmethod
     def from_spec(cls, spec: str) -> InlineExecutor:

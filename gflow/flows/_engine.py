@@ -105,10 +105,11 @@ class Engine:
         self._waiters = 0
         self._stopped = False
         self._crashed: BaseException | None = None
-        self.reports_start = getattr(executor, "reports_start", True)
-        self.speculate = bool(getattr(executor, "accepts_refs", False)) and not self.resume_results
-        self._board: dict | None = getattr(executor, "started_board", None)
-        self._board_interval = getattr(executor, "board_interval", 0.02)
+        caps = executor.capabilities
+        self.reports_start = caps.reports_start
+        self.speculate = caps.accepts_refs and not self.resume_results
+        self._board: Any = executor if caps.start_poll_interval else None
+        self._board_interval = caps.start_poll_interval or 0.02
         self._last_board = 0.0
         self._awaiting_start = 0  # dispatched calls whose start the board has not shown yet
         #: the run whose state the engine watches for a cancel from outside (gflow runs cancel, the server)
@@ -238,7 +239,7 @@ class Engine:
         if self._timers:
             t = max(0.0, self._timers[0][0] - time.time())
         if self._polled:
-            p = max(0.0, self._last_poll + self.executor.poll_interval - time.monotonic())
+            p = max(0.0, self._last_poll + self.executor.capabilities.poll_interval - time.monotonic())
             t = p if t is None else min(t, p)
         if self._awaiting_start:
             b = max(0.0, self._last_board + self._board_interval - time.monotonic())
@@ -371,7 +372,7 @@ class Engine:
                     node = self.nodes[c.id]
                     self._done(node, Outcome.from_exception(e, tb, None, time.time()))
                 continue
-            polled = not ex.pushes_events
+            polled = not ex.capabilities.pushes_events
             if self._board is not None:
                 self._awaiting_start += len(calls)
             dispatched = []
@@ -547,8 +548,6 @@ class Engine:
             self._record(node, QUEUED)
             node.state = QUEUED
         self._polled.pop(node.id, None)
-        if self._board is not None:
-            self._board.pop(node.id, None)
         if node.state is QUEUED:
             self._started(node, out.started or time.time())
         self.core.release(node)
@@ -642,17 +641,14 @@ class Engine:
         if board is None:
             return
         nodes = self.nodes
-        for call_id in list(board):
-            entry = board.pop(call_id, None)
-            if entry is None:
-                continue
-            node = nodes.get(call_id)
-            if node is not None and node.state is QUEUED and node.attempt == entry[0]:
-                self._started(node, entry[1])
+        for rep in board.poll_starts():
+            node = nodes.get(rep.call_id)
+            if node is not None and node.state is QUEUED and node.attempt == rep.attempt:
+                self._started(node, rep.ts)
 
     def _poll(self) -> None:
         now = time.monotonic()
-        if now - self._last_poll < self.executor.poll_interval:
+        if now - self._last_poll < self.executor.capabilities.poll_interval:
             return
         self._last_poll = now
         nodes = list(self._polled.values())

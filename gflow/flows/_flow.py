@@ -240,8 +240,7 @@ class Flow(Generic[P, R]):
         ex = get_executor(prof.executor)
         resume_results = st.results_by_key(st.get_run(resume_from).id) if resume_from else None
         # executors that run code in images (docker, batch, volcano) say which tag this flow runs as
-        image_tag_for = getattr(ex, "image_tag_for", None)
-        image_tag = image_tag_for(self) if image_tag_for else None
+        image_tag = ex.image_tag_for(self)
         run_id = new_run_id()
         executor_desc = prof.executor if isinstance(prof.executor, str) else ex.name
         st.create_run(RunRecord(id=run_id, flow=self.name, flow_path=self.path, params=params_json,

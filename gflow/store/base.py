@@ -204,6 +204,46 @@ class Store(abc.ABC):
     def results_by_key(self, run_id: str) -> dict[str, TaskRunRecord]:
         """Finished task runs of a run that have stored results, by cache key (for resume)."""
 
+    def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
+        """Events of many task runs, keyed by ``(run_id, task_run_id)``, in order (every key present)."""
+        uniq = list(dict.fromkeys(keys))
+        out: dict[tuple[str, str], list[Event]] = {k: [] for k in uniq}
+        by_run: dict[str, set[str]] = {}
+        for run_id, tr in uniq:
+            by_run.setdefault(run_id, set()).add(tr)
+        for run_id, wanted in by_run.items():
+            for e in self.events(run_id):
+                if e.task_run_id in wanted:
+                    out[(run_id, e.task_run_id)].append(e)
+        return out
+
+    def objects_many(self, task_run_ids: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+        """Content ids of the gflow objects many task runs read and produced: ``{id: {"inputs", "outputs"}}``."""
+        return {i: self.objects_of(i) for i in dict.fromkeys(task_run_ids)}
+
+    def last_event_seq(self, run_id: str) -> int:
+        """The seq of a run's newest event (0 if none)."""
+        last = 0
+        while True:
+            page = self.events(run_id, after=last, limit=10_000)
+            if not page:
+                return last
+            last = page[-1].seq
+
+    def downstream_many(self, run_id: str, task_run_ids: Sequence[str],
+                        scan_limit: int = 200_000) -> dict[str, list[str]]:
+        """Task runs of ``run_id`` whose recorded ``upstream`` names any of ``task_run_ids``:
+        ``{upstream_id: [downstream ids]}`` (edges inside the run only; the generic path scans at most
+        ``scan_limit`` task runs)."""
+        wanted = list(dict.fromkeys(task_run_ids))
+        out: dict[str, list[str]] = {i: [] for i in wanted}
+        wanted_set = set(wanted)
+        for tr in self.task_runs(run_id, limit=scan_limit):
+            for up in tr.upstream:
+                if up in wanted_set:
+                    out[up].append(tr.id)
+        return out
+
     def lineage(self, content_id: str) -> dict[str, Any]:
         """Which task run produced a gflow object (by content id), from which inputs, and which
         task runs consumed it: ``{"produced_by": [TaskRunRecord], "inputs": [ids], "consumed_by": [...]}``."""

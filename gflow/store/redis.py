@@ -488,6 +488,19 @@ class RedisLayer(Store):
     def objects_of(self, task_run_id: str) -> dict[str, list[str]]:
         return self.durable.objects_of(task_run_id)
 
+    def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
+        return self.durable.task_events_many(keys)
+
+    def objects_many(self, task_run_ids: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+        return self.durable.objects_many(task_run_ids)
+
+    def last_event_seq(self, run_id: str) -> int:
+        return self.durable.last_event_seq(run_id)
+
+    def downstream_many(self, run_id: str, task_run_ids: Sequence[str],
+                        scan_limit: int = 200_000) -> dict[str, list[str]]:
+        return self.durable.downstream_many(run_id, task_run_ids, scan_limit)
+
     def close(self) -> None:
         try:
             self.redis.close()

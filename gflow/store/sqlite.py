@@ -382,6 +382,49 @@ class SQLiteStore(Store):
             "AND result_ref IS NOT NULL AND key IS NOT NULL", (run_id,), "resume lookup")
         return {r.key: r for r in map(self._tr_from_row, rows) if r.key}
 
+    def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
+        uniq = list(dict.fromkeys(keys))
+        out: dict[tuple[str, str], list[Event]] = {k: [] for k in uniq}
+        by_run: dict[str, list[str]] = {}
+        for run_id, tr in uniq:
+            by_run.setdefault(run_id, []).append(tr)
+        for run_id, trs in by_run.items():
+            for i in range(0, len(trs), 500):
+                chunk = trs[i:i + 500]
+                rows = self._read(
+                    "SELECT seq, run_id, task_run_id, state, attempt, ts, message FROM events WHERE run_id=? AND "
+                    f"task_run_id IN ({','.join('?' * len(chunk))}) ORDER BY seq", [run_id, *chunk], "events")
+                for r in rows:
+                    out[(run_id, r[2])].append(Event(seq=r[0], run_id=r[1], task_run_id=r[2], state=State(r[3]),
+                                                     attempt=r[4], ts=r[5], message=r[6]))
+        return out
+
+    def objects_many(self, task_run_ids: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+        out: dict[str, dict[str, list[str]]] = {i: {"inputs": [], "outputs": []} for i in task_run_ids}
+        for tr, cid, role in self._in_chunks(
+                "SELECT task_run_id, content_id, role FROM objects WHERE task_run_id IN ({ins}) ORDER BY rowid",
+                task_run_ids, "lineage"):
+            out[tr]["inputs" if role == "in" else "outputs"].append(cid)
+        return out
+
+    def last_event_seq(self, run_id: str) -> int:
+        rows = self._read("SELECT max(seq) FROM events WHERE run_id=?", (run_id,), "events")
+        return int(rows[0][0] or 0)
+
+    def downstream_many(self, run_id: str, task_run_ids: Sequence[str],
+                        scan_limit: int = 200_000) -> dict[str, list[str]]:
+        wanted = list(dict.fromkeys(task_run_ids))
+        out: dict[str, list[str]] = {i: [] for i in wanted}
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            rows = self._read(
+                "SELECT task_runs.id, j.value FROM task_runs, json_each(task_runs.upstream) AS j "
+                f"WHERE task_runs.run_id=? AND task_runs.upstream IS NOT NULL AND j.value IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY task_runs.seq", [run_id, *chunk], "lineage")
+            for down, up in rows:
+                out[up].append(down)
+        return out
+
     def lineage(self, content_id: str) -> dict[str, Any]:
         rows = self._read("SELECT task_run_id, role FROM objects WHERE content_id=?", (content_id,), "lineage")
         produced = sorted({r[0] for r in rows if r[1] == "out"})

@@ -1,0 +1,71 @@
+"""What the batch backends (AWS Batch, Volcano) share, in one place: array manifests (a fan-out as one
+array spec in the artifact store), chunking a batch into arrays, the index a worker reads, and turning
+a child's outcome record into an :class:`~gflow.executors.base.Outcome`.
+
+A fan-out of N calls of one task becomes ``ceil(N / max_children)`` arrays. Each array is one
+*array spec* (``gflow.images.protocol.write_array_spec``) listing one call spec per child; child ``i``
+runs ``gflow worker ARRAY_DIGEST`` with its index in ``AWS_BATCH_JOB_ARRAY_INDEX`` or ``VC_TASK_INDEX``
+(``gflow.images.worker.INDEX_VARS``) and writes its outcome record to the outcome slot of its own call
+spec, where the driver reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gflow.executors.base import Call, Outcome
+from gflow.images.worker import INDEX_VARS
+
+__all__ = ["INDEX_VARS", "Manifest", "chunk", "group_by_task", "outcome_of", "write_manifest"]
+
+
+def chunk(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """``items`` in consecutive pieces of at most ``size`` (``size`` >= 1)."""
+    if size < 1:
+        raise ValueError(f"chunk size must be at least 1, got {size}")
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def group_by_task(calls: Sequence[Call]) -> list[list[Call]]:
+    """Calls grouped by task (and options), keeping their order: each group can become one array."""
+    groups: dict[int, list[Call]] = {}
+    for c in calls:
+        groups.setdefault(id(c.task), []).append(c)
+    return list(groups.values())
+
+
+@dataclass
+class Manifest:
+    """One array: its array spec digest and the call spec digest of each child (by index)."""
+
+    array: str
+    specs: list[str]
+    calls: list[Call] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+
+def write_manifest(artifacts: Any, calls: Sequence[Call], *, image: str | None = None,
+                   bundle: str | None = None) -> Manifest:
+    """Write a call spec per call and one array spec listing them (in order).
+
+    Raises:
+        SerializationError: naming the task when an input has no canonical form.
+    """
+    from gflow.images.protocol import write_array_spec, write_call_spec
+
+    specs = [write_call_spec(artifacts, c, image=image, bundle=bundle) for c in calls]
+    return Manifest(write_array_spec(artifacts, specs), specs, list(calls))
+
+
+def outcome_of(artifacts: Any, spec_digest: str) -> Outcome | None:
+    """The outcome of a child from its outcome record, or None if the worker wrote none (yet).
+
+    A successful outcome carries ``result_ref``: the engine records that digest as is."""
+    from gflow.images.protocol import read_outcome, to_outcome
+
+    rec = read_outcome(artifacts, spec_digest)
+    return None if rec is None else to_outcome(artifacts, rec)
