@@ -16,7 +16,8 @@ from rich.live import Live
 from rich.table import Table
 
 from gflow import __version__
-from gflow.errors import GflowError, InvalidArguments, TaskFailed
+from gflow._params import parse_params as _parse_params
+from gflow.errors import GflowError, TaskFailed
 from gflow.states import State
 
 err = Console(stderr=True, highlight=False)
@@ -31,20 +32,6 @@ _COLUMNS = ("PENDING", "QUEUED", "RUNNING", "RETRYING", "SUCCEEDED", "CACHED", "
 def _fail(message: str, code: int = 1) -> None:
     err.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
     sys.exit(code)
-
-
-def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidArguments(f"malformed --param {item!r}: expected KEY=VALUE")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw  # a bare string (a sequence, a path, ...)
-        params[key.strip()] = value
-    return params
 
 
 def _progress_table(snapshot: dict[str, Counter], run_id: str, t0: float) -> Table:
