@@ -247,3 +247,51 @@ def decode(data: bytes | str, load_blob: Callable[[str], bytes] | None = None) -
 def canonical_json(value: Any) -> str:
     """Canonical JSON text of a value that is already JSON-compatible."""
     return _dumps(value)
+
+
+def to_display(tree: Any) -> Any:
+    """A stored canonical value as the user wrote it, for people (CLI, dashboard): gflow's tags removed,
+    pydantic models and dataclasses as their fields, tuples and sets as lists, blobs summarised. Pure:
+    it imports and calls nothing, so it is safe on untrusted stored data. Accepts the JSON text too."""
+    if isinstance(tree, (str, bytes)) and not isinstance(tree, str):
+        tree = json.loads(tree)
+    t = type(tree)
+    if t is list:
+        return [to_display(v) for v in tree]
+    if t is not dict:
+        return tree
+    tag = tree.get(TAG)
+    if tag is None:
+        return {k: to_display(v) for k, v in tree.items()}
+    if tag in ("model", "dataclass"):
+        return to_display(tree.get("data"))
+    if tag in ("tuple", "set", "frozenset"):
+        return [to_display(v) for v in tree.get("items", [])]
+    if tag == "dict":
+        out: dict[str, Any] = {}
+        for kv in tree.get("items", []):
+            if isinstance(kv, list) and len(kv) == 2:
+                k = to_display(kv[0])
+                out[k if isinstance(k, str) else json.dumps(k, sort_keys=True)] = to_display(kv[1])
+        return out
+    if tag in ("float", "path", "datetime", "date"):
+        return tree.get("v")
+    if tag == "enum":
+        return to_display(tree.get("v"))
+    if tag == "bytes":
+        return f"<{len(base64.b64decode(tree.get('b64', ''), validate=False))} bytes>"
+    if tag in ("ndarray", "tensor"):
+        return {"dtype": tree.get("dtype"), "shape": tree.get("shape"), "blob": tree.get("blob")}
+    if tag == "pickle":
+        return "<pickled value>"
+    return {k: to_display(v) for k, v in tree.items()}
+
+
+def display_json(text: str | bytes | None) -> Any:
+    """:func:`to_display` of stored canonical JSON text (the text itself if it is not JSON)."""
+    if text is None:
+        return None
+    try:
+        return to_display(json.loads(text))
+    except ValueError:
+        return text
