@@ -282,7 +282,7 @@ class DockerExecutor(Executor):
                 self._running.add(h)
             h.container.start()
             h.state = State.RUNNING
-            self._listener("started", call.id, call.attempt, time.time())
+            self._listener("started", call.id, call.attempt, (time.time(), self.describe_handle(h)))
             status = self._wait(h.container)
             rec = read_outcome(arts, spec)
             if rec is not None:

@@ -488,6 +488,15 @@ class RedisLayer(Store):
     def objects_of(self, task_run_id: str) -> dict[str, list[str]]:
         return self.durable.objects_of(task_run_id)
 
+    def offload_writer(self) -> Any:
+        return None  # writes must pass through this layer to keep Redis current
+
+    def claim_resume(self, run_id: str, claimant: str, expected: str | None) -> str | None:
+        return self.durable.claim_resume(run_id, claimant, expected)
+
+    def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
+        return self.durable.results_for_resume(run_id)
+
     def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
         return self.durable.task_events_many(keys)
 
