@@ -69,7 +69,7 @@ def mongomock_store(url: str) -> Any:
     host = parsed.hostname or "localhost"
     with _MOCK_GUARD:
         if host not in _MOCK_SERVERS:
-            _MOCK_SERVERS[host] = (mongomock.store.ServerStore(), threading.RLock())
+            _MOCK_SERVERS[host] = (mongomock.store.ServerStore(), threading.RLock())  # type: ignore[attr-defined]
         server, lock = _MOCK_SERVERS[host]
     return MongoStore(mongomock.MongoClient(_store=server), database, url=url, lock=lock)
 
@@ -88,7 +88,7 @@ def _patch_mongomock() -> None:
                    sort=None):
         return orig(self, selector, doc, multi, upsert, collation=collation, array_filters=array_filters, hint=hint)
 
-    BulkOperationBuilder.add_update = add_update
+    BulkOperationBuilder.add_update = add_update  # type: ignore[method-assign]
 
 
 def _register() -> None:

@@ -8,6 +8,7 @@ import sys
 import pytest
 from conftest import ROOT
 
+
 @pytest.mark.slow
 def test_mypy_clean():
     if shutil.which("mypy") is None and subprocess.run([sys.executable, "-m", "mypy", "--version"],

@@ -112,15 +112,12 @@ def get_executor(spec: str | Executor | None = None, settings: dict[str, Any] | 
     if factory is None:
         raise ConfigError(f"unknown executor {name!r}; known executors: {', '.join(known_executors())}")
     if isinstance(factory, type) and issubclass(factory, Executor):
-        if not hasattr(factory, "from_spec"):
-            return factory(**(settings or {}))
-        if settings:
-            try:
-                return factory.from_spec(spec, **settings)
-            except TypeError as e:
-                raise ConfigError(f"executor {name!r}: profile settings {sorted(settings)} not accepted: {e}") \
-                    from None
-        return factory.from_spec(spec)
+        try:
+            return factory.from_spec(spec, **(settings or {}))
+        except TypeError as e:
+            if not settings:
+                raise
+            raise ConfigError(f"executor {name!r}: profile settings {sorted(settings)} not accepted: {e}") from None
     ex = factory(spec, **settings) if settings else factory(spec)
     if not isinstance(ex, Executor):
         raise ConfigError(f"executor factory for {name!r} returned {type(ex).__name__}, not a gflow Executor")

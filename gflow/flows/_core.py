@@ -23,7 +23,7 @@ from gflow.errors import (
     TaskTimeout,
     UpstreamFailed,
 )
-from gflow.executors.base import UPSTREAM_PENDING, Call, Capabilities, Outcome, Ref
+from gflow.executors.base import UPSTREAM_PENDING, Call, Capabilities, Outcome
 from gflow.flows._events import (
     CALL,
     MAP,
@@ -100,10 +100,12 @@ class Core:
         self.held: dict[str, deque[TaskState]] = {}
         self.running: dict[str, int] = {}
         self.cache_mem: dict[str, CacheHit] = {}
+        #: cacheable calls in flight by key: a second call with the same key waits for the first
+        self.inflight: dict[str, TaskState] = {}
         self.resume = resume or {}
         self.rerun_changed = rerun_changed
         self.use_cache = use_cache
-        self.story_log: deque[tuple[str, str, str, str, float]] = deque(maxlen=story_size)
+        self.story_log: deque[tuple[str, State, State, str, float]] = deque(maxlen=story_size)
         self.now = 0.0
         self._sid = ""
         self._out: list[Instruction] = []
@@ -158,7 +160,7 @@ class Core:
         run = self.runs.get(run_id)
         return run is None or run.active == 0
 
-    def story(self, task_id: str) -> list[tuple[str, str, str, str, float]]:
+    def story(self, task_id: str) -> list[tuple[str, State, State, str, float]]:
         """The recorded transitions of one task state: (id, from, to, stimulus id, time)."""
         return [s for s in self.story_log if s[0] == task_id]
 
@@ -287,8 +289,9 @@ class Core:
             self._log(ts, QUEUED)
             ts.state = QUEUED
             args = ts.arguments
-            rec(Transition(ts.id, ts.run_id, QUEUED, ts.attempt, now, key=ts.key,
-                           objects=(object_ids(args) or None) if ts.attempt == 1 else None, executor=ts.executor))
+            objs = object_ids(args) if ts.attempt == 1 and not _all_scalars(args) else None
+            rec(Transition(ts.id, ts.run_id, QUEUED, ts.attempt, now, key=ts.key, objects=objs or None,
+                           executor=ts.executor))
             call_args, call_kwargs = ts.task.validator.call_args(args)
             calls.append(Call(ts.id, ts.run_id, ts.task, call_args, call_kwargs, ts.attempt, ts.key, ts.index))
             timeout = ts.task.options.timeout
@@ -469,6 +472,15 @@ class Core:
             if hit is not None:
                 self._cached(ts, hit)
                 return
+            first = self.inflight.get(ts.key)
+            if first is not None and first is not ts and not first.state.terminal:
+                ts.looking = True  # the same call is in flight: take its result when it has one
+                if first.twins is None:
+                    first.twins = [ts]
+                else:
+                    first.twins.append(ts)
+                return
+            self.inflight[ts.key] = ts
             ts.looking = True
             self._out.append(LookUp(self._sid, [(ts.id, ts.key, None)]))
             return
@@ -607,9 +619,9 @@ class Core:
         ts.value = value
         ts.result_ref = ref
         ts.result_inline = inline
+        objs = None if type(value) in _SCALARS else object_ids(value) or None
         self._rec.append(Transition(ts.id, ts.run_id, SUCCEEDED, ts.attempt, out.ended or self.now, key=ts.key,
-                                    result_ref=ref, result_inline=inline, objects=object_ids(value) or None,
-                                    info=out.info, ikey=ts.ikey))
+                                    result_ref=ref, result_inline=inline, objects=objs, info=out.info, ikey=ts.ikey))
         if task.options.cache and ts.key is not None:
             self.cache_mem[ts.key] = CacheHit(value, ref, inline, "this run")
         self._finish(ts, SUCCEEDED)
@@ -736,6 +748,8 @@ class Core:
                 self._record_not_run(n, st)
             self._log(n, st)
             n.state = st
+            if n.twins is not None or (n.key is not None and self.inflight.get(n.key) is n):
+                self._release_twins(n, st)
             if n.kind == CALL or st is not SUCCEEDED:
                 n.arguments = None
             self._resolved.append(n)
@@ -760,6 +774,20 @@ class Core:
                         stack.append((d, follow))
         for run in touched:
             self._maybe_finish_run(run)
+
+    def _release_twins(self, first: TaskState, st: State) -> None:
+        """``first`` ended: the calls waiting for its result take it (or, if it failed, run themselves)."""
+        if first.key is not None and self.inflight.get(first.key) is first:
+            del self.inflight[first.key]
+        twins, first.twins = first.twins, None
+        for t in twins or ():
+            if t.state.terminal:
+                continue
+            t.looking = False
+            if st is SUCCEEDED or st is CACHED:
+                self._cached(t, CacheHit(first.value, first.result_ref, first.result_inline, first.id))
+            else:
+                self._ready(t)
 
     def _maybe_finish_run(self, run: RunState) -> None:
         if run.finished or not run.body_done or run.active != 0:
@@ -835,9 +863,16 @@ class Core:
     def _log(self, ts: TaskState, new: State) -> None:
         old = ts.state
         if old.terminal:
-            raise InvalidTransition(f"{ts!r}: {old.value} -> {new.value} after a terminal state; story: "
-                                    f"{self.story(ts.id)}")
-        self.story_log.append((ts.id, old.value, new.value, self._sid, self.now))
+            raise InvalidTransition(f"{ts!r}: {old} -> {new} after a terminal state; story: {self.story(ts.id)}")
+        self.story_log.append((ts.id, old, new, self._sid, self.now))
+
+
+_SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
+
+
+def _all_scalars(args: Any) -> bool:
+    """True for bound arguments that are all plain scalars (no gflow objects to note for lineage)."""
+    return type(args) is dict and all(type(v) in _SCALARS for v in args.values())
 
 
 def _format_exc(e: BaseException) -> str:

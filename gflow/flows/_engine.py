@@ -88,6 +88,8 @@ class Engine:
         self._owned: list[Executor] = []
         self._open_lock = threading.Lock()
         self.routes = dict(routes or {})
+        self._routed: dict[int, tuple[Any, str]] = {}
+        self._images: dict[tuple[str, int], tuple[Any, str | None]] = {}
         self.backends = dict(backends or {})
         self.futures: dict[str, Future] = {}
         self.finished: dict[str, RunFinished] = {}
@@ -142,6 +144,14 @@ class Engine:
     def route(self, task: Any) -> str:
         """Which executor runs ``task``'s calls: a profile route by task name or identity, the task's own
         ``executor`` option, a route by resources (``@gpu``), else the flow's executor."""
+        got = self._routed.get(id(task))
+        if got is not None and got[0] is task:
+            return got[1]
+        name = self._route(task)
+        self._routed[id(task)] = (task, name)
+        return name
+
+    def _route(self, task: Any) -> str:
         routes = self.routes
         spec = routes.get(task.name) or routes.get(task.identity) or task.options.executor
         if spec is None and task.options.resources.gpu and "@gpu" in routes:
@@ -151,7 +161,14 @@ class Engine:
         return self.open_executor(spec)
 
     def image_key(self, executor: str, task: Any) -> str | None:
-        return self.executors[executor].image_key(task)
+        """The image ``task`` runs in on ``executor`` (part of its cache key); asked once per task."""
+        k = (executor, id(task))
+        got = self._images.get(k)
+        if got is not None and got[0] is task:
+            return got[1]
+        image = self.executors[executor].image_key(task)
+        self._images[k] = (task, image)
+        return image
 
     def executor_description(self) -> str:
         return self.default
@@ -399,23 +416,22 @@ class Engine:
         rec = self.recorder
         while work:
             ins = work.popleft()
-            t = type(ins)
-            if t is Record:
-                rec.add_many(ins.transitions, ins.blobs)  # type: ignore[attr-defined]
-            elif t is Submit:
-                work.extend(self._submit(ins))  # type: ignore[arg-type]
-            elif t is Resolve:
-                self._resolve(ins.tasks)  # type: ignore[attr-defined]
-            elif t is ArmTimer:
-                heapq.heappush(self._timers, (ins.at, next(self._seq), ins.id, ins.attempt, ins.timer))  # type: ignore
-            elif t is CancelCalls:
-                self._cancel_calls(ins)  # type: ignore[arg-type]
-            elif t is LookUp:
-                work.extend(self._lookup(ins))  # type: ignore[arg-type]
-            elif t is RecordRun:
-                rec.add_run(ins)  # type: ignore[arg-type]
-            elif t is RunFinished:
-                self.finished[ins.run_id] = ins  # type: ignore[attr-defined]
+            if type(ins) is Record:
+                rec.add_many(ins.transitions, ins.blobs)
+            elif type(ins) is Submit:
+                work.extend(self._submit(ins))
+            elif type(ins) is Resolve:
+                self._resolve(ins.tasks)
+            elif type(ins) is ArmTimer:
+                heapq.heappush(self._timers, (ins.at, next(self._seq), ins.id, ins.attempt, ins.timer))
+            elif type(ins) is CancelCalls:
+                self._cancel_calls(ins)
+            elif type(ins) is LookUp:
+                work.extend(self._lookup(ins))
+            elif type(ins) is RecordRun:
+                rec.add_run(ins)
+            elif type(ins) is RunFinished:
+                self.finished[ins.run_id] = ins
                 self._notify = True
             else:  # pragma: no cover - a new instruction type without a handler is a bug
                 raise GflowError(f"the engine cannot carry out {ins!r}")

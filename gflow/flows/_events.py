@@ -29,7 +29,7 @@ class TaskState:
 
     __slots__ = ("id", "run_id", "task", "kind", "arguments", "deps", "waiting", "dependents", "state", "attempt",
                  "value", "error", "key", "ikey", "image", "handle", "desc", "index", "executor", "expand", "stash",
-                 "looking", "result_ref", "result_inline", "started", "speculative")
+                 "looking", "result_ref", "result_inline", "started", "speculative", "twins")
 
     def __init__(self, id: str, run_id: str, task: Any, arguments: Any, deps: list[Any], *, kind: str = CALL,
                  key: str | None = None, ikey: str | None = None, index: int | None = None, executor: str = "",
@@ -66,6 +66,8 @@ class TaskState:
         self.result_inline: str | None = None
         self.started: float | None = None
         self.speculative = False
+        #: cacheable calls with the same key made while this one was in flight: they take its result
+        self.twins: list[TaskState] | None = None
 
     @property
     def name(self) -> str:

@@ -64,9 +64,11 @@ class FlowRun:
     def next_id(self) -> str:
         return f"{self.id}.{next(self._ids)}"
 
-    def task_state(self, task: Any, args: tuple, kwargs: dict, index: int | None = None) -> TaskState:
+    def task_state(self, task: Any, args: tuple, kwargs: dict, index: int | None = None,
+                   where: tuple[str, str | None] | None = None) -> TaskState:
         """Bind and check a call's arguments (computing its keys when they are all known) and make its
-        task state; raises InvalidArguments / SerializationError at the call, naming the argument."""
+        task state; raises InvalidArguments / SerializationError at the call, naming the argument.
+        ``where``: the (executor, image) the task routes to, when the caller knows it already (a map)."""
         validator = task.validator
         arguments = validator.bind(args, kwargs)
         futs: list[Future] = []
@@ -74,8 +76,11 @@ class FlowRun:
             if type(v) not in _LEAF:
                 find_futures(v, futs)
         engine = self.engine
-        executor = engine.route(task)
-        image = engine.image_key(executor, task)
+        if where is None:
+            executor = engine.route(task)
+            image = engine.image_key(executor, task)
+        else:
+            executor, image = where
         key = ikey = None
         deps: list[str] = []
         if futs:
@@ -101,8 +106,10 @@ class FlowRun:
         if pending:
             return self._map_later(task, iterables, common, pending)
         rows = list(zip(*iterables, strict=True)) if len(iterables) > 1 else [(x,) for x in iterables[0]]
-        tss = [self.task_state(task, row, common, i) for i, row in enumerate(rows)]
         engine = self.engine
+        executor = engine.route(task)
+        where = (executor, engine.image_key(executor, task))
+        tss = [self.task_state(task, row, common, i, where) for i, row in enumerate(rows)]
         futs: list[Future] = [Future(ts.id, self.id, task.name, engine) for ts in tss]
         engine.add(tss, futs)  # one batch: the executor sees the fan-out at once
         return futs
@@ -195,7 +202,7 @@ class Flow(Generic[P, R]):
         self.source_file: str | None = None
         self._qualname = getattr(fn, "__qualname__", self.name)
         self._module = getattr(fn, "__module__", "__main__")
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     @property
     def path(self) -> str:
@@ -211,8 +218,11 @@ class Flow(Generic[P, R]):
         """Run the flow here; inside another flow, run it as a subflow and return its value."""
         ctx = current_flow.get()
         if ctx is not None:
-            return ctx.subflow(self, args, kwargs).result()  # type: ignore[no-any-return]
-        return self.run(*args, **kwargs)  # type: ignore[no-any-return]
+            value: R = ctx.subflow(self, args, kwargs).result()
+            return value
+        options: dict[str, Any] = dict(kwargs)
+        result: R = self.run(*args, **options)
+        return result
 
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """Inside a flow: start this flow as a subflow and return its future at once (subflows

@@ -34,7 +34,7 @@ class Future(Generic[T]):
         if not self._done:
             self._engine.wait(self, timeout)
         if self._ok:
-            return self._value  # type: ignore[no-any-return]
+            return self._value  # type: ignore[no-any-return,unused-ignore]
         assert self._error is not None
         raise self._error
 

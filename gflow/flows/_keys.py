@@ -30,6 +30,7 @@ import textwrap
 import types
 from typing import Any
 
+from gflow.errors import SerializationError
 from gflow.serialization import _dumps, to_jsonable
 
 _SIMPLE = (int, float, str, bytes, bool, type(None))
@@ -43,7 +44,10 @@ def compute_keys(task: Any, arguments: dict[str, Any], image: str | None = None)
     """
     blobs: dict[str, bytes] = {}
     allow = task.options.pickle
-    tree = {k: to_jsonable(v, blobs, allow, f"task '{task.name}' argument '{k}'") for k, v in arguments.items()}
+    try:
+        tree = {k: to_jsonable(v, blobs, allow, "") for k, v in arguments.items()}
+    except SerializationError:  # again, naming the argument (not formatted on the common path)
+        tree = {k: to_jsonable(v, blobs, allow, f"task '{task.name}' argument '{k}'") for k, v in arguments.items()}
     inputs = _dumps(tree)
     ident = task.identity
     ikey = hashlib.sha256(f"{ident}\0{inputs}".encode()).hexdigest()
@@ -146,7 +150,8 @@ class _Hasher:
                 self.reference(name, glb[name], home)
 
     def reference(self, name: str, obj: Any, home: str | None) -> None:
-        if isinstance(obj, _SIMPLE) or (isinstance(obj, (tuple, frozenset)) and all(isinstance(x, _SIMPLE) for x in obj)):
+        simple_seq = isinstance(obj, (tuple, frozenset)) and all(isinstance(x, _SIMPLE) for x in obj)
+        if isinstance(obj, _SIMPLE) or simple_seq:
             self.h.update(f"const\0{name}\0{obj!r}\0".encode())
             return
         if isinstance(obj, types.ModuleType):

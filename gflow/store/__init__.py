@@ -102,4 +102,5 @@ def cancel_run(store: Store, run_id: str, reason: str = "cancelled by user") -> 
     return store.get_run(rec.id)
 
 
-__all__ = ["register_store", "cancel_run", "driver_alive", "end_unfinished", "Event", "RunRecord", "Store", "TaskRunRecord", "Transition", "open_store"]
+__all__ = ["Event", "RunRecord", "Store", "TaskRunRecord", "Transition", "cancel_run", "driver_alive", "end_unfinished",
+           "open_store", "register_store"]

@@ -14,7 +14,6 @@ from typing import Any
 
 from gflow.states import State
 
-
 #: the longest run id (or prefix) a store looks up; longer input is not a run id
 MAX_RUN_ID = 128
 
@@ -42,6 +41,16 @@ def check_run_id(run_id: str, url: str) -> None:
     if not isinstance(run_id, str) or not run_id or len(run_id) > MAX_RUN_ID:
         shown = run_id[:40] + "..." if isinstance(run_id, str) and len(run_id) > 40 else run_id
         raise RunNotFound(f"no run {shown!r} in {url} (a run id has 1 to {MAX_RUN_ID} characters)")
+
+
+def by_input_key(records: Any) -> dict[str, TaskRunRecord]:
+    """Finished task runs by input key (the cache key for records made before input keys existed)."""
+    out: dict[str, TaskRunRecord] = {}
+    for r in records:
+        k = r.ikey or r.key
+        if k:
+            out[k] = r
+    return out
 
 
 def seq_of(task_run_id: str) -> int | None:
@@ -269,7 +278,7 @@ class Store(abc.ABC):
     def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
         """Finished task runs of a run that have stored results, by input key (``ikey``; the cache key for
         records made before input keys existed): what a resume reuses."""
-        return {(r.ikey or r.key): r for r in self.results_by_key(run_id).values() if (r.ikey or r.key)}
+        return by_input_key(self.results_by_key(run_id).values())
 
     def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
         """Events of many task runs, keyed by ``(run_id, task_run_id)``, in order (every key present)."""

@@ -35,7 +35,16 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from gflow.errors import InvalidTransition, RunNotFound, StoreError
 from gflow.states import RANK, TERMINAL_RANK, State, is_forward
-from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition, check_run_id, prefix_match
+from gflow.store.base import (
+    Event,
+    RunRecord,
+    Store,
+    TaskRunRecord,
+    Transition,
+    by_input_key,
+    check_run_id,
+    prefix_match,
+)
 from gflow.store.base import seq_of as _seq_of
 
 _DUP = 11000
@@ -379,7 +388,7 @@ class MongoStore(Store):
         with self._errors("resume lookup"):
             docs = list(self.task_runs_coll.find(
                 {"run_id": run_id, "state": {"$in": _FINISHED}, "result_ref": {"$ne": None}}, _TR_PROJECTION))
-        return {(r.ikey or r.key): r for r in map(_tr_from_doc, docs) if (r.ikey or r.key)}
+        return by_input_key(map(_tr_from_doc, docs))
 
     def results_by_key(self, run_id: str) -> dict[str, TaskRunRecord]:
         with self._errors("resume lookup"):
@@ -485,7 +494,7 @@ def _run_from_doc(d: dict[str, Any]) -> RunRecord:
 
 
 def _tr_from_doc(d: dict[str, Any]) -> TaskRunRecord:
-    kw = {k: d.get(k) for k in _TR_FIELDS}
+    kw: dict[str, Any] = {k: d.get(k) for k in _TR_FIELDS}
     kw["state"] = State(d["state"])
     kw["task"] = kw["task"] or ""
     kw["name"] = kw["name"] or ""

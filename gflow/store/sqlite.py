@@ -13,8 +13,16 @@ from typing import Any
 
 from gflow.errors import InvalidTransition, RunNotFound, StoreError
 from gflow.states import RANK, TERMINAL_RANK, State, is_forward
-from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition
-from gflow.store.base import check_run_id, prefix_match
+from gflow.store.base import (
+    Event,
+    RunRecord,
+    Store,
+    TaskRunRecord,
+    Transition,
+    by_input_key,
+    check_run_id,
+    prefix_match,
+)
 from gflow.store.base import seq_of as _seq_of
 
 SCHEMA_VERSION = 3
@@ -293,7 +301,7 @@ class SQLiteStore(Store):
                 chunk = ids[i:i + 500]
                 for id_, st, attempt in c.execute(
                         f"SELECT id, state, attempt FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk):
-                    current[id_] = (State(st), attempt)
+                    current[id_] = (_BY_VALUE[st], attempt)
             accepted: list[Transition] = []
             refused: list[Transition] = []
             for t in transitions:
@@ -403,7 +411,7 @@ class SQLiteStore(Store):
         rows = self._read(
             f"SELECT {_TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
             "AND result_ref IS NOT NULL AND coalesce(ikey, key) IS NOT NULL", (run_id,), "resume lookup")
-        return {(r.ikey or r.key): r for r in map(self._tr_from_row, rows) if (r.ikey or r.key)}
+        return by_input_key(map(self._tr_from_row, rows))
 
     def claim_resume(self, run_id: str, claimant: str, expected: str | None) -> str | None:
         def do(c: sqlite3.Connection) -> str | None:
@@ -489,6 +497,7 @@ class SQLiteStore(Store):
 
 
 _VALUE_RANK = {st: (st.value, RANK[st]) for st in State}
+_BY_VALUE = {st.value: st for st in State}
 _PENDING, _RUNNING, _SUCCEEDED, _CACHED = State.PENDING, State.RUNNING, State.SUCCEEDED, State.CACHED
 
 
@@ -500,7 +509,9 @@ def _merge_rows(transitions: Sequence[Transition]) -> list[list]:
         st = t.state
         row = merged.get(t.task_run_id)
         if row is None:
-            row = [t.task_run_id, t.run_id, _seq_of(t.task_run_id), None, None, None, None, None, None,
+            # seq only matters when the row is inserted, which is by its PENDING transition
+            row = [t.task_run_id, t.run_id, _seq_of(t.task_run_id) if st is _PENDING else None, None, None, None,
+                   None, None, None,
                    None, None, None, None, None, None, None, None, None, None, None, None, None, None]
             merged[t.task_run_id] = row
         value, rank = vr[st]

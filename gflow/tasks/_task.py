@@ -92,7 +92,7 @@ class ArgumentValidator:
         """Positional and keyword arguments to call the function with, from bound ``arguments``."""
         if self._simple:
             return tuple(arguments.values()), {}
-        ba = inspect.BoundArguments(self.signature, arguments)  # type: ignore[arg-type]
+        ba = inspect.BoundArguments(self.signature, arguments)  # type: ignore[arg-type,unused-ignore]
         return ba.args, ba.kwargs
 
     def validate(self, arguments: dict[str, Any], skip: Callable[[Any], bool] | None = None) -> dict[str, Any]:
@@ -143,7 +143,7 @@ class Task(Generic[P, R]):
         self.name = options.name or fn.__name__
         self.version = options.version or source_hash(fn)
         self.validator = ArgumentValidator(fn, f"task '{self.name}'")
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     # -- calling -----------------------------------------------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
