@@ -37,7 +37,10 @@ result, which the engine records as is (no second encode or upload).
 from __future__ import annotations
 
 import abc
+import pickle
 import sys
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,6 +128,22 @@ class Outcome:
 
 def _qualname(t: type) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def run_task(task: Any, args: tuple, kwargs: dict) -> Outcome:
+    """Run a task's function here and say how it went (the body of a call in a pool or cluster worker).
+    The exception travels only if it pickles; its type name, message and traceback always do."""
+    t0 = time.time()
+    try:
+        value = task.fn(*args, **kwargs)
+        return Outcome(True, value, started=t0, ended=time.time())
+    except BaseException as e:  # noqa: BLE001 - reported, not swallowed
+        out = Outcome.from_exception(e, traceback.format_exc(), t0, time.time())
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:  # noqa: BLE001
+            out.exc = None
+        return out
 
 
 def importable_problem(task: Any) -> str | None:

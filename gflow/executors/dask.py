@@ -41,7 +41,6 @@ from gflow.executors.base import (
     Ref,
     importable_problem,
 )
-from gflow.executors.local import _run_in_process
 from gflow.states import State
 
 log = logging.getLogger("gflow.executors.dask")
@@ -60,7 +59,7 @@ def _run_on_worker(payload: bytes, *, task: bytes) -> Outcome:
     (which unpickles the graph) needs gflow but not the user's task modules or argument types, and
     Dask never mistakes an argument string for one of its keys."""
     args, kwargs = pickle.loads(payload)
-    return _run_in_process(_task_from(task), args, kwargs)
+    return run_task(_task_from(task), args, kwargs)
 
 
 def _run_reporting_start(payload: bytes, call_id: str, attempt: int, *, task: bytes, topic: str) -> Outcome:
@@ -95,7 +94,7 @@ def _run_with_refs(payload: bytes, ref_ids: list[str], *inputs: Outcome, task: b
         args, kwargs = t.validator.call_args(t.validator.validate(bound))
     except Exception as e:  # noqa: BLE001 - the engine records it (no retry for bad arguments)
         return Outcome.from_exception(e, traceback.format_exc(), None, time.time())
-    return _run_in_process(t, args, kwargs)
+    return run_task(t, args, kwargs)
 
 
 class _Handle:
