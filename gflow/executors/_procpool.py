@@ -73,7 +73,7 @@ def _worker_main(conn: Any, lifeline: Any) -> None:
             if out.ok:
                 out = Outcome.from_exception(ExecutorError(
                     f"the result of {call_id} cannot be sent back from the worker process: {type(e).__name__}: {e}"),
-                    traceback.format_exc(), t0, out.ended)
+                    traceback.format_exc(), t0, out.ended or time.time())
             out.exc = None  # the type name, message and traceback still travel
             data = pickle.dumps(("done", call_id, attempt, out), protocol=pickle.HIGHEST_PROTOCOL)
         conn.send_bytes(data)
@@ -98,7 +98,7 @@ class ProcessPool:
     def __init__(self, workers: int, report: Callable[[str, str, int, Any], None], mp_context: str = "spawn"):
         self.size = workers
         self._report = report
-        self._ctx = multiprocessing.get_context(mp_context)
+        self._ctx: Any = multiprocessing.get_context(mp_context)
         self._lock = threading.Lock()
         self._pending: deque[Call] = deque()
         self._workers: list[_Worker] = []

@@ -40,6 +40,7 @@ from gflow.executors.base import (
     Outcome,
     Ref,
     importable_problem,
+    run_task,
 )
 from gflow.states import State
 
