@@ -319,8 +319,8 @@ class Core:
         if stale:
             self._out.append(CancelCalls(self._sid, ev.executor, stale))
         caps = self.caps.get(ev.executor)
-        if caps is not None and caps.accepts_refs and not self.resume and fresh:
-            self._speculate(ev.executor, fresh)
+        if caps is not None and caps.accepts_refs and not self.resume and fresh and ev.capacity > 0:
+            self._speculate(ev.executor, fresh, ev.capacity)
 
     def _submit_failed(self, ev: SubmitFailed) -> None:
         err = ev.error if ev.error is not None else GflowError("the executor refused the batch")
@@ -658,7 +658,7 @@ class Core:
         self._finish(ts, FAILED)
 
     # -- speculation -------------------------------------------------------------------------------------------------
-    def _speculate(self, executor: str, submitted: list[TaskState]) -> None:
+    def _speculate(self, executor: str, submitted: list[TaskState], capacity: int) -> None:
         """Start dependents of just-submitted calls at once, with ``Ref``s to their inputs, on an executor
         that resolves them itself (Dask): a chain then runs at the backend's speed, not one driver round
         trip per link. Cached, concurrency-limited and timed calls, maps and subflows take the ordinary path."""
@@ -666,6 +666,8 @@ class Core:
         seen: set[str] = set()
         for n in submitted:
             for d in n.dependents or ():
+                if len(calls) >= capacity:
+                    break
                 if d.id in seen:
                     continue
                 seen.add(d.id)

@@ -448,7 +448,8 @@ class Engine:
             for c, h in zip(ins.calls, handles):
                 tracked[c.id] = (c.attempt, h)
         descs = [ex.describe_handle(h) for h in handles]
-        return self.core.handle(Submitted("submitted", ins.executor, ins.calls, handles, descs), time.time())
+        cap = ex.capacity() if ex.capabilities.accepts_refs else 0
+        return self.core.handle(Submitted("submitted", ins.executor, ins.calls, handles, descs, cap), time.time())
 
     def _cancel_calls(self, ins: CancelCalls) -> None:
         ex = self.executors.get(ins.executor)

@@ -137,6 +137,7 @@ class Submitted(Event):
     calls: list[Call] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
     descriptions: list[str] | None = None
+    capacity: int = 1 << 30  # what the executor accepts now, after this batch (bounds speculation)
 
 
 @dataclass(slots=True)
