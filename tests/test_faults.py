@@ -19,7 +19,6 @@ from conftest import RESOURCES, ROOT, cli
 import gflow
 from gflow.executors.local import LocalExecutor
 from gflow.states import State
-from gflow.store import open_store
 
 FLOWS = str(RESOURCES / "flows_basic.py")
 TRIALS = int(os.environ.get("GFLOW_FAULT_TRIALS", "20"))
@@ -112,7 +111,8 @@ def test_pool_workers_exit_when_the_driver_is_killed(gflow_home, tmp_path):
         while time.monotonic() < deadline and len(workers) < 2:
             time.sleep(0.1)
             workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if "multiprocessing" in " ".join(c.cmdline()) and "resource_tracker" not in " ".join(c.cmdline())]
+                       if "multiprocessing" in " ".join(c.cmdline())
+                       and "resource_tracker" not in " ".join(c.cmdline())]
         assert len(workers) == 2
         time.sleep(0.5)  # the tasks are running (3 s each)
         proc.send_signal(signal.SIGKILL)
