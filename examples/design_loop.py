@@ -195,8 +195,7 @@ def design_loop(parent: Protein, rounds: int = 3, per_round: int = 32, model: st
         filters = developability.map(_batches(proteins))  # the RDKit image, concurrently
         flat_filters = gather(filters)
         ranked = rank_round(variants, scored, flat_filters).result()
-        passing = [d for d in ranked if _value(d, "passed_filters") > 0] or ranked
-        parents = passing[:elite]
+        parents = ranked[:elite]  # passing designs first (rank_round's order), so failing ones only fill up
         everything.extend(ranked)
         values = [_value(d, "esm2_pll_per_residue") for d in ranked]
         points.extend((r, v) for v in values)
