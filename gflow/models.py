@@ -85,7 +85,7 @@ def _artifacts(artifacts: ArtifactStore | str | None) -> ArtifactStore:
     run = current_flow.get()
     engine = getattr(run, "engine", None)
     if engine is not None and isinstance(getattr(engine, "artifacts", None), ArtifactStore):
-        return engine.artifacts  # type: ignore[no-any-return]
+        return engine.artifacts
     from gflow.config import load_profile
 
     return open_artifacts(load_profile().artifacts)

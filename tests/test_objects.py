@@ -7,7 +7,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from gflow.objects import (
     Score,
     Structure,
 )
-from gflow.objects import molecule as molecule_module
 
 RESOURCES = Path(__file__).parent / "resources" / "objects"
 TINY_PDB = RESOURCES / "tiny.pdb"

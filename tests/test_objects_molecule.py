@@ -11,8 +11,7 @@ from pydantic import ValidationError
 
 import gflow
 from gflow.flows._engine import compute_key
-from gflow.objects import Molecule
-from gflow.objects import _deps
+from gflow.objects import Molecule, _deps
 from gflow.objects import molecule as molecule_module
 from gflow.objects._smiles import check_smiles_syntax
 from gflow.serialization import decode, encode

@@ -19,7 +19,7 @@ _warned: set[str] = set()
 _warn_lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def optional(module: str) -> ModuleType | None:
     """Imports ``module`` once; None where it is not installed."""
     try:

@@ -180,15 +180,15 @@ class Molecule(GflowObject):
     @cached_property
     def _descriptors(self) -> Descriptors:
         require("rdkit.Chem", "chem", "Molecule descriptors")
-        from rdkit.Chem import QED, Crippen, Lipinski, rdMolDescriptors  # type: ignore[import-not-found, unused-ignore]
+        from rdkit.Chem import QED, rdMolDescriptors  # type: ignore[import-not-found, unused-ignore]
         from rdkit.Chem import Descriptors as RDDescriptors  # type: ignore[import-not-found, unused-ignore]
 
         mol = self.mol
         return Descriptors(
-            molecular_weight=RDDescriptors.MolWt(mol),
-            logp=Crippen.MolLogP(mol),
-            hbd=Lipinski.NumHDonors(mol),
-            hba=Lipinski.NumHAcceptors(mol),
+            molecular_weight=RDDescriptors.MolWt(mol),  # type: ignore[attr-defined, unused-ignore]
+            logp=rdMolDescriptors.CalcCrippenDescriptors(mol)[0],  # what Crippen.MolLogP returns
+            hbd=rdMolDescriptors.CalcNumHBD(mol),  # what Lipinski.NumHDonors returns
+            hba=rdMolDescriptors.CalcNumHBA(mol),
             tpsa=rdMolDescriptors.CalcTPSA(mol),
             qed=QED.qed(mol),
             rotatable_bonds=rdMolDescriptors.CalcNumRotatableBonds(mol),
