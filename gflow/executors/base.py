@@ -14,7 +14,10 @@ Lifecycle (a context manager)::
 
 Reporting. A pushing executor calls ``listener(kind, call_id, attempt, payload)`` from any thread:
 ``"started"`` with the start timestamp (seconds since the epoch, as the backend saw it), and
-``"done"`` with an :class:`Outcome`. An executor whose starts are cheaper to collect than to push
+``"done"`` with an :class:`Outcome`. A backend that learns what a call runs as only when it starts (a
+container id, a pod name) sends ``(timestamp, description)`` with ``"started"``; the description is
+recorded with RUNNING instead of :meth:`Executor.describe_handle`'s. An executor whose starts are cheaper
+to collect than to push
 (the local thread pool) sets ``capabilities.start_poll_interval`` and returns them from
 :meth:`Executor.poll_starts` instead. Every handle reaches exactly one ``"done"`` (or one terminal
 :class:`JobStatus` from ``poll``) unless it was cancelled. An outcome's ``started`` is the time the
@@ -37,7 +40,7 @@ import abc
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from gflow.states import State
 
@@ -186,7 +189,8 @@ class StartReport:
     ts: float
 
 
-#: listener(kind, call_id, attempt, payload): kind is "started" (payload = timestamp) or "done" (an Outcome)
+#: listener(kind, call_id, attempt, payload): kind is "started" (payload = timestamp, or (timestamp, description))
+#: or "done" (an Outcome)
 Listener = Callable[[str, str, int, Any], None]
 
 
@@ -196,6 +200,12 @@ class Executor(abc.ABC):
     name: str = "executor"
     capabilities: Capabilities = Capabilities()
     _listener: Listener
+
+    @classmethod
+    def from_spec(cls, spec: str, **settings: Any) -> Executor:
+        """An executor from its URL and a profile's settings for this backend (the URL's own query
+        parameters win). The default ignores the URL: ``cls(**settings)``."""
+        return cls(**settings)
 
     def start(self, listener: Listener) -> None:
         """Called by the engine before the first submit of a run (again for each run that reuses this executor)."""

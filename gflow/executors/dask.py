@@ -31,7 +31,16 @@ import distributed
 
 from gflow._walk import substitute
 from gflow.errors import ConfigError, ExecutorError
-from gflow.executors.base import UPSTREAM_PENDING, Call, Capabilities, Executor, JobStatus, Outcome, Ref, importable_problem
+from gflow.executors.base import (
+    UPSTREAM_PENDING,
+    Call,
+    Capabilities,
+    Executor,
+    JobStatus,
+    Outcome,
+    Ref,
+    importable_problem,
+)
 from gflow.executors.local import _run_in_process
 from gflow.states import State
 
@@ -217,10 +226,10 @@ class DaskExecutor(Executor):
         self.start_poll_interval = 1.0
 
     @classmethod
-    def from_spec(cls, spec: str) -> DaskExecutor:
+    def from_spec(cls, spec: str, **settings: Any) -> DaskExecutor:
         """``dask`` / ``dask://?n_workers=2&threads_per_worker=1`` (LocalCluster) or
-        ``dask://host:8786?timeout=5`` (existing scheduler)."""
-        return cls(**parse_spec(spec))
+        ``dask://host:8786?timeout=5`` (existing scheduler); profile settings are the same keywords."""
+        return cls(**{**settings, **parse_spec(spec)})
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, listener: Any) -> None:
@@ -354,10 +363,9 @@ class DaskExecutor(Executor):
         return handles
 
     def _importable(self, task: Any) -> str | None:
-        problem = self._importable_cache.get(task.identity, False)
-        if problem is False:
-            problem = self._importable_cache[task.identity] = importable_problem(task)
-        return problem
+        if task.identity not in self._importable_cache:
+            self._importable_cache[task.identity] = importable_problem(task)
+        return self._importable_cache[task.identity]
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
         """States only: outcomes reach the engine through the listener (``pushes_events``)."""
@@ -477,7 +485,7 @@ class DaskExecutor(Executor):
         listener("done", h.call_id, h.attempt, out)
 
     def _fail_now(self, calls: list[Call], handles: list[_Handle], e: BaseException, tb: str = "") -> None:
-        for c, h in zip(calls, handles):
+        for h in handles:
             self._finish(h, Outcome.from_exception(e, tb, None, time.time()))
 
     # -- cluster facts --------------------------------------------------------------------------------

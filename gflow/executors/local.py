@@ -112,7 +112,9 @@ class LocalExecutor(Executor):
         self._board: dict[str, tuple[int, float]] = {}
 
     @classmethod
-    def from_spec(cls, spec: str) -> LocalExecutor:
+    def from_spec(cls, spec: str, **settings: Any) -> LocalExecutor:
+        """``local``, ``local://threads?workers=8``, ``local://processes?workers=4``; profile settings:
+        ``workers``, ``max_in_flight``."""
         parsed = urllib.parse.urlparse(spec if "://" in spec else spec.replace(":", "://", 1) if ":" in spec else "")
         kind = parsed.netloc or parsed.path.strip("/")
         q = {k: v[0] for k, v in urllib.parse.parse_qs(parsed.query).items()}
@@ -120,7 +122,13 @@ class LocalExecutor(Executor):
             from gflow.errors import ConfigError
 
             raise ConfigError(f"local executor {spec!r}: use local, local://threads or local://processes")
-        return cls(workers=int(q["workers"]) if "workers" in q else None, processes=kind == "processes")
+        try:
+            workers = int(q["workers"]) if "workers" in q else settings.get("workers")
+        except ValueError:
+            from gflow.errors import ConfigError
+
+            raise ConfigError(f"local executor {spec!r}: workers must be an integer") from None
+        return cls(workers=workers, processes=kind == "processes", max_in_flight=settings.get("max_in_flight"))
 
     def _listen(self, kind: str, call_id: str, attempt: int, payload: Any) -> None:
         if kind == "done":
@@ -229,7 +237,7 @@ class InlineExecutor(Executor):
     name = "inline"
 
     @classmethod
-    def from_spec(cls, spec: str) -> InlineExecutor:
+    def from_spec(cls, spec: str, **settings: Any) -> InlineExecutor:
         return cls()
 
     def submit(self, calls: Sequence[Call]) -> list[Any]:
