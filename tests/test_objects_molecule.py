@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 import gflow
-from gflow.flows._engine import compute_key
+from gflow.flows._keys import compute_key
 from gflow.objects import Molecule, _deps
 from gflow.objects import molecule as molecule_module
 from gflow.objects._smiles import check_smiles_syntax
