@@ -50,15 +50,14 @@ def main() -> None:
             w.writerow([f"e{i}", "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(rng.randint(40, 80)))])
     entries = P.read_library(lib)
     chunks = P.split(entries, args.workers)
-    if True:
-        model = E.resolve_model(folder)
-        P.predict(chunks[0][:4], model)
-        bare_t = []
-        for _ in range(args.reps):
-            t0 = time.perf_counter()
-            for i, chunk in enumerate(chunks):
-                P.predict(chunk, model, i)
-            bare_t.append(time.perf_counter() - t0)
+    model = E.resolve_model(folder)
+    P.predict(chunks[0][:4], model)
+    bare_t = []
+    for _ in range(args.reps):
+        t0 = time.perf_counter()
+        for i, chunk in enumerate(chunks):
+            P.predict(chunk, model, i)
+        bare_t.append(time.perf_counter() - t0)
     results = {"bare loop (1 process)": bare_t}
     executors = {"local://processes?workers=2": "local://processes?workers=2"}
     cluster = None
