@@ -128,8 +128,23 @@ def _short_text(value: Any, lines: int = 12, width: int = 110) -> str:
     return "\n".join(rows)
 
 
+def _show_progress_logs() -> None:
+    """Image builds and other long steps say what they do (one line each, on stderr)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("gflow: %(message)s"))
+    for name in ("gflow.images", "gflow.executors"):
+        lg = logging.getLogger(name)
+        if not lg.handlers:
+            lg.addHandler(handler)
+            lg.setLevel(logging.INFO)
+            lg.propagate = False
+
+
 def _run_flow(flow_obj: Any, params: dict, *, progress: bool | None, output: str = "json", **run_kw: Any) -> None:
     show = progress if progress is not None else err.is_terminal
+    _show_progress_logs()
     result = flow_obj.run(params=params, return_run=True, observer=_observer(show), **run_kw)
     err.print(f"run [bold]{escape(result.id)}[/bold] {_state(result.state.value)}", markup=True)
     if result.reused_changed:

@@ -80,7 +80,11 @@ def _artifacts(artifacts: ArtifactStore | str | None) -> ArtifactStore:
     current = _current.get()
     if current is not None:
         return current
-    from gflow._context import current_flow
+    from gflow._context import current_flow, run_artifacts
+
+    in_call = run_artifacts.get()
+    if isinstance(in_call, ArtifactStore):
+        return in_call
 
     run = current_flow.get()
     engine = getattr(run, "engine", None)

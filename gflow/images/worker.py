@@ -119,11 +119,16 @@ def run_spec(artifacts: Any, spec_digest: str, index: int | None = None) -> int:
         return EXIT_WORKER_ERROR
     stage = "run"
     t_run = time.time()
+    from gflow._context import run_artifacts
+
+    token = run_artifacts.set(artifacts)  # task code (gflow.models) uses the run's artifact store
     try:
         value = task.fn(*args, **kwargs)
     except BaseException as e:  # noqa: BLE001
         _fail(artifacts, spec_digest, spec, stage, e, t_run)
         return EXIT_TASK_FAILED
+    finally:
+        run_artifacts.reset(token)
     try:
         stage = "output"
         enc = encode(value, allow_pickle=bool(spec.get("pickle")), where=f"result of task '{task.name}'")
