@@ -120,7 +120,8 @@ def _short_text(value: Any, lines: int = 12, width: int = 110) -> str:
     items = value if isinstance(value, (list, tuple)) else [value]
     rows = []
     for i, v in enumerate(items[:lines]):
-        text = json_text(v, indent=None)
+        summary = getattr(v, "summary", None)
+        text = summary() if callable(summary) else json_text(v, indent=None)
         text = text if len(text) <= width else text[: width - 3] + "..."
         rows.append(f"{i + 1:>3}. {text}" if isinstance(value, (list, tuple)) else text)
     if len(items) > lines:
