@@ -85,8 +85,9 @@ def test_job_names_are_valid_labels_unique_per_run_and_short_enough_for_pod_name
 
 
 def test_manifest_maps_a_fan_out_to_one_job_with_replicas_and_is_valid_volcano():
+    tolerations = vm.check_tolerations(["nvidia.com/gpu:NoSchedule"])
     m = manifest(settings(priority_class="high", service_account="runner", image_pull_secrets=("regcred",),
-                          node_selector={"pool": "gpu"}, tolerations=vm.check_tolerations(["nvidia.com/gpu:NoSchedule"]),
+                          node_selector={"pool": "gpu"}, tolerations=tolerations,
                           env={"OMP_NUM_THREADS": "1"}, env_from_secrets=("s3-credentials",), ttl=600),
                  replicas=7, resources=gflow.Resources(cpu=0.5, memory="3Gi", gpu=2), timeout=100)
     assert job_errors(m) == []

@@ -34,6 +34,8 @@ def load_api_client(*, kubeconfig: str | None = None, context: str | None = None
 
     cfg = client.Configuration()
     namespace: str | None = None
+    # read KUBECONFIG now: the client takes its default path from it once, at import
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
     has_kubeconfig = bool(kubeconfig or os.environ.get("KUBECONFIG")
                           or os.path.exists(os.path.expanduser("~/.kube/config")))
     use_cluster = in_cluster if in_cluster is not None else (

@@ -87,6 +87,7 @@ class FakeKube:
         self.forbid: set[tuple[str, str]] = set()
         self.requests: Counter[tuple[str, str]] = Counter()
         self.deletes: list[tuple[str, str | None]] = []  # (job, propagationPolicy)
+        self.created: list[dict] = []  # every Job accepted, as submitted
         self.logs: dict[tuple[str, str], str] = {}
         self.listeners: list[Any] = []  # callables(kind, type, obj) for the controller
         self._http: ThreadingHTTPServer | None = None
@@ -162,7 +163,7 @@ class FakeKube:
         class Handler(_Handler):
             server_kube = kube
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http = _Server(("127.0.0.1", 0), Handler)
         self._http.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._http.server_address[1]}"
         threading.Thread(target=self._http.serve_forever, name="fake-kube", daemon=True).start()
@@ -216,6 +217,7 @@ class FakeKube:
         with self.cond:
             if ("jobs", ns, name) in self.objects:
                 raise ApiError(409, "AlreadyExists", f'jobs.batch.volcano.sh "{name}" already exists')
+            self.created.append(copy.deepcopy(body))
             obj = copy.deepcopy(body)
             obj["metadata"]["namespace"] = ns
             obj["spec"].setdefault("queue", "default")
@@ -427,6 +429,14 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, OSError):
             pass
         self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, OSError)):  # a client hanging up is normal
+            super().handle_error(request, client_address)
 
 
 def _merge(obj: dict, patch: dict) -> None:

@@ -79,3 +79,26 @@ def gpu_flow(n: int = 2) -> list[int]:
 @gflow.flow
 def gang_flow(n: int = 3) -> list[int]:
     return ganged.map(range(n))
+
+
+@gflow.task(timeout=1)
+def nap_limited(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@gflow.flow
+def naps_with_timeout(seconds: float = 60.0) -> float:
+    return nap_limited(seconds)
+
+
+@gflow.task
+def vanish() -> int:
+    import os
+
+    os._exit(0)  # the process ends "successfully" before the worker can write the outcome record
+
+
+@gflow.flow
+def vanish_flow() -> int:
+    return vanish()
