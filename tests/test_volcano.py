@@ -155,3 +155,16 @@ def test_capabilities_are_declared():
     caps = VolcanoExecutor.capabilities
     assert caps.array_jobs and caps.needs_image and caps.kills_on_timeout and caps.pushes_events
     assert caps.reports_start and not caps.accepts_refs
+
+
+def test_the_image_a_run_records_and_the_one_each_task_runs_in():
+    import volcano_flows as vf
+
+    pushed = VolcanoExecutor("research", build=False, registry="reg.lab:5000")
+    tag = pushed.image_tag_for(vf.fan)
+    assert re.fullmatch(r"reg\.lab:5000/gflow-fan:[0-9a-f]{16}", tag)
+    assert pushed.image_key(vf.square) == tag  # tasks without their own image run in the flow's
+    assert pushed.image_key(vf.square.with_options(image="ghcr.io/lab/fold:2")) == "ghcr.io/lab/fold:2"
+    pinned = VolcanoExecutor("research", image="ghcr.io/lab/flows:1#bundle=sha256:" + "b" * 64)
+    assert pinned.image_tag_for(vf.fan) == "ghcr.io/lab/flows:1#bundle=sha256:" + "b" * 64
+    assert (pinned.image, pinned.bundle) == ("ghcr.io/lab/flows:1", "sha256:" + "b" * 64)
