@@ -99,6 +99,7 @@ def main() -> None:
         t = time.perf_counter()
         r = run_variant(args.n, maxr)
         r["variant"] = label
+        r["peak_rss_mb"] = round(r["peak_rss_mb"])
         r["total_s"] = round(time.perf_counter() - t, 1)
         rows.append(r)
         print(json.dumps(r), flush=True)

@@ -47,8 +47,12 @@ def test_url_and_keywords_build_the_same_settings():
     assert ex.settings == kw.settings
     assert ex.settings.tolerations[1] == {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute"}
     assert (ex.max_replicas, ex.gang, ex.tracker.unschedulable_after) == (500, True, 90.0)
-    # profile keys (keyword arguments) win over the URL's query
-    assert VolcanoExecutor.from_spec("volcano://research?queue=gpu", queue="cpu").queue == "cpu"
+    # the URL's own values win over a profile's settings (keyword arguments)
+    ex = VolcanoExecutor.from_spec("volcano://research?queue=gpu", queue="cpu", namespace="other", max_retry=1)
+    assert (ex.queue, ex.namespace, ex.settings.max_retry) == ("gpu", "research", 1)
+    assert VolcanoExecutor.from_spec("volcano://", namespace="lab").namespace == "lab"
+    with pytest.raises(ConfigError, match="unknown setting"):
+        VolcanoExecutor.from_spec("volcano://research", queues="gpu")
     assert VolcanoExecutor.from_spec("volcano://").namespace is None  # from the kubeconfig context later
 
 

@@ -159,8 +159,9 @@ class VolcanoExecutor(Executor):
         self.api_calls: dict[str, int] = {"create_job": 0, "delete_job": 0}
 
     @classmethod
-    def from_spec(cls, spec: str, **overrides: Any) -> VolcanoExecutor:
-        """``volcano://NAMESPACE?queue=Q&...`` (keys: see ``_QUERY``); ``overrides`` (profile keys) win."""
+    def from_spec(cls, spec: str, **settings: Any) -> VolcanoExecutor:
+        """``volcano://NAMESPACE?queue=Q&...`` (query keys: ``_QUERY``) over ``settings``, a profile's
+        ``[profiles.X.volcano]`` table (keyword arguments of the constructor): the URL's own values win."""
         parsed = urllib.parse.urlparse(spec if "://" in spec else "volcano://")
         if parsed.path not in ("", "/"):
             raise ConfigError(f"volcano executor {spec!r}: give the namespace as the host: volcano://NAMESPACE?queue=Q")
@@ -171,7 +172,13 @@ class VolcanoExecutor(Executor):
                 raise ConfigError(f"volcano executor {spec!r}: unknown option {key!r}; known: {known}")
             arg, kind = _QUERY[key]
             kw[arg] = _convert(spec, key, values[-1], kind)
-        return cls(parsed.netloc or None, **{**kw, **overrides})  # netloc keeps case: a bad name is shown as given
+        merged = {**settings, **kw}
+        namespace = parsed.netloc or merged.pop("namespace", None)  # netloc keeps case: a bad name shows as given
+        merged.pop("namespace", None)
+        try:
+            return cls(namespace, **merged)
+        except TypeError as e:
+            raise ConfigError(f"volcano executor: unknown setting ({e}); see docs/volcano.md for the keys") from None
 
     # -- cluster access -----------------------------------------------------------------------------
     def _connect(self) -> None:
