@@ -123,6 +123,8 @@ def test_outcomes_carry_result_ref_and_pod_info(cluster, gflow_home):
 
     def listener(kind, call_id, attempt, payload):
         if kind == "started":
+            ts, where = payload
+            assert ts > 0 and "pod=" in where and "node=node-1" in where
             started.append(call_id)
         else:
             done[call_id] = payload
@@ -405,6 +407,33 @@ def test_logs_and_cluster_access_from_kubeconfig(cluster, monkeypatch, gflow_hom
     trs = [tr for tr in st.task_runs(res.id) if tr.name == "square"]
     st.close()
     assert run.executor == spec and trs and all(tr.handle and "pod=" in tr.handle for tr in trs)
-    text = VolcanoExecutor.fetch_logs(run.executor, trs[0].handle)
+    assert all(tr.info and tr.info["pod"] in tr.handle and tr.info["exit_code"] == 0 for tr in trs)
+    text = VolcanoExecutor.fetch_logs(run.executor, trs[0].handle, trs[0].info)
     assert text and '"gflow.outcome": "ok"' in text
     assert VolcanoExecutor.fetch_logs(run.executor, "volcano research/x pod=gone-pod") is None
+    from tests.conftest import cli
+
+    out = cli("logs", res.id, "--task-run", trs[0].id)  # the CLI reads the pod's log through fetch_logs
+    assert out.returncode == 0, out.stderr
+    assert "--- backend log (volcano research/" in out.stdout and '"gflow.outcome": "ok"' in out.stdout
+
+
+def test_a_profiles_volcano_table_configures_the_executor(cluster, tmp_path):
+    (tmp_path / "gflow.toml").write_text(f'''
+[profiles.k8s]
+executor = "volcano://research?queue=gpu"
+
+[profiles.k8s.volcano]
+image = "{IMAGE}"
+kubeconfig = "{cluster.kubeconfig}"
+max_replicas = 2
+queue = "default"
+tolerations = ["nvidia.com/gpu:NoSchedule"]
+''')
+    res = vf.fan.run(3, profile="k8s", return_run=True)
+    assert res.state is State.SUCCEEDED and res.value == 5
+    square_jobs = jobs(cluster.kube, "square")
+    assert sorted(j["spec"]["tasks"][0]["replicas"] for j in square_jobs) == [1, 2]
+    assert {j["spec"]["queue"] for j in square_jobs} == {"gpu"}  # the URL's own value wins
+    pod = square_jobs[0]["spec"]["tasks"][0]["template"]["spec"]
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

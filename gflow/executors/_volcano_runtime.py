@@ -192,7 +192,8 @@ class Tracker:
                     if not h.started:
                         h.started = True
                         h.state = State.RUNNING
-                        emits.append(("started", h.call.id, h.call.attempt, v.started or now))
+                        where = f"volcano {self.ex.namespace}/{jr.name} pod={h.pod_name} node={v.node or '-'}"
+                        emits.append(("started", h.call.id, h.call.attempt, (v.started or now, where)))
                 else:
                     self._pending(h, v, now, emits)
         self._emit(emits)
