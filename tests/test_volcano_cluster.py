@@ -437,3 +437,20 @@ tolerations = ["nvidia.com/gpu:NoSchedule"]
     assert {j["spec"]["queue"] for j in square_jobs} == {"gpu"}  # the URL's own value wins
     pod = square_jobs[0]["spec"]["tasks"][0]["template"]["spec"]
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_an_invalid_object_is_translated_into_one_line(cluster):
+    from kubernetes import client
+
+    from gflow.executors._k8s_client import k8s_error, load_api_client
+
+    api, ns = load_api_client(kubeconfig=cluster.kubeconfig)
+    body = {"apiVersion": "batch.volcano.sh/v1alpha1", "kind": "Job", "metadata": {"name": "Bad_Name"},
+            "spec": {"tasks": [{"name": "worker", "replicas": 1, "template": {"spec": {"containers": []}}}]}}
+    with pytest.raises(client.ApiException) as ei:
+        client.CustomObjectsApi(api).create_namespaced_custom_object("batch.volcano.sh", "v1alpha1", ns, "jobs", body)
+    api.close()
+    err = k8s_error(ei.value, "creating Volcano Job research/Bad_Name")
+    assert isinstance(err, ExecutorError) and "\n" not in str(err)
+    assert 'HTTP 422 Invalid: Job.batch.volcano.sh "Bad_Name" is invalid: metadata.name' in str(err)
+    assert "fix: the object is invalid as shown" in str(err)
