@@ -68,7 +68,7 @@ class RunState:
     """A run (flow or subflow) as the core sees it."""
 
     __slots__ = ("id", "parent", "active", "body_done", "value", "error", "traceback", "failures", "cancelled",
-                 "external_cancel", "children", "finished", "reused_changed", "flow_name")
+                 "external_cancel", "children", "finished", "reused_changed", "flow_name", "fail_with")
 
     def __init__(self, run_id: str, parent: str | None, flow_name: str = "flow"):
         self.id = run_id
@@ -85,6 +85,8 @@ class RunState:
         self.finished = False
         self.reused_changed: list[str] = []
         self.flow_name = flow_name
+        #: stopped by a fault (the artifact store is full): the run ends FAILED with this error
+        self.fail_with: BaseException | None = None
 
 
 class Core:
@@ -319,8 +321,8 @@ class Core:
         if stale:
             self._out.append(CancelCalls(self._sid, ev.executor, stale))
         caps = self.caps.get(ev.executor)
-        if caps is not None and caps.accepts_refs and not self.resume and fresh:
-            self._speculate(ev.executor, fresh)
+        if caps is not None and caps.accepts_refs and not self.resume and fresh and ev.capacity > 0:
+            self._speculate(ev.executor, fresh, ev.capacity)
 
     def _submit_failed(self, ev: SubmitFailed) -> None:
         err = ev.error if ev.error is not None else GflowError("the executor refused the batch")
@@ -406,6 +408,7 @@ class Core:
             if r.cancelled is None:
                 r.cancelled = ev.reason
                 r.external_cancel = ev.external and (ev.run_id is None or r.id == ev.run_id)
+                r.fail_with = ev.error
         victims = [ts for ts in self.tasks.values() if ts.run_id in ids and not ts.state.terminal]
         by_executor: dict[str, list[Any]] = {}
         for ts in victims:
@@ -658,7 +661,7 @@ class Core:
         self._finish(ts, FAILED)
 
     # -- speculation -------------------------------------------------------------------------------------------------
-    def _speculate(self, executor: str, submitted: list[TaskState]) -> None:
+    def _speculate(self, executor: str, submitted: list[TaskState], capacity: int) -> None:
         """Start dependents of just-submitted calls at once, with ``Ref``s to their inputs, on an executor
         that resolves them itself (Dask): a chain then runs at the backend's speed, not one driver round
         trip per link. Cached, concurrency-limited and timed calls, maps and subflows take the ordinary path."""
@@ -666,6 +669,8 @@ class Core:
         seen: set[str] = set()
         for n in submitted:
             for d in n.dependents or ():
+                if len(calls) >= capacity:
+                    break
                 if d.id in seen:
                     continue
                 seen.add(d.id)
@@ -849,6 +854,8 @@ class Core:
             error = failures[0]  # name the task that failed, with its traceback, not a downstream victim
         if error is None and failures:
             error = failures[0]
+        if run.fail_with is not None:
+            return FAILED, None, run.fail_with
         if run.cancelled is not None:
             return CANCELLED, None, Cancelled(f"run {run.id} was cancelled: {run.cancelled}")
         if error is None:

@@ -235,12 +235,26 @@ class Engine:
         self._thread.join(timeout=30)
         try:
             self.recorder.close()
+            self._fail_held_back()
         finally:
             for ex in self._owned:
                 try:
                     ex.close()
                 except Exception:  # noqa: BLE001 - closing is best effort; the run's state is written
                     log.warning("closing executor %s failed", ex.name, exc_info=True)
+
+    def _fail_held_back(self) -> None:
+        """Calls whose results could not be stored end FAILED in the store (a resume computes them again)."""
+        held = self.recorder.held_back
+        if not held:
+            return
+        err = self.recorder.artifact_error
+        now = time.time()
+        from gflow.store import Transition
+
+        self.store.apply([Transition(t.task_run_id, t.run_id, State.FAILED, t.attempt, now,
+                                     error=f"ArtifactStoreError: its result was computed but could not be stored "
+                                           f"({err})") for t in held])
 
     def __enter__(self) -> Engine:
         return self
@@ -395,9 +409,11 @@ class Engine:
                                                                        f"({self.cancelled_by})", True))
 
     def _artifact_failure(self) -> None:
+        """Results cannot be stored: stop the run (FAILED, resumable) instead of computing what is lost."""
         err = self.recorder.artifact_error
         self.cancelled_by = str(err)
-        self._execute(self.core.handle(CancelRequested("artifact-store-failed", None, str(err)), time.time()))
+        self._execute(self.core.handle(CancelRequested("artifact-store-failed", None, str(err), error=err),
+                                       time.time()))
 
     def _dispatch_all(self) -> None:
         core = self.core
@@ -448,7 +464,8 @@ class Engine:
             for c, h in zip(ins.calls, handles):
                 tracked[c.id] = (c.attempt, h)
         descs = [ex.describe_handle(h) for h in handles]
-        return self.core.handle(Submitted("submitted", ins.executor, ins.calls, handles, descs), time.time())
+        cap = ex.capacity() if ex.capabilities.accepts_refs else 0
+        return self.core.handle(Submitted("submitted", ins.executor, ins.calls, handles, descs, cap), time.time())
 
     def _cancel_calls(self, ins: CancelCalls) -> None:
         ex = self.executors.get(ins.executor)

@@ -137,6 +137,7 @@ class Submitted(Event):
     calls: list[Call] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
     descriptions: list[str] | None = None
+    capacity: int = 1 << 30  # what the executor accepts now, after this batch (bounds speculation)
 
 
 @dataclass(slots=True)
@@ -183,6 +184,7 @@ class CancelRequested(Event):
     run_id: str | None = None  # None: every run of this engine
     reason: str = "cancelled"
     external: bool = False  # cancelled from outside (the store says so): the run record is already CANCELLED
+    error: BaseException | None = None  # the runs end FAILED with this error instead of CANCELLED
 
 
 @dataclass(slots=True)
