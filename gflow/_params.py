@@ -10,7 +10,7 @@ Decisions, each with one clear error line (:class:`~gflow.errors.InvalidArgument
   rather than silently passed as text (quote it, ``'"[text"'``, to pass it as a string);
 - values nested deeper than :data:`gflow.serialization.MAX_DEPTH` levels are refused;
 - ``NaN``/``Infinity`` are accepted as floats (gflow stores them as tagged values);
-- a key given twice is refused.
+- a key that is not an identifier, or is given twice, is refused.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def parse_param(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise InvalidArguments(f"malformed --param {item[:80]!r}: expected KEY=VALUE")
+    if not key.isidentifier():
+        raise InvalidArguments(f"--param {key[:80]!r}: not a parameter name (expected KEY=VALUE, KEY an identifier)")
     if len(raw) > MAX_VALUE_CHARS:
         raise InvalidArguments(f"--param {key}: the value is {len(raw):,} characters long; pass large inputs as a "
                                f"file path instead")

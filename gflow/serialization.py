@@ -351,7 +351,7 @@ class _Decoder:
         return obj
 
     def ndarray(self, tree: dict) -> Any:
-        import numpy as np
+        np = _optional("numpy", "array")
 
         dtype = np.dtype(_str(tree, "dtype"))
         if dtype.hasobject:
@@ -363,7 +363,7 @@ class _Decoder:
         return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
 
     def tensor(self, tree: dict) -> Any:
-        torch = _torch()
+        torch = _optional("torch", "tensor")
         name = _str(tree, "dtype").removeprefix("torch.")
         dtype = vars(torch).get(name) if name.isidentifier() else None
         if not isinstance(dtype, torch.dtype):
@@ -395,6 +395,13 @@ class _Decoder:
             return pickle.loads(raw)
         except Exception as e:  # noqa: BLE001 - a signed pickle whose classes are missing here
             raise self.fail(f"cannot unpickle {digest}: {type(e).__name__}: {e}") from None
+
+
+def _optional(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)  # a fixed name, never one read from the data
+    except ImportError:
+        raise SerializationError(f"the value holds a {what}, but {module} is not installed here") from None
 
 
 def _list(tree: dict, key: str) -> list:
