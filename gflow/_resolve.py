@@ -16,6 +16,7 @@ may name any object. So resolution here
 from __future__ import annotations
 
 import enum
+import functools
 import importlib
 import re
 import sys
@@ -31,14 +32,19 @@ IMPORTABLE = ("gflow.objects",)
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def split_path(path: Any) -> tuple[str, list[str]]:
-    """``module:Qual.Name`` -> (``module``, [``Qual``, ``Name``]).
+def split_path(path: Any) -> tuple[str, tuple[str, ...]]:
+    """``module:Qual.Name`` -> (``module``, (``Qual``, ``Name``)).
 
     Raises:
         SerializationError: the path is not a plain ``module:qualname`` of identifiers.
     """
     if type(path) is not str or path.count(":") != 1 or len(path) > 1000:
         raise SerializationError(f"{_short(path)} is not a 'module:qualname' path")
+    return _split(path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(path: str) -> tuple[str, tuple[str, ...]]:  # pure: the same path always splits (or fails) the same
     mod_name, _, qual = path.partition(":")
     mod_parts, qual_parts = mod_name.split("."), qual.split(".")
     for part in (*mod_parts, *qual_parts):
@@ -46,10 +52,10 @@ def split_path(path: Any) -> tuple[str, list[str]]:
             raise SerializationError(f"{_short(path)} is not a 'module:qualname' path")
         if part.startswith("__") and part.endswith("__") and not (mod_name == "__main__" and part in mod_parts):
             raise SerializationError(f"{path}: names a dunder attribute or module ({part}); refused")
-    return mod_name, qual_parts
+    return mod_name, tuple(qual_parts)
 
 
-def lookup(module: ModuleType, qual_parts: list[str], path: str) -> Any:
+def lookup(module: ModuleType, qual_parts: tuple[str, ...], path: str) -> Any:
     """The object at ``qual_parts`` in ``module``, found through ``vars()`` only (enclosing parts must be classes)."""
     obj: Any = module
     for i, part in enumerate(qual_parts):
@@ -89,8 +95,10 @@ def resolve_type(path: Any, kind: str) -> type:
             f"(that would run its code); import {mod_name} in the flow or task module that uses the type")
     obj = lookup(module, qual_parts, path)
     if isinstance(obj, type):
-        ok = {"enum": lambda: has_in_mro(obj, enum.Enum), "model": lambda: has_in_mro(obj, BaseModel),
-              "dataclass": lambda: is_dataclass_type(obj)}[kind]()
+        if kind == "dataclass":
+            ok = is_dataclass_type(obj)
+        else:
+            ok = (enum.Enum if kind == "enum" else BaseModel) in mro(obj)
         if ok:
             return obj
     what = "a class" if isinstance(obj, type) else f"a {type(obj).__name__}"

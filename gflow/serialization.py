@@ -49,7 +49,8 @@ _LIMIT = MAX_DEPTH + ENVELOPE_DEPTH
 #: ints wider than this many bits are stored as hex (``{"__gflow__": "int"}``): their decimal form would
 #: pass Python's 4,300-digit int/str limit. Fixed, so the canonical form never depends on that setting.
 BIG_INT_BITS = 14_000
-_PRIMITIVES = (str, bool, type(None))
+_PRIMITIVES = frozenset({str, bool, type(None)})
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _HEX_INT = re.compile(r"-?0x[0-9a-f]+\Z")
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -126,9 +127,11 @@ class _Encoder:
                                      f"values (flatten it, or pass it as a file or array)")
         d = depth + 1
         if t is list:
-            return [self.tree(v, d) for v in value]
+            return [v if type(v) in _PRIMITIVES else self.tree(v, d) for v in value]
         if t is dict and all(type(k) is str for k in value) and TAG not in value:
-            return {k: self.tree(v, d) for k, v in value.items()}
+            if depth == 0:  # arguments by name: an error names the key
+                return {k: v if type(v) in _PRIMITIVES else self.keyed(k, v) for k, v in value.items()}
+            return {k: v if type(v) in _PRIMITIVES else self.tree(v, d) for k, v in value.items()}
         if isinstance(value, BaseModel):
             try:
                 data = value.model_dump(mode="json")
@@ -187,6 +190,15 @@ class _Encoder:
             f"models (gflow.objects), dataclasses, numpy arrays or torch tensors, or set pickle=True on the task"
         )
 
+    def keyed(self, key: str, value: Any) -> Any:
+        try:
+            return self.tree(value, 1)
+        except SerializationError as e:
+            msg, prefix = str(e), f"{self.where}: "
+            if not msg.startswith(prefix):
+                raise
+            raise SerializationError(f"{self.where}: {key[:100]!r}: {msg[len(prefix):]}") from e.__cause__
+
     def pickled(self, value: Any) -> dict:
         from gflow._signing import sign
 
@@ -207,17 +219,18 @@ def _torch() -> Any:
 def _check_depth(tree: Any, depth: int, where: str) -> None:
     """Refuse a plain JSON tree (a model's data) nested past :data:`MAX_DEPTH` (iterative: no recursion)."""
     stack = [(tree, depth)]
+    pop, push = stack.pop, stack.append
     while stack:
-        node, d = stack.pop()
-        if type(node) is dict:
-            children: Any = node.values()
-        elif type(node) is list:
-            children = node
-        else:
+        node, d = pop()
+        t = type(node)
+        if t is not dict and t is not list:
             continue
         if d >= _LIMIT:
             raise SerializationError(f"{where}: nested more than {MAX_DEPTH} levels deep; refused")
-        stack.extend((c, d + 1) for c in children)
+        for c in node.values() if t is dict else node:
+            tc = type(c)
+            if tc is dict or tc is list:
+                push((c, d + 1))
 
 
 def to_jsonable(value: Any, blobs: dict[str, bytes], allow_pickle: bool = False, where: str = "value", *,
@@ -265,10 +278,10 @@ class _Decoder:
             raise self.fail(f"nested more than {MAX_DEPTH} levels deep; refused")
         d = depth + 1
         if t is list:
-            return [self.value(v, d) for v in tree]
+            return [v if type(v) in _JSON_SCALARS else self.value(v, d) for v in tree]
         tag = tree.get(TAG)
         if tag is None:
-            return {k: self.value(v, d) for k, v in tree.items()}
+            return {k: v if type(v) in _JSON_SCALARS else self.value(v, d) for k, v in tree.items()}
         if tag == "tuple":
             return tuple(self.value(v, d) for v in _list(tree, "items"))
         if tag == "dict":

@@ -355,3 +355,25 @@ def test_worker_never_imports_a_spec_module_that_is_not_a_task(tmp_path):
         rec = read_outcome(arts, spec)
         assert rec["stage"] in ("spec", "import") and rec["error_type"].startswith("gflow.")
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="the engine must pass allow_pickle=task.options.pickle when it decodes a "
+                                       "cached result (gflow/flows/_engine.py Engine._load_result; the lead's file)")
+def test_a_pickle_tasks_cached_result_is_reused(tmp_path, pickle_tasks):
+    import flows_basic as fb
+
+    work = tmp_path / "w"
+    work.mkdir()
+    box = pickle_tasks.box.with_options(cache=True)
+
+    @gflow.flow
+    def f() -> int:
+        fb.bump(str(work), "flow")
+        return box(3).result().n
+
+    assert f.run(executor="inline") == 3
+    assert f.run(executor="inline") == 3
+    db = sqlite3.connect(gflow.config.gflow_home() / "gflow.db")
+    states = [r[0] for r in db.execute("SELECT state FROM task_runs ORDER BY rowid")]
+    db.close()
+    assert states[-1] == "CACHED"

@@ -42,6 +42,11 @@ def test_deep_values_are_refused_with_a_serialization_error_naming_the_argument(
         encode(deep, where="argument 'x'")
 
 
+def test_deep_error_names_the_argument_of_a_parameter_dict():
+    with pytest.raises(SerializationError, match=r"^flow 'f' parameters: 'x': nested more than 100 levels"):
+        encode({"n": 1, "x": nested(500)}, where="flow 'f' parameters")
+
+
 def test_deep_values_as_dict_keys_and_set_elements_are_refused():
     with pytest.raises(SerializationError, match="levels"):
         encode({nested(1000, kind=tuple): 1}, where="argument 'k'")
