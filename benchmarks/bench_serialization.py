@@ -4,7 +4,7 @@ The baseline is ``gflow/serialization.py`` as of ``--baseline-ref`` (default: th
 hardening), loaded from git under another module name. Also: a verified artifact read
 (``ArtifactStore.get``: read + sha256) vs the raw read (``read``).
 
-    python benchmarks/bench_serialization.py [--reps 7] [--baseline-ref 5fb428e]
+    python benchmarks/bench_serialization.py [--reps 15] [--baseline-ref 5fb428e]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,28 +36,30 @@ def load_baseline(ref: str):
     return mod
 
 
-def per_call_us(fn, reps: int, min_time: float = 0.2) -> float:
+def paired_us(fn_a, fn_b, reps: int, min_time: float = 0.1) -> tuple[float, float]:
+    """Median µs per call of two functions, sampled alternately (a, b, a, b, ...) so that load from other
+    work on the machine hits both alike."""
     n = 1
-    while True:  # calibrate the inner loop to ~min_time
+    while True:  # calibrate the inner loop on the first function
         t0 = time.perf_counter()
         for _ in range(n):
-            fn()
-        if time.perf_counter() - t0 >= min_time / 4:
+            fn_a()
+        if time.perf_counter() - t0 >= min_time:
             break
         n *= 2
-    samples = []
+    a, b = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - t0) / n * 1e6)
-    samples.sort()
-    return samples[len(samples) // 2]
+        for fn, out in ((fn_a, a), (fn_b, b)):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            out.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(a), statistics.median(b)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--baseline-ref", default="5fb428e")
     a = ap.parse_args()
     import gflow.serialization as new
@@ -79,10 +82,8 @@ def main() -> None:
     for name, value in cases.items():
         e_new, e_old = new.encode(value), old.encode(value)
         assert e_new.data == e_old.data, f"canonical form changed for {name}"
-        enc_new = per_call_us(lambda v=value: new.encode(v), a.reps)
-        enc_old = per_call_us(lambda v=value: old.encode(v), a.reps)
-        dec_new = per_call_us(lambda d=e_new.data: new.decode(d), a.reps)
-        dec_old = per_call_us(lambda d=e_old.data: old.decode(d), a.reps)
+        enc_old, enc_new = paired_us(lambda v=value: old.encode(v), lambda v=value: new.encode(v), a.reps)
+        dec_old, dec_new = paired_us(lambda d=e_old.data: old.decode(d), lambda d=e_new.data: new.decode(d), a.reps)
         rows.append({"value": name, "encode µs (before)": f"{enc_old:.1f}", "encode µs (now)": f"{enc_new:.1f}",
                      "ratio": f"{enc_new / enc_old:.2f}x", "decode µs (before)": f"{dec_old:.1f}",
                      "decode µs (now)": f"{dec_new:.1f}", "ratio ": f"{dec_new / dec_old:.2f}x"})
@@ -92,8 +93,7 @@ def main() -> None:
     rows = []
     for size in (1_000, 1_000_000, 64_000_000):
         d = arts.put(os.urandom(size))
-        raw = per_call_us(lambda d=d: arts.read(d), a.reps)
-        ver = per_call_us(lambda d=d: arts.get(d), a.reps)
+        raw, ver = paired_us(lambda d=d: arts.read(d), lambda d=d: arts.get(d), a.reps)
         rows.append({"blob": f"{size:,} B", "read µs (unverified)": f"{raw:.1f}", "get µs (verified)": f"{ver:.1f}",
                      "ratio": f"{ver / raw:.2f}x"})
     print()

@@ -94,15 +94,34 @@ def resolve_type(path: Any, kind: str) -> type:
             f"{path}: module {mod_name!r} is not imported, and decoding stored data never imports a module "
             f"(that would run its code); import {mod_name} in the flow or task module that uses the type")
     obj = lookup(module, qual_parts, path)
-    if isinstance(obj, type):
-        if kind == "dataclass":
-            ok = is_dataclass_type(obj)
-        else:
-            ok = (enum.Enum if kind == "enum" else BaseModel) in mro(obj)
-        if ok:
-            return obj
-    what = "a class" if isinstance(obj, type) else f"a {type(obj).__name__}"
-    raise SerializationError(f"{path} is {what}, not {_KINDS[kind]}; refused")
+    problem = _refusal(obj, kind) if isinstance(obj, type) else f"is a {type(obj).__name__}, not {_KINDS[kind]}"
+    if problem:
+        raise SerializationError(f"{path} {problem}; refused")
+    return obj
+
+
+@functools.lru_cache(maxsize=4096)
+def _refusal(cls: type, kind: str) -> str | None:
+    """Why ``cls`` may not be built as ``kind`` from stored data, or None (cached: a class's MRO is fixed)."""
+    if kind == "dataclass":
+        ok = is_dataclass_type(cls)
+    else:
+        ok = (enum.Enum if kind == "enum" else BaseModel) in mro(cls)
+    if not ok:
+        return f"is a class, not {_KINDS[kind]}"
+    fin = _finalizer(cls) if kind != "enum" else None
+    if fin:
+        return f"defines __del__ (in {fin}); gflow does not construct objects with finalizers from stored data"
+    return None
+
+
+def _finalizer(cls: type) -> str | None:
+    """The class in ``cls``'s MRO that defines ``__del__``, if any: a finalizer runs by itself, on
+    attacker-chosen fields, whenever the object is collected, so such types are never built from stored data."""
+    for c in mro(cls):
+        if c is not object and "__del__" in vars(c):
+            return c.__qualname__
+    return None
 
 
 def mro(cls: type) -> tuple[type, ...]:

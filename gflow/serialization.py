@@ -472,6 +472,9 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (gflow stores non-finite floats as tagged values)")
 
 
+_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode  # built once: json.loads(**kw) builds one a call
+
+
 def decode(data: bytes | str, load_blob: Callable[[str], bytes] | None = None, *, allow_pickle: bool = False,
            signing_key: str | bytes | None = None, where: str = "value") -> Any:
     """Decode canonical JSON produced by :func:`encode`; arguments as :func:`from_jsonable`."""
@@ -480,10 +483,10 @@ def decode(data: bytes | str, load_blob: Callable[[str], bytes] | None = None, *
         raise SerializationError(f"{where}: value references blob {digest} but no artifact store was given")
 
     try:
-        tree = json.loads(data, parse_constant=_refuse_constant)
+        tree = _loads(data if type(data) is str else data.decode())
     except RecursionError:
         raise SerializationError(f"{where}: nested too deep to decode") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AttributeError) as e:  # UnicodeDecodeError is a ValueError
         raise SerializationError(f"{where}: not gflow's canonical JSON: {e}") from None
     return from_jsonable(tree, load_blob or _no_blobs, allow_pickle=allow_pickle, signing_key=signing_key,
                          where=where)

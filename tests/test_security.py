@@ -121,6 +121,28 @@ def test_dataclasses_are_restored_without_running_their_init(tmp_path):
         from_jsonable({TAG: "dataclass", "type": f"{__name__}:Noisy", "data": {"nope": 1}}, _no_blobs)
 
 
+@dataclasses.dataclass
+class Cleanup:
+    path: str
+
+    def __del__(self):
+        import os
+
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def test_types_with_finalizers_are_never_constructed(tmp_path):
+    keep = tmp_path / "precious"
+    keep.write_text("data")
+    with pytest.raises(SerializationError, match="__del__"):
+        from_jsonable({TAG: "dataclass", "type": f"{__name__}:Cleanup", "data": {"path": str(keep)}}, _no_blobs)
+    import gc
+
+    gc.collect()
+    assert keep.exists()
+
+
 def test_dunder_and_private_lookups_are_refused():
     for path in ("os:system.__globals__", f"{__name__}:Noisy.__init__.__globals__", "gflow:__builtins__",
                  "os:path.os.system", "builtins:__import__"):
