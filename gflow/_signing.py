@@ -6,7 +6,8 @@ unpickled, so together they cover the bytes. The key, first found wins:
 
 1. an explicit ``key`` argument;
 2. ``GFLOW_SIGNING_KEY`` (text, at least 32 characters);
-3. ``$GFLOW_HOME/signing.key``: 32 random bytes as hex, created on first use with mode 0600; refused
+3. the key set with :func:`configure` (the profile's ``signing_key``, which gflow.toml may hold);
+4. ``$GFLOW_HOME/signing.key``: 32 random bytes as hex, created on first use with mode 0600; refused
    when other users can read or write it.
 
 Every process that writes or reads pickles of a run (the driver, ``gflow worker`` in containers,
@@ -28,6 +29,18 @@ ENV = "GFLOW_SIGNING_KEY"
 PREFIX = "hmac-sha256:"
 MIN_KEY_CHARS = 32
 _DOMAIN = b"gflow.pickle/v1\0"
+_configured: bytes | None = None
+
+
+def configure(key: str | bytes | None) -> None:
+    """Make ``key`` this process's signing key when ``GFLOW_SIGNING_KEY`` is not set (None: back to the
+    home's key file). Called with a profile's ``signing_key`` when a run starts.
+
+    Raises:
+        ConfigError: the key is shorter than :data:`MIN_KEY_CHARS`.
+    """
+    global _configured
+    _configured = None if key is None else _as_bytes(key, "profile setting signing_key")
 
 
 def _as_bytes(key: str | bytes, source: str) -> bytes:
@@ -55,6 +68,8 @@ def signing_key(key: str | bytes | None = None) -> bytes:
     env = os.environ.get(ENV)
     if env:
         return _as_bytes(env, ENV)
+    if _configured is not None:
+        return _configured
     return _read_or_create(key_path())  # read each time (signing is rare): a changed mode is noticed
 
 

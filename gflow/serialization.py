@@ -488,7 +488,7 @@ def decode(data: bytes | str, load_blob: Callable[[str], bytes] | None = None, *
         raise SerializationError(f"{where}: value references blob {digest} but no artifact store was given")
 
     try:
-        tree = _loads(data if type(data) is str else data.decode())
+        tree = _loads(data if isinstance(data, str) else data.decode())
     except RecursionError:
         raise SerializationError(f"{where}: nested too deep to decode") from None
     except (TypeError, ValueError, AttributeError) as e:  # UnicodeDecodeError is a ValueError

@@ -221,6 +221,17 @@ def test_default_signing_key_is_per_home_and_private(gflow_home, monkeypatch):
     with pytest.raises(gflow.ConfigError, match="GFLOW_SIGNING_KEY.*at least"):
         signing_key()
     monkeypatch.delenv("GFLOW_SIGNING_KEY")
+    from gflow import _signing
+
+    _signing.configure("p" * 40)  # a profile's signing_key
+    try:
+        assert signing_key() == b"p" * 40
+        monkeypatch.setenv("GFLOW_SIGNING_KEY", KEY)  # the environment wins, as for every profile setting
+        assert signing_key() == KEY.encode()
+        monkeypatch.delenv("GFLOW_SIGNING_KEY")
+    finally:
+        _signing.configure(None)
+    assert signing_key() == key
     path.chmod(0o644)
     with pytest.raises(gflow.ConfigError, match="chmod 600"):
         signing_key()
