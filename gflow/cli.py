@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 import time
@@ -96,23 +95,13 @@ def _observer(show: bool) -> Any:
 
 
 def json_text(value: Any, indent: int | None = 2) -> str:
-    """Strict JSON of a flow's value for stdout: NaN and infinities become the strings "NaN", "Infinity"."""
-    from pydantic_core import to_jsonable_python
-
-    def fix(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
-        if isinstance(v, list):
-            return [fix(x) for x in v]
-        if isinstance(v, dict):
-            return {k: fix(x) for k, x in v.items()}
-        return v
+    """Strict JSON of a flow's value for stdout (NaN and infinities as the strings "NaN", "Infinity")."""
+    from gflow.serialization import to_json_text
 
     try:
-        data = fix(to_jsonable_python(value, inf_nan_mode="constants"))
+        return to_json_text(value, indent=indent)
     except Exception:  # noqa: BLE001 - a value with no JSON form: say what it is
         return json.dumps(repr(value))
-    return json.dumps(data, indent=indent, allow_nan=False)
 
 
 def _short_text(value: Any, lines: int = 12, width: int = 110) -> str:

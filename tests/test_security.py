@@ -390,8 +390,6 @@ def test_worker_never_imports_a_spec_module_that_is_not_a_task(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the engine must pass allow_pickle=task.options.pickle when it decodes a "
-                                       "cached result (gflow/flows/_engine.py Engine._load_result; the lead's file)")
 def test_a_pickle_tasks_cached_result_is_reused(tmp_path, pickle_tasks):
     import flows_basic as fb
 

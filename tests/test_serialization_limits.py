@@ -225,8 +225,6 @@ def test_cli_param_errors_print_one_line_and_big_ints_run(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="gflow/cli.py _print_value must print serialization.to_json_text(value) "
-                                       "(the lead's file); today it prints NaN, which is not JSON")
 def test_cli_prints_a_nan_result_as_valid_json(tmp_path):
     (tmp_path / "nanflow.py").write_text(
         "import gflow\n\n@gflow.flow\ndef f() -> dict:\n    return {'score': float('nan'), 'n': 7 * 10**5000}\n")

@@ -62,20 +62,22 @@ def write_manifest(artifacts: Any, calls: Sequence[Call], *, image: str | None =
     return Manifest(write_array_spec(artifacts, specs), specs, list(calls))
 
 
-def outcome_of(artifacts: Any, spec_digest: str) -> Outcome | None:
+def outcome_of(artifacts: Any, spec_digest: str, *, allow_pickle: bool = False) -> Outcome | None:
     """The outcome of a child from its outcome record, or None if the worker wrote none (yet).
 
-    A successful outcome carries ``result_ref``: the engine records that digest as is."""
+    A successful outcome carries ``result_ref``: the engine records that digest as is. ``allow_pickle``:
+    the call's task opted into (signed) pickles."""
     from gflow.images.protocol import read_outcome, to_outcome
 
     rec = read_outcome(artifacts, spec_digest)
-    return None if rec is None else to_outcome(artifacts, rec)
+    return None if rec is None else to_outcome(artifacts, rec, allow_pickle=allow_pickle)
 
 
-def child_outcome(artifacts: Any, spec_digest: str, info: dict[str, Any] | None = None) -> Outcome | None:
+def child_outcome(artifacts: Any, spec_digest: str, info: dict[str, Any] | None = None, *,
+                  allow_pickle: bool = False) -> Outcome | None:
     """:func:`outcome_of` with the backend's details (job, pod, node, exit code) attached as ``info``;
     None while the child has written no outcome record. A child is never reported successful without one."""
-    out = outcome_of(artifacts, spec_digest)
+    out = outcome_of(artifacts, spec_digest, allow_pickle=allow_pickle)
     if out is not None and info:
         out.info = {**(out.info or {}), **info}
     return out

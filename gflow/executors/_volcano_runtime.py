@@ -137,7 +137,7 @@ class Tracker:
                                         ended=self.clock()), emits)
 
     def _try_outcome(self, h: Handle, emits: list[Emit]) -> bool:
-        out = child_outcome(self.ex.artifacts, h.spec, self.info(h))
+        out = child_outcome(self.ex.artifacts, h.spec, self.info(h), allow_pickle=bool(h.call.task.options.pickle))
         if out is None:
             return False
         self._finish(h, out, emits)

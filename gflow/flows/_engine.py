@@ -504,7 +504,9 @@ class Engine:
                 if rec is None:
                     rec = self.store.find_cached(key)
                 if rec is not None:
-                    value = self.load_result(rec)
+                    task = ts.task if ts is not None else None
+                    value = self.load_result(rec, allow_pickle=bool(task is not None and task.options.pickle),
+                                             where=f"stored result of task '{ts.name if ts else tid}'")
                     hit = CacheHit(value, rec.result_ref, rec.result_inline, rec.id,
                                    version_changed=bool(rec.key and key and rec.key != key))
             except GflowError as e:
@@ -513,10 +515,11 @@ class Engine:
             hits[tid] = hit
         return self.core.handle(CacheLookedUp("looked-up", hits), time.time())
 
-    def load_result(self, rec: TaskRunRecord) -> Any:
-        """The value a finished task run stored (inline in the state store, or as a blob)."""
+    def load_result(self, rec: TaskRunRecord, *, allow_pickle: bool = False, where: str = "stored result") -> Any:
+        """The value a finished task run stored (inline in the state store, or as a blob), decoded as untrusted
+        data: pickles only for a task that opted in (and then signed), blobs checked against their digest."""
         if rec.result_inline is not None:
-            return decode(rec.result_inline, self.artifacts.get)
+            return decode(rec.result_inline, self.artifacts.get, allow_pickle=allow_pickle, where=where)
         if rec.result_ref is None:
             raise GflowError(f"task run {rec.id} has no stored result")
-        return decode(self.artifacts.get(rec.result_ref), self.artifacts.get)
+        return decode(self.artifacts.get(rec.result_ref), self.artifacts.get, allow_pickle=allow_pickle, where=where)

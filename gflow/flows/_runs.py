@@ -38,6 +38,10 @@ def open_run_context(profile: str | None = None, *, executor: Any = None, store:
                      events: str | None = None) -> Iterator[RunContext]:
     """The profile's (or the given) store, artifacts and executor settings, closed on every path."""
     prof = load_profile(profile, executor=executor, store=store, artifacts=artifacts, events=events)
+    if prof.signing_key:
+        from gflow._signing import configure
+
+        configure(prof.signing_key)  # GFLOW_SIGNING_KEY still wins
     st = open_store(prof.store, events=prof.events)
     owns_store = st is not prof.store
     try:
