@@ -162,7 +162,13 @@ class Recorder:
                 full = isinstance(e, OSError) and e.errno in _FULL
                 limit = BLOB_RETRY_SECONDS / 10 if full else BLOB_RETRY_SECONDS
                 if time.monotonic() - start >= limit or self._closing or self.artifact_error is not None:
-                    self.lost_blobs.update(blobs)
+                    # keep what fits: write one by one, and lose only the blobs that cannot be written
+                    for d, data in blobs.items():
+                        try:
+                            if not self.artifacts.exists(d):
+                                self.artifacts.put(data, d)
+                        except Exception:  # noqa: BLE001
+                            self.lost_blobs.add(d)
                     if self.artifact_error is None:
                         self.artifact_error = ArtifactStoreError(
                             f"could not write results to the artifact store {self.artifacts.url}: "
