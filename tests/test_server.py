@@ -462,9 +462,9 @@ def test_mutations_need_a_write_token(server, db):
     assert err["extensions"]["code"] == "CONFLICT" and "SUCCEEDED" in err["message"]
     tr = f"{r.id}.1"
     err = c.error("mutation($id: ID!) { retryTask(taskRunId: $id) { id } }", WRITE, id=tr)
-    assert err["extensions"]["code"] == "NOT_AVAILABLE" and "gflow resume" in err["message"]
+    assert err["extensions"]["code"] == "CONFLICT" and "only a FAILED or CANCELLED" in err["message"]
     err = c.error("mutation($id: ID!) { replayRun(id: $id) { id } }", WRITE, id=r.id)
-    assert err["extensions"]["code"] == "NOT_AVAILABLE" and "images" in err["message"]
+    assert err["extensions"]["code"] == "BAD_USER_INPUT" and "no image tag" in err["message"]
     assert c.error("mutation($id: ID!) { replayRun(id: $id) { id } }", status=401, id=r.id)
     assert c.error('mutation { retryTask(taskRunId: "nope.1") { id } }', WRITE)["extensions"]["code"] == "NOT_FOUND"
     # a server without write tokens refuses every mutation

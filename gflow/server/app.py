@@ -1,5 +1,5 @@
-"""The ASGI app: GraphQL at ``/graphql`` (HTTP and graphql-transport-ws), the dashboard at ``/``,
-``/healthz``.
+"""The ASGI app: GraphQL at ``/graphql`` (HTTP and graphql-transport-ws), the dashboard at ``/`` (and its
+deep links ``/runs/ID``, ``/runs/ID/tasks/ID``), ``/healthz``.
 
 Store calls are blocking (SQLite, pymongo), so resolvers run them on a small pool of store threads
 and the event loop stays free for other requests and subscriptions.
@@ -32,11 +32,15 @@ try:  # where strawberry's HTTP errors live (moved between versions)
 except ImportError:  # pragma: no cover
     from strawberry.http.exceptions import HTTPException as _HTTPException  # type: ignore[no-redef,attr-defined]
 
+from gflow.artifacts import ArtifactStore
 from gflow.errors import GflowError, InvalidTransition, StoreError
+from gflow.server import guard
 from gflow.server.auth import AuthConfig, InvalidToken, Role, connection_authorization
+from gflow.server.drivers import DriverConfig, Drivers, DriverStartFailed
 from gflow.server.events import EventHub
 from gflow.server.loaders import Loaders
-from gflow.server.schema import BAD_INPUT, CONFLICT, NOT_FOUND, Limits, build_schema, gql_error
+from gflow.server.schema import Limits, build_schema, gql_error
+from gflow.server.types import BAD_INPUT, CONFLICT, DRIVER_FAILED, NOT_FOUND
 from gflow.store import Store
 
 log = logging.getLogger("gflow.server")
@@ -51,6 +55,8 @@ class ServerState:
     auth: AuthConfig
     limits: Limits
     pool: ThreadPoolExecutor
+    drivers: Drivers
+    artifacts: ArtifactStore | None = None
     hub: EventHub | None = None
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -64,6 +70,8 @@ class ServerState:
             raise gql_error(self._clean(e).strip("'\""), NOT_FOUND) from None
         except InvalidTransition as e:
             raise gql_error(self._clean(e), CONFLICT) from None
+        except DriverStartFailed as e:
+            raise gql_error(self._clean(e), DRIVER_FAILED) from None
         except StoreError as e:
             raise gql_error(f"state store unavailable: {self._clean(e)}", "STORE_UNAVAILABLE") from None
         except (GflowError, ValueError) as e:
@@ -71,7 +79,6 @@ class ServerState:
         except Exception:
             log.exception("store call %s failed", getattr(fn, "__name__", fn))
             raise gql_error("internal server error (see the server log)", "INTERNAL") from None
-
 
     def _clean(self, e: BaseException) -> str:
         """The error's message without the store's URL (it may carry credentials)."""
@@ -119,34 +126,58 @@ def _error_response(status: int, message: str, code: str, headers: dict[str, str
 
 
 class GflowGraphQL(GraphQL[Context, None]):
-    """Strawberry's ASGI view plus auth, a body-size limit and a request timeout."""
+    """Strawberry's ASGI view plus auth, request checks (size by bytes read, JSON shape, nesting) and a
+    request timeout. Every answer, refusals included, is GraphQL-shaped JSON."""
 
     def __init__(self, state: ServerState):
-        super().__init__(build_schema(state.limits), keep_alive=True, keep_alive_interval=15)
+        # no GraphiQL: it loads its scripts from a CDN, and this server works offline
+        super().__init__(build_schema(state.limits), keep_alive=True, keep_alive_interval=15, graphql_ide=None)
         self.state = state
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await super().__call__(scope, receive, send)
-        request = Request(scope, receive)
-        response = self._check_http(request)
-        if response is None:
-            try:
-                response = await asyncio.wait_for(self.run(request), self.state.limits.request_timeout)
-            except TimeoutError:
-                response = _error_response(504, f"request timed out after {self.state.limits.request_timeout:g}s",
-                                           "TIMEOUT")
-            except _HTTPException as e:  # malformed body, bad method, ...
-                response = _error_response(e.status_code, e.reason, BAD_INPUT)
+        limits = self.state.limits
+        try:
+            request, response = await asyncio.wait_for(self._checked(scope, receive), limits.request_timeout)
+            if response is None:
+                response = await asyncio.wait_for(self.run(request), limits.request_timeout)
+        except TimeoutError:
+            response = _error_response(504, f"request timed out after {limits.request_timeout:g}s", "TIMEOUT")
+        except _HTTPException as e:  # bad method, unsupported content type, ...
+            response = _error_response(e.status_code, e.reason, BAD_INPUT)
         await response(scope, receive, send)
 
-    def _check_http(self, request: Request) -> Response | None:
+    async def _checked(self, scope: Any, receive: Any) -> tuple[Request, Response | None]:
+        """The request with its body read (at most max_body_bytes, counted as read) and checked, or a refusal."""
+        limit = self.state.limits.max_body_bytes
+        request = Request(scope, receive)
         size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > self.state.limits.max_body_bytes:
-            return _error_response(413, f"request body over {self.state.limits.max_body_bytes} bytes", BAD_INPUT)
+        if size and size.isdigit() and int(size) > limit:
+            return request, _error_response(413, f"request body over {limit} bytes", BAD_INPUT)
+        refused = self._check_auth(request)
+        if refused is not None:
+            return request, refused
+        try:
+            if request.method == "POST":
+                body = await guard.read_body(receive, limit)
+                guard.check_body(body, request.headers.get("content-type", ""))
+                request = Request(scope, guard.replay(body, receive))  # request.state lives in the scope: kept
+            elif request.method == "GET":
+                guard.check_get(request.query_params)
+        except guard.BodyTooLarge as e:
+            return request, _error_response(413, str(e), BAD_INPUT)
+        except guard.BadRequest as e:
+            return request, _error_response(400, str(e), BAD_INPUT)
+        return request, None
+
+    def _role(self, request: Request) -> Role:
+        return self.state.auth.role_from_header(request.headers.get("authorization"))
+
+    def _check_auth(self, request: Request) -> Response | None:
         auth = self.state.auth
         try:
-            role = auth.role_from_header(request.headers.get("authorization"))
+            role = self._role(request)
         except InvalidToken as e:
             return _error_response(401, str(e), "UNAUTHENTICATED",
                                    {"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -174,20 +205,26 @@ class GflowGraphQL(GraphQL[Context, None]):
 
 
 def create_app(store: Store, *, auth: AuthConfig | None = None, limits: Limits | None = None,
-               close_store: bool = False) -> Starlette:
+               close_store: bool = False, drivers: DriverConfig | None = None,
+               artifacts: ArtifactStore | None = None) -> Starlette:
     """The server's ASGI app over an open store.
 
     Args:
         auth: Tokens (default: none: reads open, mutations refused).
         limits: Page size, query depth/aliases/tokens, request timeout, ...
         close_store: Close the store when the app shuts down.
+        drivers: How retryTask / replayRun start their driver processes (default: ``python -m gflow``
+            with this store's URL).
+        artifacts: The artifact store, to show results that are not stored inline (optional).
     """
     limits = limits or Limits()
     state = ServerState(store=store, auth=auth or AuthConfig(), limits=limits,
-                        pool=ThreadPoolExecutor(limits.store_threads, thread_name_prefix="gflow-store"))
+                        pool=ThreadPoolExecutor(limits.store_threads, thread_name_prefix="gflow-store"),
+                        drivers=Drivers(drivers or DriverConfig(), getattr(store, "url", None)), artifacts=artifacts)
     graphql = GflowGraphQL(state)
 
     async def index(request: Request) -> Response:
+        # the page routes /runs/ID and /runs/ID/tasks/ID itself; an unknown id is its not-found view
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def healthz(request: Request) -> Response:
@@ -209,8 +246,11 @@ def create_app(store: Store, *, auth: AuthConfig | None = None, limits: Limits |
 
     app = Starlette(routes=[
         Route("/", index),
+        Route("/runs", index),
+        Route("/runs/{run_id}", index),
+        Route("/runs/{run_id}/tasks/{task_run_id}", index),
         Route("/healthz", healthz),
-        Route("/graphql", graphql, methods=["GET", "POST"]),
+        Route("/graphql", graphql, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         WebSocketRoute("/graphql", graphql),
     ], lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
