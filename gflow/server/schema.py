@@ -142,12 +142,13 @@ def _overview(store: Any, run_id: str, max_rows: int) -> tuple[RunRecord, O.Over
     return rec, O.overview(rec.id, rec.created, store.task_runs(rec.id), max_rows), seq
 
 
-def _rows(store: Any, run_id: str, after: str | None, first: int) -> tuple[dict[str, Any], int, str | None]:
+def _rows(store: Any, run_id: str, after: str | None,
+          first: int) -> tuple[dict[str, Any], int, str | None, bool]:
     rec = store.get_run(run_id)
     recs: list[TaskRunRecord] = store.task_runs(rec.id, limit=first + 1, after=after)
     more = len(recs) > first
     recs = recs[:first]
-    return O.rows(rec.id, rec.created, recs), len(recs), (recs[-1].id if more else None)
+    return O.rows(rec.id, rec.created, recs), len(recs), (recs[-1].id if recs else after), more
 
 
 def _timeline(store: Any, run_id: str, page: int = 10_000) -> dict[str, Any]:
@@ -228,16 +229,18 @@ class Query:
                            edges=[GroupEdge(source=s, target=t, count=c) for (s, t), c in ov.edges.items()],
                            rows=ov.cols.payload(), row_count=len(ov.cols.cols["id"]), task_run_count=ov.total,
                            truncated=more, last_event_seq=seq,
-                           next_cursor=_encode_cursor("task_runs", ov.last_row) if more and ov.last_row else None)
+                           last_row_id=strawberry.ID(ov.last_row) if ov.last_row else None)
 
-    @strawberry.field(description="Task runs of a run after a cursor (or the start) as compact columns, as in "
-                                  "runOverview.rows: how the dashboard picks up task runs that appear live.")
-    async def task_run_rows(self, info: Info, run_id: strawberry.ID, after: str | None = None,
+    @strawberry.field(description="Task runs of a run created after task run `afterId` (or from the start), as "
+                                  "compact columns like runOverview.rows: how the dashboard picks up task runs that "
+                                  "appear live, and the rest of a run bigger than one overview.")
+    async def task_run_rows(self, info: Info, run_id: strawberry.ID, after_id: strawberry.ID | None = None,
                             first: int = 10_000) -> RowsPage:
         ctx = info.context
         n = _page_size(info, first, ctx.limits.overview_max_rows)
-        rows, count, last = await ctx.call(_rows, ctx.store, check_id(run_id, "run id"), _task_cursor(after), n)
-        return RowsPage(rows=rows, count=count, next_cursor=_encode_cursor("task_runs", last) if last else None)
+        after = check_id(after_id, "afterId") if after_id is not None else None
+        rows, count, last, more = await ctx.call(_rows, ctx.store, check_id(run_id, "run id"), after, n)
+        return RowsPage(rows=rows, count=count, last_id=strawberry.ID(last) if last else None, has_more=more)
 
     @strawberry.field(description="When each task run's current attempt was QUEUED (seconds after the run's "
                                   "creation, `t0`): `{t0, prefix, id: [...], q: [...]}`, for the timeline.")

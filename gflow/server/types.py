@@ -425,14 +425,16 @@ class RunOverview:
     task_run_count: int
     truncated: bool = strawberry.field(description="True when the run has more task runs than `maxRows`.")
     last_event_seq: int = strawberry.field(description="Read before the task runs: subscribe with after = this.")
-    next_cursor: str | None = strawberry.field(description="taskRunRows(after:) resumes after the last row.")
+    last_row_id: strawberry.ID | None = strawberry.field(
+        description="The last task run in `rows`: taskRunRows(afterId:) continues from it.")
 
 
 @strawberry.type(description="Columns of task runs (the overview's `rows` format).")
 class RowsPage:
     rows: JSON
     count: int
-    next_cursor: str | None
+    last_id: strawberry.ID | None = strawberry.field(description="The last task run on the page.")
+    has_more: bool
 
 
 def group_view(g: Any) -> TaskGroup:
