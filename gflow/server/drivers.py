@@ -46,6 +46,9 @@ class DriverConfig:
     """How the server starts drivers.
 
     Attributes:
+        command: The driver's command line; ``{python}``, ``{kind}`` (resume or replay), ``{source}`` (the
+            run to resume or replay) and ``{new}`` (the new run's id) are filled in. Change it to start
+            drivers through a wrapper (``srun``, ``nice``, a container).
         python: The interpreter that runs ``-m gflow`` (default: the server's).
         store: State store URL the driver records into (``GFLOW_STORE``; default: the server's store's URL).
         events: Redis live-layer URL (``GFLOW_EVENTS``), when the server has one.
@@ -55,6 +58,7 @@ class DriverConfig:
         env: Extra environment for the driver (e.g. ``PYTHONPATH`` so it can import the flow).
     """
 
+    command: tuple[str, ...] = ("{python}", "-m", "gflow", "{kind}", "{source}", "--run-id", "{new}")
     python: str = sys.executable
     store: str | None = None
     events: str | None = None
@@ -140,7 +144,8 @@ class Drivers:
 
     def argv(self, kind: str, source_run: str, new_run: str) -> list[str]:
         """The driver's command line."""
-        return [self.config.python, "-m", "gflow", kind, source_run, "--run-id", new_run]
+        fill = {"python": self.config.python, "kind": kind, "source": source_run, "new": new_run}
+        return [part.format(**fill) for part in self.config.command]
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, **self.config.env}
@@ -165,8 +170,7 @@ class Drivers:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                         env=self._env(), start_new_session=True, close_fds=True)
         except OSError as e:
-            raise DriverStartFailed(f"could not start the {kind} driver ({' '.join(argv[1:4])} ...): "
-                                    f"{e.strerror or e}") from None
+            raise DriverStartFailed(f"could not start the {kind} driver ({argv[0]}): {e.strerror or e}") from None
         launch = Launch(run_id=new_run, kind=kind, source_run=source_run, task_run=task_run, pid=proc.pid,
                         host=socket.gethostname(), log_file=str(log_path), command=argv, started=time.time())
         with self._lock:

@@ -407,7 +407,8 @@ class TaskGroup:
     max_duration: float | None
 
 
-@strawberry.type(description="`count` task runs of group `target` took results of task runs of group `source`.")
+@strawberry.type(description="Data flow between task groups: `count` task-run pairs where one of `target` took a "
+                             "result of one of `source`.")
 class GroupEdge:
     source: str
     target: str

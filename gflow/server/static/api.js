@@ -4,11 +4,19 @@ import {$} from "./util.js";
 
 const TOKEN_KEY = "gflow.token";
 let token = localStorage.getItem(TOKEN_KEY) || "";
+// set when the server refused the token (expired, mistyped) but answers reads without one: reads go
+// without it, actions still send it (and say at the action that it was not accepted)
+let rejected = false;
+let onRejected = () => {};
 export const getToken = () => token;
+export const tokenRejected = () => rejected;
 export function setToken(t) {
   token = (t || "").trim();
+  rejected = false;
   if (token) localStorage.setItem(TOKEN_KEY, token); else localStorage.removeItem(TOKEN_KEY);
 }
+export function whenTokenRejected(fn) { onRejected = fn; }
+const readToken = () => (rejected ? "" : token);
 
 export class ApiError extends Error {
   constructor(message, code, status, data) {
@@ -33,11 +41,24 @@ export const connIs = () => connState.state;
 
 /** One GraphQL request. Network failures and non-JSON answers become ApiError too. */
 export async function gql(query, variables, {quiet} = {}) {
-  const headers = {"Content-Type": "application/json"};
-  if (token) headers.Authorization = `Bearer ${token}`;
+  const mutation = /^\s*mutation\b/.test(query);
+  const send = (t) => {
+    const headers = {"Content-Type": "application/json"};
+    if (t) headers.Authorization = `Bearer ${t}`;
+    return fetch("/graphql", {method: "POST", headers, body: JSON.stringify({query, variables: variables || {}})});
+  };
   let r;
   try {
-    r = await fetch("/graphql", {method: "POST", headers, body: JSON.stringify({query, variables: variables || {}})});
+    r = await send(mutation ? token : readToken());
+    if (r.status === 401 && !mutation && token && !rejected &&
+        /invalid_token/.test(r.headers.get("WWW-Authenticate") || "")) {
+      const again = await send("");  // are reads open? then the token alone was the problem
+      if (again.status !== 401) {
+        rejected = true;
+        onRejected();
+        r = again;
+      }
+    }
   } catch {
     if (!quiet) setConn("reconnecting", "reconnecting…");
     throw new ApiError("the server cannot be reached; retrying", "NETWORK", 0);
@@ -106,8 +127,8 @@ export class Feed {
     }
     let acked = false;
     let ended = false;
-    ws.onopen = () => ws.send(JSON.stringify({type: "connection_init",
-                                              payload: token ? {Authorization: `Bearer ${token}`} : {}}));
+    const t = readToken();
+    ws.onopen = () => ws.send(JSON.stringify({type: "connection_init", payload: t ? {Authorization: `Bearer ${t}`} : {}}));
     ws.onmessage = (m) => {
       let msg;
       try { msg = JSON.parse(m.data); } catch { return; }

@@ -1,6 +1,6 @@
 // The dashboard's shell: routes (/, /runs/ID, /runs/ID/tasks/ID; no full-page reloads), the token,
 // the colour theme, notices and the not-found page.
-import {getToken, setToken} from "./api.js";
+import {getToken, setToken, tokenRejected, whenTokenRejected} from "./api.js";
 import {Drawer} from "./drawer.js";
 import {RunPage} from "./run.js";
 import {RunsPage} from "./runs.js";
@@ -41,6 +41,10 @@ class App {
       this.reload();
     });
     this.showTokenState();
+    whenTokenRejected(() => {
+      this.notice("");
+      this.showTokenState();
+    });
     // theme: auto (follows the system), light, dark
     const media = matchMedia("(prefers-color-scheme: dark)");
     const apply = () => {
@@ -61,7 +65,7 @@ class App {
   }
 
   showTokenState() {
-    $("#token-toggle").textContent = getToken() ? "token ✓" : "token";
+    $("#token-toggle").textContent = !getToken() ? "token" : tokenRejected() ? "token ✗" : "token ✓";
   }
 
   showTokenForm() {
@@ -76,6 +80,10 @@ class App {
   }
 
   notice(msg) {
+    if (!msg && tokenRejected()) {
+      msg = "The token you set was not accepted (expired or mistyped). Reads work without it; actions need a " +
+            "valid write token: set one with the token button.";
+    }
     const n = $("#notice");
     n.textContent = msg || "";
     n.hidden = !msg;

@@ -156,7 +156,7 @@ export class Dag {
         d = `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2 - 2} ${y2}`;
       }
       const p = svg("path", {class: "edge", d, "marker-end": "url(#arrow)", "data-source": e.source, "data-target": e.target});
-      p.append(svg("title", null, `${e.count} task run(s) of ${groups[t].name} took results of ${groups[s].name}`));
+      p.append(svg("title", null, `${groups[t].name} took ${e.count} result(s) of ${groups[s].name}`));
       this.edgesG.append(p);
     }
     this.nodesG.replaceChildren();

@@ -24,6 +24,29 @@ const FULL_TB = `query($id: ID!) { taskRun(id: $id) { traceback } }`;
 const RETRY = `mutation($id: ID!) { retryTask(taskRunId: $id) {
   runId kind sourceRun taskRun pid host logFile command started exitCode ended state } }`;
 
+/** A very long text (all of a 5 MB traceback) in a scroll box that draws only the lines on screen. */
+function bigText(text, testid) {
+  const LINE = 16;
+  const lines = text.split("\n");
+  const inner = el("pre", {class: "bigtext-lines"});
+  const sizer = el("div", {style: `height:${lines.length * LINE}px`});
+  const box = el("div", {class: "bigtext", tabindex: "0", "data-testid": testid, role: "document",
+    "aria-label": `text of ${lines.length} lines`, data: {chars: String(text.length), lines: String(lines.length)}},
+    sizer, inner);
+  let raf = 0;
+  const draw = () => {
+    raf = 0;
+    const first = Math.max(0, Math.floor(box.scrollTop / LINE) - 20);
+    const last = Math.min(lines.length, first + Math.ceil((box.clientHeight || 400) / LINE) + 40);
+    inner.style.transform = `translateY(${first * LINE}px)`;
+    inner.textContent = lines.slice(first, last).join("\n");
+  };
+  box.addEventListener("scroll", () => { if (!raf) raf = requestAnimationFrame(draw); }, {passive: true});
+  requestAnimationFrame(draw);
+  draw();
+  return box;
+}
+
 function objectView(o) {
   const d = o.data || {};
   const box = el("div", {class: "obj", "data-testid": `object-${o.kind}`}, el("strong", null, o.kind),
@@ -184,8 +207,13 @@ export class Drawer {
         buttons.append(el("button", {type: "button", "data-testid": "traceback-all", on: {click: async (e) => {
           e.target.disabled = true;
           const text = await full();
-          if (text !== null) { pre.textContent = text; note.textContent = `full traceback (${text.length.toLocaleString("en-US")} characters)`; e.target.remove(); }
-          else e.target.disabled = false;
+          if (text !== null) {
+            const view = bigText(text, "traceback");
+            pre.replaceWith(view);
+            note.textContent = `full traceback (${text.length.toLocaleString("en-US")} characters, ` +
+              `${view.dataset.lines} lines; only the lines on screen are drawn)`;
+            e.target.remove();
+          } else e.target.disabled = false;
         }}}, "Show all"));
       }
       buttons.append(el("button", {type: "button", on: {click: async () => {
