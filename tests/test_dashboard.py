@@ -390,7 +390,7 @@ def test_retry_a_failed_task_starts_a_driver_and_links_the_new_run(page, db, gfl
 
 def test_replay_says_why_it_cannot_run(page, db):
     r = F.squares.run(2, store=db, executor="local", return_run=True)
-    with serve(app_for(db, auth=AuthConfig(write_tokens=(WRITE,)))) as url:
+    with serve(app_for(db, auth=AuthConfig(write_tokens=(WRITE,)), drivers={"start_grace": 60})) as url:
         page.goto(f"{url}/runs/{r.id}")
         page.get_by_test_id("replay-run").click()
         expect(page.get_by_test_id("action-message")).to_contain_text("needs a write token")

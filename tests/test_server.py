@@ -529,7 +529,8 @@ def test_tokens_come_from_env_and_are_never_shown():
 
 # -- subscriptions ---------------------------------------------------------------------------------------
 
-SUB = "subscription($id: ID!, $after: Int!) { runEvents(runId: $id, after: $after) { seq runId taskRunId state attempt ts } }"
+SUB = ("subscription($id: ID!, $after: Int!) { runEvents(runId: $id, after: $after) { "
+       "seq runId taskRunId state attempt ts } }")
 
 
 def test_subscription_streams_a_live_run_until_it_ends(server, db, gate):

@@ -127,7 +127,7 @@ def test_a_driver_that_fails_at_once_is_a_clear_error(serve_app, db):
 
     st.apply([Transition("broken-run.1", "broken-run", State.PENDING, 1, time.time(), task="m:t", name="t"),
               Transition("broken-run.1", "broken-run", State.FAILED, 1, time.time(), error="x")])
-    post, _ = serve_app()
+    post, _ = serve_app(start_grace=60)  # however slow the machine, the driver exits well within this
     err = post(RETRY, id="broken-run.1")["errors"][0]
     assert err["extensions"]["code"] == "DRIVER_FAILED", err
     assert "exited with code" in err["message"] and "before its run started" in err["message"]
@@ -136,7 +136,7 @@ def test_a_driver_that_fails_at_once_is_a_clear_error(serve_app, db):
 
 def test_replay_checks_the_run_then_starts_a_driver(serve_app, db):
     r = flaky_sum.run(2, store=db, executor="local", return_run=True)  # no image: cannot be replayed by image
-    post, _ = serve_app()
+    post, _ = serve_app(start_grace=60)
     err = post(REPLAY, id=r.id)["errors"][0]
     assert err["extensions"]["code"] == "BAD_USER_INPUT" and "no image tag" in err["message"]
     assert post(REPLAY, token=None, id=r.id)["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"

@@ -124,6 +124,23 @@ def test_bodies_that_are_not_graphql_requests_get_a_graphql_shaped_400(store_url
         assert r.status_code == 400 and got["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", got
 
 
+@pytest.mark.parametrize("method,query,says", [
+    ("POST", 'subscription { runEvents(runId: "x") { seq } }', "websocket"),
+    ("GET", "mutation { __typename }", "send it with POST"),
+    ("POST", "{}", "selection set is empty"),  # strawberry's depth limiter used to crash on this
+    ("POST", "{ runs { items { ...Missing } } }", "Unknown fragment"),
+])
+def test_operations_plain_http_cannot_run_are_clear_errors(store_url, method, query, says):
+    url, _ = store_url
+    with serve(create_app(open_store(url), close_store=True)) as base:
+        if method == "GET":
+            r = httpx.get(f"{base}/graphql", params={"query": query})
+        else:
+            r = httpx.post(f"{base}/graphql", json={"query": query})
+        body = assert_typed(r)
+        assert says in body["errors"][0]["message"], body
+
+
 def test_deeply_nested_variables_are_refused(store_url):
     url, _ = store_url
     deep: object = 1

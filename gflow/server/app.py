@@ -25,7 +25,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types.graphql import OperationType
 
 try:  # where strawberry's HTTP errors live (moved between versions)
     from cross_web import HTTPException as _HTTPException
@@ -170,6 +172,27 @@ class GflowGraphQL(GraphQL[Context, None]):
         except guard.BadRequest as e:
             return request, _error_response(400, str(e), BAD_INPUT)
         return request, None
+
+    async def execute_single(self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
+                             root_value: Any, request_data: Any) -> Any:
+        """Queries and mutations over plain HTTP (a subscription needs the websocket, or strawberry's
+        multipart transport, which does not come here): anything else is a clear 400."""
+        allowed = {OperationType.QUERY} if request_adapter.method == "GET" else {OperationType.QUERY,
+                                                                                 OperationType.MUTATION}
+        try:
+            return await self.schema.execute(
+                request_data.query, root_value=root_value, variable_values=request_data.variables,
+                context_value=context, operation_name=request_data.operation_name, allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions)
+        except InvalidOperationTypeError as e:
+            kind = getattr(e.operation_type, "value", "this operation")
+            how = "subscribe over the websocket (graphql-transport-ws) at /graphql" if kind == "subscription" \
+                else "send it with POST"
+            raise _HTTPException(400, f"a {kind} cannot be sent with {request_adapter.method}: {how}") from None
+        except CannotGetOperationTypeError as e:
+            raise _HTTPException(400, e.as_http_error_reason()) from None
+        except MissingQueryError:
+            raise _HTTPException(400, "no GraphQL query found in the request") from None
 
     def _role(self, request: Request) -> Role:
         return self.state.auth.role_from_header(request.headers.get("authorization"))

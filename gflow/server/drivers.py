@@ -64,7 +64,7 @@ class DriverConfig:
     events: str | None = None
     profile: str | None = None
     log_dir: str | None = None
-    start_grace: float = 1.5
+    start_grace: float = 3.0
     env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -126,7 +126,7 @@ class Drivers:
         self.dir = Path(config.log_dir) if config.log_dir else gflow_home() / "server" / "drivers"
         self._lock = threading.Lock()
         self._launches: dict[str, Launch] = {}
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._exited: dict[str, threading.Event] = {}
         self._load()
 
     def _load(self) -> None:
@@ -175,7 +175,7 @@ class Drivers:
                         host=socket.gethostname(), log_file=str(log_path), command=argv, started=time.time())
         with self._lock:
             self._launches[new_run] = launch
-            self._procs[new_run] = proc
+            self._exited[new_run] = threading.Event()
         self._save(launch)
         threading.Thread(target=self._reap, args=(launch, proc), name=f"gflow-driver-{proc.pid}",
                          daemon=True).start()
@@ -187,8 +187,10 @@ class Drivers:
         with self._lock:
             launch.exit_code = code
             launch.ended = time.time()
-            self._procs.pop(launch.run_id, None)
+            exited = self._exited.pop(launch.run_id, None)
         self._save(launch)
+        if exited is not None:
+            exited.set()
         log.info("%s driver pid %d (run %s) exited with code %d", launch.kind, launch.pid, launch.run_id, code)
 
     def _save(self, launch: Launch) -> None:
@@ -204,9 +206,11 @@ class Drivers:
         """Block until the driver's run exists, the driver exits, or ``grace`` seconds pass. A driver
         that exits with an error before its run exists raises DriverStartFailed with its log's tail."""
         deadline = time.monotonic() + (self.config.start_grace if grace is None else grace)
+        exited = self._exited.get(launch.run_id)
         while True:
-            proc = self._procs.get(launch.run_id)
-            code = proc.poll() if proc is not None else launch.exit_code
+            if exited is not None:
+                exited.wait(0.05)  # set by the reaper thread, the only one that waits on the process
+            code = launch.exit_code
             if code is not None:
                 if code != 0 and not run_exists(launch.run_id):
                     last = tail(launch.log_file, 2000).strip().splitlines()
@@ -216,7 +220,8 @@ class Drivers:
                 return
             if run_exists(launch.run_id) or time.monotonic() >= deadline:
                 return
-            time.sleep(0.05)
+            if exited is None:
+                time.sleep(0.05)
 
     def get(self, run_id: str) -> Launch | None:
         return self._launches.get(run_id)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, ValidationContext, ValidationRule
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, ParserCache, QueryDepthLimiter, ValidationCache
 from strawberry.scalars import JSON
 from strawberry.types import Info
@@ -448,6 +448,29 @@ class _Schema(strawberry.Schema):
                 error.extensions = {**(error.extensions or {}), "code": inner or _code_for(error)}
 
 
+class _DepthLimiter(QueryDepthLimiter):
+    """strawberry's depth limiter, made safe on documents it trips over (an empty selection set raises
+    ValueError, a spread of an unknown fragment KeyError): those become validation errors."""
+
+    def __init__(self, max_depth: int):
+        super().__init__(max_depth=max_depth)
+        inner = self.validation_rules[0]
+
+        class SafeDepthRule(ValidationRule):
+            def __init__(self, context: ValidationContext) -> None:
+                try:
+                    inner(context)  # it checks the whole document here and reports to the context
+                except KeyError:
+                    pass  # an unknown fragment: graphql's own rules report it
+                except ValueError:
+                    context.report_error(GraphQLError("a selection set is empty: ask for at least one field"))
+                except RecursionError:
+                    context.report_error(GraphQLError("the document nests too deeply"))
+                super().__init__(context)
+
+        self.validation_rules = [SafeDepthRule]
+
+
 def build_schema(limits: Limits = Limits()) -> strawberry.Schema:
     """The schema with its depth, alias and token limits (introspection is not depth-limited).
 
@@ -456,5 +479,5 @@ def build_schema(limits: Limits = Limits()) -> strawberry.Schema:
     return _Schema(
         query=Query, mutation=Mutation, subscription=Subscription,
         extensions=[lambda: MaxTokensLimiter(limits.max_tokens), lambda: ParserCache(maxsize=256),
-                    lambda: QueryDepthLimiter(max_depth=limits.max_depth),
+                    lambda: _DepthLimiter(limits.max_depth),
                     lambda: MaxAliasesLimiter(limits.max_aliases), lambda: ValidationCache(maxsize=256)])
