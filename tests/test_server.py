@@ -804,7 +804,7 @@ def test_run_overview_groups_a_map_into_one_node_with_columns(server, db):
     assert rows["id"] == [t.id.removeprefix(f"{r.id}.") for t in trs] == ["1", "2", "3", "4", "5"]
     assert [rows["groups"][g]["name"] for g in rows["g"]] == [t.name for t in trs]
     assert [rows["states"][s] for s in rows["s"]] == ["SUCCEEDED"] * 5 and rows["m"] == [0, 1, 2, 3, None]
-    assert rows["t"][0] == pytest.approx(trs[0].started - rows["t0"], abs=1e-5)
+    assert rows["t"][0] == int((trs[0].started - rows["t0"]) * 1e6)  # microseconds after the run's creation
     assert ov["lastEventSeq"] == st.events(r.id)[-1].seq
     # a capped overview says so, and taskRunRows continues after its last row
     cut = c.data(OVERVIEW, id=r.id, max=2)["runOverview"]
@@ -818,7 +818,7 @@ def test_run_overview_groups_a_map_into_one_node_with_columns(server, db):
     tl = c.data("query($id: ID!) { runTimeline(runId: $id) }", id=r.id)["runTimeline"]
     queued = {e.task_run_id: e.ts for e in st.events(r.id) if e.state is State.QUEUED}
     assert sorted(tl["id"]) == sorted(t.removeprefix(f"{r.id}.") for t in queued)
-    assert tl["q"][0] == pytest.approx(queued[f"{r.id}.{tl['id'][0]}"] - tl["t0"], abs=1e-5)
+    assert tl["q"][0] == int((queued[f"{r.id}.{tl['id'][0]}"] - tl["t0"]) * 1e6)
     q = """query($id: ID!, $after: Int!) {
              runEvents(runId: $id, after: $after, first: 4) { items { seq } lastSeq hasMore } }"""
     seen, after = [], 0

@@ -6,13 +6,14 @@ Pure functions over store records; the schema wraps them. Columns are lists of e
 
 - ``id``: the task-run id without the ``<run id>.`` prefix when it has it (``"17"``), else the full id;
 - ``g``: index into ``groups``; ``s``: index into ``states``; ``a``: attempt; ``m``: map index or null;
-- ``c``/``t``/``e``: created / started / ended, seconds after ``t0`` (the run's creation), or null;
+- ``c``/``t``/``e``: created / started / ended, in integer microseconds after ``t0`` (the run's
+  creation), or null;
 - ``err``: the error's first line (at most 160 characters), or null.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,16 +45,20 @@ class Group:
 
     def add(self, t: TaskRunRecord) -> None:
         self.total += 1
-        self.counts[t.state.value] = self.counts.get(t.state.value, 0) + 1
-        self.is_map = self.is_map or t.map_index is not None
-        if t.created is not None and (self.first_created is None or t.created < self.first_created):
-            self.first_created = t.created
-        if t.started is not None and (self.started is None or t.started < self.started):
-            self.started = t.started
-        if t.ended is not None and (self.ended is None or t.ended > self.ended):
-            self.ended = t.ended
-        if t.started is not None and t.ended is not None:
-            self.durations.append(t.ended - t.started)
+        state = t.state.value
+        self.counts[state] = self.counts.get(state, 0) + 1
+        if t.map_index is not None:
+            self.is_map = True
+        created, started, ended = t.created, t.started, t.ended
+        if created is not None and (self.first_created is None or created < self.first_created):
+            self.first_created = created
+        if started is not None:
+            if self.started is None or started < self.started:
+                self.started = started
+            if ended is not None:
+                self.durations.append(ended - started)
+        if ended is not None and (self.ended is None or ended > self.ended):
+            self.ended = ended
 
     @property
     def done(self) -> int:
@@ -76,9 +81,6 @@ class Columns:
         self.groups: dict[str, Group] = groups if groups is not None else {}
         self.cols: dict[str, list[Any]] = {k: [] for k in ("id", "g", "s", "a", "m", "c", "t", "e", "err")}
 
-    def _rel(self, ts: float | None) -> float | None:
-        return None if ts is None else round(ts - self.t0, 6)
-
     def group_of(self, t: TaskRunRecord) -> Group:
         key = group_key(t)
         g = self.groups.get(key)
@@ -86,19 +88,35 @@ class Columns:
             g = self.groups[key] = Group(key=key, task=t.task, name=t.name or key, index=len(self.groups))
         return g
 
-    def add(self, t: TaskRunRecord) -> Group:
-        g = self.group_of(t)
+    def add_all(self, task_runs: Iterable[TaskRunRecord],
+                limit: int | None = None) -> Iterator[tuple[TaskRunRecord, Group, bool]]:
+        """Add task runs (the first ``limit`` as rows); yields each with its group and whether it became a row.
+        One tight loop: a 10,000-task run is built in a few tens of milliseconds."""
         c = self.cols
-        c["id"].append(t.id[len(self.prefix):] if t.id.startswith(self.prefix) else t.id)
-        c["g"].append(g.index)
-        c["s"].append(_STATE_INDEX[t.state.value])
-        c["a"].append(t.attempt)
-        c["m"].append(t.map_index)
-        c["c"].append(self._rel(t.created))
-        c["t"].append(self._rel(t.started))
-        c["e"].append(self._rel(t.ended))
-        c["err"].append(first_line(t.error))
-        return g
+        ids, gs, ss, at, ms, cs, ts, es, errs = (c["id"], c["g"], c["s"], c["a"], c["m"], c["c"], c["t"], c["e"],
+                                                  c["err"])
+        prefix, cut, t0 = self.prefix, len(self.prefix), self.t0
+        state_index, groups = _STATE_INDEX, self.groups
+        n = 0
+        for t in task_runs:
+            key = t.task or t.name or "?"
+            g = groups.get(key)
+            if g is None:
+                g = self.group_of(t)
+            n += 1
+            row = limit is None or n <= limit
+            if row:
+                tid = t.id
+                ids.append(tid[cut:] if tid.startswith(prefix) else tid)
+                gs.append(g.index)
+                ss.append(state_index[t.state.value])
+                at.append(t.attempt)
+                ms.append(t.map_index)
+                cs.append(None if t.created is None else int((t.created - t0) * 1e6))
+                ts.append(None if t.started is None else int((t.started - t0) * 1e6))
+                es.append(None if t.ended is None else int((t.ended - t0) * 1e6))
+                errs.append(first_line(t.error) if t.error else None)
+            yield t, g, row
 
     def payload(self) -> dict[str, Any]:
         groups = sorted(self.groups.values(), key=lambda g: g.index)
@@ -109,7 +127,7 @@ class Columns:
 @dataclass
 class Overview:
     cols: Columns
-    edges: dict[tuple[str, str], int]  # (from group key, to group key) -> task runs
+    edges: dict[tuple[str, str], int]  # (from group key, to group key) -> task-run pairs
     total: int  # task runs in the run
     last_row: str | None  # id of the last task run in the columns
 
@@ -122,13 +140,10 @@ def overview(run_id: str, t0: float, task_runs: Iterable[TaskRunRecord], max_row
     group_of_id: dict[str, str] = {}
     ups: list[tuple[str, list[str]]] = []
     n = 0
-    for t in task_runs:
+    for t, g, row in cols.add_all(task_runs, max_rows):
         n += 1
-        if n <= max_rows:
-            g = cols.add(t)
+        if row:
             last = t.id
-        else:
-            g = cols.group_of(t)
         g.add(t)
         group_of_id[t.id] = g.key
         if t.upstream:
@@ -145,8 +160,8 @@ def overview(run_id: str, t0: float, task_runs: Iterable[TaskRunRecord], max_row
 def rows(run_id: str, t0: float, task_runs: Sequence[TaskRunRecord]) -> dict[str, Any]:
     """Columns of some task runs (a page of them), with their own group table."""
     cols = Columns(run_id, t0)
-    for t in task_runs:
-        cols.add(t)
+    for _ in cols.add_all(task_runs):
+        pass
     return cols.payload()
 
 

@@ -165,7 +165,7 @@ def _timeline(store: Any, run_id: str, page: int = 10_000) -> dict[str, Any]:
     ids = list(queued)
     return {"t0": rec.created, "prefix": prefix,
             "id": [i[len(prefix):] if i.startswith(prefix) else i for i in ids],
-            "q": [round(queued[i] - rec.created, 6) for i in ids]}
+            "q": [int((queued[i] - rec.created) * 1e6) for i in ids]}
 
 
 # -- root types -----------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ class Query:
         rows, count, last, more = await ctx.call(_rows, ctx.store, check_id(run_id, "run id"), after, n)
         return RowsPage(rows=rows, count=count, last_id=strawberry.ID(last) if last else None, has_more=more)
 
-    @strawberry.field(description="When each task run's current attempt was QUEUED (seconds after the run's "
+    @strawberry.field(description="When each task run's current attempt was QUEUED (microseconds after the run's "
                                   "creation, `t0`): `{t0, prefix, id: [...], q: [...]}`, for the timeline.")
     async def run_timeline(self, info: Info, run_id: strawberry.ID) -> JSON:
         ctx = info.context

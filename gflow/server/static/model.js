@@ -30,7 +30,7 @@ export class RunModel {
   /** Add (or refresh) task runs from the server's column format; returns how many were new. */
   addRows(p) {
     if (this.t0 === null) this.t0 = p.t0;
-    const abs = (v) => (v === null || v === undefined ? null : p.t0 + v);
+    const abs = (v) => (v === null || v === undefined ? null : p.t0 + v / 1e6);  // columns hold µs after t0
     const gmap = p.groups.map((g) => this.groupFor(g.key, g.name));
     let added = 0;
     for (let k = 0; k < p.id.length; k++) {
@@ -106,7 +106,7 @@ export class RunModel {
     for (let k = 0; k < p.id.length; k++) {
       const short = p.id[k];
       const i = this.index.get(/^\d+$/.test(short) ? p.prefix + short : short);
-      if (i !== undefined && this.queued[i] === null) this.queued[i] = p.t0 + p.q[k];
+      if (i !== undefined && this.queued[i] === null) this.queued[i] = p.t0 + p.q[k] / 1e6;
     }
   }
 

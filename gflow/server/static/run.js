@@ -89,10 +89,10 @@ export class RunPage {
 
   // -- loading -------------------------------------------------------------------------------------
   async load() {
-    const t0 = performance.now();
     let data;
     try {
       data = await gql(OVERVIEW, {id: this.id});
+      performance.mark("gflow:overview-answered");
     } catch (e) {
       if (this.dead) return;
       if (e.code === "NOT_FOUND" || e.code === "BAD_USER_INPUT") this.app.notFound(`No run ${this.id}`, e.message);
@@ -115,7 +115,8 @@ export class RunPage {
     this.renderHeader();
     this.table.setGroups(this.m.groups);
     this.renderAll();
-    window.__gflowFirstRender = performance.now() - t0;
+    performance.mark("gflow:first-render");  // DAG, table, counts and timeline are in the DOM
+    requestAnimationFrame(() => requestAnimationFrame(() => performance.mark("gflow:first-paint")));  // on screen
     this.app.setCrumbs(this.id);
     if (ov.truncated) this.moreRows = true;
     this.afterFirstRender();
