@@ -10,6 +10,9 @@ by Playwright measures:
 - **scroll**: the task table scrolled end to end (~12 rows a frame, rAF-driven), frame times from
   rAF timestamps; p95 goal <= 20 ms (no dropped frames at 60 Hz), plus the longest frame.
 - **memory**: the tab's JS heap and DOM node count (Chrome DevTools Protocol ``Performance.getMetrics``).
+- **runs list at 100,000 runs**: the ``runs`` page query (50 runs with their counts) for the newest
+  page and for a page 99,900 runs deep (keyset cursor: the same indexed read), over HTTP, and the
+  browser's runs list from navigation to painted rows.
 - **live**: a writer thread moves task runs QUEUED -> RUNNING -> SUCCEEDED at a fixed rate of
   transitions a second while the page follows the run; lag = a transition's timestamp (taken just
   before ``store.apply``) -> the frame after the page drew it. p95 goal <= 500 ms at 1,000/s, and no
@@ -29,7 +32,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -60,7 +62,7 @@ def finished_run(st, run_id: str, n: int) -> None:
     """A finished run: one upstream task and a map of n - 1 elements, a few of them failed."""
     now = time.time() - 3600
     st.create_run(RunRecord(id=run_id, flow="bench", flow_path="bench:flow", created=now, executor="local",
-                            params='{"n":%d}' % n))
+                            params=f'{{"n":{n}}}'))
     st.set_run_state(run_id, State.RUNNING, now)
     trs = [Transition(f"{run_id}.1", run_id, State.PENDING, 1, now, task="b:prep", name="prep"),
            Transition(f"{run_id}.1", run_id, State.SUCCEEDED, 1, now + 1)]
@@ -141,6 +143,49 @@ def scroll_and_memory(browser, url: str, run_id: str) -> dict:
             "heap_mb": metrics["JSHeapUsedSize"] / 2**20, "nodes": int(metrics["Nodes"]), "last_row": last_row}
 
 
+RUNS_Q = """query($after: String) { runs(first: 50, after: $after) { items { id state countsByState { state count }
+  taskRunCount } nextCursor } }"""
+
+
+def many_runs(st, n: int) -> float:
+    """n runs, one a second up to now; returns the first one's creation time."""
+    base = time.time() - n
+    for i in range(n):
+        st.create_run(RunRecord(id=f"20250101-000000-{i:06x}", flow=f"flow{i % 7}", created=base + i,
+                                tags=["a" if i % 2 else "b"]))
+    return base
+
+
+def runs_list(browser, url: str, n: int, base: float, reps: int) -> dict:
+    import httpx
+
+    from gflow.server.schema import _encode_cursor
+
+    deep = n - 100  # created order = index: a page that starts ~99,900 runs down
+    cursor = _encode_cursor("runs", [base + deep, f"20250101-000000-{deep:06x}"])
+    out: dict = {}
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for label, after in (("first page", None), ("page 99,900 runs deep", cursor)):
+            times = []
+            for _ in range(reps * 4):
+                t = time.perf_counter()
+                r = c.post("/graphql", json={"query": RUNS_Q, "variables": {"after": after}})
+                times.append((time.perf_counter() - t) * 1000)
+                assert len(r.json()["data"]["runs"]["items"]) == 50
+            out[label] = statistics.median(times)
+    paints = []
+    for _ in range(reps):
+        ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+        page = ctx.new_page()
+        page.goto(f"{url}/")
+        page.wait_for_function("document.querySelectorAll('[data-testid=runs] tbody tr[data-run-id]').length === 50")
+        paints.append(page.evaluate("new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => "
+                                    "r(performance.now()))))"))
+        ctx.close()
+    out["browser"] = statistics.median(paints)
+    return out
+
+
 def live(browser, url: str, st, run_id: str, n: int, rate: int, seconds: float) -> dict:
     ctx = browser.new_context(viewport={"width": 1440, "height": 900})
     ctx.add_init_script("window.__gflowStats = {pending: [], lags: []};")
@@ -191,6 +236,7 @@ def main() -> None:
     live_n = int(args.rate * args.seconds / 3) + 1
     pending_run(st, "live-fast", live_n)
     pending_run(st, "live-slow", 400)
+    base = many_runs(st, 100_000 - 4)
     try:
         with serve(create_app(open_store(url_db), close_store=True)) as url, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -198,6 +244,7 @@ def main() -> None:
             renders = {rid: [first_render(browser, url, rid) for _ in range(args.reps)]
                        for rid in ("small-100", "big-10k")}
             scroll = {rid: scroll_and_memory(browser, url, rid) for rid in ("small-100", "big-10k")}
+            listing = runs_list(browser, url, 100_000 - 4, base, args.reps)
             base = live(browser, url, st, "live-slow", 400, 100, min(args.seconds, 10.0))
             fast = live(browser, url, st, "live-fast", live_n, args.rate, args.seconds)
             browser.close()
@@ -207,20 +254,28 @@ def main() -> None:
 
     rows = []
     for rid, label in (("small-100", "100 task runs (baseline)"), ("big-10k", "10,000 task runs")):
-        rs = renders[rid]
-        med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
+        def med(k: str, rs: list = renders[rid]) -> float:
+            return statistics.median(r[k] for r in rs)
+
         rows.append({"run": label, "server answer ms": f"{med('server'):.0f}",
                      "navigation -> rendered ms": f"{med('rendered'):.0f}",
                      "navigation -> painted ms": f"{med('painted'):.0f}",
                      "after the answer ms": f"{med('painted') - med('answered'):.0f}",
-                     "DAG nodes": rs[0]["dagNodes"], "rows in DOM": rs[0]["rows"]})
+                     "DAG nodes": renders[rid][0]["dagNodes"], "rows in DOM": renders[rid][0]["rows"]})
     print(f"## First render (median of {args.reps})\n")
     print(table(rows, list(rows[0])))
-    srows = [{"run": label, "frames": s["frames"], "p95 frame ms": f"{s['p95']:.1f}", "max frame ms": f"{s['max']:.1f}",
-              "idle p95 ms": f"{s['idle_p95']:.1f}", "JS heap MB": f"{s['heap_mb']:.1f}", "DOM nodes": s["nodes"]}
-             for label, s in (("100 task runs (baseline)", scroll["small-100"]), ("10,000 task runs", scroll["big-10k"]))]
+    srows = [{"run": label, "frames": s["frames"], "p95 frame ms": f"{s['p95']:.1f}",
+              "max frame ms": f"{s['max']:.1f}", "idle p95 ms": f"{s['idle_p95']:.1f}",
+              "JS heap MB": f"{s['heap_mb']:.1f}", "DOM nodes": s["nodes"]}
+             for label, s in (("100 task runs (baseline)", scroll["small-100"]),
+                              ("10,000 task runs", scroll["big-10k"]))]
     print("\n## Scrolling the task table end to end, and the tab's memory\n")
     print(table(srows, list(srows[0])))
+    print("\n## Runs list with 100,000 runs stored\n")
+    lst = {"runs query, first page ms": f"{listing['first page']:.0f}",
+           "runs query, 99,900 deep ms": f"{listing['page 99,900 runs deep']:.0f}",
+           "browser: navigation -> 50 rows painted ms": f"{listing['browser']:.0f}"}
+    print(table([lst], list(lst)))
     lrows = [{"writes/s": x["rate"], "events": x["events"], "lag p50 ms": f"{x['p50']:.0f}",
               "lag p95 ms": f"{x['p95']:.0f}", "lag max ms": f"{x['max']:.0f}",
               "long tasks": x["long_tasks"], "longest task ms": f"{x['longest_task']:.0f}"} for x in (base, fast)]
