@@ -195,7 +195,11 @@ def test_run_page_follows_a_live_run_counts_and_dag(page, db, shots):
             expect(page.get_by_test_id(f"task-state-{run_id}.1")).to_have_text("RUNNING")
             expect(page.get_by_test_id("run-timeline").locator("canvas")).to_be_visible()
             page.screenshot(path=str(shots / "live-running.png"))
+            page.get_by_test_id("task-table").locator(f"tr[data-task-run-id='{run_id}.1']").click()
+            drawer = page.get_by_test_id("task-drawer")
+            expect(drawer.get_by_test_id("drawer-state")).to_have_text("RUNNING")
             F.GATE.set()  # the tasks finish while the page watches
+            expect(drawer.get_by_test_id("drawer-state")).to_have_text("SUCCEEDED")  # the open drawer follows
             expect(held.get_by_test_id("dag-count")).to_contain_text("6/6 map")
             expect(held).to_have_attribute("data-state", "SUCCEEDED")
             expect(page.get_by_test_id(f"task-state-{run_id}.1")).to_have_text("SUCCEEDED")

@@ -260,3 +260,30 @@ def test_fuzz_graphql_request_bodies(store_url):
     finally:
         loop.run_until_complete(client.aclose())
         loop.close()
+
+
+def test_websocket_messages_that_are_not_protocol_messages_close_the_socket(store_url):
+    """Deeply nested, non-object or non-JSON websocket messages close that socket with 4400 and a reason;
+    the server keeps serving (strawberry's handler used to fail on them with a traceback)."""
+    ws_client = pytest.importorskip("websockets.sync.client")
+    url, run_id = store_url
+    nested: object = 1
+    for _ in range(40):
+        nested = [nested]
+    bad = ["[" * 100_000 + "]" * 100_000, "123", "not json",
+           json.dumps({"type": "connection_init", "payload": {"x": nested}})]
+    with serve(create_app(open_store(url), close_store=True)) as base:
+        ws_url = base.replace("http://", "ws://") + "/graphql"
+        for message in bad:
+            with ws_client.connect(ws_url, subprotocols=["graphql-transport-ws"], open_timeout=10) as ws:
+                ws.send(message)
+                with pytest.raises(Exception) as closed:
+                    ws.recv(10)
+                assert "4400" in str(closed.value), closed.value
+        with ws_client.connect(ws_url, subprotocols=["graphql-transport-ws"], open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            assert json.loads(ws.recv(10))["type"] == "connection_ack"
+            sub = "subscription($id: ID!) { runEventBatches(runId: $id) { seq } }"
+            payload = {"query": sub, "variables": {"id": run_id}}
+            ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+            assert json.loads(ws.recv(10))["type"] == "next"

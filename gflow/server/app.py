@@ -122,6 +122,21 @@ class Context:
             self.response.status_code = status
 
 
+def _guarded_ws(receive: Any, send: Any) -> Any:
+    """A websocket ``receive`` that closes the socket (4400, with the reason) on a message the protocol
+    handler cannot take, instead of letting it fail with a traceback."""
+
+    async def checked() -> Any:
+        message = await receive()
+        problem = guard.ws_message_problem(message)
+        if problem is None:
+            return message
+        await send({"type": "websocket.close", "code": 4400, "reason": problem[:120]})
+        return {"type": "websocket.disconnect", "code": 4400}
+
+    return checked
+
+
 def _error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status,
                         headers=headers)
@@ -137,6 +152,8 @@ class GflowGraphQL(GraphQL[Context, None]):
         self.state = state
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket":
+            return await super().__call__(scope, _guarded_ws(receive, send), send)
         if scope["type"] != "http":
             return await super().__call__(scope, receive, send)
         limits = self.state.limits

@@ -150,3 +150,26 @@ def check_body(body: bytes, content_type: str) -> None:
     if "application/json" not in content_type.lower():
         raise BadRequest(f"unsupported content type {content_type[:80]!r}; send application/json")
     check_request(parse_json(body, "the request body"))
+
+
+def ws_message_problem(message: Message) -> str | None:
+    """Why a graphql-transport-ws message cannot be handled (not JSON, not an object, nesting too deep),
+    or None. strawberry's handler would otherwise fail on it with a traceback instead of a close code."""
+    if message.get("type") != "websocket.receive":
+        return None
+    text = message.get("text")
+    if text is None:
+        raw = message.get("bytes") or b""
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            return "messages must be UTF-8 JSON"
+    try:
+        data = parse_json(text, "the message")
+    except BadRequest as e:
+        return str(e)
+    if not isinstance(data, dict):
+        return f"messages must be JSON objects (got {type(data).__name__})"
+    if too_deep(data, MAX_VARIABLE_DEPTH + 3):
+        return f"the message nests deeper than {MAX_VARIABLE_DEPTH} levels"
+    return None

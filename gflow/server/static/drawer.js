@@ -97,6 +97,28 @@ export class Drawer {
     if (this.returnFocus && document.contains(this.returnFocus)) this.returnFocus.focus();
   }
 
+  /** Fetch the open task run again (its run moved on), keeping focus and scroll where they are. */
+  async refresh() {
+    const id = this.id;
+    if (!id || this.refreshing) return;
+    this.refreshing = true;
+    try {
+      const d = await gql(TASK, {id}, {quiet: true});
+      const typing = this.box.contains(document.activeElement) && document.activeElement.tagName !== "BUTTON";
+      if (this.id !== id || typing) return;
+      const top = this.box.scrollTop;
+      const closeBtn = this.box.querySelector("button.close");
+      const hadFocus = document.activeElement === closeBtn;
+      const msg = this.box.querySelector("[data-testid=task-action-message]");
+      this.render(d.taskRun, d.lineage, closeBtn);
+      if (msg && msg.textContent) this.box.querySelector("[data-testid=task-action-message]").replaceWith(msg);
+      this.box.scrollTop = top;
+      if (hadFocus) closeBtn.focus();
+    } catch { /* the next event tries again */ } finally {
+      this.refreshing = false;
+    }
+  }
+
   async open(taskRunId, runId) {
     if (!this.isOpen) this.returnFocus = document.activeElement;
     this.id = taskRunId;

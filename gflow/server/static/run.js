@@ -233,10 +233,16 @@ export class RunPage {
       }
       const r = this.m.apply(ev);
       if (r === null) unknown = true;
+      if (r && ev.taskRunId === this.app.drawer.id) this.drawerStale = true;
       if (this.stats) this.stats.pending.push(ev.ts);
     }
     if (this.liveEl.textContent !== "live" && this.feed && this.feed.ws) this.liveEl.textContent = "live";
     if (unknown) this.fetchRows();
+    if (this.drawerStale) {  // the open task run moved on: show its new state (at most every 500 ms)
+      this.drawerStale = false;
+      clearTimeout(this.drawerTimer);
+      this.drawerTimer = setTimeout(() => this.app.drawer.refresh(), 500);
+    }
     if (runEnded) this.refreshHeader();
     this.mark("counts", "dag", "table", "timeline", this.table.filter.state || this.table.sort.key ? "view" : "");
   }
@@ -439,6 +445,7 @@ export class RunPage {
     for (const t of this.timers) clearInterval(t);
     clearTimeout(this.shapeTimer);
     clearTimeout(this.tlTimer);
+    clearTimeout(this.drawerTimer);
     if (this.raf) cancelAnimationFrame(this.raf);
     this.timeline.destroy();
   }

@@ -162,7 +162,8 @@ export class TaskTable {
     this.empty.hidden = out.length > 0 || m.n === 0;
   }
 
-  render(force) {
+  render() {
+    const t0 = performance.now();
     if (this.viewDirty) this.computeView();
     const height = this.scroller.clientHeight || 400;
     const top = this.scroller.scrollTop;
@@ -177,6 +178,7 @@ export class TaskTable {
     const hadFocus = this.scroller.contains(document.activeElement);
     for (let k = 0; k < want; k++) this.fill(rows[k], first + k, now);
     if (hadFocus) this.focusActive();
+    if (window.__gflowStats) (window.__gflowStats.tableRender ||= []).push(performance.now() - t0);  // benchmark only
   }
 
   makeRow() {
