@@ -2,8 +2,10 @@
 
 from gflow.errors import (
     ArtifactNotFound,
+    ArtifactStoreError,
     Cancelled,
     ConfigError,
+    ExecutorError,
     FlowFailed,
     GflowError,
     InvalidArguments,
@@ -16,7 +18,7 @@ from gflow.errors import (
     UpstreamFailed,
 )
 from gflow.executors import Executor, get_executor, register_executor
-from gflow.flows import Flow, Future, RunResult, cancel_run, flow
+from gflow.flows import Flow, Future, ResumeRefused, RunResult, cancel_run, flow
 from gflow.images import Image
 from gflow.states import State
 from gflow.tasks import Resources, Retry, Task, task
@@ -25,9 +27,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArtifactNotFound",
+    "ArtifactStoreError",
     "Cancelled",
     "ConfigError",
     "Executor",
+    "ExecutorError",
     "Flow",
     "FlowFailed",
     "Future",
@@ -36,6 +40,7 @@ __all__ = [
     "InvalidArguments",
     "InvalidTransition",
     "Resources",
+    "ResumeRefused",
     "Retry",
     "RunNotFound",
     "RunResult",

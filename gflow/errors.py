@@ -39,6 +39,10 @@ class ArtifactNotFound(GflowError, LookupError):
     """A content-addressed blob is missing from the artifact store."""
 
 
+class ArtifactStoreError(GflowError):
+    """The artifact store cannot be written or read (full, unreachable, no permission, corrupt blob)."""
+
+
 class ExecutorError(GflowError):
     """An executor backend failed (translated from the backend's own exception)."""
 

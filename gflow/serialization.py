@@ -166,6 +166,11 @@ def _pickled(value: Any, blobs: dict[str, bytes]) -> dict:
 
 def encode(value: Any, *, allow_pickle: bool = False, where: str = "value") -> Encoded:
     """Encode ``value`` canonically; see the module docstring."""
+    t = type(value)
+    if t is int and -(2**53) < value < 2**53:  # the common trivial result, without the JSON encoder
+        return Encoded(str(value).encode(), {})
+    if value is None:
+        return Encoded(b"null", {})
     blobs: dict[str, bytes] = {}
     tree = to_jsonable(value, blobs, allow_pickle, where)
     try:

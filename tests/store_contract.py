@@ -102,7 +102,9 @@ class StoreContract:
                 st.transition(Transition(tr, rid, bad, 3, 9.0))  # terminal is final
         rec = st.get_task_run(tr)
         assert (rec.state, rec.attempt, rec.result_inline, rec.started, rec.ended) == (S, 2, "1", 7.0, 8.0)
-        assert rec.error == "E: x" and rec.key == "k" and rec.task == "m:t" and rec.name == "t"
+        # a success clears an earlier attempt's error (it stays in that attempt's event)
+        assert rec.error is None and rec.key == "k" and rec.task == "m:t" and rec.name == "t"
+        assert [e.message for e in st.events(rid) if e.state is RT] == ["E: x"]
         assert rec.created == 1.0 and rec.result_ref == REF
         evs = [(e.state, e.attempt) for e in st.events(rid)]
         assert evs == [(P, 1), (Q, 1), (R, 1), (RT, 1), (Q, 2), (R, 2), (S, 2)]  # refused ones left no event

@@ -14,6 +14,50 @@ from typing import Any
 
 from gflow.states import State
 
+#: the longest run id (or prefix) a store looks up; longer input is not a run id
+MAX_RUN_ID = 128
+
+
+def prefix_match(run_id: str, candidates: Sequence[str], url: str) -> str:
+    """The one candidate a run-id prefix names (stores query up to 6 ids starting with ``run_id``).
+
+    Raises:
+        RunNotFound: no candidate, or several (the message lists them: the prefix is ambiguous).
+    """
+    from gflow.errors import RunNotFound
+
+    if not candidates:
+        raise RunNotFound(f"no run {run_id!r} in {url}")
+    if len(candidates) > 1:
+        shown = ", ".join(sorted(candidates)[:5]) + (", ..." if len(candidates) > 5 else "")
+        raise RunNotFound(f"run id prefix {run_id!r} is ambiguous: it matches {shown}; give more characters")
+    return candidates[0]
+
+
+def check_run_id(run_id: str, url: str) -> None:
+    """Refuse input that cannot be a run id (too long) before any query is made."""
+    from gflow.errors import RunNotFound
+
+    if not isinstance(run_id, str) or not run_id or len(run_id) > MAX_RUN_ID:
+        shown = run_id[:40] + "..." if isinstance(run_id, str) and len(run_id) > 40 else run_id
+        raise RunNotFound(f"no run {shown!r} in {url} (a run id has 1 to {MAX_RUN_ID} characters)")
+
+
+def by_input_key(records: Any) -> dict[str, TaskRunRecord]:
+    """Finished task runs by input key (the cache key for records made before input keys existed)."""
+    out: dict[str, TaskRunRecord] = {}
+    for r in records:
+        k = r.ikey or r.key
+        if k:
+            out[k] = r
+    return out
+
+
+def seq_of(task_run_id: str) -> int | None:
+    """The creation order of a task run within its run: the number after the last dot of its id."""
+    tail = task_run_id.rpartition(".")[2]
+    return int(tail) if tail.isdigit() else None
+
 
 @dataclass(slots=True)
 class Transition:
@@ -38,6 +82,12 @@ class Transition:
     cacheable: int | None = None
     #: content ids of gflow objects this call read (on QUEUED) or produced (on SUCCEEDED/CACHED)
     objects: list[str] | None = None
+    #: the call's input key (identity + arguments, no code version): what resume matches on
+    ikey: str | None = None
+    #: the executor the call was submitted to (on QUEUED)
+    executor: str | None = None
+    #: backend details of the attempt (job id, exit code, log stream, ...)
+    info: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -65,6 +115,8 @@ class RunRecord:
     result_ref: str | None = None
     result_inline: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the run that resumed this one (claimed it), see :meth:`Store.claim_resume`
+    resumed_by: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -96,6 +148,9 @@ class TaskRunRecord:
     handle: str | None = None
     upstream: list[str] = field(default_factory=list)
     map_index: int | None = None
+    ikey: str | None = None
+    executor: str | None = None
+    info: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -112,9 +167,25 @@ class Event:
 
 
 class Store(abc.ABC):
-    """Run and task-run state. Implementations: ``sqlite`` (embedded), ``mongo``, plus a ``redis`` layer."""
+    """Run and task-run state. Implementations: ``sqlite`` (embedded), ``mongo``, plus a ``redis`` layer.
+
+    A context manager: ``close`` releases connections (idempotent)."""
 
     url: str
+    #: the store can apply large batches in another process (:meth:`offload_writer`)
+    can_offload: bool = False
+
+    def offload_writer(self) -> Any:
+        """A writer that applies transition batches elsewhere (an object with ``apply(batch)``, ``ready()``,
+        ``wait_ready()``), for stores with ``can_offload``; None otherwise."""
+        return None
+
+    @abc.abstractmethod
+    def claim_resume(self, run_id: str, claimant: str, expected: str | None) -> str | None:
+        """Atomically set ``run_id``'s ``resumed_by`` to ``claimant`` if it is still ``expected``.
+
+        Returns None on success, else the claimant found there (someone else won). This makes "one
+        driver resumes a run at a time" hold across processes and hosts."""
 
     # runs --------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -202,7 +273,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def results_by_key(self, run_id: str) -> dict[str, TaskRunRecord]:
-        """Finished task runs of a run that have stored results, by cache key (for resume)."""
+        """Finished task runs of a run that have stored results, by cache key."""
+
+    def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
+        """Finished task runs of a run that have stored results, by input key (``ikey``; the cache key for
+        records made before input keys existed): what a resume reuses."""
+        return by_input_key(self.results_by_key(run_id).values())
 
     def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
         """Events of many task runs, keyed by ``(run_id, task_run_id)``, in order (every key present)."""

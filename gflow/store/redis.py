@@ -274,7 +274,7 @@ class RedisLayer(Store):
         except redis_lib.RedisError as e:
             self._degrade(e, what, list(by_run))
 
-    def _run_scripts(self, calls: list[tuple[tuple[str, ...], list[Any]]]) -> None:
+    def _run_scripts(self, calls: Sequence[tuple[tuple[str, ...], Sequence[Any]]]) -> None:
         if self._apply_sha is None:
             self._apply_sha = self.redis.script_load(_APPLY)
         if len(calls) == 1:
@@ -366,7 +366,8 @@ class RedisLayer(Store):
                   poll_interval: float = 0.5) -> Iterator[dict[str, Any]]:
         """Live events of a run as they are recorded (dicts as in :meth:`recent_events`).
 
-        Starts with events recorded after the call (``ready`` is set once it listens). Ends after the run's own terminal event
+        Starts with events recorded after the call (``ready`` is set once it listens). Ends after the run's own
+        terminal event
         (``task_run_id`` None) when ``until_done``, after ``timeout`` seconds, or when ``stop`` is set.
         If Redis is or becomes unreachable it goes on by polling the durable store, without repeating
         an event it already gave.
@@ -487,6 +488,15 @@ class RedisLayer(Store):
 
     def objects_of(self, task_run_id: str) -> dict[str, list[str]]:
         return self.durable.objects_of(task_run_id)
+
+    def offload_writer(self) -> Any:
+        return None  # writes must pass through this layer to keep Redis current
+
+    def claim_resume(self, run_id: str, claimant: str, expected: str | None) -> str | None:
+        return self.durable.claim_resume(run_id, claimant, expected)
+
+    def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
+        return self.durable.results_for_resume(run_id)
 
     def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
         return self.durable.task_events_many(keys)

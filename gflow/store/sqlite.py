@@ -13,15 +13,25 @@ from typing import Any
 
 from gflow.errors import InvalidTransition, RunNotFound, StoreError
 from gflow.states import RANK, TERMINAL_RANK, State, is_forward
-from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition
+from gflow.store.base import (
+    Event,
+    RunRecord,
+    Store,
+    TaskRunRecord,
+    Transition,
+    by_input_key,
+    check_run_id,
+    prefix_match,
+)
+from gflow.store.base import seq_of as _seq_of
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, flow TEXT NOT NULL, flow_path TEXT, state TEXT NOT NULL, rank INTEGER NOT NULL,
     params TEXT, image_tag TEXT, executor TEXT, created REAL NOT NULL, started REAL, ended REAL,
     tags TEXT, error TEXT, traceback TEXT, parent_run TEXT, resumed_from TEXT, replay_of TEXT,
-    host TEXT, pid INTEGER, result_ref TEXT, result_inline TEXT, extra TEXT
+    host TEXT, pid INTEGER, result_ref TEXT, result_inline TEXT, extra TEXT, resumed_by TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created DESC, id DESC);
 CREATE INDEX IF NOT EXISTS runs_flow ON runs(flow, created DESC);
@@ -29,7 +39,8 @@ CREATE TABLE IF NOT EXISTS task_runs (
     id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER, task TEXT, name TEXT, key TEXT,
     state TEXT NOT NULL, rank INTEGER NOT NULL, attempt INTEGER NOT NULL,
     created REAL, started REAL, ended REAL, error TEXT, traceback TEXT,
-    result_ref TEXT, result_inline TEXT, handle TEXT, upstream TEXT, map_index INTEGER, cacheable INTEGER
+    result_ref TEXT, result_inline TEXT, handle TEXT, upstream TEXT, map_index INTEGER, cacheable INTEGER,
+    ikey TEXT, executor TEXT, info TEXT
 );
 CREATE INDEX IF NOT EXISTS task_runs_run ON task_runs(run_id, seq);
 CREATE INDEX IF NOT EXISTS task_runs_run_state ON task_runs(run_id, state);
@@ -45,34 +56,41 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE INDEX IF NOT EXISTS objects_content ON objects(content_id, role);
 CREATE INDEX IF NOT EXISTS objects_task_run ON objects(task_run_id);
 """
+#: columns added after schema version 2, for databases made by older gflow versions
+_MIGRATIONS = [
+    ("task_runs", "ikey", "TEXT"), ("task_runs", "executor", "TEXT"), ("task_runs", "info", "TEXT"),
+    ("runs", "resumed_by", "TEXT"),
+]
 
 _UPSERT = """
 INSERT INTO task_runs (id, run_id, seq, task, name, key, state, rank, attempt, created, started, ended,
-    error, traceback, result_ref, result_inline, handle, upstream, map_index, cacheable)
-VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+    error, traceback, result_ref, result_inline, handle, upstream, map_index, cacheable, ikey, executor, info)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(id) DO UPDATE SET
     state = excluded.state, rank = excluded.rank, attempt = excluded.attempt,
     task = coalesce(excluded.task, task), name = coalesce(excluded.name, name),
     key = coalesce(excluded.key, key), started = coalesce(excluded.started, started),
-    ended = coalesce(excluded.ended, ended), error = coalesce(excluded.error, error),
-    traceback = coalesce(excluded.traceback, traceback), result_ref = coalesce(excluded.result_ref, result_ref),
+    ended = coalesce(excluded.ended, ended),
+    error = CASE WHEN excluded.state IN ('SUCCEEDED', 'CACHED') THEN excluded.error
+                 ELSE coalesce(excluded.error, error) END,
+    traceback = CASE WHEN excluded.state IN ('SUCCEEDED', 'CACHED') THEN excluded.traceback
+                     ELSE coalesce(excluded.traceback, traceback) END,
+    result_ref = coalesce(excluded.result_ref, result_ref),
     result_inline = coalesce(excluded.result_inline, result_inline), handle = coalesce(excluded.handle, handle),
     upstream = coalesce(excluded.upstream, upstream), map_index = coalesce(excluded.map_index, map_index),
-    cacheable = coalesce(excluded.cacheable, cacheable)
+    cacheable = coalesce(excluded.cacheable, cacheable), ikey = coalesce(excluded.ikey, ikey),
+    executor = coalesce(excluded.executor, executor), info = coalesce(excluded.info, info)
 WHERE task_runs.rank < 4 AND (excluded.attempt > task_runs.attempt
     OR (excluded.attempt = task_runs.attempt AND excluded.rank > task_runs.rank))
 """
 _EVENT_INSERT = "INSERT INTO events (run_id, task_run_id, state, attempt, ts, message) VALUES (?,?,?,?,?,?)"
 _TR_COLS = ("id, run_id, task, name, state, attempt, key, created, started, ended, error, traceback, "
-            "result_ref, result_inline, handle, upstream, map_index")
+            "result_ref, result_inline, handle, upstream, map_index, ikey, executor, info")
 _RUN_COLS = ("id, flow, flow_path, state, params, image_tag, executor, created, started, ended, tags, error, "
-             "traceback, parent_run, resumed_from, replay_of, host, pid, result_ref, result_inline, extra")
+             "traceback, parent_run, resumed_from, replay_of, host, pid, result_ref, result_inline, extra, resumed_by")
 _RUN_FIELDS = frozenset(c.strip() for c in _RUN_COLS.split(","))
 
 
-def _seq_of(task_run_id: str) -> int | None:
-    tail = task_run_id.rpartition(".")[2]
-    return int(tail) if tail.isdigit() else None
 
 
 class SQLiteStore(Store):
@@ -85,6 +103,7 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._write_lock = threading.Lock()
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        _refuse_empty_file(self.path)
         # Several threads or processes may create the same new file at once: setting WAL mode or
         # writing the schema can then report "locked" at once (no busy wait applies); retry briefly.
         delay = 0.01
@@ -95,6 +114,7 @@ class SQLiteStore(Store):
                     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                         with self._write_lock:
                             conn.executescript(_SCHEMA)
+                            _migrate(conn)
                             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 break
             except StoreError as e:
@@ -103,6 +123,13 @@ class SQLiteStore(Store):
                 self.close()
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
+
+    can_offload = True
+
+    def offload_writer(self) -> Any:
+        from gflow.store._writer import writer_for
+
+        return writer_for(self.path, self.timeout)
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -170,7 +197,7 @@ class SQLiteStore(Store):
         row = (run.id, run.flow, run.flow_path, run.state.value, RANK[run.state], run.params, run.image_tag,
                run.executor, run.created or time.time(), run.started, run.ended, json.dumps(run.tags), run.error,
                run.traceback, run.parent_run, run.resumed_from, run.replay_of, run.host, run.pid, run.result_ref,
-               run.result_inline, json.dumps(run.extra))
+               run.result_inline, json.dumps(run.extra), run.resumed_by)
         cols = _RUN_COLS.replace("state,", "state, rank,")
         self._write(lambda c: c.execute(f"INSERT INTO runs ({cols}) VALUES ({','.join('?' * len(row))})", row),
                     "create run")
@@ -215,20 +242,23 @@ class SQLiteStore(Store):
 
     def _run_from_row(self, r: tuple) -> RunRecord:
         (id_, flow, flow_path, state, params, image_tag, executor, created, started, ended, tags, error, tb,
-         parent_run, resumed_from, replay_of, host, pid, result_ref, result_inline, extra) = r
+         parent_run, resumed_from, replay_of, host, pid, result_ref, result_inline, extra, resumed_by) = r
         return RunRecord(id=id_, flow=flow, flow_path=flow_path or "", state=State(state), params=params or "{}",
                          image_tag=image_tag, executor=executor, created=created, started=started, ended=ended,
                          tags=json.loads(tags or "[]"), error=error, traceback=tb, parent_run=parent_run,
                          resumed_from=resumed_from, replay_of=replay_of, host=host, pid=pid, result_ref=result_ref,
-                         result_inline=result_inline, extra=json.loads(extra or "{}"))
+                         result_inline=result_inline, extra=json.loads(extra or "{}"), resumed_by=resumed_by)
 
     def get_run(self, run_id: str) -> RunRecord:
+        check_run_id(run_id, self.url)
         rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id=?", (run_id,), "get run")
         if not rows:
             # accept a unique prefix, as users copy short ids
-            rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",), "get run")
-            if len(rows) != 1:
-                raise RunNotFound(f"no run {run_id!r} in {self.url}")
+            pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            ids = [r[0] for r in self._read("SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' LIMIT 6", (pattern,),
+                                            "get run")]
+            rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id=?", (prefix_match(run_id, ids, self.url),),
+                              "get run")
         return self._run_from_row(rows[0])
 
     def list_runs(self, *, flow=None, state=None, tag=None, since=None, until=None, limit=50, before=None):
@@ -271,7 +301,7 @@ class SQLiteStore(Store):
                 chunk = ids[i:i + 500]
                 for id_, st, attempt in c.execute(
                         f"SELECT id, state, attempt FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk):
-                    current[id_] = (State(st), attempt)
+                    current[id_] = (_BY_VALUE[st], attempt)
             accepted: list[Transition] = []
             refused: list[Transition] = []
             for t in transitions:
@@ -295,11 +325,12 @@ class SQLiteStore(Store):
 
     def _tr_from_row(self, r: tuple) -> TaskRunRecord:
         (id_, run_id, task, name, state, attempt, key, created, started, ended, error, tb, result_ref,
-         result_inline, handle, upstream, map_index) = r
+         result_inline, handle, upstream, map_index, ikey, executor, info) = r
         return TaskRunRecord(id=id_, run_id=run_id, task=task or "", name=name or "", state=State(state),
                              attempt=attempt, key=key, created=created, started=started, ended=ended, error=error,
                              traceback=tb, result_ref=result_ref, result_inline=result_inline, handle=handle,
-                             upstream=json.loads(upstream) if upstream else [], map_index=map_index)
+                             upstream=json.loads(upstream) if upstream else [], map_index=map_index, ikey=ikey,
+                             executor=executor, info=json.loads(info) if info else None)
 
     def get_task_run(self, task_run_id: str) -> TaskRunRecord:
         rows = self._read(f"SELECT {_TR_COLS} FROM task_runs WHERE id=?", (task_run_id,), "get task run")
@@ -376,6 +407,24 @@ class SQLiteStore(Store):
             "AND result_ref IS NOT NULL ORDER BY ended DESC LIMIT 1", (key,), "cache lookup")
         return self._tr_from_row(rows[0]) if rows else None
 
+    def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
+        rows = self._read(
+            f"SELECT {_TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
+            "AND result_ref IS NOT NULL AND coalesce(ikey, key) IS NOT NULL", (run_id,), "resume lookup")
+        return by_input_key(map(self._tr_from_row, rows))
+
+    def claim_resume(self, run_id: str, claimant: str, expected: str | None) -> str | None:
+        def do(c: sqlite3.Connection) -> str | None:
+            cur = c.execute("UPDATE runs SET resumed_by=? WHERE id=? AND resumed_by IS ?", (claimant, run_id, expected))
+            if cur.rowcount == 1:
+                return None
+            row = c.execute("SELECT resumed_by FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run {run_id!r} in {self.url}")
+            return str(row[0])
+
+        return self._write(do, "claim run for resume")
+
     def results_by_key(self, run_id: str) -> dict[str, TaskRunRecord]:
         rows = self._read(
             f"SELECT {_TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
@@ -448,7 +497,8 @@ class SQLiteStore(Store):
 
 
 _VALUE_RANK = {st: (st.value, RANK[st]) for st in State}
-_PENDING, _RUNNING = State.PENDING, State.RUNNING
+_BY_VALUE = {st.value: st for st in State}
+_PENDING, _RUNNING, _SUCCEEDED, _CACHED = State.PENDING, State.RUNNING, State.SUCCEEDED, State.CACHED
 
 
 def _merge_rows(transitions: Sequence[Transition]) -> list[list]:
@@ -459,8 +509,10 @@ def _merge_rows(transitions: Sequence[Transition]) -> list[list]:
         st = t.state
         row = merged.get(t.task_run_id)
         if row is None:
-            row = [t.task_run_id, t.run_id, _seq_of(t.task_run_id), None, None, None, None, None, None,
-                   None, None, None, None, None, None, None, None, None, None, None]
+            # seq only matters when the row is inserted, which is by its PENDING transition
+            row = [t.task_run_id, t.run_id, _seq_of(t.task_run_id) if st is _PENDING else None, None, None, None,
+                   None, None, None,
+                   None, None, None, None, None, None, None, None, None, None, None, None, None, None]
             merged[t.task_run_id] = row
         value, rank = vr[st]
         row[6] = value
@@ -485,10 +537,18 @@ def _merge_rows(transitions: Sequence[Transition]) -> list[list]:
                 row[15] = t.result_inline
             if t.traceback is not None:
                 row[13] = t.traceback
+            if st is _SUCCEEDED or st is _CACHED:  # an earlier attempt's error stays in the events only
+                row[12], row[13] = t.error, t.traceback
         if t.key is not None:
             row[5] = t.key
         if t.error is not None:
             row[12] = t.error
+        if t.ikey is not None:
+            row[20] = t.ikey
+        if t.executor is not None:
+            row[21] = t.executor
+        if t.info is not None:
+            row[22] = json.dumps(t.info, sort_keys=True, default=str)
     return list(merged.values())
 
 
@@ -508,3 +568,30 @@ def _insert_many(c: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]],
     for i in range(0, len(rows), per_stmt):
         chunk = rows[i:i + per_stmt]
         c.execute(f"{head}VALUES {','.join([one] * len(chunk))}{rest}", [v for row in chunk for v in row])
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns newer gflow versions need to a database made by an older one."""
+    for table, col, kind in _MIGRATIONS:
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if col not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
+
+
+def _refuse_empty_file(path: str) -> None:
+    """A zero-length file is not a new store: it is a broken one (earlier runs would silently vanish).
+
+    SQLite leaves a file empty for a moment while another process creates the database, so an empty
+    file is given a second to fill before it is refused."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            if os.path.getsize(path) > 0:
+                return
+        except FileNotFoundError:
+            return
+        if time.monotonic() >= deadline:
+            raise StoreError(f"state store {path} is an empty file (0 bytes), not a gflow database; if it held "
+                             f"earlier runs they are lost. Move it away to start a new store, or point "
+                             f"--store / GFLOW_STORE at the right file")
+        time.sleep(0.05)

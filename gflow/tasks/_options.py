@@ -82,6 +82,8 @@ class TaskOptions(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1)
     pickle: bool = False
     tags: tuple[str, ...] = ()
+    #: run this task's calls on another executor than the flow's (a URL such as ``dask://host:8786``)
+    executor: Any = None
 
     @field_validator("retries", mode="before")
     @classmethod

@@ -283,3 +283,45 @@ def map_over_future_bad(kind: str) -> list[int]:
 @gflow.task
 def signed_list() -> list[int]:
     return [1, -4, 2]
+
+
+@gflow.task(cache=True)
+def cached_falsy(folder: str, kind: str) -> object:
+    bump(folder, f"falsy-{kind}")
+    return {"zero": 0, "empty": "", "list": []}[kind]
+
+
+@gflow.flow
+def falsy_twice(folder: str, kind: str) -> list:
+    return [cached_falsy(folder, kind), cached_falsy(folder, kind)]
+
+
+@gflow.flow
+def big_subflow(n: int) -> int:
+    return total(inc.map(range(n)))
+
+
+@gflow.flow
+def calls_big_subflow(n: int) -> int:
+    return big_subflow(n)
+
+
+@gflow.task
+def one_second(x: int) -> int:
+    time.sleep(1.0)
+    return x
+
+
+@gflow.flow
+def one_second_flow() -> int:
+    return one_second(1)
+
+
+@gflow.task(executor="inline")
+def routed_inline(x: int) -> int:
+    return x * 2
+
+
+@gflow.flow
+def routed_flow(n: int) -> list[int]:
+    return [routed_inline(i) for i in range(n)] + [inc(i) for i in range(n)]
