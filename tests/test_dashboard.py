@@ -17,7 +17,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 expect = sync_api.expect
 
 import server_flows as F  # noqa: E402  (tests/resources: driver processes import these flows too)
-from server_support import RUN_ID_DRIVER, driver_env  # noqa: E402
+from server_support import driver_env  # noqa: E402
 
 from gflow.objects import Protein  # noqa: E402
 from gflow.server.app import create_app  # noqa: E402
@@ -369,7 +369,7 @@ def test_retry_a_failed_task_starts_a_driver_and_links_the_new_run(page, db, gfl
     bad = f"{r.id}.3"
     (gflow_home / "fixed").touch()
     auth = AuthConfig(write_tokens=(WRITE,))
-    with serve(app_for(db, auth=auth, drivers=RUN_ID_DRIVER)) as url:
+    with serve(app_for(db, auth=auth)) as url:
         page.goto(f"{url}/runs/{r.id}/tasks/{bad}")
         drawer = page.get_by_test_id("task-drawer")
         drawer.get_by_test_id("retry-task").click()

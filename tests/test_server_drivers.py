@@ -14,7 +14,7 @@ pytest.importorskip("strawberry")
 httpx = pytest.importorskip("httpx")
 
 from server_flows import flaky_sum  # noqa: E402  (tests/resources is on sys.path: the drivers import it too)
-from server_support import RUN_ID_DRIVER, driver_env  # noqa: E402
+from server_support import driver_env  # noqa: E402
 
 from gflow.server.app import create_app  # noqa: E402
 from gflow.server.auth import AuthConfig  # noqa: E402
@@ -76,17 +76,17 @@ def _wait(pred, timeout=60.0, what="condition"):
 
 
 def test_retry_task_resumes_the_run_in_a_supervised_driver(serve_app, db, gflow_home):
-    """Supervision end to end with today's CLI (`gflow resume RUN`, no --run-id): the driver is a real
-    process, its output is logged, its exit code recorded, and the resumed run reuses what finished."""
+    """`python -m gflow resume RUN --run-id NEW` in a real process: the mutation answers with NEW at once,
+    the driver's output is logged, its exit code recorded, and the resumed run reuses what finished."""
     r, bad, st = _failed_run(db)
     (gflow_home / "fixed").touch()  # the bug is fixed: the retried task will succeed
-    post, logs = serve_app(command=("{python}", "-m", "gflow", "{kind}", "{source}", "--no-progress"))
+    post, logs = serve_app()
     out = post(RETRY, id=bad.id)
     assert "errors" not in out, out
     x = out["data"]["retryTask"]
     assert x["kind"] == "resume" and x["sourceRun"] == r.id and x["taskRun"] == bad.id and x["pid"] > 0
-    assert x["command"][1:5] == ["-m", "gflow", "resume", r.id] and x["id"] == x["runId"]
-    assert Path(x["logFile"]).parent == logs
+    assert x["command"][1:] == ["-m", "gflow", "resume", r.id, "--run-id", x["runId"]] and x["id"] == x["runId"]
+    assert Path(x["logFile"]) == logs / f"{x['runId']}.log"
     q = f"""query($id: ID!) {{ run(id: $id) {{
              launches {{ {LAUNCH} logTail }} derivedRuns {{ id state resumedFrom }} }} }}"""
     _wait(lambda: post(q, id=r.id)["data"]["run"]["launches"][0]["exitCode"] is not None, what="the driver to exit")
@@ -94,27 +94,18 @@ def test_retry_task_resumes_the_run_in_a_supervised_driver(serve_app, db, gflow_
     launch = got["launches"][0]
     assert launch["exitCode"] == 0 and launch["state"] == "exited", launch["logTail"]
     assert "SUCCEEDED" in launch["logTail"]  # the driver's own output, captured
-    new = [d for d in got["derivedRuns"] if d["resumedFrom"] == r.id]
-    assert len(new) == 1 and new[0]["state"] == "SUCCEEDED"
-    counts = st.counts(new[0]["id"])
+    assert got["derivedRuns"] == [{"id": x["runId"], "state": "SUCCEEDED", "resumedFrom": r.id}]
+    counts = st.counts(x["runId"])
     assert counts.get("CACHED", 0) == 3 and counts.get("SUCCEEDED", 0) == 2, counts  # 3 reused; flaky(2) + total
+    made = post("query($id: ID!) { run(id: $id) { launch { runId kind exitCode } } }", id=x["runId"])
+    assert made["data"]["run"]["launch"] == {"runId": x["runId"], "kind": "resume", "exitCode": 0}
     # the launch record outlives the server: a new server over the same log folder still lists it
-    post2, _ = serve_app(command=("{python}", "-m", "gflow", "{kind}", "{source}"))
+    post2, _ = serve_app()
     again = post2(q, id=r.id)["data"]["run"]["launches"]
     assert [(a["pid"], a["exitCode"]) for a in again] == [(x["pid"], 0)]
-
-
-def test_retry_task_answers_with_the_new_runs_id(serve_app, db, gflow_home):
-    r, bad, st = _failed_run(db)
-    (gflow_home / "fixed").touch()
-    post, _ = serve_app(**RUN_ID_DRIVER)
-    x = post(RETRY, id=bad.id)["data"]["retryTask"]
-    _wait(lambda: st.get_runs([x["runId"]])[x["runId"]] is not None, what="the new run")
-    _wait(lambda: st.get_run(x["runId"]).state.terminal, what="the new run to end")
-    new = st.get_run(x["runId"])
-    assert new.state is State.SUCCEEDED and new.resumed_from == r.id
-    assert post("query($id: ID!) { run(id: $id) { launch { runId kind } } }", id=new.id)["data"]["run"]["launch"] == {
-        "runId": new.id, "kind": "resume"}
+    # a second retry of the same task: gflow resume refuses (the run already has a successful resume), clearly
+    err = post2(RETRY, id=bad.id)["errors"][0]
+    assert err["extensions"]["code"] == "DRIVER_FAILED" and "exited with code" in err["message"], err
 
 
 def test_a_driver_that_fails_at_once_is_a_clear_error(serve_app, db):
