@@ -105,7 +105,7 @@ def test_retry_task_resumes_the_run_in_a_supervised_driver(serve_app, db, gflow_
     assert [(a["pid"], a["exitCode"]) for a in again] == [(x["pid"], 0)]
     # a second retry of the same task: gflow resume refuses (the run already has a successful resume), clearly
     err = post2(RETRY, id=bad.id)["errors"][0]
-    assert err["extensions"]["code"] == "DRIVER_FAILED" and "exited with code" in err["message"], err
+    assert err["extensions"]["code"] == "DRIVER_FAILED" and "already resumed by run" in err["message"], err
 
 
 def test_a_driver_that_fails_at_once_is_a_clear_error(serve_app, db):
