@@ -104,8 +104,6 @@ def start_held_run(db, n=3):
 
 
 def set_token(page, token):
-    if not page.locator("#token-form").is_visible():
-        page.locator("#token-toggle").click()
     page.fill("#token", token)
     page.locator("#token-form button").click()
 
@@ -344,7 +342,7 @@ def test_cancel_needs_a_write_token_and_says_so(page, db, shots):
             msg = page.get_by_test_id("action-message")
             cancel.click()
             expect(msg).to_contain_text("needs a write token")
-            expect(page.locator("#token-form")).to_be_visible()  # offered at once
+            expect(page.locator("#token")).to_have_class(re.compile("wanted"))  # the token field is pointed out
             set_token(page, READ)
             page.get_by_test_id("cancel-run").click()
             expect(page.get_by_test_id("action-message")).to_contain_text("only allows reads")
@@ -354,6 +352,7 @@ def test_cancel_needs_a_write_token_and_says_so(page, db, shots):
             expect(page.get_by_test_id("action-message")).to_contain_text("not accepted")
             page.screenshot(path=str(shots / "cancel-refused.png"))
             set_token(page, WRITE)
+            expect(page.get_by_test_id("token-state")).to_have_text("✓ set")
             page.get_by_test_id("cancel-run").click()
             expect(page.get_by_test_id("run-state")).to_have_text("CANCELLED")
             th.join(15)

@@ -82,9 +82,9 @@ export async function gql(query, variables, {quiet} = {}) {
 /** A message for an action that failed, saying what to do about it. */
 export function actionMessage(what, err) {
   if (err.code === "UNAUTHENTICATED" && /invalid|malformed/i.test(err.message)) {
-    return `${what}: the token was not accepted (expired or mistyped). Set a valid write token with the token button.`;
+    return `${what}: the token was not accepted (expired or mistyped). Set a valid write token in the token field.`;
   }
-  if (err.code === "UNAUTHENTICATED") return `${what} needs a write token: set one with the token button.`;
+  if (err.code === "UNAUTHENTICATED") return `${what} needs a write token: set one in the token field (top right).`;
   if (err.code === "FORBIDDEN") {
     return /none configured/.test(err.message)
       ? `${what} is disabled: this server has no write tokens (start it with --token-write).`

@@ -29,14 +29,11 @@ class App {
         if (f) { e.preventDefault(); f.focus(); }
       }
     });
-    const form = $("#token-form");
-    const toggle = $("#token-toggle");
-    toggle.addEventListener("click", () => (form.hidden ? this.showTokenForm() : this.hideTokenForm()));
-    form.addEventListener("submit", (e) => {
+    $("#token-form").addEventListener("submit", (e) => {
       e.preventDefault();
-      setToken($("#token").value);
+      setToken($("#token").value);  // empty: forget the token
       $("#token").value = "";
-      this.hideTokenForm();
+      this.showTokenState();
       this.notice("");
       this.reload();
     });
@@ -65,24 +62,20 @@ class App {
   }
 
   showTokenState() {
-    $("#token-toggle").textContent = !getToken() ? "token" : tokenRejected() ? "token ✗" : "token ✓";
+    $("#token-state").textContent = !getToken() ? "none set" : tokenRejected() ? "✗ not accepted" : "✓ set";
   }
 
+  /** Draw the eye to the token field (an action needs a token, or reads do). */
   showTokenForm() {
-    $("#token-form").hidden = false;
-    $("#token-toggle").setAttribute("aria-expanded", "true");
-  }
-
-  hideTokenForm() {
-    $("#token-form").hidden = true;
-    $("#token-toggle").setAttribute("aria-expanded", "false");
-    this.showTokenState();
+    const input = $("#token");
+    input.classList.add("wanted");
+    setTimeout(() => input.classList.remove("wanted"), 2500);
   }
 
   notice(msg) {
     if (!msg && tokenRejected()) {
       msg = "The token you set was not accepted (expired or mistyped). Reads work without it; actions need a " +
-            "valid write token: set one with the token button.";
+            "valid write token: set one in the token field.";
     }
     const n = $("#notice");
     n.textContent = msg || "";

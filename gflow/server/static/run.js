@@ -18,7 +18,7 @@ const TIMELINE = `query($id: ID!) { runTimeline(runId: $id) }`;
 const HEADER = `query($id: ID!) { run(id: $id) { ${RUN_FIELDS} } }`;
 const LAUNCH = "runId kind sourceRun taskRun pid host logFile command started exitCode ended state";
 const LINKS = `query($id: ID!) { run(id: $id) { derivedRuns { id state flow resumedFrom replayOf parentRun created }
-  launches { ${LAUNCH} } launch { ${LAUNCH} } } }`;
+  launches { ${LAUNCH} logTail(maxBytes: 4000) } launch { ${LAUNCH} logTail(maxBytes: 4000) } } }`;
 const EVENTS = `subscription($id: ID!, $after: Int!) { runEventBatches(runId: $id, after: $after) {
   seq taskRunId state attempt ts message } }`;
 const POLL = `query($id: ID!, $after: Int!) { runEvents(runId: $id, after: $after, first: 5000) {
@@ -351,9 +351,11 @@ export class RunPage {
 
   renderLinks(d) {
     const items = [];
-    if (d.launch) items.push(el("li", null, "started by this server: ", launchLine(d.launch)));
+    const log = (x) => (x.logTail ? el("details", null, el("summary", null, "driver output (last lines)"),
+      el("pre", {class: "text", "data-testid": "driver-log"}, x.logTail)) : null);
+    if (d.launch) items.push(el("li", null, "started by this server: ", launchLine(d.launch), log(d.launch)));
     for (const x of d.launches) {
-      items.push(el("li", null, el("a", {href: `/runs/${x.runId}`, "data-nav": ""}, x.runId), " ", launchLine(x)));
+      items.push(el("li", null, el("a", {href: `/runs/${x.runId}`, "data-nav": ""}, x.runId), " ", launchLine(x), log(x)));
     }
     for (const x of d.derivedRuns) {
       const how = x.resumedFrom === this.id ? "resume" : x.replayOf === this.id ? "replay" : "subflow";

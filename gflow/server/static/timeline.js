@@ -45,7 +45,7 @@ export class Timeline {
   range(m, now) {
     let lo = Infinity, hi = -Infinity;
     for (let i = 0; i < m.n; i++) {
-      const a = m.queued[i] ?? m.started[i] ?? m.created[i];
+      const a = m.queued[i] ?? m.started[i] ?? m.ended[i] ?? m.created[i];
       if (a !== null && a < lo) lo = a;
       const b = m.ended[i] ?? (m.started[i] !== null || m.queued[i] !== null ? now : null);
       if (b !== null && b > hi) hi = b;
@@ -102,6 +102,7 @@ export class Timeline {
           ctx.fillRect(X(q), y, Math.max(1, (end - q) * this.scale), bh);
         }
         if (s !== null) barsByState[m.state[i]].push(X(s), y, Math.max(1.5, ((m.ended[i] ?? now) - s) * this.scale), bh);
+        else if (m.ended[i] !== null) barsByState[m.state[i]].push(X(m.ended[i]), y, 2, bh);  // cached: a tick
       });
     }
     for (const s of STATES) {
@@ -138,7 +139,7 @@ export class Timeline {
     let best = null;
     for (let k = row; k < lane.members.length; k += lane.rows) {
       const i = lane.members[k];
-      const a = m.queued[i] ?? m.started[i];
+      const a = m.queued[i] ?? m.started[i] ?? m.ended[i];
       if (a === null || a === undefined) continue;
       const b = m.ended[i] ?? this.now;
       if (t >= a - slack && t <= b + slack) { best = i; break; }
