@@ -201,7 +201,8 @@ class RunEvent:
     state: State
     attempt: int
     ts: float
-    message: str | None
+    message: str | None = strawberry.field(description="The event's message (an error): its first line, at most "
+                                                       "2,000 characters; taskRun.error has all of it.")
 
     @classmethod
     def of(cls, e: Event) -> RunEvent:
