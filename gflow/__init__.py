@@ -1,6 +1,7 @@
 """gflow: tasks and flows for protein design and drug discovery, local first, remote unchanged."""
 
 from gflow.errors import (
+    ArtifactCorrupt,
     ArtifactNotFound,
     ArtifactStoreError,
     Cancelled,
@@ -26,6 +27,7 @@ from gflow.tasks import Resources, Retry, Task, task
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArtifactCorrupt",
     "ArtifactNotFound",
     "ArtifactStoreError",
     "Cancelled",

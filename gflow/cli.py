@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 import time
@@ -96,23 +95,13 @@ def _observer(show: bool) -> Any:
 
 
 def json_text(value: Any, indent: int | None = 2) -> str:
-    """Strict JSON of a flow's value for stdout: NaN and infinities become the strings "NaN", "Infinity"."""
-    from pydantic_core import to_jsonable_python
-
-    def fix(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
-        if isinstance(v, list):
-            return [fix(x) for x in v]
-        if isinstance(v, dict):
-            return {k: fix(x) for k, x in v.items()}
-        return v
+    """Strict JSON of a flow's value for stdout (NaN and infinities as the strings "NaN", "Infinity")."""
+    from gflow.serialization import to_json_text
 
     try:
-        data = fix(to_jsonable_python(value, inf_nan_mode="constants"))
+        return to_json_text(value, indent=indent)
     except Exception:  # noqa: BLE001 - a value with no JSON form: say what it is
         return json.dumps(repr(value))
-    return json.dumps(data, indent=indent, allow_nan=False)
 
 
 def _short_text(value: Any, lines: int = 12, width: int = 110) -> str:
@@ -120,7 +109,8 @@ def _short_text(value: Any, lines: int = 12, width: int = 110) -> str:
     items = value if isinstance(value, (list, tuple)) else [value]
     rows = []
     for i, v in enumerate(items[:lines]):
-        text = json_text(v, indent=None)
+        summary = getattr(v, "summary", None)
+        text = summary() if callable(summary) else json_text(v, indent=None)
         text = text if len(text) <= width else text[: width - 3] + "..."
         rows.append(f"{i + 1:>3}. {text}" if isinstance(value, (list, tuple)) else text)
     if len(items) > lines:
@@ -128,8 +118,23 @@ def _short_text(value: Any, lines: int = 12, width: int = 110) -> str:
     return "\n".join(rows)
 
 
+def _show_progress_logs() -> None:
+    """Image builds and other long steps say what they do (one line each, on stderr)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("gflow: %(message)s"))
+    for name in ("gflow.images", "gflow.executors"):
+        lg = logging.getLogger(name)
+        if not lg.handlers:
+            lg.addHandler(handler)
+            lg.setLevel(logging.INFO)
+            lg.propagate = False
+
+
 def _run_flow(flow_obj: Any, params: dict, *, progress: bool | None, output: str = "json", **run_kw: Any) -> None:
     show = progress if progress is not None else err.is_terminal
+    _show_progress_logs()
     result = flow_obj.run(params=params, return_run=True, observer=_observer(show), **run_kw)
     err.print(f"run [bold]{escape(result.id)}[/bold] {_state(result.state.value)}", markup=True)
     if result.reused_changed:

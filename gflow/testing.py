@@ -21,7 +21,7 @@ from typing import Any
 from gflow.flows import Flow, RunResult
 
 _ENV = ("GFLOW_HOME", "GFLOW_PROFILE", "GFLOW_CONFIG", "GFLOW_EXECUTOR", "GFLOW_STORE", "GFLOW_ARTIFACTS",
-        "GFLOW_EVENTS", "GFLOW_IMAGE_REGISTRY")
+        "GFLOW_EVENTS", "GFLOW_IMAGE_REGISTRY", "GFLOW_SIGNING_KEY", "GFLOW_BASE_IMAGE")
 
 
 @contextmanager

@@ -17,8 +17,9 @@ _BUILTIN = {
     "inline": "gflow.executors.local:InlineExecutor",
     "dask": "gflow.executors.dask:DaskExecutor",
     "docker": "gflow.executors.docker:DockerExecutor",
+    "volcano": "gflow.executors.volcano:VolcanoExecutor",
 }
-_EXTRA = {"dask": "dask", "docker": "docker"}
+_EXTRA = {"dask": "dask", "docker": "docker", "volcano": "k8s"}
 _registered: dict[str, Callable[[str], Executor]] = {}
 
 

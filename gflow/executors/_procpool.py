@@ -58,7 +58,9 @@ def _worker_main(conn: Any, lifeline: Any) -> None:
             os._exit(0)
         if msg is None:
             return
-        call_id, attempt, blob = msg
+        call_id, attempt, blob, artifacts_url = msg
+        if artifacts_url:  # task code (gflow.models) finds its run's artifact store through the profile
+            os.environ["GFLOW_ARTIFACTS"] = artifacts_url
         t0 = time.time()
         conn.send(("started", call_id, attempt, (t0, f"process pid {os.getpid()}")))
         try:
@@ -104,6 +106,8 @@ class ProcessPool:
         self._workers: list[_Worker] = []
         self._cancelled: set[tuple[str, int]] = set()
         self._closed = False
+        #: the artifact store URL of the run being served, passed to workers with each call
+        self.artifacts_url: str | None = None
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._thread = threading.Thread(target=self._loop, name="gflow-process-pool", daemon=True)
         self._thread.start()
@@ -228,7 +232,7 @@ class ProcessPool:
                                       f"{type(e).__name__}: {e}"), traceback.format_exc(), None, time.time()))
                     continue
                 try:
-                    w.conn.send((call.id, call.attempt, blob))
+                    w.conn.send((call.id, call.attempt, blob, self.artifacts_url))
                 except (OSError, ValueError):  # the worker died while idle: replace it and try again
                     self._pending.appendleft(call)
                     self._workers[i] = self._spawn()

@@ -278,7 +278,7 @@ class DockerExecutor(Executor):
             h.container = self.client.containers.create(
                 h.tag, entrypoint=["gflow"], command=["worker", spec, "--artifacts", url], detach=True,
                 volumes=volumes, network_mode=self.network, user=f"{os.getuid()}:{os.getgid()}",
-                environment={"HOME": "/tmp"}, labels={"org.gflow.run": call.run_id, "org.gflow.call": call.id},
+                environment=self._environment(call), labels={"org.gflow.run": call.run_id, "org.gflow.call": call.id},
                 **self._limits(call))
             if h.cancelled:
                 return
@@ -290,7 +290,7 @@ class DockerExecutor(Executor):
             status = self._wait(h.container)
             rec = read_outcome(arts, spec)
             if rec is not None:
-                outcome = to_outcome(arts, rec)
+                outcome = to_outcome(arts, rec, allow_pickle=call.task.options.pickle)
             else:
                 outcome = self._no_outcome(h, status)
         except BaseException as e:  # noqa: BLE001 - reported as the call's failure
@@ -310,6 +310,14 @@ class DockerExecutor(Executor):
             return
         h.state = State.SUCCEEDED if outcome.ok else State.FAILED
         self._listener("done", call.id, call.attempt, outcome)
+
+    def _environment(self, call: Call) -> dict[str, str]:
+        env = {"HOME": "/tmp"}
+        if call.task.options.pickle:  # the worker signs and checks pickles with the driver's key
+            from gflow._signing import signing_env
+
+            env.update(signing_env())
+        return env
 
     def _wait(self, container: Any) -> dict:
         import requests

@@ -11,6 +11,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from gflow._context import run_artifacts
 from gflow.errors import ExecutorError
 from gflow.executors._procpool import ProcessPool
 from gflow.executors.base import (
@@ -25,7 +26,7 @@ from gflow.executors.base import (
 from gflow.states import State
 
 
-def _run_here(call: Call, listener: Any, board: dict | None = None) -> None:
+def _run_here(call: Call, listener: Any, board: dict | None = None, artifacts: Any = None) -> None:
     """Run one call in this thread, reporting start and outcome to the engine.
 
     With a ``board``, the start is written there instead of sent: the engine reads the board a few
@@ -36,11 +37,15 @@ def _run_here(call: Call, listener: Any, board: dict | None = None) -> None:
         listener("started", call.id, call.attempt, t0)
     else:
         board[call.id] = (call.attempt, t0)
+    token = run_artifacts.set(artifacts) if artifacts is not None else None
     try:
         value = call.task.fn(*call.args, **call.kwargs)
     except BaseException as e:  # noqa: BLE001 - reported, not swallowed
         listener("done", call.id, call.attempt, Outcome.from_exception(e, traceback.format_exc(), t0, time.time()))
         return
+    finally:
+        if token is not None:
+            run_artifacts.reset(token)
     listener("done", call.id, call.attempt, Outcome(True, value, started=t0, ended=time.time()))
 
 
@@ -105,6 +110,13 @@ class LocalExecutor(Executor):
         self._closed = False
         #: call id -> (attempt, start time), written by pool threads, handed out by poll_starts()
         self._board: dict[str, tuple[int, float]] = {}
+        self._artifacts: Any = None
+
+    def attach_artifacts(self, artifacts: Any) -> None:
+        """Task code run here sees its run's artifact store (``gflow.models``); process workers get its URL."""
+        self._artifacts = artifacts
+        if self._procs is not None:
+            self._procs.artifacts_url = getattr(artifacts, "url", None)
 
     @classmethod
     def from_spec(cls, spec: str, **settings: Any) -> LocalExecutor:
@@ -155,7 +167,7 @@ class LocalExecutor(Executor):
             with self._lock:
                 self._in_flight -= 1
             return
-        _run_here(call, self._listen, self._board)
+        _run_here(call, self._listen, self._board, self._artifacts)
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
         """Both pools push their events; this is a best-effort view."""
@@ -216,8 +228,13 @@ class InlineExecutor(Executor):
 
     def submit(self, calls: Sequence[Call]) -> list[Any]:
         for c in calls:
-            _run_here(c, self._listener)
+            _run_here(c, self._listener, None, self._artifacts)
         return [None] * len(calls)
+
+    _artifacts: Any = None
+
+    def attach_artifacts(self, artifacts: Any) -> None:
+        self._artifacts = artifacts
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
         return [JobStatus(State.SUCCEEDED) for _ in handles]

@@ -68,7 +68,7 @@ class RunState:
     """A run (flow or subflow) as the core sees it."""
 
     __slots__ = ("id", "parent", "active", "body_done", "value", "error", "traceback", "failures", "cancelled",
-                 "external_cancel", "children", "finished", "reused_changed", "flow_name")
+                 "external_cancel", "children", "finished", "reused_changed", "flow_name", "fail_with")
 
     def __init__(self, run_id: str, parent: str | None, flow_name: str = "flow"):
         self.id = run_id
@@ -85,6 +85,8 @@ class RunState:
         self.finished = False
         self.reused_changed: list[str] = []
         self.flow_name = flow_name
+        #: stopped by a fault (the artifact store is full): the run ends FAILED with this error
+        self.fail_with: BaseException | None = None
 
 
 class Core:
@@ -406,6 +408,7 @@ class Core:
             if r.cancelled is None:
                 r.cancelled = ev.reason
                 r.external_cancel = ev.external and (ev.run_id is None or r.id == ev.run_id)
+                r.fail_with = ev.error
         victims = [ts for ts in self.tasks.values() if ts.run_id in ids and not ts.state.terminal]
         by_executor: dict[str, list[Any]] = {}
         for ts in victims:
@@ -851,6 +854,8 @@ class Core:
             error = failures[0]  # name the task that failed, with its traceback, not a downstream victim
         if error is None and failures:
             error = failures[0]
+        if run.fail_with is not None:
+            return FAILED, None, run.fail_with
         if run.cancelled is not None:
             return CANCELLED, None, Cancelled(f"run {run.id} was cancelled: {run.cancelled}")
         if error is None:

@@ -235,12 +235,26 @@ class Engine:
         self._thread.join(timeout=30)
         try:
             self.recorder.close()
+            self._fail_held_back()
         finally:
             for ex in self._owned:
                 try:
                     ex.close()
                 except Exception:  # noqa: BLE001 - closing is best effort; the run's state is written
                     log.warning("closing executor %s failed", ex.name, exc_info=True)
+
+    def _fail_held_back(self) -> None:
+        """Calls whose results could not be stored end FAILED in the store (a resume computes them again)."""
+        held = self.recorder.held_back
+        if not held:
+            return
+        err = self.recorder.artifact_error
+        now = time.time()
+        from gflow.store import Transition
+
+        self.store.apply([Transition(t.task_run_id, t.run_id, State.FAILED, t.attempt, now,
+                                     error=f"ArtifactStoreError: its result was computed but could not be stored "
+                                           f"({err})") for t in held])
 
     def __enter__(self) -> Engine:
         return self
@@ -395,9 +409,11 @@ class Engine:
                                                                        f"({self.cancelled_by})", True))
 
     def _artifact_failure(self) -> None:
+        """Results cannot be stored: stop the run (FAILED, resumable) instead of computing what is lost."""
         err = self.recorder.artifact_error
         self.cancelled_by = str(err)
-        self._execute(self.core.handle(CancelRequested("artifact-store-failed", None, str(err)), time.time()))
+        self._execute(self.core.handle(CancelRequested("artifact-store-failed", None, str(err), error=err),
+                                       time.time()))
 
     def _dispatch_all(self) -> None:
         core = self.core
@@ -488,7 +504,9 @@ class Engine:
                 if rec is None:
                     rec = self.store.find_cached(key)
                 if rec is not None:
-                    value = self.load_result(rec)
+                    task = ts.task if ts is not None else None
+                    value = self.load_result(rec, allow_pickle=bool(task is not None and task.options.pickle),
+                                             where=f"stored result of task '{ts.name if ts else tid}'")
                     hit = CacheHit(value, rec.result_ref, rec.result_inline, rec.id,
                                    version_changed=bool(rec.key and key and rec.key != key))
             except GflowError as e:
@@ -497,10 +515,11 @@ class Engine:
             hits[tid] = hit
         return self.core.handle(CacheLookedUp("looked-up", hits), time.time())
 
-    def load_result(self, rec: TaskRunRecord) -> Any:
-        """The value a finished task run stored (inline in the state store, or as a blob)."""
+    def load_result(self, rec: TaskRunRecord, *, allow_pickle: bool = False, where: str = "stored result") -> Any:
+        """The value a finished task run stored (inline in the state store, or as a blob), decoded as untrusted
+        data: pickles only for a task that opted in (and then signed), blobs checked against their digest."""
         if rec.result_inline is not None:
-            return decode(rec.result_inline, self.artifacts.get)
+            return decode(rec.result_inline, self.artifacts.get, allow_pickle=allow_pickle, where=where)
         if rec.result_ref is None:
             raise GflowError(f"task run {rec.id} has no stored result")
-        return decode(self.artifacts.get(rec.result_ref), self.artifacts.get)
+        return decode(self.artifacts.get(rec.result_ref), self.artifacts.get, allow_pickle=allow_pickle, where=where)

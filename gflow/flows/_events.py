@@ -184,6 +184,7 @@ class CancelRequested(Event):
     run_id: str | None = None  # None: every run of this engine
     reason: str = "cancelled"
     external: bool = False  # cancelled from outside (the store says so): the run record is already CANCELLED
+    error: BaseException | None = None  # the runs end FAILED with this error instead of CANCELLED
 
 
 @dataclass(slots=True)

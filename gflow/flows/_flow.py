@@ -18,7 +18,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from gflow._context import current_flow
 from gflow.errors import InvalidArguments
 from gflow.flows._engine import Engine
-from gflow.flows._events import MAP, SUBFLOW, TaskState
+from gflow.flows._events import MAP, SUBFLOW, RunFinished, TaskState
 from gflow.flows._future import _LEAF, Future, find_futures, resolve
 from gflow.flows._keys import compute_keys
 from gflow.flows._runs import open_run_context, prepare_resume
@@ -317,6 +317,9 @@ class Flow(Generic[P, R]):
         engine.close()  # every transition and the run's terminal state are written before we return
         if interrupted:
             raise KeyboardInterrupt
+        lost = engine.recorder.artifact_error
+        if lost is not None and fin.state is State.SUCCEEDED:  # results it claims could not all be stored
+            fin = RunFinished(fin.stimulus_id, run_id, State.FAILED, None, lost, fin.reused_changed)
         if fin.state is State.SUCCEEDED:
             if return_run:
                 return RunResult(run_id, fin.state, fin.value, None, fin.reused_changed)

@@ -12,6 +12,7 @@ unfinished in the store, so a resume computes them again), everything else is st
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 from gflow.artifacts import ArtifactStore
 from gflow.errors import ArtifactStoreError, GflowError, InvalidTransition, StoreError
 from gflow.flows._events import RecordRun
+from gflow.states import State
 from gflow.store import Store, Transition
 
 log = logging.getLogger("gflow.recorder")
@@ -29,8 +31,9 @@ log = logging.getLogger("gflow.recorder")
 #: batches at least this large move the SQL work to the store's writer process where it has one
 #: (GFLOW_WRITER=thread: never, GFLOW_WRITER=process: from the first batch)
 PROCESS_WRITER_THRESHOLD = 2000
-#: how long a failing blob write is retried before the blobs count as lost
+#: how long a failing blob write is retried before the blobs count as lost (a tenth of it for a full disk)
 BLOB_RETRY_SECONDS = 5.0
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 class Recorder:
@@ -149,15 +152,23 @@ class Recorder:
                     break
 
     def _write_blobs(self, blobs: dict[str, bytes]) -> None:
-        deadline = time.monotonic() + BLOB_RETRY_SECONDS
+        start = time.monotonic()
         backoff = 0.05
         while True:
             try:
                 self.artifacts.put_many(blobs)
                 return
             except Exception as e:  # noqa: BLE001 - an artifact store failure must not stop state recording
-                if time.monotonic() >= deadline or self._closing:
-                    self.lost_blobs.update(blobs)
+                full = isinstance(e, OSError) and e.errno in _FULL
+                limit = BLOB_RETRY_SECONDS / 10 if full else BLOB_RETRY_SECONDS
+                if time.monotonic() - start >= limit or self._closing or self.artifact_error is not None:
+                    # keep what fits: write one by one, and lose only the blobs that cannot be written
+                    for d, data in blobs.items():
+                        try:
+                            if not self.artifacts.exists(d):
+                                self.artifacts.put(data, d)
+                        except Exception:  # noqa: BLE001
+                            self.lost_blobs.add(d)
                     if self.artifact_error is None:
                         self.artifact_error = ArtifactStoreError(
                             f"could not write results to the artifact store {self.artifacts.url}: "
@@ -173,7 +184,7 @@ class Recorder:
         lost = self.lost_blobs
         keep: list[Transition] = []
         for t in batch:
-            if t.result_ref is not None and t.result_inline is None and t.result_ref in lost:
+            if t.result_ref is not None and _references(t, lost):
                 self.held_back.append(t)
             else:
                 keep.append(t)
@@ -206,6 +217,12 @@ class Recorder:
             self.refused.extend(refused)
 
     def _apply_run(self, ins: RecordRun) -> None:
+        if ins.result_ref is not None and ins.result_inline is None and ins.result_ref in self.lost_blobs:
+            ins.result_ref = None  # never claim a result that cannot be read
+        if self.artifact_error is not None and ins.state is State.SUCCEEDED:
+            # some results of this run could not be stored: it did not succeed (and can be resumed)
+            ins.state, ins.error = State.FAILED, f"ArtifactStoreError: {self.artifact_error}"
+            ins.result_ref = ins.result_inline = None
         backoff = 0.1
         while True:
             try:
@@ -243,3 +260,11 @@ class Recorder:
         if self._writer is not None and self._writer.ready():
             return self._writer
         return self.store
+
+
+def _references(t: Transition, lost: set[str]) -> bool:
+    """Whether a transition's result needs one of the ``lost`` blobs (its own, or a typed blob it names)."""
+    if t.result_inline is None:
+        return t.result_ref in lost
+    inline = t.result_inline
+    return '"sha256:' in inline and any(d in inline for d in lost)

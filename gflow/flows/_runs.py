@@ -38,6 +38,10 @@ def open_run_context(profile: str | None = None, *, executor: Any = None, store:
                      events: str | None = None) -> Iterator[RunContext]:
     """The profile's (or the given) store, artifacts and executor settings, closed on every path."""
     prof = load_profile(profile, executor=executor, store=store, artifacts=artifacts, events=events)
+    if prof.signing_key:
+        from gflow._signing import configure
+
+        configure(prof.signing_key)  # GFLOW_SIGNING_KEY still wins
     st = open_store(prof.store, events=prof.events)
     owns_store = st is not prof.store
     try:
@@ -87,6 +91,8 @@ def prepare_resume(store: Store, run_id: str, new_run_id: str, force: bool = Fal
     current = rec.resumed_by
     if current and not force:
         prev = store.get_runs([current]).get(current)
+        if prev is None and not _stale_claim(current):
+            raise ResumeRefused(f"run {rec.id} is being resumed by run {current} (starting now); wait for it")
         if prev is not None:
             if prev.state is State.SUCCEEDED:
                 raise ResumeRefused(f"run {rec.id} was already resumed by run {prev.id}, which SUCCEEDED; resume "
@@ -98,3 +104,19 @@ def prepare_resume(store: Store, run_id: str, new_run_id: str, force: bool = Fal
     if winner is not None:
         raise ResumeRefused(f"run {rec.id} is being resumed by run {winner} (another driver claimed it first)")
     return Resume(rec, store.results_for_resume(rec.id))
+
+
+#: a claim whose run was never recorded (its driver died between the claim and the record) is stale after this
+CLAIM_GRACE_SECONDS = 120.0
+
+
+def _stale_claim(claimant: str, now: float | None = None) -> bool:
+    """Whether a resume claim by ``claimant``, whose run record does not exist, can be taken over: run ids
+    start with their UTC creation time (``YYYYMMDD-HHMMSS``); one that does not is never stale."""
+    import calendar
+
+    try:
+        t = calendar.timegm(time.strptime(claimant[:15], "%Y%m%d-%H%M%S"))
+    except ValueError:
+        return False
+    return (now if now is not None else time.time()) - t > CLAIM_GRACE_SECONDS

@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from gflow.errors import SerializationError
-from gflow.executors.base import Call, Outcome
+from gflow.executors.base import Call, Outcome, _qualname
 from gflow.serialization import canonical_json, decode, encode
 
 CALL = "gflow.call/v1"
 ARRAY = "gflow.array/v1"
 OUTCOME = "gflow.outcome/v1"
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 #: worker exit codes
 EXIT_OK, EXIT_TASK_FAILED, EXIT_WORKER_ERROR = 0, 1, 2
@@ -63,36 +67,96 @@ def write_array_spec(artifacts: Any, spec_digests: Sequence[str]) -> str:
     return _put_json(artifacts, {"kind": ARRAY, "calls": list(spec_digests)})
 
 
+def _json_object(data: bytes, what: str) -> dict:
+    """A JSON object read from the store (untrusted): parse errors and other shapes are SerializationError."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise SerializationError(f"{what} is not JSON: {str(e)[:200]}") from None
+    if not isinstance(obj, dict):
+        raise SerializationError(f"{what} is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _is_key(v: Any) -> bool:
+    return type(v) is str and _DIGEST.match(v) is not None
+
+
 def read_spec(artifacts: Any, digest: str) -> dict:
-    spec = json.loads(artifacts.get(digest))
-    if not isinstance(spec, dict) or spec.get("kind") not in (CALL, ARRAY):
-        raise SerializationError(f"{digest} is not a gflow call spec (kind {spec.get('kind')!r})")
+    """A call or array spec, verified against its digest and checked field by field.
+
+    Raises:
+        SerializationError: the blob is not a well-formed gflow call or array spec.
+        ArtifactNotFound: it is missing or corrupt.
+    """
+    spec = _json_object(artifacts.get(digest), f"call spec {digest}")
+    kind = spec.get("kind")
+    if kind == ARRAY:
+        calls = spec.get("calls")
+        if type(calls) is not list or not all(_is_key(c) for c in calls):
+            raise SerializationError(f"array spec {digest}: 'calls' must be a list of sha256 digests")
+        return spec
+    if kind != CALL:
+        raise SerializationError(f"{digest} is not a gflow call spec (kind {str(kind)[:80]!r})")
+    bad = [k for k, ok in (("task", type(spec.get("task")) is str), ("version", type(spec.get("version")) is str),
+                           ("inputs", _is_key(spec.get("inputs"))), ("pickle", type(spec.get("pickle")) is bool),
+                           ("bundle", spec.get("bundle") is None or _is_key(spec.get("bundle")))) if not ok]
+    if bad:
+        raise SerializationError(f"call spec {digest}: malformed field(s) {', '.join(bad)}")
     return spec
 
 
 def write_outcome(artifacts: Any, spec_digest: str, record: dict) -> None:
     record = {"kind": OUTCOME, "spec": spec_digest, **record}
-    artifacts.put(canonical_json(record).encode(), outcome_slot(spec_digest))
+    artifacts.put_slot(outcome_slot(spec_digest), canonical_json(record).encode())
 
 
 def read_outcome(artifacts: Any, spec_digest: str) -> dict | None:
-    """The outcome record of a call spec, or None if the worker has not written one (yet)."""
-    slot = outcome_slot(spec_digest)
-    if not artifacts.exists(slot):
+    """The outcome record of a call spec, or None if the worker has not written one (yet).
+
+    The record is untrusted: one that is not a well-formed outcome record is reported as a failed
+    outcome (``ok: false``) that says so, never an exception and never a success.
+    """
+    data = artifacts.get_slot(outcome_slot(spec_digest))
+    if data is None:
         return None
-    rec = json.loads(artifacts.get(slot))
-    return rec if isinstance(rec, dict) and rec.get("kind") == OUTCOME else None
+    try:
+        rec = _json_object(data, f"outcome record of {spec_digest}")
+        if rec.get("kind") != OUTCOME:
+            raise SerializationError(f"outcome record of {spec_digest} has kind {str(rec.get('kind'))[:80]!r}")
+        if type(rec.get("ok")) is not bool or (rec["ok"] and not _is_key(rec.get("result"))):
+            raise SerializationError(f"outcome record of {spec_digest}: 'ok' must be a boolean and a success "
+                                     f"must name its 'result' digest")
+    except SerializationError as e:
+        return {"kind": OUTCOME, "spec": spec_digest, "ok": False, "stage": "outcome",
+                "error_type": "gflow.errors.SerializationError", "error_message": str(e), "traceback": ""}
+    return rec
 
 
-def to_outcome(artifacts: Any, rec: dict) -> Outcome:
-    """The engine-side :class:`Outcome` of an outcome record (the result is read and decoded)."""
-    if rec.get("ok"):
+def _text(v: Any, default: str = "") -> str:
+    return v if type(v) is str else default
+
+
+def _time(v: Any) -> float | None:
+    return float(v) if type(v) in (int, float) and math.isfinite(v) else None
+
+
+def to_outcome(artifacts: Any, rec: dict, *, allow_pickle: bool = False) -> Outcome:
+    """The engine-side :class:`Outcome` of an outcome record (the result is read, verified and decoded).
+
+    Args:
+        allow_pickle: Decode a signed pickled result: pass the task's own ``options.pickle`` (never a
+            value read from the store).
+    """
+    started, ended = _time(rec.get("started")), _time(rec.get("ended"))
+    if rec.get("ok") is True:
+        where = f"result of task '{_text(rec.get('task'), '?')[:200]}'"
         try:
-            value = decode(artifacts.get(rec["result"]), artifacts.get)
+            value = decode(artifacts.get(rec["result"]), artifacts.get, allow_pickle=allow_pickle, where=where)
         except Exception as e:  # noqa: BLE001 - reported as the call's failure
-            return Outcome(False, error_type=type(e).__name__, error_message=f"cannot read the result: {e}",
-                           traceback="", started=rec.get("started"), ended=rec.get("ended") or time.time())
-        return Outcome(True, value, started=rec.get("started"), ended=rec.get("ended"), result_ref=rec["result"])
-    return Outcome(False, error_type=rec.get("error_type") or "Error", error_message=rec.get("error_message") or "",
-                   traceback=rec.get("traceback") or "", started=rec.get("started"),
-                   ended=rec.get("ended") or time.time())
+            return Outcome(False, error_type=_qualname(type(e)), error_message=f"cannot read the result: {e}",
+                           traceback="", started=started, ended=ended or time.time())
+        return Outcome(True, value, started=started, ended=ended, result_ref=rec["result"])
+    return Outcome(False, error_type=_text(rec.get("error_type"), "Error") or "Error",
+                   error_message=_text(rec.get("error_message")), traceback=_text(rec.get("traceback")),
+                   started=started, ended=ended or time.time())

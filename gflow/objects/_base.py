@@ -51,6 +51,10 @@ class GflowObject(BaseModel):
         digest = hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
         return f"sha256:{digest}"
 
+    def summary(self) -> str:
+        """One short line for people (CLI output, tables); subclasses say what matters about them."""
+        return f"{type(self).__name__} {self.content_id[7:19]}"
+
     def with_(self, **changes: Any) -> Self:
         """Returns a copy with ``changes`` applied, validated like a freshly built object.
 

@@ -325,3 +325,44 @@ def routed_inline(x: int) -> int:
 @gflow.flow
 def routed_flow(n: int) -> list[int]:
     return [routed_inline(i) for i in range(n)] + [inc(i) for i in range(n)]
+
+
+@gflow.task(retries=2)
+def marked(folder: str, i: int, seconds: float) -> int:
+    """Sleeps, then leaves a mark per finished execution (a side effect a killed worker never makes)."""
+    time.sleep(seconds)
+    bump(folder, f"done-{i}")
+    return i * i
+
+
+@gflow.flow
+def marked_map(folder: str, n: int, seconds: float = 0.2) -> int:
+    return total(marked.map([folder] * n, range(n), seconds=seconds))
+
+
+@gflow.task(timeout=1.0)
+def spin(folder: str) -> int:
+    Path(folder, f"spin-pid-{os.getpid()}").write_text("")
+    while True:
+        pass
+
+
+@gflow.flow
+def spin_flow(folder: str) -> int:
+    return spin(folder)
+
+
+@gflow.task
+def big_result(folder: str, i: int) -> bytes:
+    bump(folder, f"big-{i}")
+    return bytes([i % 256]) * 40_000
+
+
+@gflow.flow
+def big_results(folder: str, n: int) -> int:
+    return total.map([[len(b)] for b in []]) if n < 0 else _count_bytes(big_result.map([folder] * n, range(n)))
+
+
+@gflow.task
+def _count_bytes(blobs: list[bytes]) -> int:
+    return sum(len(b) for b in blobs)
