@@ -293,9 +293,19 @@ def create_app(store: Store, *, auth: AuthConfig | None = None, limits: Limits |
         Route("/graphql", graphql, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         WebSocketRoute("/graphql", graphql),
     ], lifespan=lifespan)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", _Static(directory=STATIC), name="static")
     app.state.gflow = state
     return app
+
+
+class _Static(StaticFiles):
+    """The page's files, revalidated on every load (a 304 when unchanged), so an upgraded server never
+    mixes new and old modules in one page."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def _scheme(store: Store) -> str:

@@ -10,6 +10,7 @@ summarised, never an error.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -127,17 +128,18 @@ def depict(smiles: Any) -> str | None:
     """A 2D depiction of a SMILES string as SVG text, when RDKit is installed (None otherwise)."""
     if not isinstance(smiles, str) or not smiles or len(smiles) > MAX_SMILES:
         return None
-    try:
-        from rdkit import Chem, RDLogger  # type: ignore[import-not-found, unused-ignore]
-        from rdkit.Chem.Draw import rdMolDraw2D  # type: ignore[import-not-found, unused-ignore]
+    try:  # through importlib: RDKit is optional, and its stubs differ between versions
+        chem: Any = importlib.import_module("rdkit.Chem")
+        draw: Any = importlib.import_module("rdkit.Chem.Draw.rdMolDraw2D")
+        rdlog: Any = importlib.import_module("rdkit.RDLogger")
     except ImportError:
         return None
     try:
-        RDLogger.DisableLog("rdApp.*")
-        mol = Chem.MolFromSmiles(smiles)
+        rdlog.DisableLog("rdApp.*")
+        mol = chem.MolFromSmiles(smiles)
         if mol is None:
             return None
-        drawer = rdMolDraw2D.MolDraw2DSVG(240, 180)
+        drawer = draw.MolDraw2DSVG(240, 180)
         drawer.drawOptions().clearBackground = False
         drawer.DrawMolecule(mol)
         drawer.FinishDrawing()
