@@ -160,7 +160,8 @@ class StoreContract:
             st.get_run("zzz")
         st.update_run("abc123", image_tag="img:1", extra={"profile": "q", "n": 2})
         run = st.get_run("abc123")
-        assert (run.image_tag, run.extra, run.tags, run.params) == ("img:1", {"profile": "q", "n": 2}, ["x"], '{"n": 1}')
+        assert (run.image_tag, run.extra, run.tags, run.params) == \
+            ("img:1", {"profile": "q", "n": 2}, ["x"], '{"n": 1}')
         with pytest.raises(ValueError, match="state"):
             st.update_run("abc123", state="RUNNING")
         with pytest.raises(gflow.RunNotFound):

@@ -4,7 +4,8 @@ import gflow.objects
 
 def test_public_api_pinned():
     assert sorted(gflow.__all__) == sorted([
-        "ArtifactCorrupt", "ArtifactNotFound", "ArtifactStoreError", "Cancelled", "ConfigError", "Executor", "ExecutorError", "Flow",
+        "ArtifactCorrupt", "ArtifactNotFound", "ArtifactStoreError", "Cancelled", "ConfigError", "Executor",
+        "ExecutorError", "Flow",
         "FlowFailed", "Future", "GflowError", "Image", "InvalidArguments", "InvalidTransition", "Resources",
         "ResumeRefused", "Retry", "RunNotFound", "RunResult",
         "SerializationError", "State", "StoreError", "Task", "TaskFailed", "TaskTimeout", "UpstreamFailed",

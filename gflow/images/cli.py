@@ -57,7 +57,8 @@ def build(target: str, registry: str | None, dry_run: bool, dev: bool, host: str
 
 @click.command()
 @click.argument("run_id")
-@click.option("--executor", "-e", default=None, help="Executor for the replay (default: docker with the recorded image).")
+@click.option("--executor", "-e", default=None,
+              help="Executor for the replay (default: docker with the recorded image).")
 @click.option("--store", default=None, help="State store URL (default: the profile's).")
 @click.option("--artifacts", default=None, help="Artifact store folder or URL.")
 @click.option("--profile", default=None, help="Profile from gflow.toml.")

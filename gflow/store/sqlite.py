@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gflow.errors import InvalidTransition, RunNotFound, StoreError
-from gflow.states import RANK, TERMINAL_RANK, State, is_forward
+from gflow.states import RANK, TERMINAL_RANK, State
 from gflow.store.base import (
     Event,
     RunRecord,
@@ -291,34 +291,41 @@ class SQLiteStore(Store):
     def apply(self, transitions: Sequence[Transition]) -> list[Transition]:
         if not transitions:
             return []
+        refused = self.apply_rows([row_of(t) for t in transitions])
+        return [transitions[i] for i in refused]
 
-        def do(c: sqlite3.Connection) -> list[Transition]:
+    def apply_rows(self, rows: Sequence[tuple]) -> list[int]:
+        """:meth:`apply` on plain rows (:func:`row_of`: the writer process receives these); returns the
+        positions of the refused ones."""
+        if not rows:
+            return []
+
+        def do(c: sqlite3.Connection) -> list[int]:
             # Inside BEGIN IMMEDIATE no other writer can interleave, so checking against the stored
             # states here is atomic; the upsert's WHERE clause guards the same rule in SQL.
-            current: dict[str, tuple[State, int]] = {}
-            ids = list({t.task_run_id for t in transitions})
+            current: dict[str, tuple[int, int]] = {}
+            ids = list({r[0] for r in rows})
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
-                for id_, st, attempt in c.execute(
-                        f"SELECT id, state, attempt FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk):
-                    current[id_] = (_BY_VALUE[st], attempt)
-            accepted: list[Transition] = []
-            refused: list[Transition] = []
-            for t in transitions:
-                cur = current.get(t.task_run_id)
-                if cur is None or is_forward(cur[0], cur[1], t.state, t.attempt):
-                    current[t.task_run_id] = (t.state, t.attempt)
-                    accepted.append(t)
+                for id_, rank, attempt in c.execute(
+                        f"SELECT id, rank, attempt FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                    current[id_] = (attempt, rank)
+            accepted: list[tuple] = []
+            refused: list[int] = []
+            ranks = _RANK_OF
+            for n, r in enumerate(rows):
+                pos = (r[3], ranks[r[2]])
+                cur = current.get(r[0])
+                if cur is None or (cur[1] < TERMINAL_RANK and pos > cur):
+                    current[r[0]] = pos
+                    accepted.append(r)
                 else:
-                    refused.append(t)
+                    refused.append(n)
             _insert_many(c, _UPSERT, _merge_rows(accepted))
-            objs = [(cid, t.task_run_id, t.run_id, "in" if t.state is State.QUEUED else "out")
-                    for t in accepted if t.objects for cid in t.objects]
+            objs = [(cid, r[0], r[1], "in" if r[2] == "QUEUED" else "out") for r in accepted if r[17] for cid in r[17]]
             if objs:
                 _insert_many(c, "INSERT INTO objects (content_id, task_run_id, run_id, role) VALUES (?,?,?,?)", objs)
-            _insert_many(c, _EVENT_INSERT,
-                         [(t.run_id, t.task_run_id, _VALUE_RANK[t.state][0], t.attempt, t.ts, t.message or t.error)
-                          for t in accepted])
+            _insert_many(c, _EVENT_INSERT, [(r[1], r[0], r[2], r[3], r[4], r[15] or r[10]) for r in accepted])
             return refused
 
         return self._write(do, "record transitions")
@@ -496,59 +503,69 @@ class SQLiteStore(Store):
             self._local.conn = None
 
 
-_VALUE_RANK = {st: (st.value, RANK[st]) for st in State}
-_BY_VALUE = {st.value: st for st in State}
-_PENDING, _RUNNING, _SUCCEEDED, _CACHED = State.PENDING, State.RUNNING, State.SUCCEEDED, State.CACHED
 
 
-def _merge_rows(transitions: Sequence[Transition]) -> list[list]:
+def row_of(t: Transition) -> tuple:
+    """A transition as a plain row (its fields in order, the state as its string): what the writer
+    process receives and :meth:`SQLiteStore.apply_rows` reads, with no objects to rebuild."""
+    return (t.task_run_id, t.run_id, t.state._value_, t.attempt, t.ts, t.task, t.name, t.key, t.upstream,
+            t.map_index, t.error, t.traceback, t.result_ref, t.result_inline, t.handle, t.message, t.cacheable,
+            t.objects, t.ikey, t.executor, t.info)
+
+
+# row_of positions: 0 id, 1 run, 2 state, 3 attempt, 4 ts, 5 task, 6 name, 7 key, 8 upstream, 9 map_index,
+# 10 error, 11 traceback, 12 result_ref, 13 result_inline, 14 handle, 15 message, 16 cacheable, 17 objects,
+# 18 ikey, 19 executor, 20 info
+_RANK_OF = {st.value: RANK[st] for st in State}
+
+
+def _merge_rows(rows: Sequence[tuple]) -> list[list]:
     """One upsert row per task run: the last state wins, timestamps and fields accumulate."""
     merged: dict[str, list] = {}
-    vr = _VALUE_RANK
-    for t in transitions:
-        st = t.state
-        row = merged.get(t.task_run_id)
+    ranks = _RANK_OF
+    for t in rows:
+        st = t[2]
+        row = merged.get(t[0])
         if row is None:
             # seq only matters when the row is inserted, which is by its PENDING transition
-            row = [t.task_run_id, t.run_id, _seq_of(t.task_run_id) if st is _PENDING else None, None, None, None,
-                   None, None, None,
+            row = [t[0], t[1], _seq_of(t[0]) if st == "PENDING" else None, None, None, None, None, None, None,
                    None, None, None, None, None, None, None, None, None, None, None, None, None, None]
-            merged[t.task_run_id] = row
-        value, rank = vr[st]
-        row[6] = value
+            merged[t[0]] = row
+        rank = ranks[st]
+        row[6] = st
         row[7] = rank
-        row[8] = t.attempt
-        if st is _PENDING:
-            row[9] = t.ts
-            row[3] = t.task
-            row[4] = t.name
-            row[18] = t.map_index
-            row[19] = t.cacheable
-            if t.upstream is not None:
-                row[17] = json.dumps(t.upstream)
-        elif st is _RUNNING:
-            row[10] = t.ts
-            if t.handle is not None:
-                row[16] = t.handle
+        row[8] = t[3]
+        if st == "PENDING":
+            row[9] = t[4]
+            row[3] = t[5]
+            row[4] = t[6]
+            row[18] = t[9]
+            row[19] = t[16]
+            if t[8] is not None:
+                row[17] = json.dumps(t[8])
+        elif st == "RUNNING":
+            row[10] = t[4]
+            if t[14] is not None:
+                row[16] = t[14]
         elif rank == TERMINAL_RANK:
-            row[11] = t.ts
-            if t.result_ref is not None:
-                row[14] = t.result_ref
-                row[15] = t.result_inline
-            if t.traceback is not None:
-                row[13] = t.traceback
-            if st is _SUCCEEDED or st is _CACHED:  # an earlier attempt's error stays in the events only
-                row[12], row[13] = t.error, t.traceback
-        if t.key is not None:
-            row[5] = t.key
-        if t.error is not None:
-            row[12] = t.error
-        if t.ikey is not None:
-            row[20] = t.ikey
-        if t.executor is not None:
-            row[21] = t.executor
-        if t.info is not None:
-            row[22] = json.dumps(t.info, sort_keys=True, default=str)
+            row[11] = t[4]
+            if t[12] is not None:
+                row[14] = t[12]
+                row[15] = t[13]
+            if t[11] is not None:
+                row[13] = t[11]
+            if st == "SUCCEEDED" or st == "CACHED":  # an earlier attempt's error stays in the events only
+                row[12], row[13] = t[10], t[11]
+        if t[7] is not None:
+            row[5] = t[7]
+        if t[10] is not None:
+            row[12] = t[10]
+        if t[18] is not None:
+            row[20] = t[18]
+        if t[19] is not None:
+            row[21] = t[19]
+        if t[20] is not None:
+            row[22] = json.dumps(t[20], sort_keys=True, default=str)
     return list(merged.values())
 
 
