@@ -258,7 +258,7 @@ def test_values_are_shown_as_the_user_wrote_them(page, db, shots):
         expect(drawer.get_by_test_id("object-Protein")).to_contain_text("MKTAYIAKQRW")
         expect(drawer.get_by_test_id("object-Protein")).to_contain_text("11 residues")
         mol = drawer.get_by_test_id("object-Molecule")
-        expect(mol.get_by_test_id("smiles")).to_have_text(re.compile(r"^(Oc1ccccc1|c1ccccc1O)$"))  # canonical with RDKit
+        expect(mol.get_by_test_id("smiles")).to_have_text(re.compile(r"^(Oc1ccccc1|c1ccccc1O)$"))  # RDKit canonical
         try:
             import rdkit  # noqa: F401
         except ImportError:
