@@ -290,6 +290,18 @@ class StoreContract:
         assert [t.id for t in lin["consumed_by"]] == ["r1.2"]
         assert st.lineage("nothing") == {"produced_by": [], "inputs": [], "consumed_by": []}
 
+    def test_derived_runs_and_task_run_summaries(self, st):
+        root = new_run(st, created=1000.0)
+        for i, field in enumerate(("resumed_from", "replay_of", "parent_run")):
+            st.create_run(RunRecord(id=f"{root}-d{i}", flow="f", created=1100.0 + i, **{field: root}))
+        st.create_run(RunRecord(id=f"{root}-other", flow="f", created=1050.0))
+        assert [r.id for r in st.derived_runs(root)] == [f"{root}-d0", f"{root}-d1", f"{root}-d2"]
+        st.apply([Transition(f"{root}.{i}", root, P, 1, 1.0, task="m:t", name="t") for i in range(1, 4)])
+        st.apply([Transition(f"{root}.2", root, F, 1, 2.0, error="E: x", traceback="long traceback")])
+        rows = st.task_run_summaries(root, after=f"{root}.1", limit=5)
+        assert [t.id for t in rows] == [f"{root}.2", f"{root}.3"]
+        assert rows[0].error == "E: x" and rows[0].traceback is None
+
     def test_concurrent_writer_processes(self, st):
         if not self.multiprocess:
             pytest.skip("an in-process store: other processes cannot open it")

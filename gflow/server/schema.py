@@ -139,13 +139,13 @@ def _still_running(rec: RunRecord) -> bool:
 def _overview(store: Any, run_id: str, max_rows: int) -> tuple[RunRecord, O.Overview, int]:
     rec = store.get_run(run_id)
     seq = store.last_event_seq(rec.id)  # before the task runs: a subscriber from here misses nothing
-    return rec, O.overview(rec.id, rec.created, store.task_runs(rec.id), max_rows), seq
+    return rec, O.overview(rec.id, rec.created, store.task_run_summaries(rec.id), max_rows), seq
 
 
 def _rows(store: Any, run_id: str, after: str | None,
           first: int) -> tuple[dict[str, Any], int, str | None, bool]:
     rec = store.get_run(run_id)
-    recs: list[TaskRunRecord] = store.task_runs(rec.id, limit=first + 1, after=after)
+    recs: list[TaskRunRecord] = store.task_run_summaries(rec.id, limit=first + 1, after=after)
     more = len(recs) > first
     recs = recs[:first]
     return O.rows(rec.id, rec.created, recs), len(recs), (recs[-1].id if recs else after), more

@@ -21,7 +21,6 @@ strawberry.enum(State, name="State", description="A run's or task run's state.")
 
 NOT_FOUND, BAD_INPUT, CONFLICT, NOT_AVAILABLE = "NOT_FOUND", "BAD_USER_INPUT", "CONFLICT", "NOT_AVAILABLE"
 UNAUTHENTICATED, FORBIDDEN, DRIVER_FAILED = "UNAUTHENTICATED", "FORBIDDEN", "DRIVER_FAILED"
-DERIVED_SCAN = 2000  # runs created after a run that are searched for its resumes, replays and subflows
 
 
 @strawberry.type(description="How many task runs of a run are in one state.")
@@ -165,14 +164,11 @@ class Run:
         _excerpt_args(head, tail)
         return TextExcerpt.of(D.excerpt(self.traceback, head, tail))
 
-    @strawberry.field(description=f"Runs resumed or replayed from this one, and its subflows (searched among the "
-                                  f"{DERIVED_SCAN} runs created after it), oldest first.")
+    @strawberry.field(description="Runs resumed or replayed from this one, and its subflows, oldest first.")
     async def derived_runs(self, info: Info) -> list[Run]:
         ctx = info.context
-        recs = await ctx.call(ctx.store.list_runs, since=self.created, limit=DERIVED_SCAN)
-        me = str(self.id)
-        found = [r for r in recs if me in (r.resumed_from, r.replay_of, r.parent_run) and r.id != me]
-        return [Run.of(r) for r in reversed(found)]
+        recs = await ctx.call(ctx.store.derived_runs, str(self.id))
+        return [Run.of(r) for r in recs]
 
     @strawberry.field(description="Drivers this server started from this run (retryTask, replayRun), oldest first.")
     def launches(self, info: Info) -> list[DriverLaunch]:

@@ -280,6 +280,24 @@ class Store(abc.ABC):
         records made before input keys existed): what a resume reuses."""
         return by_input_key(self.results_by_key(run_id).values())
 
+    def task_run_summaries(self, run_id: str, *, after: str | None = None,
+                           limit: int | None = None) -> list[TaskRunRecord]:
+        """:meth:`task_runs` without the large fields (``traceback``, ``result_inline`` are None): what a
+        run page lists. Stores override it to read less."""
+        out = self.task_runs(run_id, after=after, limit=limit)
+        for t in out:
+            t.traceback = None
+            t.result_inline = None
+        return out
+
+    def derived_runs(self, run_id: str) -> list[RunRecord]:
+        """Runs made from ``run_id``: its resumes, replays and subflow runs, oldest first (stores override
+        this with an indexed query; the default scans the runs created after it)."""
+        me = self.get_run(run_id)
+        later = self.list_runs(since=me.created, limit=100_000)
+        found = [r for r in later if r.id != me.id and me.id in (r.resumed_from, r.replay_of, r.parent_run)]
+        return sorted(found, key=lambda r: (r.created, r.id))
+
     def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
         """Events of many task runs, keyed by ``(run_id, task_run_id)``, in order (every key present)."""
         uniq = list(dict.fromkeys(keys))

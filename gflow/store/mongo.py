@@ -106,6 +106,8 @@ class MongoStore(Store):
         self.runs.create_index([("flow", A), ("created", D)], name="flow_created")
         self.runs.create_index([("state", A), ("created", D)], name="state_created")
         self.runs.create_index([("tags", A), ("created", D)], name="tags_created")
+        for f in ("parent_run", "resumed_from", "replay_of"):  # derived_runs
+            self.runs.create_index([(f, A)], name=f, sparse=True)
         self.task_runs_coll.create_index([("run_id", A), ("seq", A)], name="run_seq")
         self.task_runs_coll.create_index([("run_id", A), ("state", A), ("seq", A)], name="run_state_seq")
         self.task_runs_coll.create_index([("run_id", A), ("task", A), ("seq", A)], name="run_task_seq")
@@ -373,6 +375,12 @@ class MongoStore(Store):
                 {"key": key, "cacheable": 1, "state": {"$in": _FINISHED}, "result_ref": {"$ne": None}},
                 _TR_PROJECTION).sort("ended", pymongo.DESCENDING).limit(1))
         return _tr_from_doc(docs[0]) if docs else None
+
+    def derived_runs(self, run_id: str) -> list[RunRecord]:
+        with self._errors("derived runs"):
+            docs = list(self.runs.find({"$or": [{"parent_run": run_id}, {"resumed_from": run_id},
+                                                {"replay_of": run_id}]}).sort([("created", 1), ("_id", 1)]))
+        return [_run_from_doc(d) for d in docs]
 
     def claim_resume(self, run_id: str, claimant: str, expected: str | None) -> str | None:
         with self._errors("claim run for resume"):

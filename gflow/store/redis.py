@@ -498,6 +498,13 @@ class RedisLayer(Store):
     def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
         return self.durable.results_for_resume(run_id)
 
+    def task_run_summaries(self, run_id: str, *, after: str | None = None,
+                           limit: int | None = None) -> list[TaskRunRecord]:
+        return self.durable.task_run_summaries(run_id, after=after, limit=limit)
+
+    def derived_runs(self, run_id: str) -> list[RunRecord]:
+        return self.durable.derived_runs(run_id)
+
     def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
         return self.durable.task_events_many(keys)
 

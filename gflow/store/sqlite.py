@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created DESC, id DESC);
 CREATE INDEX IF NOT EXISTS runs_flow ON runs(flow, created DESC);
+CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run) WHERE parent_run IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_resumed_from ON runs(resumed_from) WHERE resumed_from IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_replay_of ON runs(replay_of) WHERE replay_of IS NOT NULL;
 CREATE TABLE IF NOT EXISTS task_runs (
     id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER, task TEXT, name TEXT, key TEXT,
     state TEXT NOT NULL, rank INTEGER NOT NULL, attempt INTEGER NOT NULL,
@@ -437,6 +440,26 @@ class SQLiteStore(Store):
             f"SELECT {_TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
             "AND result_ref IS NOT NULL AND key IS NOT NULL", (run_id,), "resume lookup")
         return {r.key: r for r in map(self._tr_from_row, rows) if r.key}
+
+    def task_run_summaries(self, run_id: str, *, after: str | None = None,
+                           limit: int | None = None) -> list[TaskRunRecord]:
+        cols = _TR_COLS.replace("traceback,", "NULL,").replace("result_inline,", "NULL,")
+        sql = f"SELECT {cols} FROM task_runs WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if after:
+            seq = _seq_of(after)
+            sql += " AND seq > ?"
+            args.append(seq if seq is not None else -1)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [self._tr_from_row(r) for r in self._read(sql, args, "list task runs")]
+
+    def derived_runs(self, run_id: str) -> list[RunRecord]:
+        rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE parent_run = ?1 OR resumed_from = ?1 OR replay_of = ?1 "
+                          "ORDER BY created, id", (run_id,), "derived runs")
+        return [self._run_from_row(r) for r in rows]
 
     def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
         uniq = list(dict.fromkeys(keys))
