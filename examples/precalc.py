@@ -191,8 +191,11 @@ def precalc(library: str, model: str, sample: int | None = None, workers: int = 
     model_obj = resolve_model(model)
     chunks = split(entries, workers)
     results = predict_chunk.map(chunks, range(len(chunks)), model=model_obj)
-    return PrecalcResult(model=model_obj.source, model_name=model_obj.name, entries=len(entries),
-                         chunks=tuple(r.result() for r in results))
+    result = PrecalcResult(model=model_obj.source, model_name=model_obj.name, entries=len(entries),
+                           chunks=tuple(r.result() for r in results))
+    # a queryable table (GraphQL `predictions(model:, keys:)`), one row per (model, input key)
+    gflow.tables.record("predictions", result.predictions(), key=("model", "key"))
+    return result
 
 
 if __name__ == "__main__":

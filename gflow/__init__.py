@@ -23,6 +23,7 @@ from gflow.flows import Flow, Future, ResumeRefused, RunResult, cancel_run, flow
 from gflow.images import Image
 from gflow.states import State
 from gflow.tasks import Resources, Retry, Task, task
+from gflow import tables  # noqa: E402,I001 - gflow.tables.record() in flow bodies
 
 __version__ = "0.1.0"
 

@@ -112,6 +112,22 @@ def test_precalc_chunks_sample_and_rerun(tiny_esm: str, gflow_home: Path) -> Non
     rerun = run_flow(flow, str(LIBRARY), tiny_esm, workers=5)
     assert rerun.value == res
     assert set(_states(gflow_home, rerun.id)["predict_chunk"]) == {"CACHED"}  # nothing recomputed
+    # the predictions are a queryable table: by model and input key, through GraphQL as well
+    table = gflow.tables.rows("predictions", {"model": res.model, "key": "trp_cage"})
+    assert [(r["key"], r["score"], r["_run_id"]) for r in table] == [
+        ("trp_cage", res.lookup("trp_cage").score, rerun.id)]
+    pytest.importorskip("strawberry")
+    from gflow.server.app import create_app
+    from gflow.server.testing import serve
+    from gflow.store import open_store
+
+    with serve(create_app(open_store(f"sqlite:///{gflow_home / 'gflow.db'}"), close_store=True)) as url:
+        import httpx
+
+        q = "query($m: String!, $k: [String!]) { predictions(model: $m, keys: $k) { key score runId } }"
+        got = httpx.post(f"{url}/graphql", json={"query": q, "variables": {"m": res.model, "k": ["trp_cage", "nope"]}})
+        assert got.json()["data"]["predictions"] == [
+            {"key": "trp_cage", "score": res.lookup("trp_cage").score, "runId": rerun.id}]
 
 
 def test_precalc_bad_input(tiny_esm: str, tmp_path: Path) -> None:

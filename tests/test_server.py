@@ -18,7 +18,7 @@ httpx = pytest.importorskip("httpx")
 ws_client = pytest.importorskip("websockets.sync.client")
 
 import gflow  # noqa: E402
-from gflow.objects import Protein  # noqa: E402
+from gflow.objects import Molecule, Protein  # noqa: E402
 from gflow.server.app import create_app  # noqa: E402
 from gflow.server.auth import AuthConfig  # noqa: E402
 from gflow.server.schema import Limits  # noqa: E402
@@ -874,3 +874,29 @@ def test_a_5mb_traceback_comes_as_an_excerpt(server, db):
     assert t["errorExcerpt"]["truncated"] and len(t["errorExcerpt"]["text"]) < 400
     full = c.data('query { taskRun(id: "bigtb.1") { traceback } }')["taskRun"]["traceback"]
     assert full == tb  # all of it, when asked
+
+
+# -- the molecule registry ---------------------------------------------------------------------------------
+
+@gflow.task
+def mol_weight_class(m: Molecule) -> str:
+    return "small" if len(m.smiles) < 10 else "large"
+
+
+def test_registry_finds_a_molecule_across_runs_whatever_its_spelling(server, db):
+    pytest.importorskip("rdkit")
+
+    @gflow.flow
+    def classify(smiles: list[str]) -> list[str]:
+        return [mol_weight_class(Molecule(smiles=s, name=f"m{i}")) for i, s in enumerate(smiles)]
+
+    a = classify.run(["OCC", "c1ccccc1"], executor="local", store=db, tags=["cycle1"], return_run=True)
+    b = classify.run(["C(O)C"], executor="local", store=db, tags=["cycle2"], return_run=True)
+    assert a.state is State.SUCCEEDED and b.state is State.SUCCEEDED
+    c = server()
+    got = c.data("query($k: String!) { registry(kind: \"molecule\", key: $k) { kind key uses { runId runTags role "
+                 "taskRun { name } } } }", k="CCO")["registry"]
+    assert got["key"] == "CCO"
+    assert sorted((u["runId"], tuple(u["runTags"]), u["role"]) for u in got["uses"]) == sorted(
+        [(a.id, ("cycle1",), "read"), (b.id, ("cycle2",), "read")])
+    assert all(u["taskRun"]["name"] == "mol_weight_class" for u in got["uses"])

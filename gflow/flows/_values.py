@@ -38,6 +38,11 @@ def resolve_values(value: Any, tasks: Mapping[str, Any], refs: Mapping[str, Any]
     return substitute(value, Future, get)
 
 
+def registry_id(kind: str, key: str) -> str:
+    """The lineage id under which objects of ``kind`` (a class name, any case) with ``key`` are recorded."""
+    return f"key:{kind.lower()}:{key}"
+
+
 def object_ids(value: Any, out: list[str] | None = None, depth: int = 0) -> list[str]:
     """Content ids of the gflow objects in ``value`` (itself, or inside lists/tuples/dicts, 3 levels)."""
     if out is None:
@@ -49,6 +54,12 @@ def object_ids(value: Any, out: list[str] | None = None, depth: int = 0) -> list
     if isinstance(cid, str):
         if cid not in out:
             out.append(cid)
+        rk = getattr(value, "registry_key", None)
+        key = rk() if callable(rk) else None
+        if isinstance(key, str):  # found across runs whatever its name: ``key:molecule:CCO``
+            entry = registry_id(type(value).__name__, key)
+            if entry not in out:
+                out.append(entry)
         return out
     if t is list or t is tuple:
         for v in value:

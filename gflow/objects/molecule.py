@@ -126,6 +126,9 @@ class Molecule(GflowObject):
     metadata: Metadata = Field(default_factory=dict)
     _given: str | None = PrivateAttr(default=None)
 
+    def registry_key(self) -> str | None:
+        return self.smiles
+
     @model_validator(mode="wrap")
     @classmethod
     def _keep_given(cls, data: Any, handler: Any) -> Any:

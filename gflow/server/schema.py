@@ -41,12 +41,16 @@ from gflow.server.types import (
     Lineage,
     LineageEdge,
     ObjectLineage,
+    Prediction,
+    RegistryEntry,
+    RegistryUse,
     RowsPage,
     Run,
     RunEvent,
     RunOverview,
     RunPage,
     TaskRun,
+    TableRowsPage,
     TaskRunPage,
     group_view,
 )
@@ -312,6 +316,56 @@ class Query:
         return Lineage(task_run=TaskRun.of(root), upstream=[TaskRun.of(t) for t in ups],
                        downstream=[TaskRun.of(t) for t in downs], edges=uniq_edges, truncated=truncated)
 
+    @strawberry.field(description="Rows of a named table (gflow.tables.record) whose fields equal `where`'s.")
+    async def table_rows(self, info: Info, table: str, where: JSON | None = None, first: int = 100,
+                         after: str | None = None) -> TableRowsPage:
+        ctx = info.context
+        check_text(table, "table", 200)
+        if where is not None and (not isinstance(where, dict) or not all(
+                isinstance(v, (str, int, float, bool)) for v in where.values())):
+            raise gql_error("where must be an object of field names to strings or numbers", BAD_INPUT)
+        if not 1 <= first <= 1000:
+            raise gql_error(f"first must be between 1 and 1000 (got {first})", BAD_INPUT)
+        got = await ctx.call(ctx.store.get_rows, table, where, limit=first + 1, after=after)
+        more = len(got) > first
+        got = got[:first]
+        return TableRowsPage(rows=got, end_cursor=got[-1]["_cursor"] if got else after, has_next_page=more)
+
+    @strawberry.field(description="Precalculated predictions of `model` (the precalc example's table), for the "
+                                  "input `keys` (all of them when none are given, paged by `first`/`after`).")
+    async def predictions(self, info: Info, model: str, keys: list[str] | None = None, first: int = 100,
+                          after: str | None = None) -> list[Prediction]:
+        ctx = info.context
+        check_text(model, "model", 1000)
+        if keys is not None and len(keys) > 1000:
+            raise gql_error("at most 1000 keys per query", BAD_INPUT)
+        if not 1 <= first <= 1000:
+            raise gql_error(f"first must be between 1 and 1000 (got {first})", BAD_INPUT)
+
+        def fetch() -> list[dict[str, Any]]:
+            if keys is None:
+                return ctx.store.get_rows("predictions", {"model": model}, limit=first, after=after)
+            out: list[dict[str, Any]] = []
+            for k in keys:
+                out += ctx.store.get_rows("predictions", {"model": model, "key": check_text(k, "key", 1000)}, limit=1)
+            return out
+
+        rows = await ctx.call(fetch)
+        return [Prediction(key=r["key"], model=r["model"], score=float(r["score"]), length=r.get("length"),
+                           run_id=r.get("_run_id")) for r in rows]
+
+    @strawberry.field(description="A registry lookup across runs: every task run that produced or read an object "
+                                  "of `kind` (e.g. 'molecule') with this key (a molecule's SMILES, in any "
+                                  "spelling RDKit canonicalizes), with its run's tags.")
+    async def registry(self, info: Info, kind: str, key: str) -> RegistryEntry:
+        ctx = info.context
+        check_text(kind, "kind", 100)
+        check_text(key, "key", 10_000)
+        canon, uses = await ctx.call(_registry, ctx.store, kind, key)
+        return RegistryEntry(kind=kind.lower(), key=canon, uses=[
+            RegistryUse(task_run=TaskRun.of(t), run_id=strawberry.ID(t.run_id), run_tags=list(r.tags) if r else [],
+                        role=role) for t, r, role in uses])
+
     @strawberry.field(description="Lineage of a gflow object by content id: the task runs that produced it (and "
                                   "from which objects) and those that read it.")
     async def object_lineage(self, info: Info, content_id: str) -> ObjectLineage:
@@ -319,6 +373,22 @@ class Query:
         got = await ctx.call(ctx.store.lineage, check_id(content_id, "content id"))
         return ObjectLineage(content_id=content_id, produced_by=[TaskRun.of(t) for t in got["produced_by"]],
                              inputs=list(got["inputs"]), consumed_by=[TaskRun.of(t) for t in got["consumed_by"]])
+
+
+def _registry(store: Any, kind: str, key: str) -> tuple[str, list[tuple[TaskRunRecord, RunRecord | None, str]]]:
+    from gflow.flows._values import registry_id
+
+    if kind.lower() == "molecule":  # the same molecule however it was spelled
+        try:
+            from gflow.objects import Molecule
+
+            key = Molecule(smiles=key).smiles
+        except Exception:  # noqa: BLE001 - not a valid SMILES here: look it up as given
+            pass
+    got = store.lineage(registry_id(kind, key))
+    uses = [(t, "produced") for t in got["produced_by"]] + [(t, "read") for t in got["consumed_by"]]
+    runs = store.get_runs([t.run_id for t, _ in uses])
+    return key, [(t, runs.get(t.run_id), role) for t, role in uses]
 
 
 async def _launch(info: Info, kind: str, source: RunRecord, task_run: str | None) -> DriverLaunch:

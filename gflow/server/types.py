@@ -378,6 +378,38 @@ class ObjectLineage:
     consumed_by: list[TaskRun] = strawberry.field(description="Task runs that read the object.")
 
 
+@strawberry.type(description="A page of a named table's rows (written by flows with gflow.tables.record).")
+class TableRowsPage:
+    rows: list[JSON] = strawberry.field(description="The rows as JSON objects, with `_run_id` (who wrote it).")
+    end_cursor: str | None = strawberry.field(description="Pass as `after` for the next page.")
+    has_next_page: bool
+
+
+@strawberry.type(description="One precalculated prediction (the precalc example's `predictions` table).")
+class Prediction:
+    key: str
+    model: str
+    score: float
+    length: int | None
+    run_id: str | None
+
+
+@strawberry.type(description="A task run that read or produced a registered object, with its run's id and tags.")
+class RegistryUse:
+    task_run: TaskRun
+    run_id: strawberry.ID
+    run_tags: list[str]
+    role: str = strawberry.field(description="'produced' or 'read'.")
+
+
+@strawberry.type(description="Every use of the objects of one kind with one registry key (a molecule's canonical "
+                             "SMILES), across runs, whatever their names.")
+class RegistryEntry:
+    kind: str
+    key: str
+    uses: list[RegistryUse]
+
+
 @strawberry.type
 class CancelResult:
     run: Run

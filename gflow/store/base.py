@@ -43,6 +43,22 @@ def check_run_id(run_id: str, url: str) -> None:
         raise RunNotFound(f"no run {shown!r} in {url} (a run id has 1 to {MAX_RUN_ID} characters)")
 
 
+def table_key(row: dict[str, Any], key: Sequence[str]) -> str:
+    """A row's key in a named table (:meth:`Store.put_rows`): the canonical JSON of its key fields' values.
+
+    Raises:
+        StoreError: when a key field is missing from the row.
+    """
+    import json
+
+    from gflow.errors import StoreError
+
+    missing = [k for k in key if k not in row]
+    if missing or not key:
+        raise StoreError(f"a table row needs its key fields {list(key)}; missing {missing}")
+    return json.dumps([row[k] for k in key], sort_keys=True, separators=(",", ":"))
+
+
 def by_input_key(records: Any) -> dict[str, TaskRunRecord]:
     """Finished task runs by input key (the cache key for records made before input keys existed)."""
     out: dict[str, TaskRunRecord] = {}
@@ -279,6 +295,23 @@ class Store(abc.ABC):
         """Finished task runs of a run that have stored results, by input key (``ikey``; the cache key for
         records made before input keys existed): what a resume reuses."""
         return by_input_key(self.results_by_key(run_id).values())
+
+    def put_rows(self, table: str, rows: Sequence[dict[str, Any]], key: Sequence[str],
+                 run_id: str | None = None) -> int:
+        """Upsert ``rows`` (JSON objects) into a named table, one row per value of the ``key`` fields (the last
+        write wins); ``run_id`` notes which run wrote them. Returns how many were written. For results people
+        look up by key (a precalc run's predictions by model and input key)."""
+        from gflow.errors import StoreError
+
+        raise StoreError(f"{type(self).__name__} keeps no tables")
+
+    def get_rows(self, table: str, where: dict[str, Any] | None = None, *, limit: int = 100,
+                 after: str | None = None) -> list[dict[str, Any]]:
+        """Rows of a table whose fields equal ``where``'s, in write order after the cursor ``after`` (each row
+        carries ``_cursor`` and ``_run_id``)."""
+        from gflow.errors import StoreError
+
+        raise StoreError(f"{type(self).__name__} keeps no tables")
 
     def task_run_summaries(self, run_id: str, *, after: str | None = None,
                            limit: int | None = None) -> list[TaskRunRecord]:

@@ -44,6 +44,7 @@ from gflow.store.base import (
     by_input_key,
     check_run_id,
     prefix_match,
+    table_key,
 )
 from gflow.store.base import seq_of as _seq_of
 
@@ -81,6 +82,7 @@ class MongoStore(Store):
         self.task_runs_coll = db["task_runs"]
         self.events_coll = db["events"]
         self.counters = db["counters"]
+        self.table_rows = db["table_rows"]
         with self._errors("create indexes"):
             self._create_indexes()
 
@@ -375,6 +377,27 @@ class MongoStore(Store):
                 {"key": key, "cacheable": 1, "state": {"$in": _FINISHED}, "result_ref": {"$ne": None}},
                 _TR_PROJECTION).sort("ended", pymongo.DESCENDING).limit(1))
         return _tr_from_doc(docs[0]) if docs else None
+
+    def put_rows(self, table: str, rows: Sequence[dict[str, Any]], key: Sequence[str],
+                 run_id: str | None = None) -> int:
+        if not rows:
+            return 0
+        with self._errors("write table rows"):
+            last = self._reserve(f"rows:{table}", len(rows))
+            ops = [UpdateOne({"_id": f"{table}\x00{table_key(r, key)}"},
+                             {"$set": {"tbl": table, "key": table_key(r, key), "run_id": run_id, "data": r,
+                                       "seq": last - len(rows) + 1 + i}}, upsert=True) for i, r in enumerate(rows)]
+            self.table_rows.bulk_write(ops, ordered=True)
+        return len(rows)
+
+    def get_rows(self, table: str, where: dict[str, Any] | None = None, *, limit: int = 100,
+                 after: str | None = None) -> list[dict[str, Any]]:
+        q: dict[str, Any] = {"tbl": table, **{f"data.{f}": v for f, v in (where or {}).items()}}
+        if after and after.isdigit():
+            q["seq"] = {"$gt": int(after)}
+        with self._errors("read table rows"):
+            docs = list(self.table_rows.find(q).sort("seq", pymongo.ASCENDING).limit(limit))
+        return [{**d["data"], "_cursor": str(d["seq"]), "_run_id": d.get("run_id")} for d in docs]
 
     def derived_runs(self, run_id: str) -> list[RunRecord]:
         with self._errors("derived runs"):

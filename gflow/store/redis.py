@@ -498,6 +498,14 @@ class RedisLayer(Store):
     def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
         return self.durable.results_for_resume(run_id)
 
+    def put_rows(self, table: str, rows: Sequence[dict[str, Any]], key: Sequence[str],
+                 run_id: str | None = None) -> int:
+        return self.durable.put_rows(table, rows, key, run_id)
+
+    def get_rows(self, table: str, where: dict[str, Any] | None = None, *, limit: int = 100,
+                 after: str | None = None) -> list[dict[str, Any]]:
+        return self.durable.get_rows(table, where, limit=limit, after=after)
+
     def task_run_summaries(self, run_id: str, *, after: str | None = None,
                            limit: int | None = None) -> list[TaskRunRecord]:
         return self.durable.task_run_summaries(run_id, after=after, limit=limit)

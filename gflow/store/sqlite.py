@@ -22,10 +22,11 @@ from gflow.store.base import (
     by_input_key,
     check_run_id,
     prefix_match,
+    table_key,
 )
 from gflow.store.base import seq_of as _seq_of
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, flow TEXT NOT NULL, flow_path TEXT, state TEXT NOT NULL, rank INTEGER NOT NULL,
@@ -58,6 +59,10 @@ CREATE TABLE IF NOT EXISTS objects (
 );
 CREATE INDEX IF NOT EXISTS objects_content ON objects(content_id, role);
 CREATE INDEX IF NOT EXISTS objects_task_run ON objects(task_run_id);
+CREATE TABLE IF NOT EXISTS table_rows (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, key TEXT NOT NULL, run_id TEXT, data TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS table_rows_key ON table_rows(tbl, key);
 """
 #: columns added after schema version 2, for databases made by older gflow versions
 _MIGRATIONS = [
@@ -440,6 +445,35 @@ class SQLiteStore(Store):
             f"SELECT {_TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
             "AND result_ref IS NOT NULL AND key IS NOT NULL", (run_id,), "resume lookup")
         return {r.key: r for r in map(self._tr_from_row, rows) if r.key}
+
+    def put_rows(self, table: str, rows: Sequence[dict[str, Any]], key: Sequence[str],
+                 run_id: str | None = None) -> int:
+        data = [(table, table_key(r, key), run_id, json.dumps(r, sort_keys=True, separators=(",", ":")))
+                for r in rows]
+
+        def do(c: sqlite3.Connection) -> int:
+            # a rewritten key moves to the end (a new seq): cursors walk write order
+            _insert_many(c, "INSERT OR REPLACE INTO table_rows (tbl, key, run_id, data) VALUES (?,?,?,?)", data)
+            return len(data)
+
+        return self._write(do, "write table rows") if data else 0
+
+    def get_rows(self, table: str, where: dict[str, Any] | None = None, *, limit: int = 100,
+                 after: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT seq, run_id, data FROM table_rows WHERE tbl = ?"
+        args: list[Any] = [table]
+        for field, value in (where or {}).items():
+            if not field.replace("_", "").isalnum():
+                raise StoreError(f"table {table!r}: field name {field!r} must be letters, digits and _")
+            sql += f" AND json_extract(data, '$.{field}') = ?"
+            args.append(value)
+        if after:
+            sql += " AND seq > ?"
+            args.append(int(after) if after.isdigit() else -1)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        return [{**json.loads(d), "_cursor": str(seq), "_run_id": run} for seq, run, d in
+                self._read(sql, args, "read table rows")]
 
     def task_run_summaries(self, run_id: str, *, after: str | None = None,
                            limit: int | None = None) -> list[TaskRunRecord]:
