@@ -1,5 +1,6 @@
 """gflow: tasks and flows for protein design and drug discovery, local first, remote unchanged."""
 
+from gflow import tables as tables  # gflow.tables.record() in flow bodies
 from gflow.errors import (
     ArtifactCorrupt,
     ArtifactNotFound,
@@ -23,7 +24,6 @@ from gflow.flows import Flow, Future, ResumeRefused, RunResult, cancel_run, flow
 from gflow.images import Image
 from gflow.states import State
 from gflow.tasks import Resources, Retry, Task, task
-from gflow import tables  # noqa: E402,I001 - gflow.tables.record() in flow bodies
 
 __version__ = "0.1.0"
 

@@ -49,8 +49,8 @@ from gflow.server.types import (
     RunEvent,
     RunOverview,
     RunPage,
-    TaskRun,
     TableRowsPage,
+    TaskRun,
     TaskRunPage,
     group_view,
 )
