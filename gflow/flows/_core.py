@@ -15,15 +15,13 @@ from typing import Any
 
 from gflow.errors import (
     Cancelled,
-    FlowFailed,
     GflowError,
     InvalidTransition,
-    SerializationError,
-    TaskFailed,
     TaskTimeout,
-    UpstreamFailed,
 )
 from gflow.executors.base import UPSTREAM_PENDING, Call, Capabilities, Outcome
+from gflow.flows._attempts import Attempts
+from gflow.flows._endings import RunEndings, RunState
 from gflow.flows._events import (
     CALL,
     MAP,
@@ -44,7 +42,6 @@ from gflow.flows._events import (
     Record,
     RecordRun,
     Resolve,
-    RunFinished,
     RunStarted,
     Started,
     Submit,
@@ -54,8 +51,8 @@ from gflow.flows._events import (
     TimerFired,
 )
 from gflow.flows._keys import compute_keys
-from gflow.flows._values import object_ids, resolve_values
-from gflow.serialization import encode
+from gflow.flows._speculation import Speculation
+from gflow.flows._values import all_scalars, object_ids, resolve_values
 from gflow.states import State
 from gflow.store.base import TaskRunRecord, Transition
 
@@ -64,32 +61,7 @@ SUCCEEDED, FAILED, CANCELLED, CACHED = State.SUCCEEDED, State.FAILED, State.CANC
 INLINE_MAX = 16 * 1024
 
 
-class RunState:
-    """A run (flow or subflow) as the core sees it."""
-
-    __slots__ = ("id", "parent", "active", "body_done", "value", "error", "traceback", "failures", "cancelled",
-                 "external_cancel", "children", "finished", "reused_changed", "flow_name", "fail_with")
-
-    def __init__(self, run_id: str, parent: str | None, flow_name: str = "flow"):
-        self.id = run_id
-        self.parent = parent  # the subflow's task state id in the parent run
-        self.active = 0
-        self.body_done = False
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.traceback = ""
-        self.failures: list[TaskState] = []
-        self.cancelled: str | None = None
-        self.external_cancel = False
-        self.children: list[str] = []
-        self.finished = False
-        self.reused_changed: list[str] = []
-        self.flow_name = flow_name
-        #: stopped by a fault (the artifact store is full): the run ends FAILED with this error
-        self.fail_with: BaseException | None = None
-
-
-class Core:
+class Core(Attempts, RunEndings, Speculation):
     """The state machine. ``resume``: finished calls of the resumed run by input key (reused whatever
     their code version unless ``rerun_changed``); ``use_cache``: False reads no cached results (replay)."""
 
@@ -166,25 +138,6 @@ class Core:
         """The recorded transitions of one task state: (id, from, to, stimulus id, time)."""
         return [s for s in self.story_log if s[0] == task_id]
 
-    def error_of(self, ts: TaskState) -> BaseException:
-        """What ``future.result()`` raises for a failed or cancelled call."""
-        err = ts.error
-        if isinstance(err, BaseException):
-            return err
-        if isinstance(err, TaskState):  # upstream failure: name the root cause
-            root = err
-            while isinstance(root.error, TaskState):
-                root = root.error
-            cause = root.error if isinstance(root.error, BaseException) else None
-            if ts.state is CANCELLED:
-                return Cancelled(f"task '{ts.name}' ({ts.id}) was cancelled")
-            e = UpstreamFailed(ts.name, task_run_id=ts.id, run_id=ts.run_id, error_type="UpstreamFailed",
-                               error_message=f"upstream task '{root.name}' ({root.id}) failed",
-                               traceback=getattr(cause, "traceback", ""), attempts=0)
-            e.__cause__ = cause
-            return e
-        return Cancelled(f"task '{ts.name}' ({ts.id}) was cancelled")
-
     def validate_state(self) -> None:
         """Check the core's invariants (tests call this after each step)."""
         active: dict[str, int] = {}
@@ -208,19 +161,6 @@ class Core:
     def _executor_added(self, ev: ExecutorAdded) -> None:
         self.caps[ev.name] = ev.capabilities
         self.ready.setdefault(ev.name, deque())
-
-    def _run_started(self, ev: RunStarted) -> None:
-        rec = ev.run
-        assert rec is not None
-        run = self.runs[rec.id] = RunState(rec.id, ev.parent, rec.flow)
-        if ev.parent is not None:
-            parent = self.tasks[ev.parent]
-            self.runs[parent.run_id].children.append(rec.id)
-            if self.runs[parent.run_id].cancelled is not None:
-                run.cancelled = self.runs[parent.run_id].cancelled
-        if ev.create:
-            self._record_run(RecordRun(self._sid, rec.id, create=rec))
-            self._record_run(RecordRun(self._sid, rec.id, RUNNING, self.now))
 
     def _calls_added(self, ev: CallsAdded) -> None:
         tasks = self.tasks
@@ -291,7 +231,7 @@ class Core:
             self._log(ts, QUEUED)
             ts.state = QUEUED
             args = ts.arguments
-            objs = object_ids(args) if ts.attempt == 1 and not _all_scalars(args) else None
+            objs = object_ids(args) if ts.attempt == 1 and not all_scalars(args) else None
             rec(Transition(ts.id, ts.run_id, QUEUED, ts.attempt, now, key=ts.key, objects=objs or None,
                            executor=ts.executor))
             call_args, call_kwargs = ts.task.validator.call_args(args)
@@ -392,46 +332,6 @@ class Core:
             opts = ts.task.options
             e = TaskTimeout(f"task '{ts.name}' exceeded its timeout of {opts.timeout:g}s (attempt {ts.attempt})")
             self._finished_attempt(ts, Outcome.from_exception(e, "", ts.started, self.now))
-
-    def _cancel_requested(self, ev: CancelRequested) -> None:
-        runs = [r for r in self.runs.values() if ev.run_id is None or r.id == ev.run_id]
-        todo = list(runs)
-        while todo:  # a cancelled run takes its subflow runs with it
-            r = todo.pop()
-            for c in r.children:
-                child = self.runs.get(c)
-                if child is not None and child not in runs:
-                    runs.append(child)
-                    todo.append(child)
-        ids = {r.id for r in runs}
-        for r in runs:
-            if r.cancelled is None:
-                r.cancelled = ev.reason
-                r.external_cancel = ev.external and (ev.run_id is None or r.id == ev.run_id)
-                r.fail_with = ev.error
-        victims = [ts for ts in self.tasks.values() if ts.run_id in ids and not ts.state.terminal]
-        by_executor: dict[str, list[Any]] = {}
-        for ts in victims:
-            if ts.handle is not None and ts.state in (QUEUED, RUNNING, PENDING):
-                by_executor.setdefault(ts.executor, []).append(ts.handle)
-        for name, handles in by_executor.items():
-            self._out.append(CancelCalls(self._sid, name, handles))
-        for ts in victims:
-            if ts.state.terminal:
-                continue
-            if ts.state in (QUEUED, RUNNING):
-                self._release(ts)
-            ts.error = Cancelled(f"{ev.reason}: task run {ts.id}")
-            self._record_not_run(ts, CANCELLED)
-            self._finish(ts, CANCELLED)
-
-    def _body_returned(self, ev: BodyReturned) -> None:
-        run = self.runs[ev.run_id]
-        run.body_done = True
-        run.value = ev.value
-        run.error = ev.error
-        run.traceback = ev.traceback
-        self._maybe_finish_run(run)
 
     # -- readiness -------------------------------------------------------------------------------------------------
     def _ready(self, ts: TaskState) -> None:
@@ -555,173 +455,6 @@ class Core:
         ts.arguments = None
         self._finish(ts, SUCCEEDED)
 
-    # -- attempts ----------------------------------------------------------------------------------------------------
-    def _to_running(self, ts: TaskState, started: float, arm: bool = True) -> None:
-        self._log(ts, RUNNING)
-        ts.state = RUNNING
-        ts.started = started
-        self._rec.append(Transition(ts.id, ts.run_id, RUNNING, ts.attempt, started, handle=ts.desc))
-        timeout = ts.task.options.timeout
-        if arm and timeout:
-            caps = self.caps.get(ts.executor)
-            if caps is None or caps.reports_start:
-                self._out.append(ArmTimer(self._sid, ts.id, ts.attempt, "timeout", started + timeout))
-
-    def _queued_late(self, ts: TaskState) -> None:
-        """A speculative call started (or finished): it is QUEUED now."""
-        self._log(ts, QUEUED)
-        ts.state = QUEUED
-        self._rec.append(Transition(ts.id, ts.run_id, QUEUED, ts.attempt, self.now, executor=ts.executor))
-
-    def _finished_attempt(self, ts: TaskState, out: Outcome, retryable: bool = True) -> None:
-        if ts.state is QUEUED:
-            self._to_running(ts, out.started or out.ended or self.now, arm=False)
-        if ts.state is RUNNING:
-            self._release(ts)
-        if out.ok:
-            self._succeed(ts, out)
-        else:
-            self._fail(ts, out, retryable)
-
-    def _release(self, ts: TaskState) -> None:
-        """A submitted call stopped occupying its task's concurrency slot."""
-        task = ts.task
-        if task is None or task.options.max_concurrency is None or ts.state not in (QUEUED, RUNNING):
-            return
-        ident = task.identity
-        self.running[ident] -= 1
-        held = self.held.get(ident)
-        while held:
-            nxt = held.popleft()
-            if not nxt.state.terminal:
-                self.ready[nxt.executor].appendleft(nxt)
-                break
-
-    def _succeed(self, ts: TaskState, out: Outcome) -> None:
-        task = ts.task
-        value = out.value
-        if ts.key is None and ts.arguments is not None:  # ran speculatively: key from the known inputs now
-            try:
-                args = task.validator.validate(resolve_values(ts.arguments, self.tasks))
-                ts.key, ts.ikey = compute_keys(task, args, ts.image)
-            except GflowError:
-                ts.key = None
-        ref, inline = out.result_ref, None
-        if ref is None:
-            try:
-                enc = encode(value, allow_pickle=task.options.pickle, where=f"result of task '{task.name}'")
-            except (SerializationError, RecursionError) as e:
-                self._fail(ts, Outcome.from_exception(e, "", out.started, self.now), retryable=False)
-                return
-            self._blobs.update(enc.blobs)
-            ref = enc.digest
-            if len(enc.data) <= INLINE_MAX:
-                inline = enc.data.decode()
-            else:
-                self._blobs[ref] = enc.data
-        ts.value = value
-        ts.result_ref = ref
-        ts.result_inline = inline
-        objs = None if type(value) in _SCALARS else object_ids(value) or None
-        self._rec.append(Transition(ts.id, ts.run_id, SUCCEEDED, ts.attempt, out.ended or self.now, key=ts.key,
-                                    result_ref=ref, result_inline=inline, objects=objs, info=out.info, ikey=ts.ikey))
-        if task.options.cache and ts.key is not None:
-            self.cache_mem[ts.key] = CacheHit(value, ref, inline, "this run")
-        self._finish(ts, SUCCEEDED)
-
-    def _fail(self, ts: TaskState, out: Outcome, retryable: bool = True) -> None:
-        task = ts.task
-        policy = task.options.retries
-        etype = type(out.exc) if out.exc is not None else None
-        error = f"{out.error_type}: {out.error_message}"
-        if out.error_type and out.error_type.endswith(("InvalidArguments", "SerializationError")):
-            retryable = False
-        if retryable and policy.should_retry(ts.attempt, etype):
-            self._log(ts, RETRYING)
-            ts.state = RETRYING
-            self._rec.append(Transition(ts.id, ts.run_id, RETRYING, ts.attempt, self.now, error=error,
-                                        traceback=out.traceback, info=out.info))
-            delay = policy.delay(ts.attempt)
-            ts.attempt += 1
-            ts.handle = None
-            ts.started = None
-            ts.speculative = False
-            if delay <= 0:
-                self._enqueue(ts)
-            else:
-                self._out.append(ArmTimer(self._sid, ts.id, ts.attempt, "retry", self.now + delay))
-            return
-        err = TaskFailed(task.name, task_run_id=ts.id, run_id=ts.run_id, error_type=out.error_type or "Error",
-                         error_message=out.error_message or "", traceback=out.traceback or "", attempts=ts.attempt)
-        err.__cause__ = out.exc
-        ts.error = err
-        self._rec.append(Transition(ts.id, ts.run_id, FAILED, ts.attempt, self.now, error=error,
-                                    traceback=out.traceback, info=out.info))
-        self.runs[ts.run_id].failures.append(ts)
-        self._finish(ts, FAILED)
-
-    # -- speculation -------------------------------------------------------------------------------------------------
-    def _speculate(self, executor: str, submitted: list[TaskState], capacity: int) -> None:
-        """Start dependents of just-submitted calls at once, with ``Ref``s to their inputs, on an executor
-        that resolves them itself (Dask): a chain then runs at the backend's speed, not one driver round
-        trip per link. Cached, concurrency-limited and timed calls, maps and subflows take the ordinary path."""
-        calls: list[Call] = []
-        seen: set[str] = set()
-        for n in submitted:
-            for d in n.dependents or ():
-                if len(calls) >= capacity:
-                    break
-                if d.id in seen:
-                    continue
-                seen.add(d.id)
-                call = self._speculative_call(executor, d)
-                if call is not None:
-                    calls.append(call)
-        if calls:
-            self._out.append(Submit(self._sid, executor, calls))
-
-    def _speculative_call(self, executor: str, ts: TaskState) -> Call | None:
-        task = ts.task
-        if (ts.kind != CALL or ts.state is not PENDING or ts.speculative or ts.looking or ts.executor != executor
-                or ts.arguments is None):
-            return None
-        opts = task.options
-        if opts.cache or opts.max_concurrency is not None or opts.timeout is not None:
-            return None
-        refs: dict[str, Any] = {}
-        for dep in ts.deps:
-            st = dep.state
-            if st is SUCCEEDED or st is CACHED:
-                continue
-            if dep.handle is not None and dep.kind == CALL and dep.executor == executor and (
-                    st is QUEUED or st is RUNNING or (st is PENDING and dep.speculative)):
-                refs[dep.id] = dep.handle
-                continue
-            return None
-        try:
-            args = resolve_values(ts.arguments, self.tasks, refs)
-        except Exception:  # noqa: BLE001 - the ordinary path reports it
-            return None
-        ts.speculative = True
-        call_args, call_kwargs = task.validator.call_args(args)
-        return Call(ts.id, ts.run_id, task, call_args, call_kwargs, ts.attempt, None, ts.index, refs=refs)
-
-    def _unspeculate(self, ts: TaskState) -> None:
-        """A speculative attempt could not get its inputs: run it the ordinary way once they are known.
-        If it had been seen starting, that attempt ends (RETRYING) and the next one waits for the inputs."""
-        ts.handle = None
-        ts.stash = None
-        ts.speculative = False
-        if ts.state in (QUEUED, RUNNING):
-            self._log(ts, RETRYING)
-            ts.state = RETRYING
-            self._rec.append(Transition(ts.id, ts.run_id, RETRYING, ts.attempt, self.now,
-                                        message="an input was not available; runs again once its inputs are known"))
-            ts.attempt += 1
-            ts.started = None
-        if ts.waiting == 0:
-            self._ready(ts)
-
     # -- endings ------------------------------------------------------------------------------------------------------
     def _record_not_run(self, ts: TaskState, st: State) -> None:
         """Record a call that ends without (further) running: upstream failed, or cancelled."""
@@ -780,93 +513,6 @@ class Core:
         for run in touched:
             self._maybe_finish_run(run)
 
-    def _release_twins(self, first: TaskState, st: State) -> None:
-        """``first`` ended: the calls waiting for its result take it (or, if it failed, run themselves)."""
-        if first.key is not None and self.inflight.get(first.key) is first:
-            del self.inflight[first.key]
-        twins, first.twins = first.twins, None
-        for t in twins or ():
-            if t.state.terminal:
-                continue
-            t.looking = False
-            if st is SUCCEEDED or st is CACHED:
-                self._cached(t, CacheHit(first.value, first.result_ref, first.result_inline, first.id))
-            else:
-                self._ready(t)
-
-    def _maybe_finish_run(self, run: RunState) -> None:
-        if run.finished or not run.body_done or run.active != 0:
-            return
-        run.finished = True
-        state, value, error = self._outcome_of(run)
-        ref = inline = None
-        blobs: dict[str, bytes] = {}
-        if state is SUCCEEDED:
-            try:
-                enc = encode(value, where=f"result of flow '{run.flow_name}'")
-                ref = enc.digest
-                if len(enc.data) <= 4 * INLINE_MAX:
-                    inline = enc.data.decode()
-                else:
-                    blobs = {**enc.blobs, ref: enc.data}
-                if inline is not None:
-                    blobs = dict(enc.blobs)
-            except (SerializationError, RecursionError):  # a flow may return anything; only canonical values are stored
-                pass
-        if not (run.external_cancel and state is CANCELLED):
-            err_text = tb_text = None
-            if error is not None:
-                first = str(error).split("\n")[0]
-                err_text = f"{type(error).__name__}: {first}"
-                tb_text = getattr(error, "traceback", "") or run.traceback or _format_exc(error)
-            self._record_run(RecordRun(self._sid, run.id, state, self.now, error=err_text, traceback=tb_text,
-                                       result_ref=ref, result_inline=inline, blobs=blobs))
-        self._out.append(RunFinished(self._sid, run.id, state, value, error, list(run.reused_changed)))
-        if run.parent is not None:
-            ts = self.tasks[run.parent]
-            if ts.state.terminal:
-                return
-            if state is SUCCEEDED:
-                ts.value = value
-                self._finish(ts, SUCCEEDED)
-                return
-            if error is not None and not isinstance(error, (TaskFailed, Cancelled)):
-                cause = error
-                error = TaskFailed(f"subflow {run.flow_name}", task_run_id=ts.id, run_id=ts.run_id,
-                                   error_type=type(cause).__name__, error_message=str(cause),
-                                   traceback=run.traceback or _format_exc(cause))
-                error.__cause__ = cause
-            ts.error = error if error is not None else Cancelled(f"subflow run {run.id} was cancelled")
-            if state is FAILED:
-                self.runs[ts.run_id].failures.append(ts)
-            self._finish(ts, CANCELLED if state is CANCELLED else FAILED)
-
-    def _outcome_of(self, run: RunState) -> tuple[State, Any, BaseException | None]:
-        failures = [self.error_of(t) for t in run.failures]
-        error: BaseException | None = run.error
-        value = None
-        if error is None:
-            try:
-                value = resolve_values(run.value, self.tasks, on_error=self.error_of)
-            except BaseException as e:  # noqa: BLE001 - a failed future in the returned value
-                error = e
-        if isinstance(error, UpstreamFailed) and failures:
-            error = failures[0]  # name the task that failed, with its traceback, not a downstream victim
-        if error is None and failures:
-            error = failures[0]
-        if run.fail_with is not None:
-            return FAILED, None, run.fail_with
-        if run.cancelled is not None:
-            return CANCELLED, None, Cancelled(f"run {run.id} was cancelled: {run.cancelled}")
-        if error is None:
-            return SUCCEEDED, value, None
-        if isinstance(error, TaskFailed) and len(failures) > 1 and error is failures[0]:
-            error.args = (error.args[0] + f"\n\n({len(failures) - 1} more task(s) failed in run {run.id})",)
-        if isinstance(error, FlowFailed):
-            error.run_id = run.id
-            error.failures = [f for f in failures if isinstance(f, TaskFailed)] or error.failures
-        return (CANCELLED if isinstance(error, Cancelled) else FAILED), None, error
-
     def _log(self, ts: TaskState, new: State) -> None:
         old = ts.state
         if old.terminal:
@@ -874,18 +520,6 @@ class Core:
         self.story_log.append((ts.id, old, new, self._sid, self.now))
 
 
-_SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
-
-
-def _all_scalars(args: Any) -> bool:
-    """True for bound arguments that are all plain scalars (no gflow objects to note for lineage)."""
-    return type(args) is dict and all(type(v) in _SCALARS for v in args.values())
-
-
-def _format_exc(e: BaseException) -> str:
-    import traceback
-
-    return "".join(traceback.format_exception(e))
 
 
 _HANDLERS: dict[type, Any] = {

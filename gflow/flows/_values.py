@@ -11,7 +11,15 @@ from gflow._walk import LEAF, substitute
 from gflow.executors.base import Ref
 from gflow.flows._future import Future
 
-_SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
+_SCALARS = SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
+
+
+def all_scalars(args: dict[str, Any]) -> bool:
+    """True for bound arguments that are all plain scalars (no gflow objects to note for lineage)."""
+    for v in args.values():
+        if type(v) not in _SCALARS:
+            return False
+    return True
 
 
 def resolve_values(value: Any, tasks: Mapping[str, Any], refs: Mapping[str, Any] | None = None,
