@@ -19,8 +19,8 @@ import threading
 from typing import Any
 
 from gflow.errors import StoreError
+from gflow.store._sqlite_sql import row_of
 from gflow.store.base import Transition
-from gflow.store.sqlite import row_of
 
 log = logging.getLogger("gflow.writer")
 

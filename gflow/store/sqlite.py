@@ -13,6 +13,21 @@ from typing import Any
 
 from gflow.errors import InvalidTransition, RunNotFound, StoreError
 from gflow.states import RANK, TERMINAL_RANK, State
+from gflow.store._sqlite_sql import (
+    EVENT_INSERT,
+    RANK_OF,
+    RUN_COLS,
+    RUN_FIELDS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TR_COLS,
+    UPSERT,
+    insert_many,
+    merge_rows,
+    migrate,
+    refuse_empty_file,
+    row_of,
+)
 from gflow.store.base import (
     Event,
     RunRecord,
@@ -26,80 +41,6 @@ from gflow.store.base import (
 )
 from gflow.store.base import seq_of as _seq_of
 
-SCHEMA_VERSION = 4
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY, flow TEXT NOT NULL, flow_path TEXT, state TEXT NOT NULL, rank INTEGER NOT NULL,
-    params TEXT, image_tag TEXT, executor TEXT, created REAL NOT NULL, started REAL, ended REAL,
-    tags TEXT, error TEXT, traceback TEXT, parent_run TEXT, resumed_from TEXT, replay_of TEXT,
-    host TEXT, pid INTEGER, result_ref TEXT, result_inline TEXT, extra TEXT, resumed_by TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_created ON runs(created DESC, id DESC);
-CREATE INDEX IF NOT EXISTS runs_flow ON runs(flow, created DESC);
-CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run) WHERE parent_run IS NOT NULL;
-CREATE INDEX IF NOT EXISTS runs_resumed_from ON runs(resumed_from) WHERE resumed_from IS NOT NULL;
-CREATE INDEX IF NOT EXISTS runs_replay_of ON runs(replay_of) WHERE replay_of IS NOT NULL;
-CREATE TABLE IF NOT EXISTS task_runs (
-    id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER, task TEXT, name TEXT, key TEXT,
-    state TEXT NOT NULL, rank INTEGER NOT NULL, attempt INTEGER NOT NULL,
-    created REAL, started REAL, ended REAL, error TEXT, traceback TEXT,
-    result_ref TEXT, result_inline TEXT, handle TEXT, upstream TEXT, map_index INTEGER, cacheable INTEGER,
-    ikey TEXT, executor TEXT, info TEXT
-);
-CREATE INDEX IF NOT EXISTS task_runs_run ON task_runs(run_id, seq);
-CREATE INDEX IF NOT EXISTS task_runs_run_state ON task_runs(run_id, state);
-CREATE INDEX IF NOT EXISTS task_runs_cache ON task_runs(key) WHERE cacheable = 1;
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY, run_id TEXT NOT NULL, task_run_id TEXT,
-    state TEXT NOT NULL, attempt INTEGER NOT NULL, ts REAL NOT NULL, message TEXT
-);
-CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
-CREATE TABLE IF NOT EXISTS objects (
-    content_id TEXT NOT NULL, task_run_id TEXT NOT NULL, run_id TEXT NOT NULL, role TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS objects_content ON objects(content_id, role);
-CREATE INDEX IF NOT EXISTS objects_task_run ON objects(task_run_id);
-CREATE TABLE IF NOT EXISTS table_rows (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, key TEXT NOT NULL, run_id TEXT, data TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS table_rows_key ON table_rows(tbl, key);
-"""
-#: columns added after schema version 2, for databases made by older gflow versions
-_MIGRATIONS = [
-    ("task_runs", "ikey", "TEXT"), ("task_runs", "executor", "TEXT"), ("task_runs", "info", "TEXT"),
-    ("runs", "resumed_by", "TEXT"),
-]
-
-_UPSERT = """
-INSERT INTO task_runs (id, run_id, seq, task, name, key, state, rank, attempt, created, started, ended,
-    error, traceback, result_ref, result_inline, handle, upstream, map_index, cacheable, ikey, executor, info)
-VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT(id) DO UPDATE SET
-    state = excluded.state, rank = excluded.rank, attempt = excluded.attempt,
-    task = coalesce(excluded.task, task), name = coalesce(excluded.name, name),
-    key = coalesce(excluded.key, key), started = coalesce(excluded.started, started),
-    ended = coalesce(excluded.ended, ended),
-    error = CASE WHEN excluded.state IN ('SUCCEEDED', 'CACHED') THEN excluded.error
-                 ELSE coalesce(excluded.error, error) END,
-    traceback = CASE WHEN excluded.state IN ('SUCCEEDED', 'CACHED') THEN excluded.traceback
-                     ELSE coalesce(excluded.traceback, traceback) END,
-    result_ref = coalesce(excluded.result_ref, result_ref),
-    result_inline = coalesce(excluded.result_inline, result_inline), handle = coalesce(excluded.handle, handle),
-    upstream = coalesce(excluded.upstream, upstream), map_index = coalesce(excluded.map_index, map_index),
-    cacheable = coalesce(excluded.cacheable, cacheable), ikey = coalesce(excluded.ikey, ikey),
-    executor = coalesce(excluded.executor, executor), info = coalesce(excluded.info, info)
-WHERE task_runs.rank < 4 AND (excluded.attempt > task_runs.attempt
-    OR (excluded.attempt = task_runs.attempt AND excluded.rank > task_runs.rank))
-"""
-_EVENT_INSERT = "INSERT INTO events (run_id, task_run_id, state, attempt, ts, message) VALUES (?,?,?,?,?,?)"
-_TR_COLS = ("id, run_id, task, name, state, attempt, key, created, started, ended, error, traceback, "
-            "result_ref, result_inline, handle, upstream, map_index, ikey, executor, info")
-_RUN_COLS = ("id, flow, flow_path, state, params, image_tag, executor, created, started, ended, tags, error, "
-             "traceback, parent_run, resumed_from, replay_of, host, pid, result_ref, result_inline, extra, resumed_by")
-_RUN_FIELDS = frozenset(c.strip() for c in _RUN_COLS.split(","))
-
-
-
 
 class SQLiteStore(Store):
     """``sqlite:///path/to/gflow.db`` (``?timeout=SECONDS`` sets how long to wait for a lock)."""
@@ -111,7 +52,7 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._write_lock = threading.Lock()
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        _refuse_empty_file(self.path)
+        refuse_empty_file(self.path)
         # Several threads or processes may create the same new file at once: setting WAL mode or
         # writing the schema can then report "locked" at once (no busy wait applies); retry briefly.
         delay = 0.01
@@ -121,8 +62,8 @@ class SQLiteStore(Store):
                     conn = self._conn()
                     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                         with self._write_lock:
-                            conn.executescript(_SCHEMA)
-                            _migrate(conn)
+                            conn.executescript(SCHEMA)
+                            migrate(conn)
                             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 break
             except StoreError as e:
@@ -206,7 +147,7 @@ class SQLiteStore(Store):
                run.executor, run.created or time.time(), run.started, run.ended, json.dumps(run.tags), run.error,
                run.traceback, run.parent_run, run.resumed_from, run.replay_of, run.host, run.pid, run.result_ref,
                run.result_inline, json.dumps(run.extra), run.resumed_by)
-        cols = _RUN_COLS.replace("state,", "state, rank,")
+        cols = RUN_COLS.replace("state,", "state, rank,")
         self._write(lambda c: c.execute(f"INSERT INTO runs ({cols}) VALUES ({','.join('?' * len(row))})", row),
                     "create run")
 
@@ -234,7 +175,7 @@ class SQLiteStore(Store):
         self._write(do, "set run state")
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        bad = set(fields) - _RUN_FIELDS - {"extra"} | ({"state"} & set(fields))
+        bad = set(fields) - RUN_FIELDS - {"extra"} | ({"state"} & set(fields))
         if bad:
             raise ValueError(f"update_run cannot set {sorted(bad)}")
         if not fields:
@@ -259,13 +200,13 @@ class SQLiteStore(Store):
 
     def get_run(self, run_id: str) -> RunRecord:
         check_run_id(run_id, self.url)
-        rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id=?", (run_id,), "get run")
+        rows = self._read(f"SELECT {RUN_COLS} FROM runs WHERE id=?", (run_id,), "get run")
         if not rows:
             # accept a unique prefix, as users copy short ids
             pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             ids = [r[0] for r in self._read("SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' LIMIT 6", (pattern,),
                                             "get run")]
-            rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id=?", (prefix_match(run_id, ids, self.url),),
+            rows = self._read(f"SELECT {RUN_COLS} FROM runs WHERE id=?", (prefix_match(run_id, ids, self.url),),
                               "get run")
         return self._run_from_row(rows[0])
 
@@ -289,7 +230,7 @@ class SQLiteStore(Store):
         if before is not None:
             where.append("(created < ? OR (created = ? AND id < ?))")
             args += [before[0], before[0], before[1]]
-        sql = f"SELECT {_RUN_COLS} FROM runs"
+        sql = f"SELECT {RUN_COLS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created DESC, id DESC LIMIT ?"
@@ -320,7 +261,7 @@ class SQLiteStore(Store):
                     current[id_] = (attempt, rank)
             accepted: list[tuple] = []
             refused: list[int] = []
-            ranks = _RANK_OF
+            ranks = RANK_OF
             for n, r in enumerate(rows):
                 pos = (r[3], ranks[r[2]])
                 cur = current.get(r[0])
@@ -329,11 +270,11 @@ class SQLiteStore(Store):
                     accepted.append(r)
                 else:
                     refused.append(n)
-            _insert_many(c, _UPSERT, _merge_rows(accepted))
+            insert_many(c, UPSERT, merge_rows(accepted))
             objs = [(cid, r[0], r[1], "in" if r[2] == "QUEUED" else "out") for r in accepted if r[17] for cid in r[17]]
             if objs:
-                _insert_many(c, "INSERT INTO objects (content_id, task_run_id, run_id, role) VALUES (?,?,?,?)", objs)
-            _insert_many(c, _EVENT_INSERT, [(r[1], r[0], r[2], r[3], r[4], r[15] or r[10]) for r in accepted])
+                insert_many(c, "INSERT INTO objects (content_id, task_run_id, run_id, role) VALUES (?,?,?,?)", objs)
+            insert_many(c, EVENT_INSERT, [(r[1], r[0], r[2], r[3], r[4], r[15] or r[10]) for r in accepted])
             return refused
 
         return self._write(do, "record transitions")
@@ -348,13 +289,13 @@ class SQLiteStore(Store):
                              executor=executor, info=json.loads(info) if info else None)
 
     def get_task_run(self, task_run_id: str) -> TaskRunRecord:
-        rows = self._read(f"SELECT {_TR_COLS} FROM task_runs WHERE id=?", (task_run_id,), "get task run")
+        rows = self._read(f"SELECT {TR_COLS} FROM task_runs WHERE id=?", (task_run_id,), "get task run")
         if not rows:
             raise LookupError(f"no task run {task_run_id!r} in {self.url}")
         return self._tr_from_row(rows[0])
 
     def task_runs(self, run_id, *, state=None, task=None, limit=None, after=None):
-        sql = f"SELECT {_TR_COLS} FROM task_runs WHERE run_id = ?"
+        sql = f"SELECT {TR_COLS} FROM task_runs WHERE run_id = ?"
         args: list[Any] = [run_id]
         if state:
             sql += " AND state = ?"
@@ -387,13 +328,13 @@ class SQLiteStore(Store):
 
     def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord | None]:
         out: dict[str, RunRecord | None] = {r: None for r in run_ids}
-        for row in self._in_chunks(f"SELECT {_RUN_COLS} FROM runs WHERE id IN ({{ins}})", run_ids, "get runs"):
+        for row in self._in_chunks(f"SELECT {RUN_COLS} FROM runs WHERE id IN ({{ins}})", run_ids, "get runs"):
             out[row[0]] = self._run_from_row(row)
         return out
 
     def get_task_runs(self, task_run_ids: Sequence[str]) -> dict[str, TaskRunRecord | None]:
         out: dict[str, TaskRunRecord | None] = {t: None for t in task_run_ids}
-        for row in self._in_chunks(f"SELECT {_TR_COLS} FROM task_runs WHERE id IN ({{ins}})", task_run_ids,
+        for row in self._in_chunks(f"SELECT {TR_COLS} FROM task_runs WHERE id IN ({{ins}})", task_run_ids,
                                    "get task runs"):
             out[row[0]] = self._tr_from_row(row)
         return out
@@ -418,13 +359,13 @@ class SQLiteStore(Store):
 
     def find_cached(self, key: str) -> TaskRunRecord | None:
         rows = self._read(
-            f"SELECT {_TR_COLS} FROM task_runs WHERE key=? AND cacheable=1 AND state IN ('SUCCEEDED','CACHED') "
+            f"SELECT {TR_COLS} FROM task_runs WHERE key=? AND cacheable=1 AND state IN ('SUCCEEDED','CACHED') "
             "AND result_ref IS NOT NULL ORDER BY ended DESC LIMIT 1", (key,), "cache lookup")
         return self._tr_from_row(rows[0]) if rows else None
 
     def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
         rows = self._read(
-            f"SELECT {_TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
+            f"SELECT {TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
             "AND result_ref IS NOT NULL AND coalesce(ikey, key) IS NOT NULL", (run_id,), "resume lookup")
         return by_input_key(map(self._tr_from_row, rows))
 
@@ -442,7 +383,7 @@ class SQLiteStore(Store):
 
     def results_by_key(self, run_id: str) -> dict[str, TaskRunRecord]:
         rows = self._read(
-            f"SELECT {_TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
+            f"SELECT {TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
             "AND result_ref IS NOT NULL AND key IS NOT NULL", (run_id,), "resume lookup")
         return {r.key: r for r in map(self._tr_from_row, rows) if r.key}
 
@@ -453,7 +394,7 @@ class SQLiteStore(Store):
 
         def do(c: sqlite3.Connection) -> int:
             # a rewritten key moves to the end (a new seq): cursors walk write order
-            _insert_many(c, "INSERT OR REPLACE INTO table_rows (tbl, key, run_id, data) VALUES (?,?,?,?)", data)
+            insert_many(c, "INSERT OR REPLACE INTO table_rows (tbl, key, run_id, data) VALUES (?,?,?,?)", data)
             return len(data)
 
         return self._write(do, "write table rows") if data else 0
@@ -477,7 +418,7 @@ class SQLiteStore(Store):
 
     def task_run_summaries(self, run_id: str, *, after: str | None = None,
                            limit: int | None = None) -> list[TaskRunRecord]:
-        cols = _TR_COLS.replace("traceback,", "NULL,").replace("result_inline,", "NULL,")
+        cols = TR_COLS.replace("traceback,", "NULL,").replace("result_inline,", "NULL,")
         sql = f"SELECT {cols} FROM task_runs WHERE run_id = ?"
         args: list[Any] = [run_id]
         if after:
@@ -491,7 +432,7 @@ class SQLiteStore(Store):
         return [self._tr_from_row(r) for r in self._read(sql, args, "list task runs")]
 
     def derived_runs(self, run_id: str) -> list[RunRecord]:
-        rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE parent_run = ?1 OR resumed_from = ?1 OR replay_of = ?1 "
+        rows = self._read(f"SELECT {RUN_COLS} FROM runs WHERE parent_run = ?1 OR resumed_from = ?1 OR replay_of = ?1 "
                           "ORDER BY created, id", (run_id,), "derived runs")
         return [self._run_from_row(r) for r in rows]
 
@@ -562,110 +503,3 @@ class SQLiteStore(Store):
 
 
 
-def row_of(t: Transition) -> tuple:
-    """A transition as a plain row (its fields in order, the state as its string): what the writer
-    process receives and :meth:`SQLiteStore.apply_rows` reads, with no objects to rebuild."""
-    return (t.task_run_id, t.run_id, t.state._value_, t.attempt, t.ts, t.task, t.name, t.key, t.upstream,
-            t.map_index, t.error, t.traceback, t.result_ref, t.result_inline, t.handle, t.message, t.cacheable,
-            t.objects, t.ikey, t.executor, t.info)
-
-
-# row_of positions: 0 id, 1 run, 2 state, 3 attempt, 4 ts, 5 task, 6 name, 7 key, 8 upstream, 9 map_index,
-# 10 error, 11 traceback, 12 result_ref, 13 result_inline, 14 handle, 15 message, 16 cacheable, 17 objects,
-# 18 ikey, 19 executor, 20 info
-_RANK_OF = {st.value: RANK[st] for st in State}
-
-
-def _merge_rows(rows: Sequence[tuple]) -> list[list]:
-    """One upsert row per task run: the last state wins, timestamps and fields accumulate."""
-    merged: dict[str, list] = {}
-    ranks = _RANK_OF
-    for t in rows:
-        st = t[2]
-        row = merged.get(t[0])
-        if row is None:
-            # seq only matters when the row is inserted, which is by its PENDING transition
-            row = [t[0], t[1], _seq_of(t[0]) if st == "PENDING" else None, None, None, None, None, None, None,
-                   None, None, None, None, None, None, None, None, None, None, None, None, None, None]
-            merged[t[0]] = row
-        rank = ranks[st]
-        row[6] = st
-        row[7] = rank
-        row[8] = t[3]
-        if st == "PENDING":
-            row[9] = t[4]
-            row[3] = t[5]
-            row[4] = t[6]
-            row[18] = t[9]
-            row[19] = t[16]
-            if t[8] is not None:
-                row[17] = json.dumps(t[8])
-        elif st == "RUNNING":
-            row[10] = t[4]
-            if t[14] is not None:
-                row[16] = t[14]
-        elif rank == TERMINAL_RANK:
-            row[11] = t[4]
-            if t[12] is not None:
-                row[14] = t[12]
-                row[15] = t[13]
-            if t[11] is not None:
-                row[13] = t[11]
-            if st == "SUCCEEDED" or st == "CACHED":  # an earlier attempt's error stays in the events only
-                row[12], row[13] = t[10], t[11]
-        if t[7] is not None:
-            row[5] = t[7]
-        if t[10] is not None:
-            row[12] = t[10]
-        if t[18] is not None:
-            row[20] = t[18]
-        if t[19] is not None:
-            row[21] = t[19]
-        if t[20] is not None:
-            row[22] = json.dumps(t[20], sort_keys=True, default=str)
-    return list(merged.values())
-
-
-def _insert_many(c: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]], per_stmt: int = 500) -> None:
-    """Insert rows with multi-row VALUES statements.
-
-    One statement per ``per_stmt`` rows instead of one per row: each SQLite step releases and
-    re-takes the GIL, and with the engine busy on the other core a per-row step waits for the GIL
-    every time, which made the writer the bottleneck.
-    """
-    if not rows:
-        return
-    head, _, tail = sql.partition("VALUES")
-    tail = tail.strip()
-    one = tail.split(")", 1)[0] + ")"
-    rest = tail[len(one):]
-    for i in range(0, len(rows), per_stmt):
-        chunk = rows[i:i + per_stmt]
-        c.execute(f"{head}VALUES {','.join([one] * len(chunk))}{rest}", [v for row in chunk for v in row])
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Add the columns newer gflow versions need to a database made by an older one."""
-    for table, col, kind in _MIGRATIONS:
-        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-        if col not in have:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
-
-
-def _refuse_empty_file(path: str) -> None:
-    """A zero-length file is not a new store: it is a broken one (earlier runs would silently vanish).
-
-    SQLite leaves a file empty for a moment while another process creates the database, so an empty
-    file is given a second to fill before it is refused."""
-    deadline = time.monotonic() + 1.0
-    while True:
-        try:
-            if os.path.getsize(path) > 0:
-                return
-        except FileNotFoundError:
-            return
-        if time.monotonic() >= deadline:
-            raise StoreError(f"state store {path} is an empty file (0 bytes), not a gflow database; if it held "
-                             f"earlier runs they are lost. Move it away to start a new store, or point "
-                             f"--store / GFLOW_STORE at the right file")
-        time.sleep(0.05)
