@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gflow.artifacts import ArtifactStore, open_artifacts
-from gflow.errors import ArtifactNotFound, GflowError
+from gflow.errors import ArtifactCorrupt, ArtifactNotFound, GflowError
 from gflow.objects import Dataset, Model
 from gflow.objects._deps import optional
 from gflow.objects.model import FileEntry, manifest_digest
@@ -304,7 +304,11 @@ def _fetch(obj: Model | Dataset, store: ArtifactStore, root: Path, dest: Path) -
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         for entry in obj.files:
-            data = store.get(entry.digest)
+            try:
+                data = store.get(entry.digest)  # verified against its digest by the store
+            except ArtifactCorrupt as e:
+                raise ModelError(f"{type(obj).__name__} {obj.name!r}: the blob for {entry.path} in {store.url} "
+                                 f"does not match its digest; the artifact store is corrupt ({e})") from None
             actual = "sha256:" + hashlib.sha256(data).hexdigest()
             if actual != entry.digest:
                 raise ModelError(f"{type(obj).__name__} {obj.name!r}: the blob for {entry.path} in {store.url} "
