@@ -40,6 +40,7 @@ from gflow.flows._future import Future
 from gflow.flows._keys import compute_keys
 from gflow.states import State
 from gflow.store import RunRecord, TaskRunRecord
+from gflow.store.base import transition_of
 
 P, Q, R, RT, S, F, C, K = (State.PENDING, State.QUEUED, State.RUNNING, State.RETRYING, State.SUCCEEDED,
                            State.FAILED, State.CANCELLED, State.CACHED)
@@ -122,8 +123,13 @@ class Harness:
         return self.handle(Finished("done", ts.id, attempt or ts.attempt, out))
 
 
+def transitions(instructions):
+    """The transitions recorded by ``instructions``, as Transition objects (the core makes rows)."""
+    return [transition_of(r) for i in instructions if isinstance(i, Record) for r in i.transitions]
+
+
 def records(instructions) -> list[tuple[str, State, int]]:
-    return [(t.task_run_id, t.state, t.attempt) for i in instructions if isinstance(i, Record) for t in i.transitions]
+    return [(t.task_run_id, t.state, t.attempt) for t in transitions(instructions)]
 
 
 def only(instructions, kind):
@@ -156,7 +162,7 @@ def test_running_is_stamped_with_the_executors_start_time():
     h.submit_all()
     h.now += 7
     out = h.finish(a, 2, started=h.now - 5)  # a process pool reports the start only with the outcome
-    running = [t for i in out if isinstance(i, Record) for t in i.transitions if t.state is R]
+    running = [t for t in transitions(out) if t.state is R]
     assert running[0].ts == h.now - 5
 
 
@@ -227,12 +233,12 @@ def test_cache_hit_is_recorded_with_a_readable_result_and_a_falsy_value_is_a_hit
     out = h.handle(CacheLookedUp("l", {a.id: None}))  # a miss: run it
     h.submit_all()
     out = h.finish(a, 0)
-    (succ,) = [t for i in out if isinstance(i, Record) for t in i.transitions if t.state is S]
+    (succ,) = [t for t in transitions(out) if t.state is S]
     assert succ.result_inline == "0" and succ.result_ref.startswith("sha256:")
     b = h.ts(cached, 0)  # the same call again in this run: its falsy result is a hit
     out = h.add(b)
     assert not [i for i in out if isinstance(i, LookUp)]
-    (hit,) = [t for i in out if isinstance(i, Record) for t in i.transitions if t.state is K]
+    (hit,) = [t for t in transitions(out) if t.state is K]
     assert (hit.result_ref, hit.result_inline) == (succ.result_ref, succ.result_inline)
     assert b.value == 0
 
@@ -242,7 +248,7 @@ def test_a_stored_hit_is_cached_with_its_reference_and_inline_value():
     a = h.ts(cached, 5)
     h.add(a)
     out = h.handle(CacheLookedUp("l", {a.id: CacheHit(5, "sha256:" + "a" * 64, "5", "old.3")}))
-    (t,) = [t for i in out if isinstance(i, Record) for t in i.transitions]
+    (t,) = transitions(out)
     assert t.state is K and t.result_inline == "5" and t.result_ref == "sha256:" + "a" * 64
     assert "old.3" in t.message
 

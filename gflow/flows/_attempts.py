@@ -14,7 +14,7 @@ from gflow.flows._keys import compute_keys
 from gflow.flows._values import SCALARS, object_ids, resolve_values
 from gflow.serialization import encode
 from gflow.states import State
-from gflow.store.base import Transition
+from gflow.store.base import Row, trow
 
 if TYPE_CHECKING:
     from gflow.flows._endings import RunState
@@ -35,7 +35,7 @@ class Attempts:
         cache_mem: dict[str, CacheHit]
         inflight: dict[str, TaskState]
         _out: list[Instruction]
-        _rec: list[Transition]
+        _rec: list[Row]
         _blobs: dict[str, bytes]
         _sid: str
         now: float
@@ -51,7 +51,7 @@ class Attempts:
         self._log(ts, RUNNING)
         ts.state = RUNNING
         ts.started = started
-        self._rec.append(Transition(ts.id, ts.run_id, RUNNING, ts.attempt, started, handle=ts.desc))
+        self._rec.append(trow(ts.id, ts.run_id, RUNNING, ts.attempt, started, handle=ts.desc))
         timeout = ts.task.options.timeout
         if arm and timeout:
             caps = self.caps.get(ts.executor)
@@ -62,7 +62,7 @@ class Attempts:
         """A speculative call started (or finished): it is QUEUED now."""
         self._log(ts, QUEUED)
         ts.state = QUEUED
-        self._rec.append(Transition(ts.id, ts.run_id, QUEUED, ts.attempt, self.now, executor=ts.executor))
+        self._rec.append(trow(ts.id, ts.run_id, QUEUED, ts.attempt, self.now, executor=ts.executor))
 
     def _finished_attempt(self, ts: TaskState, out: Outcome, retryable: bool = True) -> None:
         if ts.state is QUEUED:
@@ -114,7 +114,7 @@ class Attempts:
         ts.result_ref = ref
         ts.result_inline = inline
         objs = None if type(value) in SCALARS else object_ids(value) or None
-        self._rec.append(Transition(ts.id, ts.run_id, SUCCEEDED, ts.attempt, out.ended or self.now, key=ts.key,
+        self._rec.append(trow(ts.id, ts.run_id, SUCCEEDED, ts.attempt, out.ended or self.now, key=ts.key,
                                     result_ref=ref, result_inline=inline, objects=objs, info=out.info, ikey=ts.ikey))
         if task.options.cache and ts.key is not None:
             self.cache_mem[ts.key] = CacheHit(value, ref, inline, "this run")
@@ -130,7 +130,7 @@ class Attempts:
         if retryable and policy.should_retry(ts.attempt, etype):
             self._log(ts, RETRYING)
             ts.state = RETRYING
-            self._rec.append(Transition(ts.id, ts.run_id, RETRYING, ts.attempt, self.now, error=error,
+            self._rec.append(trow(ts.id, ts.run_id, RETRYING, ts.attempt, self.now, error=error,
                                         traceback=out.traceback, info=out.info))
             delay = policy.delay(ts.attempt)
             ts.attempt += 1
@@ -146,7 +146,7 @@ class Attempts:
                          error_message=out.error_message or "", traceback=out.traceback or "", attempts=ts.attempt)
         err.__cause__ = out.exc
         ts.error = err
-        self._rec.append(Transition(ts.id, ts.run_id, FAILED, ts.attempt, self.now, error=error,
+        self._rec.append(trow(ts.id, ts.run_id, FAILED, ts.attempt, self.now, error=error,
                                     traceback=out.traceback, info=out.info))
         self.runs[ts.run_id].failures.append(ts)
         self._finish(ts, FAILED)

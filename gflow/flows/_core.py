@@ -54,7 +54,7 @@ from gflow.flows._keys import compute_keys
 from gflow.flows._speculation import Speculation
 from gflow.flows._values import all_scalars, object_ids, resolve_values
 from gflow.states import State
-from gflow.store.base import TaskRunRecord, Transition
+from gflow.store.base import Row, TaskRunRecord, trow
 
 PENDING, QUEUED, RUNNING, RETRYING = State.PENDING, State.QUEUED, State.RUNNING, State.RETRYING
 SUCCEEDED, FAILED, CANCELLED, CACHED = State.SUCCEEDED, State.FAILED, State.CANCELLED, State.CACHED
@@ -83,7 +83,7 @@ class Core(Attempts, RunEndings, Speculation):
         self.now = 0.0
         self._sid = ""
         self._out: list[Instruction] = []
-        self._rec: list[Transition] = []
+        self._rec: list[Row] = []
         self._blobs: dict[str, bytes] = {}
         self._resolved: list[TaskState] = []
 
@@ -171,7 +171,7 @@ class Core(Attempts, RunEndings, Speculation):
             run = self.runs[ts.run_id]
             run.active += 1
             if ts.kind != SUBFLOW:
-                rec(Transition(ts.id, ts.run_id, PENDING, 1, now, task=ts.task.identity, name=ts.task.name,
+                rec(trow(ts.id, ts.run_id, PENDING, 1, now, task=ts.task.identity, name=ts.task.name,
                                key=ts.key, upstream=list(ts.deps) if ts.deps else None, map_index=ts.index,
                                cacheable=1 if ts.task.options.cache else 0, ikey=ts.ikey))
             deps = [tasks[d] for d in ts.deps]
@@ -232,7 +232,7 @@ class Core(Attempts, RunEndings, Speculation):
             ts.state = QUEUED
             args = ts.arguments
             objs = object_ids(args) if ts.attempt == 1 and not all_scalars(args) else None
-            rec(Transition(ts.id, ts.run_id, QUEUED, ts.attempt, now, key=ts.key, objects=objs or None,
+            rec(trow(ts.id, ts.run_id, QUEUED, ts.attempt, now, key=ts.key, objects=objs or None,
                            executor=ts.executor))
             call_args, call_kwargs = ts.task.validator.call_args(args)
             calls.append(Call(ts.id, ts.run_id, ts.task, call_args, call_kwargs, ts.attempt, ts.key, ts.index))
@@ -403,7 +403,7 @@ class Core(Attempts, RunEndings, Speculation):
             run = self.runs[ts.run_id]
             if ts.name not in run.reused_changed:
                 run.reused_changed.append(ts.name)
-        self._rec.append(Transition(ts.id, ts.run_id, CACHED, ts.attempt, self.now, key=ts.key,
+        self._rec.append(trow(ts.id, ts.run_id, CACHED, ts.attempt, self.now, key=ts.key,
                                     result_ref=hit.result_ref, result_inline=hit.result_inline,
                                     objects=object_ids(hit.value) or None, message=f"from {hit.source}"))
         if ts.task.options.cache and ts.key is not None and ts.key not in self.cache_mem:
@@ -426,7 +426,7 @@ class Core(Attempts, RunEndings, Speculation):
                 return
             self._log(ts, RUNNING)
             ts.state = RUNNING
-            self._rec.append(Transition(ts.id, ts.run_id, RUNNING, 1, self.now,
+            self._rec.append(trow(ts.id, ts.run_id, RUNNING, 1, self.now,
                                         message=f"fan-out of {len(children)} calls of '{task.name}'"))
             ts.arguments = children
             self._calls_added(CallsAdded(self._sid, children))
@@ -451,7 +451,7 @@ class Core(Attempts, RunEndings, Speculation):
             if waiting:
                 return
         ts.value = [c.value for c in ts.arguments]  # phase 2: every call finished
-        self._rec.append(Transition(ts.id, ts.run_id, SUCCEEDED, 1, self.now))
+        self._rec.append(trow(ts.id, ts.run_id, SUCCEEDED, 1, self.now))
         ts.arguments = None
         self._finish(ts, SUCCEEDED)
 
@@ -470,7 +470,7 @@ class Core(Attempts, RunEndings, Speculation):
             msg = "UpstreamFailed"
         if ts.handle is not None and ts.speculative:  # its input will never come
             self._out.append(CancelCalls(self._sid, ts.executor, [ts.handle]))
-        self._rec.append(Transition(ts.id, ts.run_id, st, ts.attempt, self.now, error=msg))
+        self._rec.append(trow(ts.id, ts.run_id, st, ts.attempt, self.now, error=msg))
 
     def _finish(self, ts: TaskState, state: State) -> None:
         """``ts`` reached a terminal state (already recorded): resolve its future, release or fail its

@@ -251,8 +251,9 @@ class Engine:
         err = self.recorder.artifact_error
         now = time.time()
         from gflow.store import Transition
+        from gflow.store.base import R_ATTEMPT, R_ID, R_RUN
 
-        self.store.apply([Transition(t.task_run_id, t.run_id, State.FAILED, t.attempt, now,
+        self.store.apply([Transition(t[R_ID], t[R_RUN], State.FAILED, t[R_ATTEMPT], now,
                                      error=f"ArtifactStoreError: its result was computed but could not be stored "
                                            f"({err})") for t in held])
 

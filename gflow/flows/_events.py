@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from gflow.executors.base import Call, Capabilities, Outcome
 from gflow.states import State
-from gflow.store.base import RunRecord, TaskRunRecord, Transition
+from gflow.store.base import Row, RunRecord, TaskRunRecord
 
 # -- task state ------------------------------------------------------------------------------------------
 
@@ -235,9 +235,10 @@ class CancelCalls(Instruction):
 
 @dataclass(slots=True)
 class Record(Instruction):
-    """Transitions to record, in order; ``blobs`` are written to the artifact store first."""
+    """Transitions to record, in order, as rows (``gflow.store.base.Row``; ``transition_of`` makes them
+    :class:`~gflow.store.base.Transition` objects); ``blobs`` are written to the artifact store first."""
 
-    transitions: list[Transition] = field(default_factory=list)
+    transitions: list[Row] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
 
 

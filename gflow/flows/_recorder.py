@@ -24,7 +24,8 @@ from gflow.artifacts import ArtifactStore
 from gflow.errors import ArtifactStoreError, GflowError, InvalidTransition, StoreError
 from gflow.flows._events import RecordRun
 from gflow.states import State
-from gflow.store import Store, Transition
+from gflow.store import Store
+from gflow.store.base import R_RESULT_INLINE, R_RESULT_REF, Row
 
 log = logging.getLogger("gflow.recorder")
 
@@ -54,18 +55,18 @@ class Recorder:
         self._cond = threading.Condition()
         self.enqueued = 0
         self.written = 0
-        self.refused: list[Transition] = []
+        self.refused: list[Row] = []
         self.error: BaseException | None = None
         #: set when blobs could not be written: the run cannot keep its results
         self.artifact_error: ArtifactStoreError | None = None
         self.lost_blobs: set[str] = set()
-        self.held_back: list[Transition] = []
+        self.held_back: list[Row] = []
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="gflow-recorder", daemon=True)
         self._thread.start()
 
     # -- API (engine thread) ---------------------------------------------------------------------------
-    def add_many(self, transitions: list[Transition], blobs: dict[str, bytes] | None = None) -> None:
+    def add_many(self, transitions: list[Row], blobs: dict[str, bytes] | None = None) -> None:
         if blobs:
             self._items.append(blobs)
             self.enqueued += 1
@@ -120,7 +121,7 @@ class Recorder:
                 continue
             while items:
                 blobs: dict[str, bytes] = {}
-                batch: list[Transition] = []
+                batch: list[Row] = []
                 run_ins: RecordRun | None = None
                 n = 0
                 while items and len(batch) < self.max_batch:
@@ -179,24 +180,24 @@ class Recorder:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
 
-    def _hold_back(self, batch: list[Transition]) -> list[Transition]:
+    def _hold_back(self, batch: list[Row]) -> list[Row]:
         """Drop transitions whose result blob was lost (their task runs stay unfinished in the store)."""
         lost = self.lost_blobs
-        keep: list[Transition] = []
+        keep: list[Row] = []
         for t in batch:
-            if t.result_ref is not None and _references(t, lost):
+            if t[R_RESULT_REF] is not None and _references(t, lost):
                 self.held_back.append(t)
             else:
                 keep.append(t)
         return keep
 
-    def _apply(self, batch: list[Transition]) -> None:
+    def _apply(self, batch: list[Row]) -> None:
         backoff = 0.1
         attempts = 0
         target = self._target(len(batch))
         while True:
             try:
-                refused = target.apply(batch)
+                refused = [batch[i] for i in target.apply_rows(batch)]
                 break
             except Exception as e:  # keep the batch and retry: losing state is worse
                 self.error = e
@@ -262,9 +263,9 @@ class Recorder:
         return self.store
 
 
-def _references(t: Transition, lost: set[str]) -> bool:
+def _references(t: Row, lost: set[str]) -> bool:
     """Whether a transition's result needs one of the ``lost`` blobs (its own, or a typed blob it names)."""
-    if t.result_inline is None:
-        return t.result_ref in lost
-    inline = t.result_inline
+    inline = t[R_RESULT_INLINE]
+    if inline is None:
+        return t[R_RESULT_REF] in lost
     return '"sha256:' in inline and any(d in inline for d in lost)

@@ -10,7 +10,7 @@ from gflow.executors.base import Call
 from gflow.flows._events import CALL, Instruction, Submit, TaskState
 from gflow.flows._values import resolve_values
 from gflow.states import State
-from gflow.store.base import Transition
+from gflow.store.base import Row, trow
 
 PENDING, QUEUED, RUNNING, RETRYING = State.PENDING, State.QUEUED, State.RUNNING, State.RETRYING
 SUCCEEDED, CACHED = State.SUCCEEDED, State.CACHED
@@ -20,7 +20,7 @@ class Speculation:
     if TYPE_CHECKING:  # the Core's state this mixin reads and writes
         tasks: dict[str, TaskState]
         _out: list[Instruction]
-        _rec: list[Transition]
+        _rec: list[Row]
         _sid: str
         now: float
 
@@ -81,7 +81,7 @@ class Speculation:
         if ts.state in (QUEUED, RUNNING):
             self._log(ts, RETRYING)
             ts.state = RETRYING
-            self._rec.append(Transition(ts.id, ts.run_id, RETRYING, ts.attempt, self.now,
+            self._rec.append(trow(ts.id, ts.run_id, RETRYING, ts.attempt, self.now,
                                         message="an input was not available; runs again once its inputs are known"))
             ts.attempt += 1
             ts.started = None

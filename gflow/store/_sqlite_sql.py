@@ -12,7 +12,6 @@ from typing import Any
 
 from gflow.errors import StoreError
 from gflow.states import RANK, TERMINAL_RANK, State
-from gflow.store.base import Transition
 from gflow.store.base import seq_of as _seq_of
 
 SCHEMA_VERSION = 4
@@ -86,14 +85,6 @@ TR_COLS = ("id, run_id, task, name, state, attempt, key, created, started, ended
 RUN_COLS = ("id, flow, flow_path, state, params, image_tag, executor, created, started, ended, tags, error, "
              "traceback, parent_run, resumed_from, replay_of, host, pid, result_ref, result_inline, extra, resumed_by")
 RUN_FIELDS = frozenset(c.strip() for c in RUN_COLS.split(","))
-
-
-def row_of(t: Transition) -> tuple:
-    """A transition as a plain row (its fields in order, the state as its string): what the writer
-    process receives and :meth:`SQLiteStore.apply_rows` reads, with no objects to rebuild."""
-    return (t.task_run_id, t.run_id, t.state._value_, t.attempt, t.ts, t.task, t.name, t.key, t.upstream,
-            t.map_index, t.error, t.traceback, t.result_ref, t.result_inline, t.handle, t.message, t.cacheable,
-            t.objects, t.ikey, t.executor, t.info)
 
 
 # row_of positions: 0 id, 1 run, 2 state, 3 attempt, 4 ts, 5 task, 6 name, 7 key, 8 upstream, 9 map_index,

@@ -19,8 +19,7 @@ import threading
 from typing import Any
 
 from gflow.errors import StoreError
-from gflow.store._sqlite_sql import row_of
-from gflow.store.base import Transition
+from gflow.store.base import Row
 
 log = logging.getLogger("gflow.writer")
 
@@ -58,7 +57,7 @@ def _serve(path: str, timeout: float) -> None:  # the child: python -m gflow.sto
         if msg is None:
             return
         try:
-            _send(wr, ("ok", store.apply_rows(msg)))  # rows as sqlite.row_of makes them: nothing to rebuild
+            _send(wr, ("ok", store.apply_rows(msg)))  # transition rows: nothing to rebuild
         except Exception as e:  # noqa: BLE001 - reported to the driver, which retries
             _send(wr, ("error", f"{type(e).__name__}: {e}"))
 
@@ -95,17 +94,18 @@ class ProcessWriter:
         self._ready_event.wait(timeout)
         return self.ready()
 
-    def apply(self, batch: list[Transition]) -> list[Transition]:
+    def apply_rows(self, batch: list[Row]) -> list[int]:
+        """Apply transition rows in the child; returns the positions refused."""
         with self._lock:
             try:
-                _send(self._proc.stdin, [row_of(t) for t in batch])
+                _send(self._proc.stdin, batch)
                 kind, payload = _recv(self._proc.stdout)
             except (EOFError, OSError, ValueError) as e:
                 self._dead = True
                 raise StoreError(f"the gflow writer process for {self.path} died ({e})") from None
         if kind == "error":
             raise StoreError(payload)
-        return [batch[i] for i in payload]
+        return list(payload)
 
     def close(self) -> None:
         self._dead = True

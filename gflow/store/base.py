@@ -106,6 +106,37 @@ class Transition:
     info: dict[str, Any] | None = None
 
 
+#: A transition as a plain row: the fields of :class:`Transition` in order, the state as its string. The engine
+#: makes rows (a tuple costs a fraction of an object), the recorder and the SQLite writer process pass them on
+#: as they are; stores take them through :meth:`Store.apply_rows`.
+Row = tuple
+R_ID, R_RUN, R_STATE, R_ATTEMPT, R_TS = 0, 1, 2, 3, 4
+R_KEY, R_ERROR, R_TRACEBACK, R_RESULT_REF, R_RESULT_INLINE, R_MESSAGE = 7, 10, 11, 12, 13, 15
+
+
+def trow(task_run_id: str, run_id: str, state: State, attempt: int, ts: float, task: str | None = None,
+         name: str | None = None, key: str | None = None, upstream: list[str] | None = None,
+         map_index: int | None = None, error: str | None = None, traceback: str | None = None,
+         result_ref: str | None = None, result_inline: str | None = None, handle: str | None = None,
+         message: str | None = None, cacheable: int | None = None, objects: list[str] | None = None,
+         ikey: str | None = None, executor: str | None = None, info: dict[str, Any] | None = None) -> Row:
+    """A transition :data:`Row` (the same fields as :class:`Transition`)."""
+    return (task_run_id, run_id, state._value_, attempt, ts, task, name, key, upstream, map_index, error, traceback,
+            result_ref, result_inline, handle, message, cacheable, objects, ikey, executor, info)
+
+
+def row_of(t: Transition) -> Row:
+    """A :class:`Transition` as a :data:`Row`."""
+    return (t.task_run_id, t.run_id, t.state._value_, t.attempt, t.ts, t.task, t.name, t.key, t.upstream,
+            t.map_index, t.error, t.traceback, t.result_ref, t.result_inline, t.handle, t.message, t.cacheable,
+            t.objects, t.ikey, t.executor, t.info)
+
+
+def transition_of(row: Row) -> Transition:
+    """A :data:`Row` as a :class:`Transition`."""
+    return Transition(row[0], row[1], State(row[2]), *row[3:])
+
+
 @dataclass(slots=True)
 class RunRecord:
     """A flow run."""
@@ -230,6 +261,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def apply(self, transitions: Sequence[Transition]) -> list[Transition]:
         """Apply a batch atomically, in order; returns the transitions refused as backwards."""
+
+    def apply_rows(self, rows: Sequence[Row]) -> list[int]:
+        """:meth:`apply` on transition rows (what the engine records); returns the positions refused."""
+        ts = [transition_of(r) for r in rows]
+        refused = {id(t) for t in self.apply(ts)}
+        return [i for i, t in enumerate(ts) if id(t) in refused]
 
     def transition(self, t: Transition) -> None:
         """Apply one transition; raises InvalidTransition if it was refused."""

@@ -26,7 +26,6 @@ from gflow.store._sqlite_sql import (
     merge_rows,
     migrate,
     refuse_empty_file,
-    row_of,
 )
 from gflow.store.base import (
     Event,
@@ -37,6 +36,7 @@ from gflow.store.base import (
     by_input_key,
     check_run_id,
     prefix_match,
+    row_of,
     table_key,
 )
 from gflow.store.base import seq_of as _seq_of
@@ -244,8 +244,8 @@ class SQLiteStore(Store):
         return [transitions[i] for i in refused]
 
     def apply_rows(self, rows: Sequence[tuple]) -> list[int]:
-        """:meth:`apply` on plain rows (:func:`row_of`: the writer process receives these); returns the
-        positions of the refused ones."""
+        """:meth:`apply` on transition rows (``gflow.store.base.Row``; the writer process receives these), with no
+        objects to build; returns the positions of the refused ones."""
         if not rows:
             return []
 
