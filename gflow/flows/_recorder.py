@@ -25,7 +25,7 @@ from gflow.errors import ArtifactStoreError, GflowError, InvalidTransition, Stor
 from gflow.flows._events import RecordRun
 from gflow.states import State
 from gflow.store import Store
-from gflow.store.base import R_RESULT_INLINE, R_RESULT_REF, Row
+from gflow.store.base import R_ID, R_RESULT_INLINE, R_RESULT_REF, R_STATE, Row
 
 log = logging.getLogger("gflow.recorder")
 
@@ -41,10 +41,11 @@ class Recorder:
     """The engine's recorder; a context manager (``close`` flushes)."""
 
     def __init__(self, store: Store, artifacts: ArtifactStore, *, interval: float = 0.05, max_batch: int = 20000,
-                 writer_mode: str | None = None):
+                 writer_mode: str | None = None, pending_hold: float = 0.5):
         self.store = store
         self.artifacts = artifacts
         self.interval = interval
+        self.pending_hold = pending_hold
         self.max_batch = max_batch
         mode = writer_mode or os.environ.get("GFLOW_WRITER", "auto")
         self._writer_mode = mode if store.can_offload else "thread"
@@ -61,7 +62,11 @@ class Recorder:
         self.artifact_error: ArtifactStoreError | None = None
         self.lost_blobs: set[str] = set()
         self.held_back: list[Row] = []
+        #: PENDING rows waiting to be written with their call's next transition (``pending_hold``)
+        self._held: dict[str, Row] = {}
+        self._held_order: deque[tuple[float, str]] = deque()
         self._closing = False
+        self._flushing = 0
         self._thread = threading.Thread(target=self._run, name="gflow-recorder", daemon=True)
         self._thread.start()
 
@@ -86,14 +91,18 @@ class Recorder:
         """Block until everything added so far is written; raise StoreError if it cannot be."""
         target = self.enqueued
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._flushing += 1
         self._wake.set()
-        with self._cond:
-            while self.written < target:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if (remaining is not None and remaining <= 0) or not self._thread.is_alive():
-                    raise StoreError(f"could not record state to {self.store.url}: {self.error}")
-                self._cond.wait(min(0.5, remaining) if remaining is not None else 0.5)
-                self._wake.set()
+        try:
+            with self._cond:
+                while self.written < target or self._held:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if (remaining is not None and remaining <= 0) or not self._thread.is_alive():
+                        raise StoreError(f"could not record state to {self.store.url}: {self.error}")
+                    self._cond.wait(min(0.5, remaining) if remaining is not None else 0.5)
+                    self._wake.set()
+        finally:
+            self._flushing -= 1
 
     def close(self, timeout: float | None = 120.0) -> None:
         try:
@@ -115,11 +124,11 @@ class Recorder:
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
-            if not items:
+            if not items and not self._held:
                 if self._closing:
                     return
                 continue
-            while items:
+            while items or self._held:
                 blobs: dict[str, bytes] = {}
                 batch: list[Row] = []
                 run_ins: RecordRun | None = None
@@ -137,7 +146,10 @@ class Recorder:
                     if isinstance(item, dict):
                         blobs.update(item)
                     else:
-                        batch.extend(item)
+                        self._take(item, batch)
+                if self._held:  # before a run record, at a flush, or once they waited long enough
+                    final = run_ins is not None or self._flushing or self._closing
+                    self._release(batch, None if final else time.monotonic() - self.pending_hold)
                 if blobs:
                     self._write_blobs(blobs)
                 if batch:
@@ -149,8 +161,48 @@ class Recorder:
                 with self._cond:
                     self.written += n
                     self._cond.notify_all()
-                if self._closing and not items:
-                    break
+                if not items:
+                    break  # what is still held waits for its call's next transition, or its time
+            if self._closing and not items and not self._held:
+                return
+
+    def _take(self, rows: list[Row], batch: list[Row]) -> None:
+        """Add a Record's rows to the batch, holding PENDING ones back for up to ``pending_hold`` seconds: a call
+        that moves on meanwhile is then written once (one row insert) instead of inserted and updated."""
+        held = self._held
+        if self.pending_hold <= 0 or self._flushing or self._closing:
+            if held:
+                for r in rows:
+                    h = held.pop(r[R_ID], None)
+                    if h is not None:
+                        batch.append(h)
+                    batch.append(r)
+            else:
+                batch.extend(rows)
+            return
+        now = time.monotonic()
+        order = self._held_order
+        for r in rows:
+            if r[R_STATE] == "PENDING":
+                held[r[R_ID]] = r
+                order.append((now, r[R_ID]))
+                continue
+            if held:
+                h = held.pop(r[R_ID], None)
+                if h is not None:
+                    batch.append(h)  # its PENDING first: per call, transitions stay in order
+            batch.append(r)
+
+    def _release(self, batch: list[Row], older_than: float | None) -> None:
+        """Write held PENDING rows (all of them, or those held since before ``older_than``)."""
+        order, held = self._held_order, self._held
+        while order and (older_than is None or order[0][0] <= older_than):
+            _, tid = order.popleft()
+            h = held.pop(tid, None)
+            if h is not None:
+                batch.append(h)
+        if not held:
+            order.clear()
 
     def _write_blobs(self, blobs: dict[str, bytes]) -> None:
         start = time.monotonic()

@@ -79,6 +79,20 @@ ON CONFLICT(id) DO UPDATE SET
 WHERE task_runs.rank < 4 AND (excluded.attempt > task_runs.attempt
     OR (excluded.attempt = task_runs.attempt AND excluded.rank > task_runs.rank))
 """
+#: an update of rows known to exist (the write transaction read them): cheaper than the upsert's conflict path.
+#: Columns of merge_rows' rows, by position: 5 key, 6 state, 7 rank, 8 attempt, 10 started, 11 ended, 12 error,
+#: 13 traceback, 14 result_ref, 15 result_inline, 16 handle, 20 ikey, 21 executor, 22 info
+UPDATE_COLUMNS = (0, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 20, 21, 22)
+UPDATE_FROM = """
+UPDATE task_runs SET state = v.column3, rank = v.column4, attempt = v.column5, key = coalesce(v.column2, key),
+    started = coalesce(v.column6, started), ended = coalesce(v.column7, ended),
+    error = CASE WHEN v.column3 IN ('SUCCEEDED', 'CACHED') THEN v.column8 ELSE coalesce(v.column8, error) END,
+    traceback = CASE WHEN v.column3 IN ('SUCCEEDED', 'CACHED') THEN v.column9 ELSE coalesce(v.column9, traceback) END,
+    result_ref = coalesce(v.column10, result_ref), result_inline = coalesce(v.column11, result_inline),
+    handle = coalesce(v.column12, handle), ikey = coalesce(v.column13, ikey),
+    executor = coalesce(v.column14, executor), info = coalesce(v.column15, info)
+FROM (VALUES {values}) AS v WHERE task_runs.id = v.column1
+"""
 EVENT_INSERT = "INSERT INTO events (run_id, task_run_id, state, attempt, ts, message) VALUES (?,?,?,?,?,?)"
 TR_COLS = ("id, run_id, task, name, state, attempt, key, created, started, ended, error, traceback, "
             "result_ref, result_inline, handle, upstream, map_index, ikey, executor, info")
@@ -186,3 +200,12 @@ def refuse_empty_file(path: str) -> None:
                              f"earlier runs they are lost. Move it away to start a new store, or point "
                              f"--store / GFLOW_STORE at the right file")
         time.sleep(0.05)
+
+
+def update_many(c: sqlite3.Connection, rows: Sequence[Sequence[Any]], per_stmt: int = 400) -> None:
+    """Update existing task runs from merged rows (:data:`UPDATE_FROM`), many per statement."""
+    cols = UPDATE_COLUMNS
+    one = "(" + ",".join("?" * len(cols)) + ")"
+    for i in range(0, len(rows), per_stmt):
+        chunk = rows[i:i + per_stmt]
+        c.execute(UPDATE_FROM.format(values=",".join([one] * len(chunk))), [r[k] for r in chunk for k in cols])

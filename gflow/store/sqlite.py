@@ -26,6 +26,7 @@ from gflow.store._sqlite_sql import (
     merge_rows,
     migrate,
     refuse_empty_file,
+    update_many,
 )
 from gflow.store.base import (
     Event,
@@ -259,6 +260,7 @@ class SQLiteStore(Store):
                 for id_, rank, attempt in c.execute(
                         f"SELECT id, rank, attempt FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk):
                     current[id_] = (attempt, rank)
+            existing = set(current)
             accepted: list[tuple] = []
             refused: list[int] = []
             ranks = RANK_OF
@@ -270,7 +272,9 @@ class SQLiteStore(Store):
                     accepted.append(r)
                 else:
                     refused.append(n)
-            insert_many(c, UPSERT, merge_rows(accepted))
+            merged = merge_rows(accepted)
+            insert_many(c, UPSERT, [m for m in merged if m[0] not in existing])
+            update_many(c, [m for m in merged if m[0] in existing])
             objs = [(cid, r[0], r[1], "in" if r[2] == "QUEUED" else "out") for r in accepted if r[17] for cid in r[17]]
             if objs:
                 insert_many(c, "INSERT INTO objects (content_id, task_run_id, run_id, role) VALUES (?,?,?,?)", objs)
