@@ -41,11 +41,12 @@ class Recorder:
     """The engine's recorder; a context manager (``close`` flushes)."""
 
     def __init__(self, store: Store, artifacts: ArtifactStore, *, interval: float = 0.05, max_batch: int = 20000,
-                 writer_mode: str | None = None, pending_hold: float = 0.5):
+                 writer_mode: str | None = None, pending_hold: float = 0.5, clock: Any = time.monotonic):
         self.store = store
         self.artifacts = artifacts
         self.interval = interval
         self.pending_hold = pending_hold
+        self.clock = clock
         self.max_batch = max_batch
         mode = writer_mode or os.environ.get("GFLOW_WRITER", "auto")
         self._writer_mode = mode if store.can_offload else "thread"
@@ -149,7 +150,7 @@ class Recorder:
                         self._take(item, batch)
                 if self._held:  # before a run record, at a flush, or once they waited long enough
                     final = run_ins is not None or self._flushing or self._closing
-                    self._release(batch, None if final else time.monotonic() - self.pending_hold)
+                    self._release(batch, None if final else self.clock() - self.pending_hold)
                 if blobs:
                     self._write_blobs(blobs)
                 if batch:
@@ -180,7 +181,7 @@ class Recorder:
             else:
                 batch.extend(rows)
             return
-        now = time.monotonic()
+        now = self.clock()
         order = self._held_order
         for r in rows:
             if r[R_STATE] == "PENDING":
