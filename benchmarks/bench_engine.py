@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--chain", type=int, default=1_000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--prefect-n", type=int, default=10_000, help="tasks for the Prefect map (0 = skip)")
+    ap.add_argument("--big", type=int, default=100_000, help="tasks of the large map + reduce (0 = skip)")
     args = ap.parse_args()
     n, reps = args.n, args.reps
     g_map(10, executor="local")  # warm imports
@@ -92,6 +93,25 @@ def main() -> None:
     rss_tpe = peak_rss_subprocess(
         f"import sys; sys.path.insert(0, {str(HERE)!r})\nimport bench_engine as b\nb.tpe_independent({n})\n")
 
+    big = None
+    if args.big:  # in a fresh process, for its peak RSS; per-task time beside the 10k figure of the same process
+        big = peak_rss_subprocess(
+            "import os, tempfile, json, time; os.environ['GFLOW_HOME'] = tempfile.mkdtemp()\n"
+            f"import sys; sys.path.insert(0, {str(HERE)!r})\n"
+            "import _flows as b\n"
+            "b.g_map.run(1000, executor='local')\n"
+            "t = time.perf_counter()\n"
+            f"assert b.g_map.run({n}, executor='local') == {expected}\n"
+            "small = time.perf_counter() - t\n"
+            "t = time.perf_counter()\n"
+            f"assert b.g_map.run({args.big}, executor='local') == {sum(range(1, args.big + 1))}\n"
+            "print(json.dumps({'small_us': small / %d * 1e6, 'big_us': (time.perf_counter() - t) / %d * 1e6}))\n"
+            % (n, args.big))
+        rows.append({"case": f"{args.big:,}-task map + reduce (its own process)",
+                     "gflow µs/task": f"{big['big_us']:.1f}", "baseline": f"gflow, {n:,} tasks, same process",
+                     "baseline µs/task": f"{big['small_us']:.1f}",
+                     "ratio": f"{big['big_us'] / big['small_us']:.2f}x"})
+
     pf = prefect("map", args.prefect_n) if args.prefect_n else None
     if pf:
         t_map = next(r for r in rows if "(map)" in r["case"])
@@ -107,8 +127,10 @@ def main() -> None:
     print(f"\ndriver peak RSS, {n:,}-task map + reduce: gflow {rss['peak_rss_mb']:.0f} MB "
           f"(bare ThreadPoolExecutor process: {rss_tpe['peak_rss_mb']:.0f} MB"
           + (f"; Prefect {pf['peak_rss_mb']:.0f} MB + server {pf.get('children_rss_mb', 0):.0f} MB)" if pf else ")"))
+    if big:
+        print(f"driver peak RSS, {args.big:,}-task map + reduce: gflow {big['peak_rss_mb']:.0f} MB")
     print(json.dumps({"rows": rows, "rss_mb": rss["peak_rss_mb"], "rss_tpe_mb": rss_tpe["peak_rss_mb"],
-                      "prefect": pf}))
+                      "big": big, "prefect": pf}))
 
 
 if __name__ == "__main__":
