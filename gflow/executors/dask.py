@@ -52,7 +52,10 @@ _INFO_TTL = 2.0
 
 @functools.lru_cache(maxsize=256)
 def _task_from(blob: bytes) -> Any:
-    return pickle.loads(blob)  # Task.__reduce__: imports module:qualname on this worker
+    task, artifacts_url = pickle.loads(blob)  # Task.__reduce__: imports module:qualname on this worker
+    if artifacts_url:  # task code (gflow.models) finds its run's artifact store through the profile
+        os.environ["GFLOW_ARTIFACTS"] = artifacts_url
+    return task
 
 
 def _run_on_worker(payload: bytes, *, task: bytes) -> Outcome:
@@ -219,6 +222,7 @@ class DaskExecutor(Executor):
         self._info: dict[bool, tuple[float, dict[str, Any]]] = {}
         self._warned: set[str] = set()
         self._importable_cache: dict[str, str | None] = {}
+        self._artifacts_url: str | None = None
         self._closed = False
         self._gatherer: threading.Thread | None = None
         self._live: dict[str, _Handle] = {}  # dask key -> handle, for the start watcher
@@ -315,7 +319,7 @@ class DaskExecutor(Executor):
             return self._submit_speculative(calls, handles, resources)
         try:
             payloads = [pickle.dumps((c.args, c.kwargs), protocol=5) for c in calls]
-            common: dict[str, Any] = {"task": pickle.dumps(task, protocol=5)}
+            common: dict[str, Any] = {"task": self._task_blob(task)}
             if task.options.timeout:  # the timeout counts from the start: the worker reports it
                 common["topic"] = self._topic
                 futures = self.client.map(_run_reporting_start, payloads, [c.id for c in calls],
@@ -342,7 +346,7 @@ class DaskExecutor(Executor):
                             resources: dict[str, float]) -> list[_Handle]:
         """Calls whose inputs are still running here: one ``client.submit`` each, the inputs' Dask
         futures as arguments (Dask moves the data worker to worker; the driver is not in the loop)."""
-        task_blob = pickle.dumps(calls[0].task, protocol=5)
+        task_blob = self._task_blob(calls[0].task)
         on_done = self._on_done
         for c, h in zip(calls, handles):
             h.speculative = True
@@ -361,6 +365,13 @@ class DaskExecutor(Executor):
             self._live[h.key] = h
             f.add_done_callback(lambda fut, h=h: on_done(h, fut))
         return handles
+
+    def attach_artifacts(self, artifacts: Any) -> None:
+        """Workers get the run's artifact store URL with each task (task code such as gflow.models uses it)."""
+        self._artifacts_url = getattr(artifacts, "url", None)
+
+    def _task_blob(self, task: Any) -> bytes:
+        return pickle.dumps((task, self._artifacts_url), protocol=5)
 
     def _importable(self, task: Any) -> str | None:
         if task.identity not in self._importable_cache:
