@@ -114,8 +114,10 @@ class Attempts:
         ts.result_ref = ref
         ts.result_inline = inline
         objs = None if type(value) in SCALARS else object_ids(value) or None
-        self._rec.append(trow(ts.id, ts.run_id, SUCCEEDED, ts.attempt, out.ended or self.now, key=ts.key,
-                                    result_ref=ref, result_inline=inline, objects=objs, info=out.info, ikey=ts.ikey))
+        late = ts.speculative  # its keys were computed only now (its inputs were references until it ran)
+        self._rec.append(trow(ts.id, ts.run_id, SUCCEEDED, ts.attempt, out.ended or self.now,
+                              key=ts.key if late else None, result_ref=ref, result_inline=inline, objects=objs,
+                              info=out.info, ikey=ts.ikey if late else None))
         if task.options.cache and ts.key is not None:
             self.cache_mem[ts.key] = CacheHit(value, ref, inline, "this run")
         self._finish(ts, SUCCEEDED)

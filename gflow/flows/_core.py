@@ -232,8 +232,11 @@ class Core(Attempts, RunEndings, Speculation):
             ts.state = QUEUED
             args = ts.arguments
             objs = object_ids(args) if ts.attempt == 1 and not all_scalars(args) else None
-            rec(trow(ts.id, ts.run_id, QUEUED, ts.attempt, now, key=ts.key, objects=objs or None,
-                           executor=ts.executor))
+            # a call's keys are recorded once: with PENDING when known at the call, else here (computed when its
+            # inputs were known)
+            later = bool(ts.deps) and ts.attempt == 1
+            rec(trow(ts.id, ts.run_id, QUEUED, ts.attempt, now, key=ts.key if later else None,
+                     objects=objs or None, ikey=ts.ikey if later else None, executor=ts.executor))
             call_args, call_kwargs = ts.task.validator.call_args(args)
             calls.append(Call(ts.id, ts.run_id, ts.task, call_args, call_kwargs, ts.attempt, ts.key, ts.index))
             timeout = ts.task.options.timeout
@@ -403,9 +406,9 @@ class Core(Attempts, RunEndings, Speculation):
             run = self.runs[ts.run_id]
             if ts.name not in run.reused_changed:
                 run.reused_changed.append(ts.name)
-        self._rec.append(trow(ts.id, ts.run_id, CACHED, ts.attempt, self.now, key=ts.key,
-                                    result_ref=hit.result_ref, result_inline=hit.result_inline,
-                                    objects=object_ids(hit.value) or None, message=f"from {hit.source}"))
+        self._rec.append(trow(ts.id, ts.run_id, CACHED, ts.attempt, self.now, key=ts.key, ikey=ts.ikey,
+                              result_ref=hit.result_ref, result_inline=hit.result_inline,
+                              objects=object_ids(hit.value) or None, message=f"from {hit.source}"))
         if ts.task.options.cache and ts.key is not None and ts.key not in self.cache_mem:
             self.cache_mem[ts.key] = hit
         self._finish(ts, CACHED)

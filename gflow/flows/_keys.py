@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import sys
 import sysconfig
@@ -33,6 +34,8 @@ from typing import Any
 from gflow.errors import SerializationError
 from gflow.serialization import _dumps, to_jsonable
 
+_encode_str = json.encoder.encode_basestring  # what the canonical encoder writes strings with (ensure_ascii=False)
+
 _SIMPLE = (int, float, str, bytes, bool, type(None))
 
 
@@ -42,17 +45,46 @@ def compute_keys(task: Any, arguments: dict[str, Any], image: str | None = None)
     Raises:
         SerializationError: naming the task and the argument that has no canonical form.
     """
-    blobs: dict[str, bytes] = {}
-    allow = task.options.pickle
-    try:
-        tree = {k: to_jsonable(v, blobs, allow, "") for k, v in arguments.items()}
-    except SerializationError:  # again, naming the argument (not formatted on the common path)
-        tree = {k: to_jsonable(v, blobs, allow, f"task '{task.name}' argument '{k}'") for k, v in arguments.items()}
-    inputs = _dumps(tree)
+    inputs = _plain_json(arguments)
+    if inputs is None:
+        blobs: dict[str, bytes] = {}
+        allow = task.options.pickle
+        try:
+            tree = {k: to_jsonable(v, blobs, allow, "") for k, v in arguments.items()}
+        except SerializationError:  # again, naming the argument (not formatted on the common path)
+            tree = {k: to_jsonable(v, blobs, allow, f"task '{task.name}' argument '{k}'")
+                    for k, v in arguments.items()}
+        inputs = _dumps(tree)
     ident = task.identity
     ikey = hashlib.sha256(f"{ident}\0{inputs}".encode()).hexdigest()
     key = hashlib.sha256(f"{ident}\0{code_version(task)}\0{image or ''}\0{inputs}".encode()).hexdigest()
     return key, ikey
+
+
+_PLAIN = (int, str, bool, type(None))
+
+
+def _plain_json(arguments: dict[str, Any]) -> str | None:
+    """The canonical JSON of arguments that are all strings, integers (JSON-safe), booleans or None, written
+    directly (the same bytes ``gflow.serialization`` writes, without its tree walk); None for anything else."""
+    parts = []
+    for k in sorted(arguments):
+        v = arguments[k]
+        t = type(v)
+        if t is int:
+            if not -(2**53) < v < 2**53:
+                return None
+            text = str(v)
+        elif t is str:
+            text = _encode_str(v)
+        elif t is bool:
+            text = "true" if v else "false"
+        elif v is None:
+            text = "null"
+        else:
+            return None
+        parts.append(f"{_encode_str(k)}:{text}")
+    return "{" + ",".join(parts) + "}"
 
 
 def compute_key(task: Any, arguments: dict[str, Any], image: str | None = None) -> str:
