@@ -20,5 +20,5 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[test,dask,server,redis,mongo,docker]"
+.venv/bin/python -m pip install -q -e ".[test,dask,server,redis,mongo,docker,aws]"
 exec .venv/bin/python -m pytest "$@"

@@ -17,8 +17,10 @@ _BUILTIN = {
     "inline": "gflow.executors.local:InlineExecutor",
     "dask": "gflow.executors.dask:DaskExecutor",
     "docker": "gflow.executors.docker:DockerExecutor",
+    "aws-batch": "gflow.executors.aws_batch:AwsBatchExecutor",
+    "aws_batch": "gflow.executors.aws_batch:AwsBatchExecutor",
 }
-_EXTRA = {"dask": "dask", "docker": "docker"}
+_EXTRA = {"dask": "dask", "docker": "docker", "aws-batch": "aws", "aws_batch": "aws"}
 _registered: dict[str, Callable[[str], Executor]] = {}
 
 
