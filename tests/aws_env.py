@@ -96,13 +96,15 @@ def setup_batch(moto: Moto, queue: str = QUEUE, bucket: str = BUCKET, *, fargate
 # -- a counting, fault-injecting proxy --------------------------------------------------------------------
 @dataclass
 class Fault:
-    """Answer ``op`` with an error ``times`` times (``None``: always), without reaching moto."""
+    """Answer ``op`` with an error ``times`` times (``None``: always), without reaching moto; or, with
+    ``drop``, pass the request on and then close the connection without an answer (a lost response)."""
 
     op: str
     times: int | None = None
     status: int = 429
     code: str = "TooManyRequestsException"
     message: str = "Too Many Requests"
+    drop: bool = False
 
 
 @dataclass
@@ -136,7 +138,7 @@ class Proxy:
                     keys = sorted(q.split("=")[0] for q in query.split("&") if q and not q.startswith("x-id"))
                     op = f"s3:{self.command}" + (f"?{'&'.join(keys)}" if keys else "")
                 fault = proxy.hit(op)
-                if fault is not None:
+                if fault is not None and not fault.drop:
                     if op.startswith("s3:"):  # S3 speaks XML
                         data = (f"<Error><Code>{fault.code}</Code><Message>{fault.message}</Message></Error>").encode()
                         kind = "application/xml"
@@ -154,6 +156,10 @@ class Proxy:
                 conn.request(self.command, self.path, body, dict(self.headers.items()))
                 resp = conn.getresponse()
                 data = resp.read()
+                if fault is not None:  # drop: moto did the work, the client never hears of it
+                    conn.close()
+                    self.close_connection = True
+                    return
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -287,6 +293,32 @@ class Runtime:
         import moto.batch.models
 
         monkeypatch.setattr(moto.batch.models.Job, "docker_client", property(lambda _job: self), raising=False)
+        fix_moto_shared_environment(monkeypatch)
+
+
+def fix_moto_shared_environment(patch: Any = None) -> None:
+    """moto 5.2 bug: every child of an array job shares one ``containerOverrides`` dict, and each child
+    (and each DescribeJobs of one) appends its ``AWS_BATCH_JOB_ID`` to that shared environment list, so
+    under concurrency a child can read a sibling's id and run the sibling's call (and the list grows to
+    N entries). gflow reported those children as "SUCCEEDED, but no outcome record". Each job gets
+    its own copy here. ``patch``: a pytest monkeypatch (undone after the test), else patched for good."""
+    import copy
+
+    import moto.batch.models
+
+    original = moto.batch.models.Job.__init__
+    if getattr(original, "_gflow_fixed", False):
+        return
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.container_overrides = copy.deepcopy(self.container_overrides)
+
+    init._gflow_fixed = True  # type: ignore[attr-defined]
+    if patch is not None:
+        patch.setattr(moto.batch.models.Job, "__init__", init)
+    else:
+        moto.batch.models.Job.__init__ = init
 
 
 def wait_for(predicate: Any, timeout: float = 30, what: str = "condition") -> None:

@@ -225,6 +225,15 @@ def test_throttled_submissions_are_retried_with_jittered_backoff(aws):
     assert slept == [0.125, 0.25, 0.5]
 
 
+def test_a_lost_submit_answer_is_looked_up_not_submitted_twice(aws):
+    proxy = aws.proxy(Fault("submitjob", times=1, drop=True))
+    ex = aws.executor()
+    assert aws_tasks.one_square.run(6, executor=ex, artifacts=ARTS) == 36
+    assert proxy.counts["submitjob"] == 1 and proxy.counts["listjobs"] >= 1
+    jobs = aws.moto.client("batch").list_jobs(jobQueue=QUEUE, jobStatus="SUCCEEDED")["jobSummaryList"]
+    assert len(jobs) == 1  # the job moto created is the one gflow followed; none was submitted twice
+
+
 def test_a_throttling_storm_is_one_clear_error_and_stored_inputs_stay(aws):
     from gflow.executors._aws_client import Backoff
 
@@ -244,6 +253,21 @@ def test_throttled_polling_still_completes(aws):
     ex = aws.executor(backoff=Backoff(base=0.01))
     assert aws_tasks.squares.run(3, executor=ex, artifacts=ARTS) == 5
     assert proxy.counts["describejobs"] == ex.api_calls["DescribeJobs"] >= 5  # 4 refused, then answered
+
+
+def test_credentials_expiring_mid_run_fail_the_calls_instead_of_hanging(aws):
+    proxy = aws.proxy()
+    ex = aws.executor()
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(r=aws_tasks.naps.run(
+        2, 60.0, executor=ex, artifacts=ARTS, return_run=True)))
+    t.start()
+    wait_for(lambda: ex.submitted_at is not None, what="the array submitted")
+    proxy.faults.append(Fault("describejobs", None, 403, "ExpiredTokenException", "The security token has expired"))
+    t.join(60)
+    msg = str(result["r"].error)
+    assert "gflow lost track of the job" in msg and "AWS rejected the credentials (ExpiredTokenException" in msg
+    assert "aws batch describe-jobs" in msg
 
 
 # -- bad input, caught before anything is submitted ------------------------------------------------------

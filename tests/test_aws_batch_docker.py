@@ -18,7 +18,7 @@ from pathlib import Path
 
 import docker_env
 import pytest
-from aws_env import BUCKET, CREDS, QUEUE, REGION, Moto, setup_batch
+from aws_env import BUCKET, CREDS, QUEUE, REGION, Moto, fix_moto_shared_environment, setup_batch
 from conftest import RESOURCES
 
 from gflow.states import State
@@ -66,6 +66,7 @@ def aws(engine, monkeypatch, tmp_path):
                  "MOTO_DOCKER_NETWORK_MODE": "host", "GFLOW_TEST_BASE_IMAGE": base, "GFLOW_WHEEL": wheel}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("GFLOW_TEST_PACKAGES", raising=False)
+    fix_moto_shared_environment(monkeypatch)
     setup_batch(moto)
     project = tmp_path / "docker_flow"
     shutil.copytree(RESOURCES / "docker_flow", project, ignore=shutil.ignore_patterns("__pycache__"))

@@ -96,3 +96,12 @@ def test_call_specs_written_one_by_one_have_the_same_digest_as_inline_ones(arts)
     spec, blobs = protocol.encode_call_spec(c, image="img:1")
     assert protocol.write_call_spec(arts, c, image="img:1") == protocol.spec_digest(spec)
     assert all(arts.exists(d) for d in blobs)
+
+
+def test_small_results_ride_in_the_outcome_record_and_are_checked(arts):
+    m = write_paged_manifest(arts, calls(aws_tasks.square, [(12,)] * 2))
+    assert run_spec(arts, m.array, 0) == 0
+    rec = protocol.read_outcome(arts, m.specs[0])
+    assert rec["result_data"] == "144" and protocol.result_bytes(arts, rec) == b"144"
+    forged = {**rec, "result_data": "145"}  # does not hash to `result`: the stored blob is read instead
+    assert protocol.to_outcome(arts, forged).value == 144

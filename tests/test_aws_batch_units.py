@@ -130,9 +130,11 @@ def test_timeouts_names_and_tags_fit_batch_limits():
     assert jobs.attempt_seconds(None, 1) is None
     assert jobs.attempt_seconds(5, 1) == 60  # Batch's minimum
     assert jobs.attempt_seconds(100, 4) == 400  # a child runs chunk calls
-    name = jobs.job_name("gflow", "étude/score", "20261130-072118-d19205")
-    assert name == "gflow--tude-score-20261130-072118-d19205"
-    assert jobs.job_name("_x", "t", "r")[0].isalnum() and len(jobs.job_name("g", "t" * 300, "r")) == 128
+    name = jobs.job_name("gflow", "étude/score", "20261130-072118-d19205", "sha256:" + "ab12" * 16)
+    assert name == "gflow--tude-score-20261130-072118-d19205-ab12ab12ab12"
+    assert jobs.job_name("_x", "t", "r")[0].isalnum()
+    assert jobs.job_name("g", "t" * 300, "r", "sha256:" + "c" * 64).endswith("-cccccccccccc")
+    assert len(jobs.job_name("g", "t" * 300, "r", "sha256:" + "c" * 64)) == 128
     with pytest.raises(ConfigError, match="at most 45"):
         jobs.clean_tags({str(i): i for i in range(46)})
 

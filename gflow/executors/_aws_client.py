@@ -38,6 +38,10 @@ CREDENTIAL_CODES = frozenset({
 DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "Forbidden"})
 
 
+class AmbiguousRequest(ExecutorError):
+    """A request that changes something (SubmitJob) got no answer: it may or may not have taken effect."""
+
+
 def require_boto3() -> Any:
     try:
         import boto3
@@ -187,7 +191,7 @@ def call(c: Any, op: str, backoff: Backoff, *, what: str, idempotent: bool = Tru
         except (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ReadTimeoutError,
                 bx.ConnectTimeoutError) as e:
             if not idempotent:
-                raise translate(e, what) from None
+                raise AmbiguousRequest(f"{what}: {op} got no answer ({e}); it may have taken effect") from None
             last = e
             if n + 1 < backoff.tries:
                 backoff.wait(n)

@@ -147,12 +147,14 @@ def definition_name(prefix: str, label: str, digest: str) -> str:
     return f"{prefix}-{safe}"[: 128 - len(digest) - 1] + f"-{digest}"
 
 
-def job_name(prefix: str, label: str, run_id: str) -> str:
-    """A job name Batch accepts (``[A-Za-z0-9][A-Za-z0-9_-]{0,127}``)."""
+def job_name(prefix: str, label: str, run_id: str, digest: str = "") -> str:
+    """A job name Batch accepts (``[A-Za-z0-9][A-Za-z0-9_-]{0,127}``), unique per submission through the
+    first 12 hex digits of its spec or manifest ``digest`` (so a lost answer can be looked up by name)."""
+    suffix = f"-{digest.partition(':')[2][:12]}" if digest else ""
     name = re.sub(r"[^A-Za-z0-9_-]", "-", f"{prefix}-{label}-{run_id}")
     if not name[:1].isalnum():
         name = "g" + name
-    return name[:128]
+    return name[:128 - len(suffix)] + suffix
 
 
 def attempt_seconds(timeout: float | None, chunk: int) -> int | None:

@@ -75,3 +75,16 @@ def check_keywords(kw: dict[str, Any]) -> None:
     bad = set(kw) - KEYWORDS - set(ALIASES)
     if bad:
         raise ConfigError(f"aws_batch settings: unknown keys {sorted(bad)}; known: {', '.join(sorted(KEYWORDS))}")
+
+
+def render_url(ex: Any) -> str:
+    """An executor's settings as an ``aws-batch://`` URL (environment values are left out)."""
+    q: dict[str, Any] = {"region": ex.region, "profile": ex.profile, "endpoint": ex.endpoint_url,
+                         "job_role": ex.job_role_arn, "execution_role": ex.execution_role_arn,
+                         "platform": ex.platform if ex.platform != "EC2" else None, "image": ex.image,
+                         "registry": ex.images.registry, "log_group": ex.log_group,
+                         "chunk": ex.chunk if ex.chunk != 1 else None}
+    q.update({f"tag.{k}": v for k, v in ex.tags.items()})
+    q.update({f"secret.{k}": v for k, v in ex.secrets.items()})
+    query = urllib.parse.urlencode({k: v for k, v in q.items() if v is not None})
+    return f"aws-batch://{urllib.parse.quote(ex.queue, safe=':/')}" + (f"?{query}" if query else "")

@@ -31,6 +31,7 @@ from typing import Any
 
 from gflow.errors import ConfigError, ExecutorError, GflowError
 from gflow.executors import _aws_client as aws
+from gflow.executors._aws_checks import check_queue, check_roles
 from gflow.executors._aws_images import Images
 from gflow.executors._aws_jobs import (
     DefinitionSpec,
@@ -44,7 +45,7 @@ from gflow.executors._aws_jobs import (
     submit_request,
 )
 from gflow.executors._aws_monitor import DEFAULT_LOG_GROUP, Cadence, Handle, Job, Monitor
-from gflow.executors._aws_options import check_keywords, parse_url
+from gflow.executors._aws_options import check_keywords, parse_url, render_url
 from gflow.executors._batch import group_by_task, split_sizes, write_paged_manifest
 from gflow.executors.base import Call, Capabilities, Executor, JobStatus
 from gflow.states import State
@@ -158,17 +159,7 @@ class AwsBatchExecutor(Executor):
     @property
     def url(self) -> str:
         """This executor as an ``aws-batch://`` URL (what a run records; environment values are left out)."""
-        import urllib.parse
-
-        q: dict[str, Any] = {"region": self.region, "profile": self.profile, "endpoint": self.endpoint_url,
-                             "job_role": self.job_role_arn, "execution_role": self.execution_role_arn,
-                             "platform": self.platform if self.platform != "EC2" else None, "image": self.image,
-                             "registry": self.images.registry, "log_group": self.log_group,
-                             "chunk": self.chunk if self.chunk != 1 else None}
-        q.update({f"tag.{k}": v for k, v in self.tags.items()})
-        q.update({f"secret.{k}": v for k, v in self.secrets.items()})
-        query = urllib.parse.urlencode({k: v for k, v in q.items() if v is not None})
-        return f"aws-batch://{urllib.parse.quote(self.queue, safe=':/')}" + (f"?{query}" if query else "")
+        return render_url(self)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> AwsBatchExecutor:
@@ -228,51 +219,10 @@ class AwsBatchExecutor(Executor):
                 return
             self.region = aws.check_region(self.session, self.region, "batch", self.endpoint_url)
             if self.check:
-                self._check_queue()
-                self._check_roles()
+                check_queue(self._call, self.queue, self.region, self.platform)
+                check_roles(self._client("iam"), {"job_role_arn": self.job_role_arn,
+                                                  "execution_role_arn": self.execution_role_arn})
             self._prepared = True
-
-    def _check_queue(self) -> None:
-        queues = self._call("describe_job_queues", jobQueues=[self.queue])["jobQueues"]
-        if not queues:
-            raise ConfigError(f"job queue {self.queue!r} does not exist in {self.region}; list them with "
-                              f"'aws batch describe-job-queues --region {self.region}' or create one "
-                              f"(docs/aws-batch.md, Setup)")
-        q = queues[0]
-        if q.get("state") != "ENABLED":
-            raise ConfigError(f"job queue {self.queue!r} is {q.get('state')}: enable it with 'aws batch "
-                              f"update-job-queue --job-queue {self.queue} --state ENABLED'")
-        if q.get("status") == "INVALID":
-            raise ConfigError(f"job queue {self.queue!r} is INVALID ({q.get('statusReason')}); fix or recreate it")
-        names = [c["computeEnvironment"] for c in q.get("computeEnvironmentOrder", [])]
-        if not names:
-            return
-        envs = self._call("describe_compute_environments", computeEnvironments=names)["computeEnvironments"]
-        kinds = {(e.get("computeResources") or {}).get("type") for e in envs if e.get("type") == "MANAGED"}
-        fargate = {k for k in kinds if k and k.startswith("FARGATE")}
-        if kinds and self.platform == "EC2" and kinds == fargate:
-            raise ConfigError(f"job queue {self.queue!r} runs on Fargate compute environments: use platform=FARGATE "
-                              f"(with execution_role_arn) or an EC2 queue")
-        if kinds and self.platform == "FARGATE" and not fargate:
-            raise ConfigError(f"job queue {self.queue!r} runs on EC2 compute environments: use platform=EC2 or a "
-                              f"Fargate queue")
-
-    def _check_roles(self) -> None:
-        import botocore.exceptions as bx
-
-        for what, arn in (("job_role_arn", self.job_role_arn), ("execution_role_arn", self.execution_role_arn)):
-            if not arn:
-                continue
-            try:
-                self._client("iam").get_role(RoleName=arn.rsplit("/", 1)[1])
-            except bx.ClientError as e:
-                code, _ = aws.error_code(e)
-                if code == "NoSuchEntity":
-                    raise ConfigError(f"{what} {arn}: no such IAM role; create it (docs/aws-batch.md, Setup) or fix "
-                                      f"the ARN") from None
-                if code in aws.CREDENTIAL_CODES:
-                    raise aws.translate(e, f"checking {what}") from None
-                log.debug("cannot check %s %s (%s); going on", what, arn, code)
 
     @property
     def artifacts(self) -> Any:
@@ -396,13 +346,26 @@ class AwsBatchExecutor(Executor):
         return {**self.tags, "gflow:run": call.run_id, "gflow:task": call.task.name[:256]}
 
     def _submit(self, req: dict[str, Any]) -> str:
-        return str(self._call("submit_job", idempotent=False, **req)["jobId"])
+        """SubmitJob. An answer lost on the way (timeout, dropped connection) is ambiguous: the job is
+        looked up by its name (unique per submission) before submitting again, so none runs twice."""
+        for n in range(3):
+            try:
+                return str(self._call("submit_job", idempotent=False, **req)["jobId"])
+            except aws.AmbiguousRequest as e:
+                log.warning("%s; looking for job %s before submitting again", e, req["jobName"])
+                found = self._call("list_jobs", jobQueue=self.queue,
+                                   filters=[{"name": "JOB_NAME", "values": [req["jobName"]]}])["jobSummaryList"]
+                if found:
+                    return str(found[0]["jobId"])
+                if n == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _submit_one(self, call: Call, image: str, env: dict[str, str], arts: Any, handles: dict) -> Job:
         from gflow.images.protocol import write_call_spec
 
         spec = write_call_spec(arts, call, image=image)
-        name = job_name(self.job_name_prefix, call.task.name, call.run_id)
+        name = job_name(self.job_name_prefix, call.task.name, call.run_id, spec)
         req = submit_request(name=name, queue=self.queue, definition=self.definition(call.task, image, 1),
                              command=["worker", spec], environment=env, size=0, tags=self._tags(call))
         job = Job(self._submit(req), name, 0, image, None)
@@ -418,7 +381,7 @@ class AwsBatchExecutor(Executor):
             part = group[start * k:(start + size) * k]
             start += size
             m = write_paged_manifest(arts, part, image=image, chunk=k)
-            name = job_name(self.job_name_prefix, part[0].task.name, part[0].run_id)
+            name = job_name(self.job_name_prefix, part[0].task.name, part[0].run_id, m.array)
             command = ["worker", m.array] if m.elements >= 2 else ["worker", m.array, "--index", "0"]
             req = submit_request(name=name, queue=self.queue, definition=self.definition(part[0].task, image, k),
                                  command=command, environment=env, size=m.elements, tags=self._tags(part[0]))
@@ -475,7 +438,6 @@ class AwsBatchExecutor(Executor):
                     continue
                 h.cancelled = True
                 h.state = State.CANCELLED
-                self._in_flight -= 1
                 by_job.setdefault(h.job.id, (h.job, []))[1].append(h)
             whole, children = [], []
             for job, hs in by_job.values():
@@ -489,8 +451,9 @@ class AwsBatchExecutor(Executor):
                 else:
                     children += [job.child_id(el) for el in gone]
                     job.finished.update(gone)
-        ids = [j.id for j in whole] + children
-        self._terminate_ids(ids, "gflow: cancelled")
+        with self._lock:
+            self._in_flight -= sum(len(hs) for _, hs in by_job.values())
+        self._terminate_ids([j.id for j in whole] + children, "gflow: cancelled")
 
     def _terminate(self, jobs: list[Job], reason: str) -> None:
         self._terminate_ids([j.id for j in jobs], reason)

@@ -173,11 +173,26 @@ def read_outcome(artifacts: Any, spec_digest: str) -> dict | None:
     return rec if isinstance(rec, dict) and rec.get("kind") == OUTCOME else None
 
 
+#: results up to this size (canonical JSON) also travel inside the outcome record: one read instead of two
+RESULT_INLINE_MAX = 16 * 1024
+
+
+def result_bytes(artifacts: Any, rec: dict) -> bytes:
+    """The encoded result of a successful outcome record: its inline copy (``result_data``, checked
+    against the ``result`` digest) or the stored blob."""
+    text = rec.get("result_data")
+    if isinstance(text, str):
+        data = text.encode()
+        if "sha256:" + hashlib.sha256(data).hexdigest() == rec["result"]:
+            return data
+    return bytes(artifacts.get(rec["result"]))
+
+
 def to_outcome(artifacts: Any, rec: dict) -> Outcome:
     """The engine-side :class:`Outcome` of an outcome record (the result is read and decoded)."""
     if rec.get("ok"):
         try:
-            value = decode(artifacts.get(rec["result"]), artifacts.get)
+            value = decode(result_bytes(artifacts, rec), artifacts.get)
         except Exception as e:  # noqa: BLE001 - reported as the call's failure
             return Outcome(False, error_type=type(e).__name__, error_message=f"cannot read the result: {e}",
                            traceback="", started=rec.get("started"), ended=rec.get("ended") or time.time())
