@@ -338,6 +338,25 @@ def test_a_plain_image_missing_from_its_registry_is_refused_up_front(aws, store)
     assert store.list_runs() == []
 
 
+def test_ecr_images_are_looked_up_and_repositories_created_through_the_ecr_api(aws):
+    from gflow.executors._aws_images import Images, is_ecr
+
+    registry = "123456789012.dkr.ecr.us-east-1.amazonaws.com/team"
+    assert is_ecr(registry) and not is_ecr("127.0.0.1:5000") and not is_ecr("ghcr.io/org")
+    ecr = aws.moto.client("ecr")
+    images = Images(registry=registry, ecr=lambda: ecr)
+    assert not images.in_registry("gflow-design:0123456789abcdef", registry)  # no repository yet
+    assert images.ensure_repository("gflow-design:0123456789abcdef") == "team/gflow-design"
+    assert images.ensure_repository("gflow-design:0123456789abcdef") == "team/gflow-design"  # exists: fine
+    assert not images.in_registry("gflow-design:0123456789abcdef", registry)  # repository, no image
+    manifest = '{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}'
+    ecr.put_image(repositoryName="team/gflow-design", imageManifest=manifest, imageTag="0123456789abcdef")
+    assert images.in_registry("gflow-design:0123456789abcdef", registry)
+    images.check_ref(f"{registry}/gflow-design:0123456789abcdef")
+    with pytest.raises(ConfigError, match="is not in its registry 123456789012.dkr.ecr.us-east-1.amazonaws.com"):
+        images.check_ref(f"{registry}/gflow-design:fedcba9876543210")
+
+
 # -- failures of jobs ------------------------------------------------------------------------------------
 def _failure(aws, flow, *args, **kw) -> str:
     r = flow.run(*args, executor=aws.executor(**kw), artifacts=ARTS, return_run=True)

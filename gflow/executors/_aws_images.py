@@ -173,6 +173,11 @@ class Images:
         """For ECR: create the repository if missing, and log the engine in."""
         if not is_ecr(self.registry):
             return
+        self.ensure_repository(tag)
+        self.login()
+
+    def ensure_repository(self, tag: str) -> str:
+        """Create the ECR repository ``tag`` is pushed to, unless it exists; returns its name."""
         import botocore.exceptions as bx
 
         from gflow.images.builders import with_registry
@@ -186,7 +191,7 @@ class Images:
                 from gflow.executors._aws_client import translate
 
                 raise translate(e, f"creating ECR repository {repo}") from None
-        self.login()
+        return repo
 
     def login(self) -> None:
         if self._logged_in or not is_ecr(self.registry):
