@@ -29,9 +29,6 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))  # Dask workers, spawned by this process, import the tasks as _flows:*
 from _common import median_time, table  # noqa: E402
-
-
-
 from _flows import g_chain, g_map, inc  # noqa: E402,F401  (used as bench_dask.g_map; workers import _flows:*)
 
 

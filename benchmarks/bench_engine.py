@@ -86,11 +86,11 @@ def main() -> None:
 
     rss = peak_rss_subprocess(
         "import os, tempfile, json; os.environ['GFLOW_HOME'] = tempfile.mkdtemp()\n"
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(HERE)!r})\n"
         "import _flows as b\n"
-        "assert b.g_map.run(%d, executor='local') == %d\n" % (str(HERE), n, expected))
+        f"assert b.g_map.run({n}, executor='local') == {expected}\n")
     rss_tpe = peak_rss_subprocess(
-        "import sys; sys.path.insert(0, %r)\nimport bench_engine as b\nb.tpe_independent(%d)\n" % (str(HERE), n))
+        f"import sys; sys.path.insert(0, {str(HERE)!r})\nimport bench_engine as b\nb.tpe_independent({n})\n")
 
     pf = prefect("map", args.prefect_n) if args.prefect_n else None
     if pf:

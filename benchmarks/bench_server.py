@@ -76,7 +76,8 @@ def build(url: str) -> list[str]:
         batch: list[Transition] = []
         for i in range(1, TASKS_PER_RUN + 1):
             tid = f"{run_id}.{i}"
-            batch.append(Transition(tid, run_id, State.PENDING, 1, now, task="bench:work", name="work", map_index=i - 1))
+            batch.append(Transition(tid, run_id, State.PENDING, 1, now, task="bench:work", name="work",
+                                    map_index=i - 1))
             if not is_live:
                 batch.append(Transition(tid, run_id, State.QUEUED, 1, now + 0.1))
                 batch.append(Transition(tid, run_id, State.RUNNING, 1, now + 0.2, handle=f"h{i}"))
@@ -166,13 +167,14 @@ def listener(ws_url: str, run_id: str, after: int, kind: str, ready: mp.Event, o
 
 def measure(client, run_id: str, n: int, cursors: list[str | None]) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"counts": [], "page": []}
-    for i in range(n):
+    for _ in range(n):
         t0 = time.perf_counter()
         r = client.post("/graphql", json={"query": COUNTS_Q, "variables": {"id": run_id}})
         out["counts"].append(time.perf_counter() - t0)
         assert r.status_code == 200 and "errors" not in r.json(), r.text
         t0 = time.perf_counter()
-        r = client.post("/graphql", json={"query": PAGE_Q, "variables": {"id": run_id, "after": random.choice(cursors)}})
+        variables = {"id": run_id, "after": random.choice(cursors)}
+        r = client.post("/graphql", json={"query": PAGE_Q, "variables": variables})
         out["page"].append(time.perf_counter() - t0)
         body = r.json()
         assert r.status_code == 200 and len(body["data"]["taskRuns"]["items"]) == 100, r.text[:300]
@@ -267,7 +269,8 @@ def main() -> None:
 
 def _summary(m: dict[str, list[float]]) -> dict[str, float]:
     return {"requests": len(m["counts"]),
-            "counts_p50_ms": round(pct(m["counts"], 50) * 1000, 2), "counts_p95_ms": round(pct(m["counts"], 95) * 1000, 2),
+            "counts_p50_ms": round(pct(m["counts"], 50) * 1000, 2),
+            "counts_p95_ms": round(pct(m["counts"], 95) * 1000, 2),
             "page_p50_ms": round(pct(m["page"], 50) * 1000, 2), "page_p95_ms": round(pct(m["page"], 95) * 1000, 2)}
 
 

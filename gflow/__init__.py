@@ -1,9 +1,13 @@
 """gflow: tasks and flows for protein design and drug discovery, local first, remote unchanged."""
 
+from gflow import tables as tables  # gflow.tables.record() in flow bodies
 from gflow.errors import (
+    ArtifactCorrupt,
     ArtifactNotFound,
+    ArtifactStoreError,
     Cancelled,
     ConfigError,
+    ExecutorError,
     FlowFailed,
     GflowError,
     InvalidArguments,
@@ -16,7 +20,7 @@ from gflow.errors import (
     UpstreamFailed,
 )
 from gflow.executors import Executor, get_executor, register_executor
-from gflow.flows import Flow, Future, RunResult, cancel_run, flow
+from gflow.flows import Flow, Future, ResumeRefused, RunResult, cancel_run, flow
 from gflow.images import Image
 from gflow.states import State
 from gflow.tasks import Resources, Retry, Task, task
@@ -24,10 +28,13 @@ from gflow.tasks import Resources, Retry, Task, task
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArtifactCorrupt",
     "ArtifactNotFound",
+    "ArtifactStoreError",
     "Cancelled",
     "ConfigError",
     "Executor",
+    "ExecutorError",
     "Flow",
     "FlowFailed",
     "Future",
@@ -36,6 +43,7 @@ __all__ = [
     "InvalidArguments",
     "InvalidTransition",
     "Resources",
+    "ResumeRefused",
     "Retry",
     "RunNotFound",
     "RunResult",

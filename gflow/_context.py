@@ -7,3 +7,7 @@ from typing import Any
 
 #: The flow run whose body is executing in this thread, or None outside flows (and inside tasks).
 current_flow: contextvars.ContextVar[Any] = contextvars.ContextVar("gflow_current_flow", default=None)
+
+#: The artifact store of the run whose task call is executing in this thread (set by executors that run
+#: calls in-process), so task code (``gflow.models.materialize``) uses its run's store.
+run_artifacts: contextvars.ContextVar[Any] = contextvars.ContextVar("gflow_run_artifacts", default=None)

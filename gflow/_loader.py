@@ -1,4 +1,4 @@
-"""Finding a flow from ``path/to/file.py:flow`` or ``package.module:flow``."""
+"""Finding a flow (or a task) from ``path/to/file.py:NAME`` or ``package.module:NAME``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,24 @@ from typing import Any
 from gflow.errors import ConfigError
 
 
-def load_target(target: str, kind: type | None = None) -> Any:
+def load_runnable(target: str) -> Any:
+    """A flow, or a task wrapped as a one-call flow, from ``file.py:NAME`` or ``module:NAME``.
+
+    Raises:
+        ConfigError: naming what could not be found (and the flows and tasks that are there).
+    """
+    from gflow.flows import Flow, task_flow
+    from gflow.tasks import Task
+
+    obj = load_target(target, (Flow, Task))
+    if isinstance(obj, Task):
+        where = target.rpartition(":")[0]
+        is_file = where.endswith(".py") or os.path.isfile(where)
+        return task_flow(obj, source_file=os.path.abspath(where) if is_file else None)
+    return obj
+
+
+def load_target(target: str, kind: type | tuple[type, ...] | None = None) -> Any:
     """Import the object a target names; ``kind`` checks its type.
 
     Raises:
@@ -55,9 +72,11 @@ def load_target(target: str, kind: type | None = None) -> Any:
         if obj is None:
             break
     if obj is None or (kind is not None and not isinstance(obj, kind)):
-        found = sorted(k for k, v in vars(module).items() if kind is not None and isinstance(v, kind))
-        what = kind.__name__.lower() if kind else "object"
-        hint = f" ({what}s there: {', '.join(found)})" if found else f" (no {what}s found there)"
+        kinds = kind if isinstance(kind, tuple) else (kind,) if kind is not None else ()
+        found = sorted(k for k, v in vars(module).items() if kinds and isinstance(v, kinds))
+        what = " or ".join(k.__name__.lower() for k in kinds) if kinds else "object"
+        plural = "s or ".join(k.__name__.lower() for k in kinds) + "s" if kinds else "objects"
+        hint = f" ({plural} there: {', '.join(found)})" if found else f" (no {plural} found there)"
         raise ConfigError(f"no {what} named {name!r} in {where}{hint}")
     if hasattr(obj, "source_file") and (where.endswith(".py") or os.path.isfile(where)):
         obj.source_file = os.path.abspath(where)

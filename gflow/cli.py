@@ -1,23 +1,25 @@
-"""The ``gflow`` command line: run, runs, logs, resume, version."""
+"""The ``gflow`` command line: run, resume, runs, logs, version (build/replay/worker/server live beside their parts)."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from gflow import __version__
 from gflow._params import parse_params as _parse_params
-from gflow.errors import GflowError, TaskFailed
+from gflow.errors import GflowError
 from gflow.states import State
 
 err = Console(stderr=True, highlight=False)
@@ -30,8 +32,26 @@ _COLUMNS = ("PENDING", "QUEUED", "RUNNING", "RETRYING", "SUCCEEDED", "CACHED", "
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
+
+
+def _state(value: str) -> str:
+    style = _STATE_STYLE.get(value, "white")
+    return f"[{style}]{escape(value)}[/{style}]"
+
+
+@contextmanager
+def _store(profile: str | None, store: str | None) -> Iterator[Any]:
+    """The profile's state store, closed afterwards."""
+    from gflow.config import load_profile
+    from gflow.store import open_store
+
+    st = open_store(load_profile(profile, store=store).store)
+    try:
+        yield st
+    finally:
+        st.close()
 
 
 def _progress_table(snapshot: dict[str, Counter], run_id: str, t0: float) -> Table:
@@ -40,15 +60,15 @@ def _progress_table(snapshot: dict[str, Counter], run_id: str, t0: float) -> Tab
     for col in _COLUMNS:
         table.add_column(_SHORT[col], justify="right", style=_STATE_STYLE[col], no_wrap=True)
     for name, counts in sorted(snapshot.items()):
-        table.add_row(name, *[str(counts.get(c, "")) if counts.get(c) else "" for c in _COLUMNS])
+        table.add_row(escape(name), *[str(counts.get(c, "")) if counts.get(c) else "" for c in _COLUMNS])
     return table
 
 
-def _observer(show: bool):
-    """A live rich table of task states while the run goes (only on a terminal)."""
+def _observer(show: bool) -> Any:
+    """Says where the run is recorded, and shows a live table of task states (only on a terminal)."""
 
-    def start(run_id: str, engine: Any):
-        err.print(f"run [bold]{run_id}[/bold] started", markup=True)
+    def start(run_id: str, engine: Any) -> Any:
+        err.print(f"run [bold]{escape(run_id)}[/bold] started", markup=True)
         if not show:
             return None
         t0 = time.time()
@@ -74,23 +94,53 @@ def _observer(show: bool):
     return start
 
 
-def _print_value(value: Any) -> None:
-    from pydantic_core import to_jsonable_python
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON of a flow's value for stdout (NaN and infinities as the strings "NaN", "Infinity")."""
+    from gflow.serialization import to_json_text
 
     try:
-        text = json.dumps(to_jsonable_python(value), indent=2)
-    except Exception:
-        text = repr(value)
-    out.print(text, markup=False, highlight=False, soft_wrap=True)
+        return to_json_text(value, indent=indent)
+    except Exception:  # noqa: BLE001 - a value with no JSON form: say what it is
+        return json.dumps(repr(value))
 
 
-def _run_flow(flow_obj: Any, params: dict, *, executor, profile, store, artifacts, tags, progress, resume_from=None):
+def _short_text(value: Any, lines: int = 12, width: int = 110) -> str:
+    """A few lines for people: one per element of a list (each shortened), else the compact JSON."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    rows = []
+    for i, v in enumerate(items[:lines]):
+        summary = getattr(v, "summary", None)
+        text = summary() if callable(summary) else json_text(v, indent=None)
+        text = text if len(text) <= width else text[: width - 3] + "..."
+        rows.append(f"{i + 1:>3}. {text}" if isinstance(value, (list, tuple)) else text)
+    if len(items) > lines:
+        rows.append(f"     ... {len(items) - lines} more")
+    return "\n".join(rows)
+
+
+def _show_progress_logs() -> None:
+    """Image builds and other long steps say what they do (one line each, on stderr)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("gflow: %(message)s"))
+    for name in ("gflow.images", "gflow.executors"):
+        lg = logging.getLogger(name)
+        if not lg.handlers:
+            lg.addHandler(handler)
+            lg.setLevel(logging.INFO)
+            lg.propagate = False
+
+
+def _run_flow(flow_obj: Any, params: dict, *, progress: bool | None, output: str = "json", **run_kw: Any) -> None:
     show = progress if progress is not None else err.is_terminal
-    result = flow_obj.run(params=params, executor=executor, profile=profile, store=store, artifacts=artifacts,
-                          tags=tags, return_run=True, resume_from=resume_from, observer=_observer(show))
-    state = result.state
-    style = _STATE_STYLE.get(state.value, "white")
-    err.print(f"run [bold]{result.id}[/bold] [{style}]{state.value}[/{style}]", markup=True)
+    _show_progress_logs()
+    result = flow_obj.run(params=params, return_run=True, observer=_observer(show), **run_kw)
+    err.print(f"run [bold]{escape(result.id)}[/bold] {_state(result.state.value)}", markup=True)
+    if result.reused_changed:
+        err.print(f"reused the finished calls of tasks whose code changed since: "
+                  f"{escape(', '.join(result.reused_changed))} (gflow resume --rerun-changed recomputes them)",
+                  markup=True)
     if result.error is not None:
         if isinstance(result.error, GflowError):
             _fail(str(result.error))
@@ -98,17 +148,21 @@ def _run_flow(flow_obj: Any, params: dict, *, executor, profile, store, artifact
 
         err.print("".join(traceback.format_exception(result.error)), markup=False)
         _fail(f"flow body raised {type(result.error).__name__}: {result.error}")
-    _print_value(result.value)
+    if output == "short":
+        out.print(_short_text(result.value), markup=False, highlight=False, soft_wrap=True)
+        err.print(f"details: gflow runs show {escape(result.id)}", markup=True)
+    elif output == "json":
+        out.print(json_text(result.value), markup=False, highlight=False, soft_wrap=True)
 
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except TaskFailed as e:
-            _fail(str(e))
         except GflowError as e:
             _fail(str(e))
+        except RecursionError:
+            _fail("a value is nested too deeply")
         except KeyboardInterrupt:
             err.print("[yellow]interrupted: run cancelled[/yellow]; continue it with [bold]gflow resume RUN_ID"
                       "[/bold]", markup=True)
@@ -120,7 +174,7 @@ def main() -> None:
     """gflow: tasks and flows for protein design, local first, remote unchanged."""
 
 
-def _common_store(f):
+def _common_store(f: Any) -> Any:
     f = click.option("--store", default=None, help="State store URL (default: the profile's).")(f)
     f = click.option("--profile", default=None, help="Profile from gflow.toml.")(f)
     return f
@@ -129,71 +183,62 @@ def _common_store(f):
 @main.command()
 @click.argument("target")
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
-              help="Flow parameter (JSON value, or a bare string). Repeatable.")
+              help="Flow (or task) parameter: a JSON value, or a bare string. Repeatable.")
 @click.option("--executor", "-e", default=None, help="Executor: local, local://processes, dask://host:port, ...")
 @click.option("--artifacts", default=None, help="Artifact store folder or URL.")
 @click.option("--events", default=None, help="Live-state layer over the store, e.g. redis://127.0.0.1:6379/0.")
 @click.option("--tag", "tags", multiple=True, help="Label the run. Repeatable.")
 @click.option("--progress/--no-progress", default=None, help="Live task table (default: when on a terminal).")
+@click.option("--output", type=click.Choice(["json", "short", "none"]), default="json", show_default=True,
+              help="How to print the result on stdout: all of it as JSON, a few lines, or nothing.")
+@click.option("--run-id", default=None, help="Id for the new run (default: a fresh one).")
 @_common_store
-def run(target: str, params: tuple[str, ...], executor, artifacts, events, tags, progress, store, profile) -> None:
-    """Run a flow: TARGET is path/to/file.py:flow or package.module:flow."""
-    from gflow._loader import load_target
-    from gflow.flows import Flow
+def run(target: str, params: tuple[str, ...], executor: str | None, artifacts: str | None, events: str | None,
+        tags: tuple[str, ...], progress: bool | None, output: str, run_id: str | None, store: str | None,
+        profile: str | None) -> None:
+    """Run a flow, or one call of a task: TARGET is path/to/file.py:NAME or package.module:NAME."""
+    from gflow._loader import load_runnable
 
-    if events:
-        os.environ["GFLOW_EVENTS"] = events
     parsed = _parse_params(params)
-    flow_obj = load_target(target, Flow)
-    _run_flow(flow_obj, parsed, executor=executor, profile=profile, store=store, artifacts=artifacts,
-              tags=list(tags), progress=progress)
+    flow_obj = load_runnable(target)
+    _run_flow(flow_obj, parsed, executor=executor, profile=profile, store=store, artifacts=artifacts, events=events,
+              tags=list(tags), progress=progress, output=output, run_id=run_id)
 
 
 @main.command()
 @click.argument("run_id")
 @click.option("--executor", "-e", default=None, help="Executor for the rerun (default: the profile's).")
 @click.option("--artifacts", default=None)
+@click.option("--events", default=None, help="Live-state layer over the store, e.g. redis://127.0.0.1:6379/0.")
 @click.option("--progress/--no-progress", default=None)
-@click.option("--force", is_flag=True, help="Resume a run still marked RUNNING on another host.")
+@click.option("--rerun-changed", is_flag=True,
+              help="Recompute the finished calls whose task code changed since (default: reuse them).")
+@click.option("--force", is_flag=True, help="Resume even if a resume of this run already succeeded, or the run is "
+                                            "still marked RUNNING on another host.")
+@click.option("--output", type=click.Choice(["json", "short", "none"]), default="json", show_default=True)
+@click.option("--run-id", "new_run_id", default=None, help="Id for the new run (default: a fresh one).")
 @_common_store
-def resume(run_id: str, executor, artifacts, progress, force, store, profile) -> None:
-    """Rerun a failed, cancelled or killed run; finished tasks are taken from stored results."""
-    from gflow._loader import load_target
-    from gflow.config import load_profile
-    from gflow.flows import Flow
+def resume(run_id: str, executor: str | None, artifacts: str | None, events: str | None, progress: bool | None,
+           rerun_changed: bool, force: bool, output: str, new_run_id: str | None, store: str | None,
+           profile: str | None) -> None:
+    """Rerun a failed, cancelled or killed run as a new linked run: every call that finished is reused."""
+    from gflow._loader import load_runnable
     from gflow.serialization import decode
-    from gflow.store import open_store
 
-    prof = load_profile(profile, store=store)
-    st = open_store(prof.store)
-    rec = st.get_run(run_id)
-    if rec.state is State.SUCCEEDED:
+    with _store(profile, store) as st:
+        rec = st.get_run(run_id)
+    if rec.state is State.SUCCEEDED and not force:
         _fail(f"run {rec.id} SUCCEEDED; nothing to resume")
-    if rec.state in (State.RUNNING, State.PENDING):
-        _mark_killed(st, rec, force)
-    flow_obj = load_target(rec.flow_path, Flow)
+    flow_obj = load_runnable(rec.flow_path)
     params = decode(rec.params)
-    _run_flow(flow_obj, params, executor=executor, profile=profile, store=prof.store, artifacts=artifacts,
-              tags=rec.tags, progress=progress, resume_from=rec.id)
-
-
-def _mark_killed(st: Any, rec: Any, force: bool) -> None:
-    """A run still marked RUNNING whose driver is gone: record it FAILED before resuming."""
-    from gflow.store import driver_alive, end_unfinished
-
-    alive = driver_alive(rec)
-    if alive and rec.pid != os.getpid():
-        _fail(f"run {rec.id} is still running (driver pid {rec.pid} on this host); cancel it first")
-    if alive is None and not force:
-        _fail(f"run {rec.id} is marked {rec.state.value} on host {rec.host}; if its driver is gone, use --force")
-    now = time.time()
-    end_unfinished(st, rec.id, State.FAILED, "DriverLost: the driver process died", now)
-    st.set_run_state(rec.id, State.FAILED, now, error=f"DriverLost: driver pid {rec.pid} on {rec.host} is gone")
+    _run_flow(flow_obj, params, executor=executor, profile=profile, store=store, artifacts=artifacts, events=events,
+              tags=rec.tags, progress=progress, resume_from=rec.id, rerun_changed=rerun_changed, force=force,
+              output=output, run_id=new_run_id)
 
 
 @main.group()
 def runs() -> None:
-    """List and inspect runs."""
+    """List, inspect and cancel runs."""
 
 
 def _fmt_ts(ts: float | None) -> str:
@@ -203,15 +248,16 @@ def _fmt_ts(ts: float | None) -> str:
 def _fmt_dur(d: float | None) -> str:
     if d is None:
         return "-"
+    if d < 0.001:
+        return f"{d * 1e6:.0f}µs"
     return f"{d * 1000:.0f}ms" if d < 1 else f"{d:.1f}s"
 
 
 def _state_label(r: Any) -> str:
     """A run's state, saying so when a RUNNING run's driver on this host is gone (killed)."""
-    style = _STATE_STYLE.get(r.state.value, "white")
-    label = f"[{style}]{r.state.value}[/{style}]"
     from gflow.store import driver_alive
 
+    label = _state(r.state.value)
     if r.state in (State.RUNNING, State.PENDING) and r.pid and driver_alive(r) is False:
         label += " [red](driver gone: gflow resume)[/red]"
     return label
@@ -223,19 +269,19 @@ def _state_label(r: Any) -> str:
 @click.option("--tag", default=None)
 @click.option("--limit", default=20, show_default=True)
 @_common_store
-def runs_ls(flow, state, tag, limit, store, profile) -> None:
+def runs_ls(flow: str | None, state: str | None, tag: str | None, limit: int, store: str | None,
+            profile: str | None) -> None:
     """Newest runs first."""
-    from gflow.config import load_profile
-    from gflow.store import open_store
-
-    st = open_store(load_profile(profile, store=store).store)
-    table = Table()
-    for col in ("run", "flow", "state", "started", "duration", "tasks", "executor", "tags"):
-        table.add_column(col, no_wrap=col in ("run", "state", "started"))
-    for r in st.list_runs(flow=flow, state=state.upper() if state else None, tag=tag, limit=limit):
-        counts = st.counts(r.id)
-        table.add_row(r.id, r.flow, _state_label(r), _fmt_ts(r.started or r.created),
-                      _fmt_dur(r.duration), str(sum(counts.values())), str(r.executor or "-"), ",".join(r.tags))
+    with _store(profile, store) as st:
+        table = Table()
+        for col in ("run", "flow", "state", "started", "duration", "tasks", "executor", "tags"):
+            table.add_column(col, no_wrap=col in ("run", "state", "started"))
+        rows = st.list_runs(flow=flow, state=state.upper() if state else None, tag=tag, limit=limit)
+        counts = st.counts_many([r.id for r in rows])
+        for r in rows:
+            table.add_row(escape(r.id), escape(r.flow), _state_label(r), _fmt_ts(r.started or r.created),
+                          _fmt_dur(r.duration), str(sum(counts.get(r.id, {}).values())), escape(str(r.executor or "-")),
+                          escape(",".join(r.tags)))
     out.print(table)
 
 
@@ -243,80 +289,98 @@ def runs_ls(flow, state, tag, limit, store, profile) -> None:
 @click.argument("run_id")
 @click.option("--state", default=None, help="Only task runs in this state.")
 @click.option("--limit", default=50, show_default=True, help="Task runs to list (0 = all).")
+@click.option("--value", "show_value", is_flag=True, help="Print the run's stored result as JSON and nothing else.")
 @_common_store
-def runs_show(run_id, state, limit, store, profile) -> None:
+def runs_show(run_id: str, state: str | None, limit: int, show_value: bool, store: str | None,
+              profile: str | None) -> None:
     """A run's details and its task runs."""
-    from gflow.config import load_profile
-    from gflow.store import open_store
+    from gflow.serialization import display_json
 
-    st = open_store(load_profile(profile, store=store).store)
-    r = st.get_run(run_id)
-    out.print(f"[bold]run[/bold] {r.id}  {_state_label(r)}")
-    for label, value in (("flow", f"{r.flow} ({r.flow_path})"), ("params", r.params), ("executor", r.executor),
-                         ("image", r.image_tag or "-"), ("started", _fmt_ts(r.started or r.created)),
-                         ("duration", _fmt_dur(r.duration)), ("tags", ",".join(r.tags) or "-"),
-                         ("resumed from", r.resumed_from), ("parent run", r.parent_run), ("error", r.error)):
-        if value:
-            out.print(f"  {label:<12} {value}", markup=False, soft_wrap=True)
-    counts = st.counts(r.id)
-    out.print("  counts       " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), markup=False)
-    trs = st.task_runs(r.id, state=state.upper() if state else None, limit=limit or None)
-    table = Table()
-    for col in ("task run", "task", "state", "attempts", "duration", "error"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("task run", "state"))
-    for t in trs:
-        dur = (t.ended - t.started) if t.ended and t.started else None
-        s = _STATE_STYLE.get(t.state.value, "white")
-        table.add_row(t.id, t.name, f"[{s}]{t.state.value}[/{s}]", str(t.attempt), _fmt_dur(dur),
-                      (t.error or "").split("\n")[0][:120])
-    out.print(table)
-    total = sum(counts.values())
-    if limit and total > len(trs) and not state:
-        out.print(f"  ... {total - len(trs)} more task runs (use --limit 0 to list all)")
+    with _store(profile, store) as st:
+        r = st.get_run(run_id)
+        if show_value:
+            out.print(json.dumps(display_json(r.result_inline), indent=2) if r.result_inline is not None else "null",
+                      markup=False)
+            return
+        out.print(f"[bold]run[/bold] {escape(r.id)}  {_state_label(r)}")
+        params = json.dumps(display_json(r.params), sort_keys=True)
+        for label, value in (("flow", f"{r.flow} ({r.flow_path})"), ("params", params), ("executor", r.executor),
+                             ("image", r.image_tag or "-"), ("started", _fmt_ts(r.started or r.created)),
+                             ("duration", _fmt_dur(r.duration)), ("tags", ",".join(r.tags) or "-"),
+                             ("resumed from", r.resumed_from), ("resumed by", r.resumed_by),
+                             ("replay of", r.replay_of), ("parent run", r.parent_run), ("error", r.error)):
+            if value:
+                out.print(f"  {label:<12} {value}", markup=False, soft_wrap=True)
+        counts = st.counts(r.id)
+        out.print("  counts       " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), markup=False)
+        trs = st.task_runs(r.id, state=state.upper() if state else None, limit=limit or None)
+        table = Table()
+        for col in ("task run", "task", "state", "attempts", "duration", "executor", "error"):
+            table.add_column(col, overflow="fold", no_wrap=col in ("task run", "state"))
+        for t in trs:
+            dur = (t.ended - t.started) if t.ended and t.started else None
+            table.add_row(escape(t.id), escape(t.name), _state(t.state.value), str(t.attempt), _fmt_dur(dur),
+                          escape(t.executor or "-"), escape((t.error or "").split("\n")[0][:120]))
+        out.print(table)
+        total = sum(counts.values())
+        if limit and total > len(trs) and not state:
+            out.print(f"  ... {total - len(trs)} more task runs (use --limit 0 to list all)", markup=False)
 
 
 @runs.command("cancel")
 @click.argument("run_id")
 @click.option("--reason", default="cancelled by user (gflow runs cancel)")
 @_common_store
-def runs_cancel(run_id, reason, store, profile) -> None:
+def runs_cancel(run_id: str, reason: str, store: str | None, profile: str | None) -> None:
     """Cancel a run: its driver stops its calls within about a second."""
-    from gflow.config import load_profile
-    from gflow.store import cancel_run, open_store
+    from gflow.store import cancel_run
 
-    rec = cancel_run(open_store(load_profile(profile, store=store).store), run_id, reason)
-    err.print(f"run [bold]{rec.id}[/bold] [yellow]CANCELLED[/yellow]", markup=True)
+    with _store(profile, store) as st:
+        rec = cancel_run(st, run_id, reason)
+    err.print(f"run [bold]{escape(rec.id)}[/bold] [yellow]CANCELLED[/yellow]", markup=True)
 
 
 @main.command()
 @click.argument("run_id")
-@click.option("--task-run", default=None, help="Only this task run's events (and its traceback).")
+@click.option("--task-run", default=None, help="Only this task run: its events, traceback and the backend's log.")
 @_common_store
-def logs(run_id, task_run, store, profile) -> None:
+def logs(run_id: str, task_run: str | None, store: str | None, profile: str | None) -> None:
     """A run's event log (every state transition, with timestamps)."""
-    from gflow.config import load_profile
-    from gflow.store import open_store
+    with _store(profile, store) as st:
+        r = st.get_run(run_id)
+        for e in st.events(r.id):
+            if task_run and e.task_run_id != task_run:
+                continue
+            who = e.task_run_id or "run"
+            msg = f" {escape(e.message)}" if e.message else ""
+            out.print(f"{_fmt_ts(e.ts)}.{int(e.ts * 1000) % 1000:03d} {escape(who)} {_state(e.state.value)} "
+                      f"attempt={e.attempt}{msg}", soft_wrap=True)
+        if task_run:
+            t = st.get_task_run(task_run)
+            if t.traceback:
+                out.print(t.traceback, markup=False)
+            _backend_log(t.executor or r.executor, t)
 
-    st = open_store(load_profile(profile, store=store).store)
-    r = st.get_run(run_id)
-    for e in st.events(r.id):
-        if task_run and e.task_run_id != task_run:
-            continue
-        s = _STATE_STYLE.get(e.state.value, "white")
-        who = e.task_run_id or "run"
-        msg = f" {e.message}" if e.message else ""
-        out.print(f"{_fmt_ts(e.ts)}.{int(e.ts * 1000) % 1000:03d} {who} [{s}]{e.state.value}[/{s}] "
-                  f"attempt={e.attempt}{msg}", soft_wrap=True)
-    if task_run:
-        t = st.get_task_run(task_run)
-        if t.traceback:
-            out.print(t.traceback, markup=False)
+
+def _backend_log(spec: str | None, t: Any) -> None:
+    """The backend's own log of a task run (CloudWatch, pod logs), where its executor keeps one."""
+    from gflow.executors import executor_class
+
+    if not spec or not t.handle:
+        return
+    cls = executor_class(spec)
+    if cls is None:
+        return
+    text = cls.fetch_logs(spec, t.handle, t.info)
+    if text:
+        out.print(f"--- backend log ({t.handle}) ---", markup=False)
+        out.print(text, markup=False)
 
 
 @main.command()
 def version() -> None:
     """Print gflow's version."""
-    out.print(f"gflow {__version__}")
+    out.print(f"gflow {__version__}", markup=False)
 
 
 def _register_optional_commands() -> None:
@@ -324,6 +388,7 @@ def _register_optional_commands() -> None:
     import importlib
 
     for module, names in (("gflow.server.cli", ("server",)), ("gflow.images.cli", ("build", "replay", "worker"))):
+        mod: Any
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

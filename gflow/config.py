@@ -16,7 +16,10 @@ from typing import Any
 
 from gflow.errors import ConfigError
 
-_KEYS = ("executor", "store", "artifacts", "events", "image_registry")
+_KEYS = ("executor", "store", "artifacts", "events", "image_registry", "signing_key", "base_image")
+#: tables a profile may hold: ``executors`` routes tasks to other executors; the others are settings of
+#: one executor backend, passed to it as keyword arguments
+_TABLES = ("executors", "local", "dask", "docker", "aws_batch", "volcano")
 
 
 def gflow_home() -> Path:
@@ -31,8 +34,14 @@ class Profile:
     artifacts: Any = None
     events: str | None = None
     image_registry: str | None = None
+    signing_key: str | None = None
+    base_image: str | None = None
     source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: task name / module:qualname / "@gpu" -> executor URL (the profile's ``executors`` table)
+    routes: dict[str, str] = field(default_factory=dict)
+    #: executor backend -> its settings (the profile's ``aws_batch``, ``volcano``, ... tables)
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         home = gflow_home()
@@ -69,16 +78,20 @@ def load_profile(name: str | None = None, **overrides: Any) -> Profile:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
         for pname, table in profiles.items():
-            bad = set(table) - set(_KEYS)
+            bad = set(table) - set(_KEYS) - set(_TABLES)
             if bad:
-                raise ConfigError(f"{path}: profile '{pname}' has unknown keys {sorted(bad)}; known: {list(_KEYS)}")
-        values.update(profiles.get("default", {}))
+                raise ConfigError(f"{path}: profile '{pname}' has unknown keys {sorted(bad)}; known: "
+                                  f"{list(_KEYS)} and the tables {list(_TABLES)}")
+            for t in set(table) & set(_TABLES):
+                if not isinstance(table[t], dict):
+                    raise ConfigError(f"{path}: profile '{pname}': '{t}' must be a table ([profiles.{pname}.{t}])")
+        _merge(values, profiles.get("default", {}))
     if name != "default":
         if name not in profiles:
             known = ", ".join(sorted({"default", *profiles})) or "default"
             where = str(path) if path else "no gflow.toml found"
             raise ConfigError(f"unknown profile {name!r} ({where}); known profiles: {known}")
-        values.update(profiles[name])
+        _merge(values, profiles[name])
     for key in _KEYS:
         env = os.environ.get(f"GFLOW_{key.upper()}")
         if env:
@@ -88,8 +101,33 @@ def load_profile(name: str | None = None, **overrides: Any) -> Profile:
             raise ConfigError(f"unknown profile setting {key!r}")
         if v is not None:
             values[key] = v
-    prof = Profile(name=name, source=str(path) if path else None, **values)
+    routes = values.pop("executors", {})
+    backends = {t: values.pop(t) for t in _TABLES if t != "executors" and t in values}
+    prof = Profile(name=name, source=str(path) if path else None, routes=parse_routes(routes), backends=backends,
+                   **values)
     for f in fields(prof):
         if f.name in ("store", "artifacts") and isinstance(getattr(prof, f.name), str):
             setattr(prof, f.name, os.path.expandvars(getattr(prof, f.name)))
     return prof
+
+
+def _merge(values: dict[str, Any], table: dict[str, Any]) -> None:
+    """Profile values over defaults; tables are merged key by key."""
+    for k, v in table.items():
+        if isinstance(v, dict) and isinstance(values.get(k), dict):
+            values[k] = {**values[k], **v}
+        else:
+            values[k] = v
+
+
+def parse_routes(table: Any) -> dict[str, str]:
+    """Validate a profile's ``executors`` table: ``{task name | module:qualname | "@gpu": executor URL}``."""
+    if not table:
+        return {}
+    if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+        raise ConfigError("profile 'executors' must map task names (or '@gpu') to executor URLs, e.g. "
+                          "{ score = \"dask://scheduler:8786\", \"@gpu\" = \"aws-batch://gpu-queue\" }")
+    bad = [k for k in table if k.startswith("@") and k != "@gpu"]
+    if bad:
+        raise ConfigError(f"profile 'executors': unknown resource route {bad[0]!r}; known: '@gpu'")
+    return dict(table)

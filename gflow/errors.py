@@ -39,6 +39,16 @@ class ArtifactNotFound(GflowError, LookupError):
     """A content-addressed blob is missing from the artifact store."""
 
 
+class ArtifactStoreError(GflowError):
+    """The artifact store cannot be written or read (full, unreachable, no permission, corrupt blob)."""
+
+
+class ArtifactCorrupt(ArtifactNotFound, ArtifactStoreError):
+    """What is stored under a digest is not the blob with that digest (tampered, truncated, or a named
+    slot read as a blob). Also an :class:`ArtifactNotFound`: the blob asked for is not there, so
+    callers that recompute a missing result recompute a corrupt one too."""
+
+
 class ExecutorError(GflowError):
     """An executor backend failed (translated from the backend's own exception)."""
 

@@ -21,16 +21,12 @@ class State(str, Enum):
     CANCELLED = "CANCELLED"
     CACHED = "CACHED"
 
+    #: (set on each member below: plain attributes, as the engine reads them per transition)
+    rank: int
+    terminal: bool
+
     def __str__(self) -> str:
-        return self.value
-
-    @property
-    def rank(self) -> int:
-        return RANK[self]
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
+        return str(self._value_)
 
 
 RANK = {
@@ -46,6 +42,10 @@ RANK = {
 TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.CACHED})
 TERMINAL_RANK = 4
 RUN_STATES = (State.PENDING, State.RUNNING, State.SUCCEEDED, State.FAILED, State.CANCELLED)
+for _m in State:
+    _m.rank = RANK[_m]
+    _m.terminal = RANK[_m] == TERMINAL_RANK
+del _m
 
 
 def is_forward(old: State | None, old_attempt: int, new: State, new_attempt: int) -> bool:

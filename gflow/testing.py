@@ -21,7 +21,7 @@ from typing import Any
 from gflow.flows import Flow, RunResult
 
 _ENV = ("GFLOW_HOME", "GFLOW_PROFILE", "GFLOW_CONFIG", "GFLOW_EXECUTOR", "GFLOW_STORE", "GFLOW_ARTIFACTS",
-        "GFLOW_EVENTS", "GFLOW_IMAGE_REGISTRY")
+        "GFLOW_EVENTS", "GFLOW_IMAGE_REGISTRY", "GFLOW_SIGNING_KEY", "GFLOW_BASE_IMAGE")
 
 
 @contextmanager
@@ -46,6 +46,63 @@ def run_flow(flow: Flow, *args: Any, executor: Any = "inline", **kwargs: Any) ->
     """Run ``flow`` and return its :class:`RunResult` (never raises for a failed run)."""
     return flow.run(*args, executor=executor, return_run=True, **kwargs)
 
+
+_MOCK_SERVERS: dict[str, tuple[Any, Any]] = {}
+
+
+def mongomock_store(url: str) -> Any:
+    """A :class:`gflow.store.mongo.MongoStore` over mongomock (in-process, no server): the real pymongo
+    code path for tests where no MongoDB server runs. ``mongomock://host/db``: stores with the same
+    host share data (as with one server), each with a lock: mongomock does not make a single update
+    atomic with respect to other threads, a MongoDB server does. Registered as the ``mongomock://``
+    store scheme when this module is imported."""
+    import threading
+    import urllib.parse
+
+    import mongomock
+
+    from gflow.store.mongo import MongoStore
+
+    parsed = urllib.parse.urlsplit(url)
+    database = parsed.path.lstrip("/").split("/", 1)[0] or "gflow"
+    _patch_mongomock()
+    host = parsed.hostname or "localhost"
+    with _MOCK_GUARD:
+        if host not in _MOCK_SERVERS:
+            _MOCK_SERVERS[host] = (mongomock.store.ServerStore(), threading.RLock())  # type: ignore[attr-defined]
+        server, lock = _MOCK_SERVERS[host]
+    return MongoStore(mongomock.MongoClient(_store=server), database, url=url, lock=lock)
+
+
+def _patch_mongomock() -> None:
+    """mongomock 4.3's bulk builder predates pymongo 4.11's ``sort`` argument of UpdateOne; accept it."""
+    import inspect
+
+    from mongomock.collection import BulkOperationBuilder
+
+    orig = BulkOperationBuilder.add_update
+    if "sort" in inspect.signature(orig).parameters:
+        return
+
+    def add_update(self, selector, doc, multi=False, upsert=False, collation=None, array_filters=None, hint=None,
+                   sort=None):
+        return orig(self, selector, doc, multi, upsert, collation=collation, array_filters=array_filters, hint=hint)
+
+    BulkOperationBuilder.add_update = add_update  # type: ignore[method-assign]
+
+
+def _register() -> None:
+    import threading
+
+    from gflow.store import register_store
+
+    global _MOCK_GUARD
+    _MOCK_GUARD = threading.Lock()
+    register_store("mongomock", mongomock_store)
+
+
+_MOCK_GUARD: Any = None
+_register()
 
 try:
     import pytest

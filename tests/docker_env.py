@@ -150,7 +150,7 @@ class DockerEnv:
 def start_dockerd(log=print) -> DockerEnv:
     """Start dockerd as the issue describes: overlay2, no iptables, no bridge, private roots and socket."""
     if os.geteuid() != 0:
-        raise Unavailable("dockerd needs root here (tests run as uid %d)" % os.geteuid())
+        raise Unavailable(f"dockerd needs root here (tests run as uid {os.geteuid()})")
     missing = missing_tools()
     if missing:
         raise Unavailable("missing: " + ", ".join(missing) + "; install with scripts/test.sh (as root)")
@@ -211,8 +211,8 @@ def start_registry(env: DockerEnv) -> str:
     store = env.root / "registry-data"
     store.mkdir()
     conf.write_text(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n"
-        "  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:%d\n" % (store, port))
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {store}\n"
+        f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n")
     logf = open(env.root / "registry.log", "w")
     p = subprocess.Popen(["docker-registry", "serve", str(conf)], stdout=logf, stderr=subprocess.STDOUT,
                          start_new_session=True)

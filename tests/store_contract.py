@@ -102,7 +102,9 @@ class StoreContract:
                 st.transition(Transition(tr, rid, bad, 3, 9.0))  # terminal is final
         rec = st.get_task_run(tr)
         assert (rec.state, rec.attempt, rec.result_inline, rec.started, rec.ended) == (S, 2, "1", 7.0, 8.0)
-        assert rec.error == "E: x" and rec.key == "k" and rec.task == "m:t" and rec.name == "t"
+        # a success clears an earlier attempt's error (it stays in that attempt's event)
+        assert rec.error is None and rec.key == "k" and rec.task == "m:t" and rec.name == "t"
+        assert [e.message for e in st.events(rid) if e.state is RT] == ["E: x"]
         assert rec.created == 1.0 and rec.result_ref == REF
         evs = [(e.state, e.attempt) for e in st.events(rid)]
         assert evs == [(P, 1), (Q, 1), (R, 1), (RT, 1), (Q, 2), (R, 2), (S, 2)]  # refused ones left no event
@@ -158,7 +160,8 @@ class StoreContract:
             st.get_run("zzz")
         st.update_run("abc123", image_tag="img:1", extra={"profile": "q", "n": 2})
         run = st.get_run("abc123")
-        assert (run.image_tag, run.extra, run.tags, run.params) == ("img:1", {"profile": "q", "n": 2}, ["x"], '{"n": 1}')
+        assert (run.image_tag, run.extra, run.tags, run.params) == \
+            ("img:1", {"profile": "q", "n": 2}, ["x"], '{"n": 1}')
         with pytest.raises(ValueError, match="state"):
             st.update_run("abc123", state="RUNNING")
         with pytest.raises(gflow.RunNotFound):
@@ -286,6 +289,18 @@ class StoreContract:
         assert [t.id for t in lin["produced_by"]] == ["r1.1"] and lin["inputs"] == ["in-a", "in-b"]
         assert [t.id for t in lin["consumed_by"]] == ["r1.2"]
         assert st.lineage("nothing") == {"produced_by": [], "inputs": [], "consumed_by": []}
+
+    def test_derived_runs_and_task_run_summaries(self, st):
+        root = new_run(st, created=1000.0)
+        for i, field in enumerate(("resumed_from", "replay_of", "parent_run")):
+            st.create_run(RunRecord(id=f"{root}-d{i}", flow="f", created=1100.0 + i, **{field: root}))
+        st.create_run(RunRecord(id=f"{root}-other", flow="f", created=1050.0))
+        assert [r.id for r in st.derived_runs(root)] == [f"{root}-d0", f"{root}-d1", f"{root}-d2"]
+        st.apply([Transition(f"{root}.{i}", root, P, 1, 1.0, task="m:t", name="t") for i in range(1, 4)])
+        st.apply([Transition(f"{root}.2", root, F, 1, 2.0, error="E: x", traceback="long traceback")])
+        rows = st.task_run_summaries(root, after=f"{root}.1", limit=5)
+        assert [t.id for t in rows] == [f"{root}.2", f"{root}.3"]
+        assert rows[0].error == "E: x" and rows[0].traceback is None
 
     def test_concurrent_writer_processes(self, st):
         if not self.multiprocess:

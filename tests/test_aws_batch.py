@@ -18,6 +18,7 @@ import time
 import aws_tasks
 import pytest
 from aws_env import BUCKET, CREDS, QUEUE, REGION, Fault, Moto, Proxy, Runtime, setup_batch, wait_for
+from conftest import cli
 
 from gflow.errors import ConfigError, TaskFailed
 from gflow.executors.base import Call
@@ -98,8 +99,13 @@ def test_a_flow_runs_on_batch_by_url_and_its_logs_come_from_cloudwatch(aws, stor
     assert len(squares) == 5 and all(t.state is State.SUCCEEDED for t in trs)
     parent = squares[0].handle.split("job=")[1].split(":")[0]
     assert [t.handle for t in squares] == [f"{IMAGE} job={parent}:{i}" for i in range(5)]
-    log = AwsBatchExecutor.fetch_logs(rec.executor, squares[4].handle, None)
+    info = squares[4].info  # what the engine recorded from the outcome
+    assert info["job_id"] == f"{parent}:4" and info["array_index"] == 4 and info["exit_code"] == 0
+    assert squares[4].result_ref and squares[4].result_ref.startswith("sha256:")
+    log = AwsBatchExecutor.fetch_logs(rec.executor, squares[4].handle, squares[4].info)
     assert '"gflow.outcome": "ok"' in log  # the worker's own output, from moto's CloudWatch Logs
+    res = cli("logs", r.id, "--task-run", squares[4].id)
+    assert res.returncode == 0 and "--- backend log" in res.stdout and '"gflow.outcome": "ok"' in res.stdout
 
 
 def test_one_array_job_per_fan_out_and_one_definition_per_task(aws):

@@ -54,30 +54,41 @@ def test_same_layout_and_interface_as_the_local_store(s3, tmp_path):
     assert store.get_many([digest_of(b"\x01"), digest_of(b"nope")]) == [b"\x01", None]
 
 
-def test_reads_are_verified_against_the_digest(s3):
-    from gflow.artifacts.s3 import ArtifactCorrupted, S3ArtifactStore
+def test_reads_are_verified_and_blobs_are_never_replaced(s3):
+    from gflow.artifacts.s3 import S3ArtifactStore
+    from gflow.errors import ArtifactCorrupt
 
     store = S3ArtifactStore(BUCKET, "p")
     d = store.put(b"the real bytes")
-    s3.put_object(Bucket=BUCKET, Key=store.key(d), Body=b"the fake bytes")  # overwritten behind gflow's back
-    with pytest.raises(ArtifactCorrupted, match=f"artifact {d} .* is corrupt: its 14 bytes hash to sha256:"):
+    s3.put_object(Bucket=BUCKET, Key=store.key(d), Body=b"the fake bytes")  # rewritten behind gflow's back
+    with pytest.raises(ArtifactCorrupt, match=f"artifact {d} in s3://{BUCKET}/p is corrupt: its 14 bytes hash to"):
         store.get(d)
+    with pytest.raises(ArtifactCorrupt, match="refusing to store a blob"):
+        store.put(b"other bytes", d)
+    # a blob write is conditional (If-None-Match: *): what is there is kept, and put says where it is
+    assert store.put(b"the real bytes") == d
+    assert s3.get_object(Bucket=BUCKET, Key=store.key(d))["Body"].read() == b"the fake bytes"
 
 
-def test_outcome_slots_hold_content_that_is_not_their_key_and_are_still_checked(s3):
-    from gflow.artifacts.s3 import ArtifactCorrupted, S3ArtifactStore
+def test_outcome_slots_are_replaced_and_checked_against_the_hash_they_were_written_with(s3):
+    from gflow.artifacts.s3 import S3ArtifactStore
+    from gflow.errors import ArtifactCorrupt
     from gflow.images.protocol import outcome_slot
 
     store = S3ArtifactStore(BUCKET, "p")
     slot = outcome_slot("sha256:" + "ab" * 32)
-    store.put(b'{"kind":"gflow.outcome/v1","ok":true}', slot)
-    assert store.get(slot) == b'{"kind":"gflow.outcome/v1","ok":true}'
+    assert store.get_slot(slot) is None
+    store.put_slot(slot, b'{"kind":"gflow.outcome/v1","ok":false}')
+    store.put_slot(slot, b'{"kind":"gflow.outcome/v1","ok":true}')  # a later attempt's record replaces it
+    assert store.get_slot(slot) == b'{"kind":"gflow.outcome/v1","ok":true}'
     head = s3.head_object(Bucket=BUCKET, Key=store.key(slot))
     body = b'{"kind":"gflow.outcome/v1","ok":true}'
     assert head["Metadata"]["gflow-content"] == "sha256:" + hashlib.sha256(body).hexdigest()
     s3.put_object(Bucket=BUCKET, Key=store.key(slot), Body=b"truncat", Metadata=head["Metadata"])
-    with pytest.raises(ArtifactCorrupted):
-        store.get(slot)
+    with pytest.raises(ArtifactCorrupt, match=f"slot {slot} .* is corrupt"):
+        store.get_slot(slot)
+    with pytest.raises(ArtifactCorrupt):
+        store.get(slot)  # a slot is never a blob
 
 
 def test_large_blobs_go_up_in_parts_and_only_once(moto, s3, monkeypatch):
@@ -107,6 +118,8 @@ def test_a_missing_bucket_or_bad_url_says_how_to_fix_it(s3):
         S3ArtifactStore("no-such-bucket", "x").check()
     with pytest.raises(ConfigError, match="bucket 'no-such-bucket' does not exist"):
         S3ArtifactStore("no-such-bucket", "x").put(b"data")
+    with pytest.raises(ArtifactNotFound, match="is not an artifact key"):
+        S3ArtifactStore(BUCKET, "x").get("../../etc/passwd")
     S3ArtifactStore(BUCKET, "x").check()
     with pytest.raises(ConfigError, match="unknown options \\['endpiont'\\]"):
         open_artifacts(f"s3://{BUCKET}/x?endpiont=http://127.0.0.1:1")

@@ -65,11 +65,11 @@ def test_param_becomes_protein(gflow_home):
 @pytest.mark.parametrize("args, message", [
     (["run", f"{FLOWS}:map_reduce", "--param", "n10"], "malformed --param 'n10': expected KEY=VALUE"),
     (["run", "no/such/file.py:flow"], "no such file: no/such/file.py"),
-    (["run", f"{FLOWS}:nope"], "no flow named 'nope'"),
+    (["run", f"{FLOWS}:nope"], "no flow or task named 'nope'"),
     (["run", "flows_basic"], "must look like"),
     (["run", f"{FLOWS}:map_reduce", "--param", "n=ten"], "flow 'map_reduce': argument 'n'"),
     (["run", f"{FLOWS}:map_reduce", "--param", "m=1"], "unexpected keyword argument 'm'"),
-    (["run", f"{FLOWS}:protein_flow", "--param", "parent=MKJ"], "invalid residue 'J' at position 3"),
+    (["run", f"{FLOWS}:protein_flow", "--param", "parent=MK1"], "invalid residue '1' at position 3"),
     (["run", f"{FLOWS}:map_reduce", "--executor", "warp"], "unknown executor 'warp'"),
     (["runs", "show", "20990101-000000-ffffff"], "no run '20990101-000000-ffffff'"),
     (["resume", "20990101-000000-ffffff"], "no run"),

@@ -83,7 +83,7 @@ class TestRealMongo(StoreContract):
 
     @pytest.fixture
     def other(self, st):
-        return MongoStore.from_url(st.url)
+        return open_store(st.url)
 
 
 # -- Mongo-specific behaviour ---------------------------------------------------------------------
@@ -91,7 +91,7 @@ class TestRealMongo(StoreContract):
 
 @pytest.fixture
 def mst(mock_url):
-    s = MongoStore.from_url(mock_url)
+    s = open_store(mock_url)
     yield s
     s.close()
 
@@ -136,7 +136,7 @@ def test_batch_retried_after_a_failure_between_state_and_events_is_idempotent(ms
 def test_racing_writer_overtaking_the_event_seq_is_retried_not_lost(mst, monkeypatch):
     rid = new_run(mst)
     mst.apply([Transition("r1.1", rid, P, 1, 1.0)])
-    other = MongoStore.from_url(mst.url)
+    other = open_store(mst.url)
     real_reserve = MongoStore._reserve_for
     raced = []
 

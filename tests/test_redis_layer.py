@@ -59,7 +59,8 @@ class RedisServer:
                     break
             except redis.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start: {(self.workdir / 'redis.log').read_text()}")
+                    raise RuntimeError(f"redis-server did not start: {(self.workdir / 'redis.log').read_text()}") \
+                        from None
                 time.sleep(0.05)
         admin.close()
 

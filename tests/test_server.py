@@ -18,7 +18,7 @@ httpx = pytest.importorskip("httpx")
 ws_client = pytest.importorskip("websockets.sync.client")
 
 import gflow  # noqa: E402
-from gflow.objects import Protein  # noqa: E402
+from gflow.objects import Molecule, Protein  # noqa: E402
 from gflow.server.app import create_app  # noqa: E402
 from gflow.server.auth import AuthConfig  # noqa: E402
 from gflow.server.schema import Limits  # noqa: E402
@@ -462,9 +462,9 @@ def test_mutations_need_a_write_token(server, db):
     assert err["extensions"]["code"] == "CONFLICT" and "SUCCEEDED" in err["message"]
     tr = f"{r.id}.1"
     err = c.error("mutation($id: ID!) { retryTask(taskRunId: $id) { id } }", WRITE, id=tr)
-    assert err["extensions"]["code"] == "NOT_AVAILABLE" and "gflow resume" in err["message"]
+    assert err["extensions"]["code"] == "CONFLICT" and "only a FAILED or CANCELLED" in err["message"]
     err = c.error("mutation($id: ID!) { replayRun(id: $id) { id } }", WRITE, id=r.id)
-    assert err["extensions"]["code"] == "NOT_AVAILABLE" and "images" in err["message"]
+    assert err["extensions"]["code"] == "BAD_USER_INPUT" and "no image tag" in err["message"]
     assert c.error("mutation($id: ID!) { replayRun(id: $id) { id } }", status=401, id=r.id)
     assert c.error('mutation { retryTask(taskRunId: "nope.1") { id } }', WRITE)["extensions"]["code"] == "NOT_FOUND"
     # a server without write tokens refuses every mutation
@@ -529,7 +529,8 @@ def test_tokens_come_from_env_and_are_never_shown():
 
 # -- subscriptions ---------------------------------------------------------------------------------------
 
-SUB = "subscription($id: ID!, $after: Int!) { runEvents(runId: $id, after: $after) { seq runId taskRunId state attempt ts } }"
+SUB = ("subscription($id: ID!, $after: Int!) { runEvents(runId: $id, after: $after) { "
+       "seq runId taskRunId state attempt ts } }")
 
 
 def test_subscription_streams_a_live_run_until_it_ends(server, db, gate):
@@ -777,3 +778,125 @@ def test_server_command_help_lists_its_options():
     for opt in ("--host", "--port", "--store", "--events", "--profile", "--token-write", "--token-read",
                 "--require-read-token"):
         assert opt in res.output
+
+
+# -- the dashboard's queries -------------------------------------------------------------------------------
+
+OVERVIEW = """query($id: ID!, $max: Int) { runOverview(runId: $id, maxRows: $max) {
+  run { id state } groups { key name index total done isMap countsByState { state count } medianDuration }
+  edges { source target count } rows rowCount taskRunCount truncated lastEventSeq lastRowId } }"""
+
+
+def test_run_overview_groups_a_map_into_one_node_with_columns(server, db):
+    r = fan.run(4, store=db, executor="local", return_run=True)
+    c = server()
+    ov = c.data(OVERVIEW, id=r.id)["runOverview"]
+    assert ov["run"] == {"id": r.id, "state": "SUCCEEDED"} and ov["taskRunCount"] == 5 and not ov["truncated"]
+    double, add = ov["groups"]
+    assert (double["name"], double["total"], double["done"], double["isMap"]) == ("double", 4, 4, True)
+    assert (add["name"], add["total"], add["isMap"]) == ("add_all", 1, False)
+    assert double["countsByState"] == [{"state": "SUCCEEDED", "count": 4}] and double["medianDuration"] >= 0
+    assert ov["edges"] == [{"source": double["key"], "target": add["key"], "count": 4}]  # 4 results into add_all
+    rows = ov["rows"]
+    st = open_store(db)
+    trs = st.task_runs(r.id)
+    assert rows["prefix"] == f"{r.id}." and rows["t0"] == st.get_run(r.id).created
+    assert rows["id"] == [t.id.removeprefix(f"{r.id}.") for t in trs] == ["1", "2", "3", "4", "5"]
+    assert [rows["groups"][g]["name"] for g in rows["g"]] == [t.name for t in trs]
+    assert [rows["states"][s] for s in rows["s"]] == ["SUCCEEDED"] * 5 and rows["m"] == [0, 1, 2, 3, None]
+    assert rows["t"][0] == int((trs[0].started - rows["t0"]) * 1e6)  # microseconds after the run's creation
+    assert ov["lastEventSeq"] == st.events(r.id)[-1].seq
+    # a capped overview says so, and taskRunRows continues after its last row
+    cut = c.data(OVERVIEW, id=r.id, max=2)["runOverview"]
+    assert cut["truncated"] and cut["rowCount"] == 2 and cut["lastRowId"] == f"{r.id}.2"
+    assert [g["total"] for g in cut["groups"]] == [4, 1]  # groups still count every task run
+    rest = c.data("""query($id: ID!, $after: ID) { taskRunRows(runId: $id, afterId: $after, first: 2) {
+                       rows count lastId hasMore } }""", id=r.id, after=cut["lastRowId"])["taskRunRows"]
+    assert rest["rows"]["id"] == ["3", "4"] and rest["lastId"] == f"{r.id}.4" and rest["hasMore"]
+    assert c.error(OVERVIEW, id=r.id, max=-1)["extensions"]["code"] == "BAD_USER_INPUT"
+    # queue times for the timeline, and the event log for clients that poll
+    tl = c.data("query($id: ID!) { runTimeline(runId: $id) }", id=r.id)["runTimeline"]
+    queued = {e.task_run_id: e.ts for e in st.events(r.id) if e.state is State.QUEUED}
+    assert sorted(tl["id"]) == sorted(t.removeprefix(f"{r.id}.") for t in queued)
+    assert tl["q"][0] == int((queued[f"{r.id}.{tl['id'][0]}"] - tl["t0"]) * 1e6)
+    q = """query($id: ID!, $after: Int!) {
+             runEvents(runId: $id, after: $after, first: 4) { items { seq } lastSeq hasMore } }"""
+    seen, after = [], 0
+    while True:
+        page = c.data(q, id=r.id, after=after)["runEvents"]
+        seen += [e["seq"] for e in page["items"]]
+        after = page["lastSeq"]
+        if not page["hasMore"]:
+            break
+    assert seen == [e.seq for e in st.events(r.id)]
+
+
+def test_values_are_shown_as_written_with_their_objects(server, db):
+    from server_flows import designs
+
+    r = designs.run(Protein(sequence="MKTAYIAKQR"), store=db, executor="local", return_run=True)
+    assert r.state is State.SUCCEEDED
+    c = server()
+    run = c.data("query($id: ID!) { run(id: $id) { params paramsDisplay } }", id=r.id)["run"]
+    assert run["paramsDisplay"] == {"p": {"sequence": "MKTAYIAKQR", "name": None, "metadata": {}}, "top": 3}
+    assert "__gflow__" in json.dumps(run["params"])  # the canonical form is still there for programs
+    t = c.data("""query($id: ID!) { taskRun(id: $id) { output { display size source truncated
+                   objects { kind type data depictionSvg } } } }""", id=f"{r.id}.1")["taskRun"]
+    out = t["output"]
+    assert out["source"] == "inline" and not out["truncated"] and out["size"] > 0
+    assert [o["kind"] for o in out["objects"]] == ["Protein", "Molecule", "Score"]
+    assert out["objects"][0]["data"]["sequence"] == "MKTAYIAKQRW" and out["objects"][2]["data"]["value"] == 0.87
+    assert out["display"][0] == {"sequence": "MKTAYIAKQRW", "name": "variant", "metadata": {}}
+    mol = out["objects"][1]
+    try:
+        import rdkit  # noqa: F401
+        assert mol["depictionSvg"].lstrip().startswith(("<?xml", "<svg"))
+    except ImportError:
+        assert mol["depictionSvg"] is None  # no RDKit on this server: the SMILES alone
+    assert mol["data"]["smiles"]
+
+
+def test_a_5mb_traceback_comes_as_an_excerpt(server, db):
+    st = open_store(db)
+    st.create_run(RunRecord(id="bigtb", flow="f", created=time.time()))
+    tb = "Traceback (most recent call last):\n" + "  frame\n" * 700_000 + "ValueError: the end"
+    assert len(tb) > 5_000_000
+    st.apply([Transition("bigtb.1", "bigtb", State.PENDING, 1, time.time(), task="m:t", name="t"),
+              Transition("bigtb.1", "bigtb", State.FAILED, 1, time.time(), error="ValueError: " + "e" * 20_000,
+                         traceback=tb)])
+    c = server(limits=Limits(request_timeout=30))
+    t = c.data("""query { taskRun(id: "bigtb.1") { tracebackExcerpt { text size truncated omitted }
+                   errorExcerpt(head: 100, tail: 100) { text size truncated } } }""")["taskRun"]
+    ex = t["tracebackExcerpt"]
+    assert ex["truncated"] and ex["size"] == len(tb) and ex["omitted"] == len(tb) - 8192 - 57344
+    assert ex["text"].startswith("Traceback (most recent call last):") and ex["text"].endswith("ValueError: the end")
+    assert "characters omitted" in ex["text"] and len(ex["text"]) < 70_000
+    assert t["errorExcerpt"]["truncated"] and len(t["errorExcerpt"]["text"]) < 400
+    full = c.data('query { taskRun(id: "bigtb.1") { traceback } }')["taskRun"]["traceback"]
+    assert full == tb  # all of it, when asked
+
+
+# -- the molecule registry ---------------------------------------------------------------------------------
+
+@gflow.task
+def mol_weight_class(m: Molecule) -> str:
+    return "small" if len(m.smiles) < 10 else "large"
+
+
+def test_registry_finds_a_molecule_across_runs_whatever_its_spelling(server, db):
+    pytest.importorskip("rdkit")
+
+    @gflow.flow
+    def classify(smiles: list[str]) -> list[str]:
+        return [mol_weight_class(Molecule(smiles=s, name=f"m{i}")) for i, s in enumerate(smiles)]
+
+    a = classify.run(["OCC", "c1ccccc1"], executor="local", store=db, tags=["cycle1"], return_run=True)
+    b = classify.run(["C(O)C"], executor="local", store=db, tags=["cycle2"], return_run=True)
+    assert a.state is State.SUCCEEDED and b.state is State.SUCCEEDED
+    c = server()
+    got = c.data("query($k: String!) { registry(kind: \"molecule\", key: $k) { kind key uses { runId runTags role "
+                 "taskRun { name } } } }", k="CCO")["registry"]
+    assert got["key"] == "CCO"
+    assert sorted((u["runId"], tuple(u["runTags"]), u["role"]) for u in got["uses"]) == sorted(
+        [(a.id, ("cycle1",), "read"), (b.id, ("cycle2",), "read")])
+    assert all(u["taskRun"]["name"] == "mol_weight_class" for u in got["uses"])

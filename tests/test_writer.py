@@ -29,15 +29,15 @@ def test_process_writer_records_everything(process_writer, store):
 
 
 def test_process_writer_refuses_backward(process_writer, store):
-    from gflow.store import RunRecord, Transition
+    from gflow.store import RunRecord
+    from gflow.store.base import trow
 
     store.create_run(RunRecord(id="r", flow="f", created=1.0))
     w = _writer.writer_for(store.path, 5.0)
     assert w.wait_ready()
-    assert w.apply([Transition("r.1", "r", State.PENDING, 1, 1.0, task="m:t", name="t"),
-                    Transition("r.1", "r", State.SUCCEEDED, 1, 2.0)]) == []
-    refused = w.apply([Transition("r.1", "r", State.RUNNING, 1, 3.0)])
-    assert [t.state for t in refused] == [State.RUNNING]
+    assert w.apply_rows([trow("r.1", "r", State.PENDING, 1, 1.0, task="m:t", name="t"),
+                         trow("r.1", "r", State.SUCCEEDED, 1, 2.0)]) == []
+    assert w.apply_rows([trow("r.1", "r", State.RUNNING, 1, 3.0)]) == [0]  # refused: states only move forward
     assert store.get_task_run("r.1").state is State.SUCCEEDED
 
 

@@ -1,11 +1,11 @@
-"""The default artifact store: a local folder, ``<root>/sha256/ab/cdef...``."""
+"""The default artifact store: a local folder, ``<root>/sha256/ab/cdef...`` (blobs and slots alike)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 
-from gflow.artifacts.base import ArtifactStore, digest_of
+from gflow.artifacts.base import ArtifactStore, check_key
 from gflow.errors import ArtifactNotFound, ConfigError
 
 
@@ -24,17 +24,15 @@ class LocalArtifactStore(ArtifactStore):
             raise ConfigError(f"artifact URL {url!r} names no folder")
         return cls(path)
 
-    def path(self, digest: str) -> str:
-        algo, _, hexd = digest.partition(":")
-        if algo != "sha256" or len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
-            raise ValueError(f"not a sha256 digest: {digest!r}")
+    def path(self, key: str) -> str:
+        """The file of a key (raises ArtifactNotFound for anything but ``sha256:<64 hex>``: no path tricks)."""
+        algo, _, hexd = check_key(key).partition(":")
         return os.path.join(self.root, algo, hexd[:2], hexd[2:])
 
-    def put(self, data: bytes, digest: str | None = None) -> str:
-        digest = digest or digest_of(data)
-        dest = self.path(digest)
-        if os.path.exists(dest):
-            return digest
+    def write(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        dest = self.path(key)
+        if not replace and os.path.exists(dest):
+            return
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
         try:
@@ -45,14 +43,13 @@ class LocalArtifactStore(ArtifactStore):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        return digest
 
-    def get(self, digest: str) -> bytes:
+    def read(self, key: str) -> bytes:
         try:
-            with open(self.path(digest), "rb") as f:
+            with open(self.path(key), "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise ArtifactNotFound(f"artifact {digest} is missing from {self.url}") from None
+            raise ArtifactNotFound(f"artifact {key} is missing from {self.url}") from None
 
-    def exists(self, digest: str) -> bool:
-        return os.path.exists(self.path(digest))
+    def exists(self, key: str) -> bool:
+        return os.path.exists(self.path(key))

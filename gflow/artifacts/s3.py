@@ -1,13 +1,16 @@
 """The S3 artifact store: ``s3://bucket/prefix``, the same content-addressed layout as the local store
-(``<prefix>/sha256/ab/cdef...``), used by the driver and by workers in containers alike.
+(``<prefix>/sha256/ab/cdef...``, blobs and slots alike), used by the driver and by workers in
+containers alike. It implements the backend primitives of :class:`~gflow.artifacts.base.ArtifactStore`
+(``read``, ``write``, ``exists``); verification is the base class's: a blob read must hash to its
+digest (:class:`~gflow.errors.ArtifactCorrupt` otherwise).
 
-- Reads are verified: a blob's content must hash to its key. Keys that are not the hash of their
-  content (the outcome slots of ``gflow.images.protocol``) are written with the content's digest in
-  the object's metadata (``x-amz-meta-gflow-content``) and verified against that. A mismatch raises
-  :class:`ArtifactCorrupted`.
+- Blobs are immutable: a blob write is conditional (``If-None-Match: *``), so an existing object is
+  never replaced, in one request. Slots (outcome records) are replaced; they also carry the hash of
+  their content as ``x-amz-meta-gflow-content``, and a slot whose bytes do not match it (truncated,
+  rewritten without gflow) is refused as corrupt.
 - Large blobs (``multipart_threshold``, default 64 MiB) go up as multipart uploads through boto3's
-  managed transfer; content-addressed blobs that are already there are not uploaded again.
-- ``put_many`` uploads in parallel (a thread pool over one thread-safe client).
+  managed transfer, only when absent.
+- ``put_many`` uploads in parallel (a thread pool over one thread-safe client), one request per blob.
 - Where S3 is: boto3's configuration (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, ``AWS_REGION``,
   ``AWS_PROFILE``), or ``?endpoint=URL&region=R&profile=P`` in the URL. Containers get the URL and the
   endpoint through their job's environment, never credentials baked into an image.
@@ -21,22 +24,11 @@ import threading
 import urllib.parse
 from typing import Any
 
-from gflow.artifacts.base import ArtifactStore, digest_of
-from gflow.errors import ArtifactNotFound, ConfigError, GflowError
+from gflow.artifacts.base import ArtifactStore, check_key, digest_of
+from gflow.errors import ArtifactCorrupt, ArtifactNotFound, ConfigError, GflowError
 
 _META = "gflow-content"
 _MIB = 1 << 20
-
-
-class ArtifactCorrupted(GflowError):
-    """A stored blob does not hash to its digest (truncated, overwritten or mixed up)."""
-
-
-def _check_digest(digest: str) -> str:
-    algo, _, hexd = digest.partition(":")
-    if algo != "sha256" or len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
-        raise ValueError(f"not a sha256 digest: {digest!r}")
-    return hexd
 
 
 class S3ArtifactStore(ArtifactStore):
@@ -67,6 +59,7 @@ class S3ArtifactStore(ArtifactStore):
         self._client = client
         self._lock = threading.Lock()
         self._pool: cf.ThreadPoolExecutor | None = None
+        self._conditional = True
         query = {k: v for k, v in (("endpoint", endpoint_url), ("region", region), ("profile", profile)) if v}
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/") + (f"?{urllib.parse.urlencode(query)}" if query else "")
 
@@ -106,12 +99,9 @@ class S3ArtifactStore(ArtifactStore):
         return str(self.client.meta.endpoint_url)
 
     def key(self, digest: str) -> str:
-        hexd = _check_digest(digest)
+        hexd = check_key(digest).partition(":")[2]
         rest = f"sha256/{hexd[:2]}/{hexd[2:]}"
         return f"{self.prefix}/{rest}" if self.prefix else rest
-
-    def _where(self, digest: str) -> str:
-        return f"s3://{self.bucket}/{self.key(digest)}"
 
     def _error(self, e: BaseException, what: str) -> GflowError:
         from gflow.executors._aws_client import error_code, translate
@@ -147,75 +137,100 @@ class S3ArtifactStore(ArtifactStore):
         except bx.BotoCoreError as e:
             raise self._error(e, f"artifact store {self.url}") from None
 
-    def put(self, data: bytes, digest: str | None = None) -> str:
+    # -- backend primitives ----------------------------------------------------------------------------
+    def write(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        """One PUT: conditional (``If-None-Match: *``) for blobs, so an existing one is kept; slots are
+        replaced. Large blobs: multipart, after a HEAD."""
         import botocore.exceptions as bx
 
-        actual = digest_of(data)
-        digest = digest or actual
-        key = self.key(digest)
-        meta = {} if digest == actual else {_META: actual}
+        from gflow.executors._aws_client import error_code
+
+        k = self.key(key)
+        meta = {_META: digest_of(data)}
         try:
             if len(data) >= self.multipart_threshold:
-                if not meta and self.exists(digest):
-                    return digest  # content-addressed and already there
+                if not replace and self.exists(key):
+                    return
                 from boto3.s3.transfer import TransferConfig
 
                 cfg = TransferConfig(multipart_threshold=self.multipart_threshold,
                                      multipart_chunksize=max(8 * _MIB, self.multipart_threshold // 4))
-                self.client.upload_fileobj(io.BytesIO(data), self.bucket, key, ExtraArgs={"Metadata": meta},
+                self.client.upload_fileobj(io.BytesIO(data), self.bucket, k, ExtraArgs={"Metadata": meta},
                                            Config=cfg)
-            else:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=meta)
+                return
+            kw: dict[str, Any] = {"Bucket": self.bucket, "Key": k, "Body": data, "Metadata": meta}
+            if not replace and self._conditional:
+                kw["IfNoneMatch"] = "*"
+            try:
+                self.client.put_object(**kw)
+            except bx.ClientError as e:
+                code, status = error_code(e)
+                if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return  # the blob is there already: blobs are immutable
+                if code == "NotImplemented" and "IfNoneMatch" in kw:  # an S3 look-alike without conditional writes
+                    self._conditional = False
+                    kw.pop("IfNoneMatch")
+                    self.client.put_object(**kw)
+                    return
+                raise
         except (bx.ClientError, bx.BotoCoreError) as e:
-            raise self._error(e, f"storing {digest} in {self.url}") from None
-        except Exception as e:  # boto3.exceptions.S3UploadFailedError wraps the ClientError
-            raise self._error(e, f"storing {digest} in {self.url}") from None
-        return digest
+            raise self._error(e, f"storing {key} in {self.url}") from None
+        except Exception as e:  # noqa: BLE001 - boto3's S3UploadFailedError wraps the ClientError
+            raise self._error(e, f"storing {key} in {self.url}") from None
 
-    def get(self, digest: str) -> bytes:
+    def read(self, key: str) -> bytes:
+        """One GET. A slot (its content hash in the metadata differs from its key) is checked here
+        against that hash; blobs are checked against their key by the base class."""
         import botocore.exceptions as bx
 
         from gflow.executors._aws_client import error_code
 
-        key = self.key(digest)
+        k = self.key(key)
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            resp = self.client.get_object(Bucket=self.bucket, Key=k)
             data: bytes = resp["Body"].read()
         except bx.ClientError as e:
             code, status = error_code(e)
             if code in ("NoSuchKey", "404") or (status == 404 and code != "NoSuchBucket"):
-                raise ArtifactNotFound(
-                    f"artifact {digest} is missing from {self.url} ({self._where(digest)})") from None
-            raise self._error(e, f"reading {digest} from {self.url}") from None
+                raise ArtifactNotFound(f"artifact {key} is missing from {self.url} (s3://{self.bucket}/{k})") from None
+            raise self._error(e, f"reading {key} from {self.url}") from None
         except bx.BotoCoreError as e:
-            raise self._error(e, f"reading {digest} from {self.url}") from None
-        expected = (resp.get("Metadata") or {}).get(_META) or digest
-        actual = digest_of(data)
-        if actual != expected:
-            raise ArtifactCorrupted(
-                f"artifact {digest} in {self.url} is corrupt: its {len(data)} bytes hash to {actual}, not {expected}; "
-                f"delete {self._where(digest)} and run again to store it anew")
+            raise self._error(e, f"reading {key} from {self.url}") from None
+        claimed = (resp.get("Metadata") or {}).get(_META)
+        if claimed and claimed != key and digest_of(data) != claimed:
+            raise ArtifactCorrupt(f"slot {key} in {self.url} is corrupt: its {len(data)} bytes do not hash to the "
+                                  f"{claimed} it was written with; delete s3://{self.bucket}/{k} and run again")
         return data
 
-    def exists(self, digest: str) -> bool:
+    def exists(self, key: str) -> bool:
         import botocore.exceptions as bx
 
         from gflow.executors._aws_client import error_code
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.key(digest))
+            self.client.head_object(Bucket=self.bucket, Key=self.key(key))
             return True
         except bx.ClientError as e:
             code, status = error_code(e)
             if status == 404 and code != "NoSuchBucket":
                 return False
-            raise self._error(e, f"looking up {digest} in {self.url}") from None
+            raise self._error(e, f"looking up {key} in {self.url}") from None
         except bx.BotoCoreError as e:
-            raise self._error(e, f"looking up {digest} in {self.url}") from None
+            raise self._error(e, f"looking up {key} in {self.url}") from None
+
+    # -- the contract, in fewer requests ---------------------------------------------------------------
+    def put(self, data: bytes, digest: str | None = None) -> str:
+        """As the base class (refuses bytes that do not hash to ``digest``), in one conditional PUT
+        instead of a HEAD and a PUT."""
+        actual = digest_of(data)
+        if digest is not None and check_key(digest) != actual:
+            raise ArtifactCorrupt(f"refusing to store a blob under {digest} in {self.url}: its content hashes to "
+                                  f"{actual}")
+        self.write(actual, data)
+        return actual
 
     def put_many(self, blobs: dict[str, bytes]) -> None:
-        """Upload in parallel. Small blobs are put without asking first (a PUT costs what a HEAD
-        costs, and writing the same content again is harmless); large ones only if absent."""
+        """Upload in parallel, one conditional PUT per blob (no HEAD first: it would cost as much)."""
         if not blobs:
             return
         if len(blobs) == 1:
@@ -227,7 +242,7 @@ class S3ArtifactStore(ArtifactStore):
             f.result()
 
     def get_many(self, digests: list[str]) -> list[bytes | None]:
-        """Read in parallel; a missing blob is None (other errors raise)."""
+        """Read blobs in parallel (verified); a missing one is None (other errors raise)."""
 
         def one(d: str) -> bytes | None:
             try:

@@ -17,10 +17,11 @@ _BUILTIN = {
     "inline": "gflow.executors.local:InlineExecutor",
     "dask": "gflow.executors.dask:DaskExecutor",
     "docker": "gflow.executors.docker:DockerExecutor",
+    "volcano": "gflow.executors.volcano:VolcanoExecutor",
     "aws-batch": "gflow.executors.aws_batch:AwsBatchExecutor",
     "aws_batch": "gflow.executors.aws_batch:AwsBatchExecutor",
 }
-_EXTRA = {"dask": "dask", "docker": "docker", "aws-batch": "aws", "aws_batch": "aws"}
+_EXTRA = {"dask": "dask", "docker": "docker", "volcano": "k8s", "aws-batch": "aws", "aws_batch": "aws"}
 _registered: dict[str, Callable[[str], Executor]] = {}
 
 
@@ -44,8 +45,40 @@ def _scheme(spec: str) -> str:
     return spec.split(":", 1)[0]
 
 
-def get_executor(spec: str | Executor | None = None) -> Executor:
+def executor_class(spec: str) -> type[Executor] | None:
+    """The class behind a spec, without making an executor (None if unknown or not importable)."""
+    name = _scheme(spec)
+    if name in ("threads", "processes"):
+        name = "local"
+    factory: Any = _registered.get(name)
+    if factory is None:
+        try:
+            for ep in entry_points(group="gflow.executors"):
+                if ep.name == name and name not in _BUILTIN:
+                    factory = ep.load()
+                    break
+        except Exception:  # noqa: BLE001 - a broken third-party entry point
+            factory = None
+    if factory is None and name in _BUILTIN:
+        from gflow.serialization import import_path
+
+        try:
+            factory = import_path(_BUILTIN[name])
+        except ImportError:
+            return None
+    return factory if isinstance(factory, type) and issubclass(factory, Executor) else None
+
+
+def settings_key(spec: str) -> str:
+    """The profile table holding settings for executors of this spec's scheme (``aws-batch`` -> ``aws_batch``)."""
+    return _scheme(spec).replace("-", "_")
+
+
+def get_executor(spec: str | Executor | None = None, settings: dict[str, Any] | None = None) -> Executor:
     """An executor from a spec like ``local``, ``local://processes``, ``dask://host:8786``.
+
+    ``settings`` (a profile's table for this backend) are passed to the backend's ``from_spec`` as
+    keyword arguments; the spec's own query parameters win over them.
 
     Raises:
         ConfigError: for an unknown name (listing the known ones) or a missing optional extra.
@@ -82,12 +115,17 @@ def get_executor(spec: str | Executor | None = None) -> Executor:
     if factory is None:
         raise ConfigError(f"unknown executor {name!r}; known executors: {', '.join(known_executors())}")
     if isinstance(factory, type) and issubclass(factory, Executor):
-        return factory.from_spec(spec) if hasattr(factory, "from_spec") else factory()
-    ex = factory(spec)
+        try:
+            return factory.from_spec(spec, **(settings or {}))
+        except TypeError as e:
+            if not settings:
+                raise
+            raise ConfigError(f"executor {name!r}: profile settings {sorted(settings)} not accepted: {e}") from None
+    ex = factory(spec, **settings) if settings else factory(spec)
     if not isinstance(ex, Executor):
         raise ConfigError(f"executor factory for {name!r} returned {type(ex).__name__}, not a gflow Executor")
     return ex
 
 
 __all__ = ["Call", "Executor", "JobStatus", "Listener", "Outcome", "get_executor", "known_executors",
-           "register_executor"]
+           "executor_class", "register_executor", "settings_key"]

@@ -18,7 +18,6 @@ record is a failure that names the job, the child index and the fix.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import logging
 import threading
 import time
@@ -26,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gflow.errors import ArtifactNotFound, GflowError
+from gflow.errors import GflowError
 from gflow.executors.base import Call, Outcome
 from gflow.states import State
 
@@ -267,20 +266,12 @@ class Monitor:
                            ended=time.time(), info=self.info(h, detail))
 
     def _outcome_of(self, h: Handle, detail: dict) -> Outcome:
-        from gflow.images.protocol import OUTCOME, outcome_slot, to_outcome
+        from gflow.executors._batch import backend_failure, child_outcome
+        from gflow.images.protocol import outcome_slot
 
         info = self.info(h, detail)
-        rec = None
-        try:
-            raw = self.artifacts.get(outcome_slot(h.spec))
-            rec = json.loads(raw)
-            if not isinstance(rec, dict) or rec.get("kind") != OUTCOME:
-                rec = None
-        except ArtifactNotFound:
-            rec = None
-        if rec is not None:
-            out = to_outcome(self.artifacts, rec)
-            out.info = info
+        out = child_outcome(self.artifacts, h.spec, info, allow_pickle=bool(h.call.task.options.pickle))
+        if out is not None:
             return out
         status = detail.get("status")
         where = f"AWS Batch job {h.job_id}" + (f" (child {h.element} of array {h.job.id})" if h.job.size else "")
@@ -292,9 +283,8 @@ class Monitor:
             etype = "gflow.errors.ExecutorError"
         else:
             etype, msg = self._failure(h, detail, where)
-        return Outcome(False, error_type=etype, error_message=msg, traceback="",
-                       started=_ms(detail.get("startedAt")), ended=_ms(detail.get("stoppedAt")) or time.time(),
-                       info=info)
+        return backend_failure(etype, msg, info=info, started=_ms(detail.get("startedAt")),
+                               ended=_ms(detail.get("stoppedAt")))
 
     def _failure(self, h: Handle, d: dict, where: str) -> tuple[str, str]:
         """Why a job failed without an outcome record, and the fix."""

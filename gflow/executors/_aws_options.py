@@ -32,8 +32,9 @@ def _bool(v: str, key: str, spec: str) -> bool:
     raise ConfigError(f"aws-batch executor {spec!r}: {key}={v!r} is not a boolean (1/0, true/false)")
 
 
-def parse_url(spec: str) -> dict[str, Any]:
-    """Keyword arguments of the executor from ``aws-batch://QUEUE?key=value&...`` (or ``aws_batch://``).
+def parse_url(spec: str, *, require_queue: bool = True) -> dict[str, Any]:
+    """Keyword arguments of the executor from ``aws-batch://QUEUE?key=value&...`` (or ``aws_batch://``;
+    a bare ``aws-batch`` when the queue comes from a profile's settings).
 
     The queue is everything between ``://`` and ``?`` (a name or a job queue ARN).
 
@@ -41,13 +42,13 @@ def parse_url(spec: str) -> dict[str, Any]:
         ConfigError: no queue, an unknown option (listing the known ones), or a malformed value.
     """
     scheme, sep, rest = spec.partition("://")
-    if not sep or scheme not in ("aws-batch", "aws_batch"):
+    if scheme not in ("aws-batch", "aws_batch") or (not sep and rest):
         raise ConfigError(f"{spec!r} is not an AWS Batch executor URL (aws-batch://JOB_QUEUE?region=R)")
     queue, _, query = rest.partition("?")
     queue = urllib.parse.unquote(queue).strip("/")
-    if not queue:
+    if not queue and require_queue:
         raise ConfigError(f"aws-batch executor {spec!r} names no job queue: use aws-batch://JOB_QUEUE?region=R")
-    kw: dict[str, Any] = {"queue": queue}
+    kw: dict[str, Any] = {"queue": queue} if queue else {}
     for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         head, dot, sub = key.partition(".")
         if dot and head in DICTS:
@@ -68,6 +69,26 @@ def parse_url(spec: str) -> dict[str, Any]:
             raise ConfigError(f"aws-batch executor {spec!r}: unknown option {key!r}; known: {', '.join(known)}, "
                               f"tag.KEY, env.KEY, secret.KEY")
     return kw
+
+
+def merge(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Constructor keywords from a profile's settings (``[profiles.X.aws_batch]``) and the URL: the URL's
+    own values win; its ``tag.``/``env.``/``secret.`` entries are added to the settings' tables.
+
+    Raises:
+        ConfigError: unknown settings or URL options, or no queue in either.
+    """
+    check_keywords(settings)
+    settings = {ALIASES.get(k, k): v for k, v in settings.items()}
+    url = parse_url(spec, require_queue=False)
+    out = {**settings, **url}
+    for name in DICTS.values():
+        if name in settings and name in url:
+            out[name] = {**settings[name], **url[name]}
+    if not out.get("queue"):
+        raise ConfigError(f"aws-batch executor {spec!r} names no job queue: use aws-batch://JOB_QUEUE?region=R or "
+                          f"queue = \"...\" in the profile's [aws_batch] table")
+    return out
 
 
 def check_keywords(kw: dict[str, Any]) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 from gflow.executors.base import Call, Outcome
 from gflow.images.worker import INDEX_VARS
 
-__all__ = ["INDEX_VARS", "Manifest", "PagedManifest", "chunk", "group_by_task", "outcome_of", "split_sizes",
-           "write_manifest", "write_paged_manifest"]
+__all__ = ["INDEX_VARS", "Manifest", "PagedManifest", "backend_failure", "child_outcome", "chunk",
+           "group_by_task", "outcome_of", "split_sizes", "write_manifest", "write_paged_manifest"]
 
 
 def chunk(items: Sequence[Any], size: int) -> list[list[Any]]:
@@ -67,14 +67,36 @@ def write_manifest(artifacts: Any, calls: Sequence[Call], *, image: str | None =
     return Manifest(write_array_spec(artifacts, specs), specs, list(calls))
 
 
-def outcome_of(artifacts: Any, spec_digest: str) -> Outcome | None:
+def outcome_of(artifacts: Any, spec_digest: str, *, allow_pickle: bool = False) -> Outcome | None:
     """The outcome of a child from its outcome record, or None if the worker wrote none (yet).
 
-    A successful outcome carries ``result_ref``: the engine records that digest as is."""
+    A successful outcome carries ``result_ref``: the engine records that digest as is. ``allow_pickle``:
+    the call's task opted into (signed) pickles."""
     from gflow.images.protocol import read_outcome, to_outcome
 
     rec = read_outcome(artifacts, spec_digest)
-    return None if rec is None else to_outcome(artifacts, rec)
+    return None if rec is None else to_outcome(artifacts, rec, allow_pickle=allow_pickle)
+
+
+def child_outcome(artifacts: Any, spec_digest: str, info: dict[str, Any] | None = None, *,
+                  allow_pickle: bool = False) -> Outcome | None:
+    """:func:`outcome_of` with the backend's details (job, pod, node, exit code) attached as ``info``;
+    None while the child has written no outcome record. A child is never reported successful without one."""
+    out = outcome_of(artifacts, spec_digest, allow_pickle=allow_pickle)
+    if out is not None and info:
+        out.info = {**(out.info or {}), **info}
+    return out
+
+
+def backend_failure(error_type: str, message: str, *, info: dict[str, Any] | None = None, log_tail: str = "",
+                    started: float | None = None, ended: float | None = None) -> Outcome:
+    """The outcome of a child that ended (or was given up) without an outcome record: the backend's reason
+    (evicted, unschedulable, image pull, out of memory, deleted) as one line naming the fix; ``log_tail``,
+    the end of the child's log where the backend kept it, stands in for the traceback."""
+    import time
+
+    return Outcome(False, error_type=error_type, error_message=message, traceback=log_tail, started=started,
+                   ended=ended if ended is not None else time.time(), info=dict(info or {}))
 
 
 def split_sizes(n: int, max_size: int) -> list[int]:

@@ -45,7 +45,7 @@ from gflow.executors._aws_jobs import (
     submit_request,
 )
 from gflow.executors._aws_monitor import DEFAULT_LOG_GROUP, Cadence, Handle, Job, Monitor
-from gflow.executors._aws_options import check_keywords, parse_url, render_url
+from gflow.executors._aws_options import check_keywords, merge, parse_url, render_url
 from gflow.executors._batch import group_by_task, split_sizes, write_paged_manifest
 from gflow.executors.base import Call, Capabilities, Executor, JobStatus
 from gflow.states import State
@@ -153,8 +153,10 @@ class AwsBatchExecutor(Executor):
         self._closed = False
 
     @classmethod
-    def from_spec(cls, spec: str) -> AwsBatchExecutor:
-        return cls(**parse_url(spec))
+    def from_spec(cls, spec: str, **settings: Any) -> AwsBatchExecutor:
+        """``aws-batch://QUEUE?...`` over ``settings``, a profile's ``[profiles.X.aws_batch]`` table (keywords
+        of the constructor; the URL's own values win)."""
+        return cls(**merge(spec, settings))
 
     @property
     def url(self) -> str:
@@ -477,7 +479,8 @@ class AwsBatchExecutor(Executor):
         """The CloudWatch log of a task run's Batch job (by its recorded log stream, or its job id)."""
         from gflow.executors._aws_logs import fetch
 
-        ex = cls(**{**parse_url(spec), "check": False})
+        kw = parse_url(spec, require_queue=False) if "://" in spec else {}
+        ex = cls(**{"queue": "-", **kw, "check": False})  # a run given an executor object records only its name
         return fetch(ex, handle, info or {})
 
     def close(self) -> None:

@@ -14,7 +14,10 @@ Lifecycle (a context manager)::
 
 Reporting. A pushing executor calls ``listener(kind, call_id, attempt, payload)`` from any thread:
 ``"started"`` with the start timestamp (seconds since the epoch, as the backend saw it), and
-``"done"`` with an :class:`Outcome`. An executor whose starts are cheaper to collect than to push
+``"done"`` with an :class:`Outcome`. A backend that learns what a call runs as only when it starts (a
+container id, a pod name) sends ``(timestamp, description)`` with ``"started"``; the description is
+recorded with RUNNING instead of :meth:`Executor.describe_handle`'s. An executor whose starts are cheaper
+to collect than to push
 (the local thread pool) sets ``capabilities.start_poll_interval`` and returns them from
 :meth:`Executor.poll_starts` instead. Every handle reaches exactly one ``"done"`` (or one terminal
 :class:`JobStatus` from ``poll``) unless it was cancelled. An outcome's ``started`` is the time the
@@ -34,10 +37,13 @@ result, which the engine records as is (no second encode or upload).
 from __future__ import annotations
 
 import abc
+import pickle
 import sys
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from gflow.states import State
 
@@ -124,6 +130,22 @@ def _qualname(t: type) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
+def run_task(task: Any, args: tuple, kwargs: dict) -> Outcome:
+    """Run a task's function here and say how it went (the body of a call in a pool or cluster worker).
+    The exception travels only if it pickles; its type name, message and traceback always do."""
+    t0 = time.time()
+    try:
+        value = task.fn(*args, **kwargs)
+        return Outcome(True, value, started=t0, ended=time.time())
+    except BaseException as e:  # noqa: BLE001 - reported, not swallowed
+        out = Outcome.from_exception(e, traceback.format_exc(), t0, time.time())
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:  # noqa: BLE001
+            out.exc = None
+        return out
+
+
 def importable_problem(task: Any) -> str | None:
     """Why another process (a pool worker, a Dask worker, a container) could not import ``task`` by
     its ``module:qualname``; None if it can, as far as this process can tell (the module must also be
@@ -186,7 +208,8 @@ class StartReport:
     ts: float
 
 
-#: listener(kind, call_id, attempt, payload): kind is "started" (payload = timestamp) or "done" (an Outcome)
+#: listener(kind, call_id, attempt, payload): kind is "started" (payload = timestamp, or (timestamp, description))
+#: or "done" (an Outcome)
 Listener = Callable[[str, str, int, Any], None]
 
 
@@ -196,6 +219,12 @@ class Executor(abc.ABC):
     name: str = "executor"
     capabilities: Capabilities = Capabilities()
     _listener: Listener
+
+    @classmethod
+    def from_spec(cls, spec: str, **settings: Any) -> Executor:
+        """An executor from its URL and a profile's settings for this backend (the URL's own query
+        parameters win). The default ignores the URL: ``cls(**settings)``."""
+        return cls(**settings)
 
     def start(self, listener: Listener) -> None:
         """Called by the engine before the first submit of a run (again for each run that reuses this executor)."""

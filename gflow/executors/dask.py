@@ -31,8 +31,17 @@ import distributed
 
 from gflow._walk import substitute
 from gflow.errors import ConfigError, ExecutorError
-from gflow.executors.base import UPSTREAM_PENDING, Call, Capabilities, Executor, JobStatus, Outcome, Ref, importable_problem
-from gflow.executors.local import _run_in_process
+from gflow.executors.base import (
+    UPSTREAM_PENDING,
+    Call,
+    Capabilities,
+    Executor,
+    JobStatus,
+    Outcome,
+    Ref,
+    importable_problem,
+    run_task,
+)
 from gflow.states import State
 
 log = logging.getLogger("gflow.executors.dask")
@@ -51,7 +60,7 @@ def _run_on_worker(payload: bytes, *, task: bytes) -> Outcome:
     (which unpickles the graph) needs gflow but not the user's task modules or argument types, and
     Dask never mistakes an argument string for one of its keys."""
     args, kwargs = pickle.loads(payload)
-    return _run_in_process(_task_from(task), args, kwargs)
+    return run_task(_task_from(task), args, kwargs)
 
 
 def _run_reporting_start(payload: bytes, call_id: str, attempt: int, *, task: bytes, topic: str) -> Outcome:
@@ -86,7 +95,7 @@ def _run_with_refs(payload: bytes, ref_ids: list[str], *inputs: Outcome, task: b
         args, kwargs = t.validator.call_args(t.validator.validate(bound))
     except Exception as e:  # noqa: BLE001 - the engine records it (no retry for bad arguments)
         return Outcome.from_exception(e, traceback.format_exc(), None, time.time())
-    return _run_in_process(t, args, kwargs)
+    return run_task(t, args, kwargs)
 
 
 class _Handle:
@@ -217,10 +226,10 @@ class DaskExecutor(Executor):
         self.start_poll_interval = 1.0
 
     @classmethod
-    def from_spec(cls, spec: str) -> DaskExecutor:
+    def from_spec(cls, spec: str, **settings: Any) -> DaskExecutor:
         """``dask`` / ``dask://?n_workers=2&threads_per_worker=1`` (LocalCluster) or
-        ``dask://host:8786?timeout=5`` (existing scheduler)."""
-        return cls(**parse_spec(spec))
+        ``dask://host:8786?timeout=5`` (existing scheduler); profile settings are the same keywords."""
+        return cls(**{**settings, **parse_spec(spec)})
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, listener: Any) -> None:
@@ -354,10 +363,9 @@ class DaskExecutor(Executor):
         return handles
 
     def _importable(self, task: Any) -> str | None:
-        problem = self._importable_cache.get(task.identity, False)
-        if problem is False:
-            problem = self._importable_cache[task.identity] = importable_problem(task)
-        return problem
+        if task.identity not in self._importable_cache:
+            self._importable_cache[task.identity] = importable_problem(task)
+        return self._importable_cache[task.identity]
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
         """States only: outcomes reach the engine through the listener (``pushes_events``)."""
@@ -477,7 +485,7 @@ class DaskExecutor(Executor):
         listener("done", h.call_id, h.attempt, out)
 
     def _fail_now(self, calls: list[Call], handles: list[_Handle], e: BaseException, tb: str = "") -> None:
-        for c, h in zip(calls, handles):
+        for h in handles:
             self._finish(h, Outcome.from_exception(e, tb, None, time.time()))
 
     # -- cluster facts --------------------------------------------------------------------------------

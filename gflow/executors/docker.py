@@ -112,9 +112,12 @@ class DockerExecutor(Executor):
         self._closed = False
 
     @classmethod
-    def from_spec(cls, spec: str) -> DockerExecutor:
+    def from_spec(cls, spec: str, **settings: Any) -> DockerExecutor:
+        """``docker://?image=TAG&dev=1...``; a profile's ``[profiles.X.docker]`` table gives the same
+        options (``host``, ``registry``, ``max``, ``network``, ...), the URL's own win."""
         parsed = urllib.parse.urlparse(spec if "://" in spec else "docker://")
-        q = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()}
+        q = {k: str(v) for k, v in settings.items()}
+        q.update({k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()})
         known = {"image", "bundle", "host", "dev", "build", "registry", "push", "max", "network", "keep"}
         bad = set(q) - known
         if bad:
@@ -202,7 +205,8 @@ class DockerExecutor(Executor):
 
                 self.builder.pull(with_registry(tag, self.registry), tag)
                 return
-            raise ImageError(f"image {tag} is not on the docker engine{' nor in ' + self.registry if self.registry else ''}")
+            where = f" nor in {self.registry}" if self.registry else ""
+            raise ImageError(f"image {tag} is not on the docker engine{where}")
 
     def _image_for(self, call: Call) -> str:
         img = call.task.options.image
@@ -274,7 +278,7 @@ class DockerExecutor(Executor):
             h.container = self.client.containers.create(
                 h.tag, entrypoint=["gflow"], command=["worker", spec, "--artifacts", url], detach=True,
                 volumes=volumes, network_mode=self.network, user=f"{os.getuid()}:{os.getgid()}",
-                environment={"HOME": "/tmp"}, labels={"org.gflow.run": call.run_id, "org.gflow.call": call.id},
+                environment=self._environment(call), labels={"org.gflow.run": call.run_id, "org.gflow.call": call.id},
                 **self._limits(call))
             if h.cancelled:
                 return
@@ -282,11 +286,11 @@ class DockerExecutor(Executor):
                 self._running.add(h)
             h.container.start()
             h.state = State.RUNNING
-            self._listener("started", call.id, call.attempt, time.time())
+            self._listener("started", call.id, call.attempt, (time.time(), self.describe_handle(h)))
             status = self._wait(h.container)
             rec = read_outcome(arts, spec)
             if rec is not None:
-                outcome = to_outcome(arts, rec)
+                outcome = to_outcome(arts, rec, allow_pickle=call.task.options.pickle)
             else:
                 outcome = self._no_outcome(h, status)
         except BaseException as e:  # noqa: BLE001 - reported as the call's failure
@@ -306,6 +310,14 @@ class DockerExecutor(Executor):
             return
         h.state = State.SUCCEEDED if outcome.ok else State.FAILED
         self._listener("done", call.id, call.attempt, outcome)
+
+    def _environment(self, call: Call) -> dict[str, str]:
+        env = {"HOME": "/tmp"}
+        if call.task.options.pickle:  # the worker signs and checks pickles with the driver's key
+            from gflow._signing import signing_env
+
+            env.update(signing_env())
+        return env
 
     def _wait(self, container: Any) -> dict:
         import requests

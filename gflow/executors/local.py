@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import functools
-import multiprocessing
 import os
 import queue
 import threading
@@ -14,12 +11,22 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from gflow._context import run_artifacts
 from gflow.errors import ExecutorError
-from gflow.executors.base import Call, Capabilities, Executor, JobStatus, Outcome, StartReport, importable_problem
+from gflow.executors._procpool import ProcessPool
+from gflow.executors.base import (
+    Call,
+    Capabilities,
+    Executor,
+    JobStatus,
+    Outcome,
+    StartReport,
+    importable_problem,
+)
 from gflow.states import State
 
 
-def _run_here(call: Call, listener: Any, board: dict | None = None) -> None:
+def _run_here(call: Call, listener: Any, board: dict | None = None, artifacts: Any = None) -> None:
     """Run one call in this thread, reporting start and outcome to the engine.
 
     With a ``board``, the start is written there instead of sent: the engine reads the board a few
@@ -30,29 +37,16 @@ def _run_here(call: Call, listener: Any, board: dict | None = None) -> None:
         listener("started", call.id, call.attempt, t0)
     else:
         board[call.id] = (call.attempt, t0)
+    token = run_artifacts.set(artifacts) if artifacts is not None else None
     try:
         value = call.task.fn(*call.args, **call.kwargs)
     except BaseException as e:  # noqa: BLE001 - reported, not swallowed
         listener("done", call.id, call.attempt, Outcome.from_exception(e, traceback.format_exc(), t0, time.time()))
         return
+    finally:
+        if token is not None:
+            run_artifacts.reset(token)
     listener("done", call.id, call.attempt, Outcome(True, value, started=t0, ended=time.time()))
-
-
-def _run_in_process(task: Any, args: tuple, kwargs: dict) -> Outcome:
-    """Body of a process-pool call: the outcome travels back pickled (exception best-effort)."""
-    t0 = time.time()
-    try:
-        value = task.fn(*args, **kwargs)
-        return Outcome(True, value, started=t0, ended=time.time())
-    except BaseException as e:  # noqa: BLE001
-        out = Outcome.from_exception(e, traceback.format_exc(), t0, time.time())
-        try:
-            import pickle
-
-            pickle.loads(pickle.dumps(e))
-        except Exception:
-            out.exc = None  # not picklable: the type name, message and traceback still travel
-        return out
 
 
 class _ThreadPool:
@@ -83,6 +77,11 @@ class _ThreadPool:
 class LocalExecutor(Executor):
     """Runs calls on this machine: ``local`` (threads), ``local://processes?workers=4``.
 
+    Threads cannot be stopped: a timed-out call's thread runs to its end and its result is ignored.
+    Processes can: a timed-out (or cancelled) call's worker is killed and replaced; a worker that dies
+    fails only its own call (retried per the task's policy); workers exit when the driver dies
+    (:mod:`gflow.executors._procpool`).
+
     Args:
         workers: Pool size (threads default: ``min(32, cpu + 4)``; processes: cpu count).
         processes: Use a process pool (for CPU-bound pure Python); tasks must be importable.
@@ -95,14 +94,15 @@ class LocalExecutor(Executor):
     def __init__(self, workers: int | None = None, processes: bool = False, max_in_flight: int | None = None,
                  mp_context: str = "spawn"):
         self.processes = processes
-        if processes:  # a process reports its start only with its outcome
-            self.capabilities = Capabilities(reports_start=False)
+        if processes:  # workers push their starts; a running call can be killed
+            self.capabilities = Capabilities(kills_on_timeout=True)
         cpu = os.cpu_count() or 1
         self.workers = workers or (cpu if processes else min(32, cpu + 4))
         self.max_in_flight = max_in_flight or max(256, self.workers * 64)
+        self._pool: Any
+        self._procs: ProcessPool | None = None
         if processes:
-            self._pool: Any = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(
-                mp_context))
+            self._procs = ProcessPool(self.workers, self._listen, mp_context)
         else:
             self._pool = _ThreadPool(self.workers, self._run_thread_call)
         self._in_flight = 0
@@ -110,9 +110,18 @@ class LocalExecutor(Executor):
         self._closed = False
         #: call id -> (attempt, start time), written by pool threads, handed out by poll_starts()
         self._board: dict[str, tuple[int, float]] = {}
+        self._artifacts: Any = None
+
+    def attach_artifacts(self, artifacts: Any) -> None:
+        """Task code run here sees its run's artifact store (``gflow.models``); process workers get its URL."""
+        self._artifacts = artifacts
+        if self._procs is not None:
+            self._procs.artifacts_url = getattr(artifacts, "url", None)
 
     @classmethod
-    def from_spec(cls, spec: str) -> LocalExecutor:
+    def from_spec(cls, spec: str, **settings: Any) -> LocalExecutor:
+        """``local``, ``local://threads?workers=8``, ``local://processes?workers=4``; profile settings:
+        ``workers``, ``max_in_flight``."""
         parsed = urllib.parse.urlparse(spec if "://" in spec else spec.replace(":", "://", 1) if ":" in spec else "")
         kind = parsed.netloc or parsed.path.strip("/")
         q = {k: v[0] for k, v in urllib.parse.parse_qs(parsed.query).items()}
@@ -120,7 +129,13 @@ class LocalExecutor(Executor):
             from gflow.errors import ConfigError
 
             raise ConfigError(f"local executor {spec!r}: use local, local://threads or local://processes")
-        return cls(workers=int(q["workers"]) if "workers" in q else None, processes=kind == "processes")
+        try:
+            workers = int(q["workers"]) if "workers" in q else settings.get("workers")
+        except ValueError:
+            from gflow.errors import ConfigError
+
+            raise ConfigError(f"local executor {spec!r}: workers must be an integer") from None
+        return cls(workers=workers, processes=kind == "processes", max_in_flight=settings.get("max_in_flight"))
 
     def _listen(self, kind: str, call_id: str, attempt: int, payload: Any) -> None:
         if kind == "done":
@@ -131,24 +146,19 @@ class LocalExecutor(Executor):
     def submit(self, calls: Sequence[Call]) -> list[Any]:
         with self._lock:
             self._in_flight += len(calls)
-        if not self.processes:
+        if self._procs is None:
             put = self._pool.q.put
             for c in calls:
                 put(c)
             return list(calls)
-        handles: list[Any] = []
         for c in calls:
             problem = importable_problem(c.task)
-            if problem is not None:  # would break the pool in the child: fail this call clearly instead
-                fut: cf.Future = cf.Future()
-                fut.set_result(Outcome.from_exception(ExecutorError(problem), "", None, time.time()))
-                fut.add_done_callback(functools.partial(self._process_done, c))
-                handles.append(fut)
+            if problem is not None:  # the worker could not import it: fail this call clearly instead
+                self._listen("done", c.id, c.attempt, Outcome.from_exception(ExecutorError(problem), "", None,
+                                                                             time.time()))
                 continue
-            fut = self._pool.submit(_run_in_process, c.task, c.args, c.kwargs)
-            fut.add_done_callback(functools.partial(self._process_done, c))
-            handles.append(fut)
-        return handles
+            self._procs.submit(c)
+        return list(calls)
 
     def _run_thread_call(self, call: Call) -> None:
         cancelled = self._pool.cancelled
@@ -157,45 +167,25 @@ class LocalExecutor(Executor):
             with self._lock:
                 self._in_flight -= 1
             return
-        _run_here(call, self._listen, self._board)
-
-    def _process_done(self, call: Call, fut: cf.Future) -> None:
-        if fut.cancelled():
-            with self._lock:
-                self._in_flight -= 1
-            return
-        try:
-            outcome = fut.result()
-        except BaseException as e:  # the pool broke (a worker died) or the value did not pickle
-            outcome = Outcome.from_exception(e, traceback.format_exc(), None, time.time())
-        # a process cannot reach the engine while it runs: its start is reported with its outcome
-        self._listener("started", call.id, call.attempt, outcome.started or time.time())
-        self._listen("done", call.id, call.attempt, outcome)
+        _run_here(call, self._listen, self._board, self._artifacts)
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
-        if not self.processes:  # threads push their events; this is a best-effort view
-            board = self._board
-            return [JobStatus(State.CANCELLED if (h.id, h.attempt) in self._pool.cancelled else
-                              State.RUNNING if h.id in board else State.QUEUED) for h in handles]
-        out = []
-        for h in handles:
-            if h.cancelled():
-                out.append(JobStatus(State.CANCELLED))
-            elif h.running():
-                out.append(JobStatus(State.RUNNING))
-            elif not h.done():
-                out.append(JobStatus(State.QUEUED))
-            else:
-                out.append(JobStatus(State.SUCCEEDED if h.exception() is None else State.FAILED))
-        return out
+        """Both pools push their events; this is a best-effort view."""
+        board = self._board
+        cancelled = self._pool.cancelled if self._procs is None else set()
+        return [JobStatus(State.CANCELLED if (h.id, h.attempt) in cancelled else
+                          State.RUNNING if h.id in board else State.QUEUED) for h in handles]
 
     def cancel(self, handles: Sequence[Any]) -> None:
-        """Queued calls never start; a running thread cannot be stopped (its result is ignored)."""
+        """Queued calls never start. A running thread cannot be stopped (its result is ignored); a running
+        process is killed (and replaced)."""
         for h in handles:
             if h is None:
                 continue
-            if self.processes:
-                h.cancel()
+            if self._procs is not None:
+                if self._procs.cancel(h):
+                    with self._lock:
+                        self._in_flight -= 1
             else:
                 self._pool.cancelled.add((h.id, h.attempt))
 
@@ -212,13 +202,17 @@ class LocalExecutor(Executor):
         return self.max_in_flight - self._in_flight
 
     def describe_handle(self, handle: Any) -> str:
-        return f"process-pool:{id(handle):x}" if self.processes else f"thread-pool:{handle.id}"
+        return "process-pool" if self._procs is not None else "thread-pool"
+
+    def worker_pids(self) -> list[int]:
+        """The process pool's worker pids (empty for threads)."""
+        return self._procs.pids() if self._procs is not None else []
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self.processes:
-                self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._procs is not None:
+                self._procs.close()
             else:
                 self._pool.shutdown()
 
@@ -229,13 +223,18 @@ class InlineExecutor(Executor):
     name = "inline"
 
     @classmethod
-    def from_spec(cls, spec: str) -> InlineExecutor:
+    def from_spec(cls, spec: str, **settings: Any) -> InlineExecutor:
         return cls()
 
     def submit(self, calls: Sequence[Call]) -> list[Any]:
         for c in calls:
-            _run_here(c, self._listener)
+            _run_here(c, self._listener, None, self._artifacts)
         return [None] * len(calls)
+
+    _artifacts: Any = None
+
+    def attach_artifacts(self, artifacts: Any) -> None:
+        self._artifacts = artifacts
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
         return [JobStatus(State.SUCCEEDED) for _ in handles]

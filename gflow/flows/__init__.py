@@ -1,9 +1,11 @@
-"""Flows: the ``@flow`` decorator, futures and the engine."""
+"""Flows: the ``@flow`` decorator, futures, the scheduling core and the engine."""
 
-from gflow.flows._core import Node, Scheduler
-from gflow.flows._engine import Engine, compute_key
-from gflow.flows._flow import Flow, FlowRun, RunResult, cancel_run, flow, new_run_id
+from gflow.flows._core import Core
+from gflow.flows._engine import Engine
+from gflow.flows._flow import Flow, FlowRun, RunResult, cancel_run, flow, new_run_id, task_flow
 from gflow.flows._future import Future
+from gflow.flows._keys import code_version, compute_key, compute_keys
+from gflow.flows._runs import ResumeRefused, prepare_resume
 
-__all__ = ["Engine", "Flow", "FlowRun", "Future", "Node", "RunResult", "Scheduler", "cancel_run", "compute_key", "flow",
-           "new_run_id"]
+__all__ = ["Core", "Engine", "Flow", "FlowRun", "Future", "ResumeRefused", "RunResult", "cancel_run", "code_version",
+           "compute_key", "compute_keys", "flow", "new_run_id", "prepare_resume", "task_flow"]

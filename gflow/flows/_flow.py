@@ -12,19 +12,19 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from gflow._context import current_flow
-from gflow.artifacts import open_artifacts
-from gflow.config import load_profile
-from gflow.errors import Cancelled, FlowFailed, InvalidArguments, InvalidTransition, TaskFailed, UpstreamFailed
-from gflow.executors import get_executor
-from gflow.flows._engine import Engine, compute_key
+from gflow.errors import InvalidArguments
+from gflow.flows._engine import Engine
+from gflow.flows._events import MAP, SUBFLOW, RunFinished, TaskState
 from gflow.flows._future import _LEAF, Future, find_futures, resolve
+from gflow.flows._keys import compute_keys
+from gflow.flows._runs import open_run_context, prepare_resume
 from gflow.serialization import encode
 from gflow.states import State
-from gflow.store import RunRecord, open_store
+from gflow.store import RunRecord
 from gflow.tasks import ArgumentValidator
 
 P = ParamSpec("P")
@@ -38,7 +38,8 @@ def cancel_run(run_id: str, *, store: Any = None, profile: str | None = None, re
     """
     from gflow.store import cancel_run as _cancel
 
-    return _cancel(open_store(load_profile(profile, store=store).store), run_id, reason)
+    with open_run_context(profile, store=store) as rc:
+        return _cancel(rc.store, run_id, reason)
 
 
 def new_run_id() -> str:
@@ -60,99 +61,110 @@ class FlowRun:
         self.parent = parent
         self._ids = itertools.count(1)
 
-    def _node(self, task: Any, args: tuple, kwargs: dict, index: int | None = None) -> Future:
+    def next_id(self) -> str:
+        return f"{self.id}.{next(self._ids)}"
+
+    def task_state(self, task: Any, args: tuple, kwargs: dict, index: int | None = None,
+                   where: tuple[str, str | None] | None = None) -> TaskState:
+        """Bind and check a call's arguments (computing its keys when they are all known) and make its
+        task state; raises InvalidArguments / SerializationError at the call, naming the argument.
+        ``where``: the (executor, image) the task routes to, when the caller knows it already (a map)."""
         validator = task.validator
         arguments = validator.bind(args, kwargs)
-        deps: list[Future] = []
+        futs: list[Future] = []
         for v in arguments.values():
             if type(v) not in _LEAF:
-                find_futures(v, deps)
-        key = None
-        if deps:
-            for d in deps:
-                if d.engine is not self.engine:
-                    raise InvalidArguments(f"task '{task.name}': {d!r} belongs to another flow run")
+                find_futures(v, futs)
+        engine = self.engine
+        if where is None:
+            executor = engine.route(task)
+            image = engine.image_key(executor, task)
+        else:
+            executor, image = where
+        key = ikey = None
+        deps: list[str] = []
+        if futs:
+            for f in futs:
+                if f._engine is not engine:
+                    raise InvalidArguments(f"task '{task.name}': {f!r} belongs to another flow run")
             arguments = validator.validate(arguments, skip=_has_future)
+            deps = list(dict.fromkeys(f.id for f in futs))
         else:
             arguments = validator.validate(arguments)
-            key = compute_key(task, arguments)
-        node = Future(f"{self.id}.{next(self._ids)}", self.id, task, arguments, deps, index)
-        node.engine = self.engine
-        node.key = key
-        return node
+            key, ikey = compute_keys(task, arguments, image)
+        return TaskState(self.next_id(), self.id, task, arguments, deps, key=key, ikey=ikey, index=index,
+                         executor=executor, image=image)
 
     def call(self, task: Any, args: tuple, kwargs: dict) -> Future:
-        node = self._node(task, args, kwargs)
-        self.engine.add([node])
-        return node
+        ts = self.task_state(task, args, kwargs)
+        fut: Future = Future(ts.id, self.id, task.name, self.engine)
+        self.engine.add([ts], [fut])
+        return fut
 
     def map(self, task: Any, iterables: Sequence[Any], common: dict) -> Any:
         pending = [it for it in iterables if type(it) is Future]
         if pending:
             return self._map_later(task, iterables, common, pending)
         rows = list(zip(*iterables, strict=True)) if len(iterables) > 1 else [(x,) for x in iterables[0]]
-        nodes = [self._node(task, row, common, i) for i, row in enumerate(rows)]
-        self.engine.add(nodes)  # one batch: the executor sees the fan-out at once
-        return nodes
+        engine = self.engine
+        executor = engine.route(task)
+        where = (executor, engine.image_key(executor, task))
+        tss = [self.task_state(task, row, common, i, where) for i, row in enumerate(rows)]
+        futs: list[Future] = [Future(ts.id, self.id, task.name, engine) for ts in tss]
+        engine.add(tss, futs)  # one batch: the executor sees the fan-out at once
+        return futs
 
     def _map_later(self, task: Any, iterables: Sequence[Any], common: dict, pending: list[Future]) -> Future:
         """``task.map(future_of_a_list)``: one future for the list of results, fanned out when ready."""
         for d in pending:
-            if d.engine is not self.engine:
+            if d._engine is not self.engine:
                 raise InvalidArguments(f"task '{task.name}'.map(): {d!r} belongs to another flow run")
-        node = Future(f"{self.id}.{next(self._ids)}", self.id, _MapTask(task), None, pending)
-        node.engine = self.engine
-        node.expand = (self, task, list(iterables), common)
-        self.engine.add([node])
-        return node
+
+        def new_child(task: Any, row: tuple, common: dict, i: int) -> TaskState:
+            return self.task_state(task, row, common, i)
+
+        ts = TaskState(self.next_id(), self.id, _MapTask(task), None, list(dict.fromkeys(d.id for d in pending)),
+                       kind=MAP, expand=(task, list(iterables), common, new_child),
+                       executor=self.engine.default)
+        fut: Future = Future(ts.id, self.id, f"{task.name}.map", self.engine)
+        self.engine.add([ts], [fut])
+        return fut
 
     def subflow(self, flow: Flow, args: tuple, kwargs: dict) -> Future:
         arguments = flow.validator.validate(flow.validator.bind(args, kwargs), skip=_has_future)
-        node = Future(f"{self.id}.{next(self._ids)}", self.id, None, None, [])
-        node.engine = self.engine
-        self.engine.add([node])
+        engine = self.engine
+        ts = TaskState(self.next_id(), self.id, None, None, [], kind=SUBFLOW, executor=engine.default)
+        fut: Future = Future(ts.id, self.id, f"subflow {flow.name}", engine)
+        engine.add([ts], [fut])
         child_id = new_run_id()
-        store = self.engine.store
-        store.create_run(RunRecord(id=child_id, flow=flow.name, flow_path=flow.path, parent_run=self.id,
-                                   params="{}", created=time.time(), executor=self.engine.executor.name,
-                                   host=socket.gethostname(), pid=os.getpid()))
-        store.set_run_state(child_id, State.RUNNING, time.time())
-        child = FlowRun(flow, child_id, self.engine, parent=self)
+        try:
+            params = "{}" if any(_has_future(v) for v in arguments.values()) else \
+                encode(arguments, where=f"flow '{flow.name}' parameters").data.decode()
+        except Exception:  # noqa: BLE001 - parameters are for display; the subflow still runs
+            params = "{}"
+        record = RunRecord(id=child_id, flow=flow.name, flow_path=flow.path, parent_run=self.id, params=params,
+                           created=time.time(), executor=engine.default, host=socket.gethostname(), pid=os.getpid())
+        engine.start_run(record, parent=ts.id, create=True)
+        child = FlowRun(flow, child_id, engine, parent=self)
 
         def body() -> None:
             token = current_flow.set(child)
             try:
                 call_args, call_kwargs = flow.validator.call_args({k: resolve(v) for k, v in arguments.items()})
                 out = flow.fn(*call_args, **call_kwargs)
-            except BaseException as e:  # noqa: BLE001 - reported through the future
+            except BaseException as e:  # noqa: BLE001 - reported through the subflow's run and future
+                engine.body_returned(child_id, error=e, traceback=traceback.format_exc())
+                return
+            finally:
                 current_flow.reset(token)
-                self.engine.drain(child_id)
-                store.set_run_state(child_id, State.FAILED, time.time(), error=f"{type(e).__name__}: {e}")
-                self.engine.finish_external(node, False, exc=e, tb=traceback.format_exc())
-                return
-            current_flow.reset(token)
-            self.engine.drain(child_id)
-            try:
-                value = resolve(out)
-            except BaseException as e:  # noqa: BLE001
-                store.set_run_state(child_id, State.FAILED, time.time(), error=f"{type(e).__name__}: {e}")
-                self.engine.finish_external(node, False, exc=e, tb=traceback.format_exc())
-                return
-            failed = [n for n in self.engine.failures if n.run_id == child_id]
-            if failed:
-                err = self.engine.error_of(failed[0])
-                store.set_run_state(child_id, State.FAILED, time.time(), error=str(err).split("\n")[0])
-                self.engine.finish_external(node, False, exc=err)
-                return
-            store.set_run_state(child_id, State.SUCCEEDED, time.time())
-            self.engine.finish_external(node, True, value)
+            engine.body_returned(child_id, value=out)
 
         threading.Thread(target=body, name=f"gflow-subflow-{flow.name}", daemon=True).start()
-        return node
+        return fut
 
 
 class _MapTask:
-    """Stands in for a task on the node of a deferred map (recorded as task 'gflow:map')."""
+    """Stands in for a task on the state of a deferred map (recorded as task 'gflow:map')."""
 
     def __init__(self, task: Any):
         from gflow.tasks import TaskOptions
@@ -164,12 +176,17 @@ class _MapTask:
 
 @dataclass
 class RunResult:
-    """What ``flow.run(..., return_run=True)`` returns."""
+    """What ``flow.run(..., return_run=True)`` returns.
+
+    Attributes:
+        reused_changed: (resume) tasks whose calls were reused although their code changed since.
+    """
 
     id: str
     state: State
     value: Any = None
     error: BaseException | None = None
+    reused_changed: list[str] = field(default_factory=list)
 
 
 class Flow(Generic[P, R]):
@@ -177,30 +194,35 @@ class Flow(Generic[P, R]):
 
     def __init__(self, fn: Callable[P, R], *, name: str | None = None, image: Any = None,
                  description: str | None = None):
-        self.fn = fn
+        self.fn: Callable[..., Any] = fn
         self.name = name or fn.__name__
         self.image = image
         self.description = description or (fn.__doc__ or "").strip().split("\n")[0]
         self.validator = ArgumentValidator(fn, f"flow '{self.name}'")
         self.source_file: str | None = None
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        self._qualname = getattr(fn, "__qualname__", self.name)
+        self._module = getattr(fn, "__module__", "__main__")
+        functools.update_wrapper(self, fn)
 
     @property
     def path(self) -> str:
         """Where to import the flow from again (for resume): ``module:qualname`` or ``file.py:name``."""
         if self.source_file:
-            return f"{self.source_file}:{self.fn.__qualname__}"
-        main_file = getattr(sys.modules.get(self.fn.__module__), "__file__", None)
-        if self.fn.__module__ == "__main__" and main_file:
-            return f"{os.path.abspath(main_file)}:{self.fn.__qualname__}"
-        return f"{self.fn.__module__}:{self.fn.__qualname__}"
+            return f"{self.source_file}:{self._qualname}"
+        main_file = getattr(sys.modules.get(self._module), "__file__", None)
+        if self._module == "__main__" and main_file:
+            return f"{os.path.abspath(main_file)}:{self._qualname}"
+        return f"{self._module}:{self._qualname}"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the flow here; inside another flow, run it as a subflow and return its value."""
         ctx = current_flow.get()
         if ctx is not None:
-            return ctx.subflow(self, args, kwargs).result()  # type: ignore[no-any-return]
-        return self.run(*args, **kwargs)  # type: ignore[arg-type]
+            value: R = ctx.subflow(self, args, kwargs).result()
+            return value
+        options: dict[str, Any] = dict(kwargs)
+        result: R = self.run(*args, **options)
+        return result
 
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """Inside a flow: start this flow as a subflow and return its future at once (subflows
@@ -212,19 +234,26 @@ class Flow(Generic[P, R]):
 
     def run(self, *args: Any, executor: Any = None, store: Any = None, artifacts: Any = None,
             profile: str | None = None, tags: Sequence[str] = (), params: dict[str, Any] | None = None,
-            return_run: bool = False, resume_from: str | None = None,
+            return_run: bool = False, resume_from: str | None = None, rerun_changed: bool = False,
+            force: bool = False, run_id: str | None = None, events: str | None = None, cache: bool = True,
             observer: Callable[[str, Engine], Callable[[], None] | None] | None = None, **kwargs: Any) -> Any:
         """Run the flow to completion and return its value.
 
         Args:
             executor: Executor name/URL or instance (``"local"``, ``"local://processes"``, ``"dask://h:p"``).
             store: State store URL or instance; artifacts: artifact store URL or instance.
-            profile: Profile of ``gflow.toml`` to start from.
+            profile: Profile of ``gflow.toml`` to start from. events: a ``redis://`` live-state layer.
             tags: Labels recorded on the run.
             params: Flow parameters given as a dict (for names that clash with these options).
             return_run: Return a :class:`RunResult` (id, state, value, error) instead of the value,
                 without raising on failure.
-            resume_from: A failed or killed run whose finished task results are reused.
+            resume_from: A failed, cancelled or killed run: every call that finished there is reused (whatever
+                its ``cache`` setting, also if its task's code changed since: see ``rerun_changed``).
+            rerun_changed: With ``resume_from``: recompute the calls whose task code changed since.
+            force: With ``resume_from``: resume even if the run was already resumed successfully, or its
+                driver may be alive on another host.
+            run_id: The new run's id (default: a fresh one); used by supervisors that must know it first.
+            cache: False: take no result from the cache, whatever the tasks' ``cache`` (replay does this).
 
         Raises:
             InvalidArguments: before anything is recorded, if the parameters do not fit the signature.
@@ -233,94 +262,88 @@ class Flow(Generic[P, R]):
         kwargs.update(params or {})
         arguments = self.validator.validate(self.validator.bind(args, kwargs))
         params_json = encode(arguments, where=f"flow '{self.name}' parameters").data.decode()
-        prof = load_profile(profile, executor=executor, store=store, artifacts=artifacts)
-        st = open_store(prof.store, events=prof.events)
-        arts = open_artifacts(prof.artifacts)
-        owns_executor = not hasattr(prof.executor, "submit")
-        ex = get_executor(prof.executor)
-        resume_results = st.results_by_key(st.get_run(resume_from).id) if resume_from else None
-        # executors that run code in images (docker, batch, volcano) say which tag this flow runs as
-        image_tag = ex.image_tag_for(self)
-        run_id = new_run_id()
-        executor_desc = prof.executor if isinstance(prof.executor, str) else ex.name
-        st.create_run(RunRecord(id=run_id, flow=self.name, flow_path=self.path, params=params_json,
-                                executor=executor_desc, created=time.time(), tags=list(tags),
-                                host=socket.gethostname(), pid=os.getpid(),
-                                resumed_from=st.get_run(resume_from).id if resume_from else None,
-                                image_tag=image_tag, extra={"profile": prof.name}))
-        engine = Engine(ex, st, arts, resume_results=resume_results)
-        stop_observer = observer(run_id, engine) if observer else None
-        try:
-            return self._execute(run_id, engine, arguments, return_run)
-        finally:
-            if stop_observer:
-                stop_observer()
-            engine.stop()
-            if owns_executor:
-                ex.close()
+        run_id = run_id or new_run_id()
+        with open_run_context(profile, executor=executor, store=store, artifacts=artifacts, events=events) as rc:
+            st = rc.store
+            resume = prepare_resume(st, resume_from, run_id, force) if resume_from else None
+            engine = Engine(st, rc.artifacts, executor=rc.executor, routes=rc.routes, backends=rc.backends,
+                            resume=resume.results if resume else None, rerun_changed=rerun_changed,
+                            use_cache=cache)
+            try:
+                image_tag = engine.executors[engine.default].image_tag_for(self)
+                record = RunRecord(id=run_id, flow=self.name, flow_path=self.path, params=params_json,
+                                   executor=rc.executor_description, created=time.time(), tags=list(tags),
+                                   host=socket.gethostname(), pid=os.getpid(),
+                                   resumed_from=resume.run.id if resume else None, image_tag=image_tag,
+                                   extra={"profile": rc.profile_name})
+                st.create_run(record)
+                stop_observer = observer(run_id, engine) if observer else None
+                try:
+                    st.set_run_state(run_id, State.RUNNING, time.time())
+                    return self._drive(engine, record, arguments, return_run)
+                finally:
+                    if stop_observer:
+                        stop_observer()
+            finally:
+                engine.close()
 
-    def _execute(self, run_id: str, engine: Engine, arguments: dict[str, Any], return_run: bool) -> Any:
-        st = engine.store
-        st.set_run_state(run_id, State.RUNNING, time.time())
-        ctx = FlowRun(self, run_id, engine)
+    def _drive(self, engine: Engine, record: RunRecord, arguments: dict[str, Any], return_run: bool) -> Any:
+        run_id = record.id
         engine.watch = run_id
-        body_exc: BaseException | None = None
-        out: Any = None
-        token = current_flow.set(ctx)
+        engine.start_run(record)
+        ctx = FlowRun(self, run_id, engine)
+        returned = interrupted = False
         try:
+            token = current_flow.set(ctx)
             try:
                 call_args, call_kwargs = self.validator.call_args(arguments)
                 out = self.fn(*call_args, **call_kwargs)
             except KeyboardInterrupt:
                 raise
             except BaseException as e:  # noqa: BLE001 - re-raised after the run is recorded
-                body_exc = e
+                engine.body_returned(run_id, error=e, traceback=traceback.format_exc())
+            else:
+                engine.body_returned(run_id, value=out)
             finally:
                 current_flow.reset(token)
-            engine.drain(run_id)
-            value = None
-            if body_exc is None:
-                try:
-                    value = resolve(out)
-                except BaseException as e:  # noqa: BLE001
-                    body_exc = e
+            returned = True
+            fin = engine.wait_run(run_id)
         except KeyboardInterrupt:
+            interrupted = True
             engine.cancel(None, "interrupted (Ctrl-C)")
-            engine.recorder.close()
-            st.set_run_state(run_id, State.CANCELLED, time.time(), error="Cancelled: interrupted (Ctrl-C)")
-            raise
-        failures = [engine.error_of(n) for n in engine.failures if n.run_id == run_id]
-        error = body_exc or (failures[0] if failures else None)
-        if isinstance(body_exc, UpstreamFailed) and failures:
-            error = failures[0]  # name the task that failed, with its traceback, not a downstream victim
-        if engine.cancelled_by is not None:
-            error = Cancelled(f"run {run_id} was cancelled: {engine.cancelled_by}")
-        engine.recorder.close()
-        if error is None:
-            enc = None
-            try:
-                enc = encode(value, where=f"result of flow '{self.name}'")
-            except Exception:  # a flow may return anything; only canonical values are stored
-                pass
-            st.set_run_state(run_id, State.SUCCEEDED, time.time(), result_ref=enc.digest if enc else None,
-                             result_inline=enc.data.decode() if enc and len(enc.data) < 65536 else None)
-            return RunResult(run_id, State.SUCCEEDED, value) if return_run else value
-        if isinstance(error, FlowFailed):
-            if isinstance(error, TaskFailed) and len(failures) > 1:
-                error.args = (error.args[0] + f"\n\n({len(failures) - 1} more task(s) failed in run {run_id})",)
-            error.run_id = run_id
-            error.failures = [f for f in failures if isinstance(f, TaskFailed)] or error.failures
-        final = State.CANCELLED if isinstance(error, Cancelled) else State.FAILED
-        first_line = str(error).split("\n")[0]
-        tb = getattr(error, "traceback", "") or "".join(traceback.format_exception(error))
-        try:
-            st.set_run_state(run_id, final, time.time(), error=f"{type(error).__name__}: {first_line}", traceback=tb)
-        except InvalidTransition:
-            if engine.cancelled_by is None:  # only a cancel from outside may have ended the run first
-                raise
+            if not returned:
+                engine.body_returned(run_id, error=KeyboardInterrupt())
+            fin = engine.wait_run(run_id, timeout=60)
+        engine.close()  # every transition and the run's terminal state are written before we return
+        if interrupted:
+            raise KeyboardInterrupt
+        lost = engine.recorder.artifact_error
+        if lost is not None and fin.state is State.SUCCEEDED:  # results it claims could not all be stored
+            fin = RunFinished(fin.stimulus_id, run_id, State.FAILED, None, lost, fin.reused_changed)
+        if fin.state is State.SUCCEEDED:
+            if return_run:
+                return RunResult(run_id, fin.state, fin.value, None, fin.reused_changed)
+            return fin.value
         if return_run:
-            return RunResult(run_id, final, None, error)
-        raise error
+            return RunResult(run_id, fin.state, None, fin.error, fin.reused_changed)
+        assert fin.error is not None
+        raise fin.error
+
+
+def task_flow(task: Any, source_file: str | None = None) -> Flow:
+    """A flow that makes one call of ``task`` (``gflow run FILE.py:TASK``, ``task.run(...)``): recorded,
+    cached and resumable like any run."""
+
+    def one_call(*args: Any, **kwargs: Any) -> Any:
+        return task(*args, **kwargs)
+
+    fl: Flow = Flow(one_call, name=task.name, image=task.options.image)
+    fl.validator = ArgumentValidator(task.fn, f"task '{task.name}'")
+    fl._qualname = task.fn.__qualname__
+    fl._module = task.fn.__module__
+    fl.source_file = source_file
+    fl.description = f"one call of task {task.name}"
+    return fl
 
 
 @overload

@@ -1,48 +1,66 @@
-"""Futures: what a task call returns inside a flow."""
+"""Futures: what a task call returns inside a flow. The engine resolves them; the scheduler keeps its own
+task states (``gflow.flows._events.TaskState``), which users never see."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 from gflow._walk import LEAF as _LEAF
 from gflow._walk import substitute
-from gflow.flows._core import Node
-from gflow.states import State
+
+T = TypeVar("T")
 
 
-
-class Future(Node):
+class Future(Generic[T]):
     """The pending result of a task call. Pass it to other tasks, or call ``.result()`` to wait."""
 
-    __slots__ = ()
+    __slots__ = ("id", "run_id", "name", "_engine", "_done", "_ok", "_value", "_error", "__weakref__")
 
-    def result(self, timeout: float | None = None) -> Any:
+    def __init__(self, id: str, run_id: str, name: str, engine: Any):
+        self.id = id
+        self.run_id = run_id
+        self.name = name
+        self._engine = engine
+        self._done = False
+        self._ok = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def result(self, timeout: float | None = None) -> T:
         """Block until the call finishes; return its value or raise ``gflow.TaskFailed``."""
-        if not self.state.terminal:
-            self.engine.wait(self, timeout)
-        if self.state is State.SUCCEEDED or self.state is State.CACHED:
-            return self.value
-        raise self.engine.error_of(self)
+        if not self._done:
+            self._engine.wait(self, timeout)
+        if self._ok:
+            return self._value  # type: ignore[no-any-return,unused-ignore]
+        assert self._error is not None
+        raise self._error
 
     def done(self) -> bool:
-        return self.state.terminal
+        return self._done
+
+    def _set(self, ok: bool, value: Any, error: BaseException | None) -> None:
+        """Called by the engine thread once the call is finished (before waiters are woken)."""
+        self._ok = ok
+        self._value = value
+        self._error = error
+        self._done = True
 
     @property
     def task_run_id(self) -> str:
         return self.id
 
     def __repr__(self) -> str:
-        name = self.task.name if self.task is not None else "subflow"
-        return f"<gflow.Future {name} {self.id} {self.state.value}>"
+        state = "done" if self._done and self._ok else "failed" if self._done else "pending"
+        return f"<gflow.Future {self.name} {self.id} {state}>"
 
     def __bool__(self) -> bool:
         raise TypeError(
             "a gflow Future has no truth value; call .result() to wait for the value before using it in an `if`")
 
-    def __iter__(self):
+    def __iter__(self) -> Any:
         raise TypeError("a gflow Future is not iterable; call .result() first, or use task.map() to fan out")
 
 

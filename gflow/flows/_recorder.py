@@ -1,60 +1,86 @@
-"""Batched, asynchronous recording of state transitions (and the blobs they reference).
+"""Batched, asynchronous, ordered recording of state: task transitions, run records and the blobs they
+reference.
 
-The engine appends; a writer thread drains every ``interval`` seconds and writes one batch per
-transaction, blobs before the records that reference them. A failed write is retried with backoff
-rather than dropped.
+The engine appends; a writer thread drains every ``interval`` seconds. Order is kept: blobs are written
+before the transitions that reference them, and a run record (a subflow's creation, a run's terminal
+state) is written only after every transition appended before it. A failed state write is retried
+with backoff rather than dropped. A failed *blob* write (the artifact store is full or gone) is not
+retried forever: the transitions that reference the missing blob are held back (their task runs stay
+unfinished in the store, so a resume computes them again), everything else is still recorded, and
+:attr:`Recorder.artifact_error` tells the engine, which ends the run FAILED naming the artifact store.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
 import time
-from typing import Any
 from collections import deque
+from typing import Any
 
 from gflow.artifacts import ArtifactStore
-from gflow.errors import GflowError, StoreError
-from gflow.store import Store, Transition
+from gflow.errors import ArtifactStoreError, GflowError, InvalidTransition, StoreError
+from gflow.flows._events import RecordRun
+from gflow.states import State
+from gflow.store import Store
+from gflow.store.base import R_RESULT_INLINE, R_RESULT_REF, Row
 
 log = logging.getLogger("gflow.recorder")
 
-
-#: batches at least this large start a writer process for a SQLite store (GFLOW_WRITER=thread: never,
-#: GFLOW_WRITER=process: from the first batch)
+#: batches at least this large move the SQL work to the store's writer process where it has one
+#: (GFLOW_WRITER=thread: never, GFLOW_WRITER=process: from the first batch)
 PROCESS_WRITER_THRESHOLD = 2000
+#: how long a failing blob write is retried before the blobs count as lost (a tenth of it for a full disk)
+BLOB_RETRY_SECONDS = 5.0
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 class Recorder:
-    def __init__(self, store: Store, artifacts: ArtifactStore, *, interval: float = 0.05, max_batch: int = 20000):
-        self.store = store
-        mode = os.environ.get("GFLOW_WRITER", "auto")
-        from gflow.store.sqlite import SQLiteStore
+    """The engine's recorder; a context manager (``close`` flushes)."""
 
-        self._writer_mode = mode if type(store) is SQLiteStore else "thread"
-        self._writer: Any = None
+    def __init__(self, store: Store, artifacts: ArtifactStore, *, interval: float = 0.05, max_batch: int = 20000,
+                 writer_mode: str | None = None):
+        self.store = store
         self.artifacts = artifacts
         self.interval = interval
         self.max_batch = max_batch
-        self._items: deque[Transition] = deque()
-        self._blobs: deque[tuple[str, bytes]] = deque()
+        mode = writer_mode or os.environ.get("GFLOW_WRITER", "auto")
+        self._writer_mode = mode if store.can_offload else "thread"
+        self._writer: Any = None
+        #: items in order: a list of Transitions, a dict of blobs, or a RecordRun
+        self._items: deque[Any] = deque()
         self._wake = threading.Event()
         self._cond = threading.Condition()
         self.enqueued = 0
         self.written = 0
-        self.refused: list[Transition] = []
+        self.refused: list[Row] = []
         self.error: BaseException | None = None
+        #: set when blobs could not be written: the run cannot keep its results
+        self.artifact_error: ArtifactStoreError | None = None
+        self.lost_blobs: set[str] = set()
+        self.held_back: list[Row] = []
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="gflow-recorder", daemon=True)
         self._thread.start()
 
-    def add(self, t: Transition) -> None:
-        self._items.append(t)
-        self.enqueued += 1
+    # -- API (engine thread) ---------------------------------------------------------------------------
+    def add_many(self, transitions: list[Row], blobs: dict[str, bytes] | None = None) -> None:
+        if blobs:
+            self._items.append(blobs)
+            self.enqueued += 1
+        if transitions:
+            self._items.append(transitions)
+            self.enqueued += 1
 
-    def add_blob(self, digest: str, data: bytes) -> None:
-        self._blobs.append((digest, data))
+    def add_run(self, ins: RecordRun) -> None:
+        if ins.blobs:
+            self._items.append(ins.blobs)
+            self.enqueued += 1
+        self._items.append(ins)
+        self.enqueued += 1
+        self._wake.set()
 
     def flush(self, timeout: float | None = 120.0) -> None:
         """Block until everything added so far is written; raise StoreError if it cannot be."""
@@ -77,73 +103,169 @@ class Recorder:
             self._wake.set()
             self._thread.join(timeout=5)
 
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the writer thread ------------------------------------------------------------------------------------
     def _run(self) -> None:
-        items, blobs = self._items, self._blobs
-        backoff = 0.1
+        items = self._items
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
-            if not items and not blobs:
+            if not items:
                 if self._closing:
                     return
                 continue
-            batch_blobs = {}
-            while blobs:
-                d, data = blobs.popleft()
-                batch_blobs[d] = data
-            batch: list[Transition] = []
-            while items and len(batch) < self.max_batch:
-                batch.append(items.popleft())
-            attempts = 0
-            target = self._target(len(batch))
-            while True:
-                try:
-                    if batch_blobs:
-                        self.artifacts.put_many(batch_blobs)
-                        batch_blobs = {}
-                    refused = target.apply(batch)
-                    break
-                except Exception as e:  # keep the batch and retry: losing state is worse
-                    self.error = e
-                    attempts += 1
-                    if not isinstance(e, (GflowError, OSError)) and attempts >= 3:
-                        log.error("dropping %d transitions after an unexpected error: %r", len(batch), e)
-                        refused = []
+            while items:
+                blobs: dict[str, bytes] = {}
+                batch: list[Row] = []
+                run_ins: RecordRun | None = None
+                n = 0
+                while items and len(batch) < self.max_batch:
+                    item = items[0]
+                    if isinstance(item, RecordRun):
+                        if batch or blobs:
+                            break  # write what comes before it first
+                        run_ins = items.popleft()
+                        n += 1
                         break
-                    log.warning("state write failed (%s); retrying in %.1fs", e, backoff)
-                    target = self._target(0)  # a dead writer process falls back to this thread
-                    if self._closing:
-                        return
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-            backoff = 0.1
-            self.error = None
-            if refused:
-                log.error("store refused %d backward transition(s), e.g. %s", len(refused), refused[0])
-                self.refused.extend(refused)
-            with self._cond:
-                self.written += len(batch)
-                self._cond.notify_all()
-            if items:
-                self._wake.set()
+                    items.popleft()
+                    n += 1
+                    if isinstance(item, dict):
+                        blobs.update(item)
+                    else:
+                        batch.extend(item)
+                if blobs:
+                    self._write_blobs(blobs)
+                if batch:
+                    if self.lost_blobs:
+                        batch = self._hold_back(batch)
+                    self._apply(batch)
+                if run_ins is not None:
+                    self._apply_run(run_ins)
+                with self._cond:
+                    self.written += n
+                    self._cond.notify_all()
+                if self._closing and not items:
+                    break
+
+    def _write_blobs(self, blobs: dict[str, bytes]) -> None:
+        start = time.monotonic()
+        backoff = 0.05
+        while True:
+            try:
+                self.artifacts.put_many(blobs)
+                return
+            except Exception as e:  # noqa: BLE001 - an artifact store failure must not stop state recording
+                full = isinstance(e, OSError) and e.errno in _FULL
+                limit = BLOB_RETRY_SECONDS / 10 if full else BLOB_RETRY_SECONDS
+                if time.monotonic() - start >= limit or self._closing or self.artifact_error is not None:
+                    # keep what fits: write one by one, and lose only the blobs that cannot be written
+                    for d, data in blobs.items():
+                        try:
+                            if not self.artifacts.exists(d):
+                                self.artifacts.put(data, d)
+                        except Exception:  # noqa: BLE001
+                            self.lost_blobs.add(d)
+                    if self.artifact_error is None:
+                        self.artifact_error = ArtifactStoreError(
+                            f"could not write results to the artifact store {self.artifacts.url}: "
+                            f"{type(e).__name__}: {e}")
+                        log.error("%s", self.artifact_error)
+                    return
+                log.warning("artifact write to %s failed (%s); retrying", self.artifacts.url, e)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    def _hold_back(self, batch: list[Row]) -> list[Row]:
+        """Drop transitions whose result blob was lost (their task runs stay unfinished in the store)."""
+        lost = self.lost_blobs
+        keep: list[Row] = []
+        for t in batch:
+            if t[R_RESULT_REF] is not None and _references(t, lost):
+                self.held_back.append(t)
+            else:
+                keep.append(t)
+        return keep
+
+    def _apply(self, batch: list[Row]) -> None:
+        backoff = 0.1
+        attempts = 0
+        target = self._target(len(batch))
+        while True:
+            try:
+                refused = [batch[i] for i in target.apply_rows(batch)]
+                break
+            except Exception as e:  # keep the batch and retry: losing state is worse
+                self.error = e
+                attempts += 1
+                if not isinstance(e, (GflowError, OSError)) and attempts >= 3:
+                    log.error("dropping %d transitions after an unexpected error: %r", len(batch), e)
+                    refused = []
+                    break
+                log.warning("state write failed (%s); retrying in %.1fs", e, backoff)
+                target = self._target(0)  # a dead writer process falls back to this thread
+                if self._closing and attempts > 50:
+                    return
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.error = None
+        if refused:
+            log.error("store refused %d backward transition(s), e.g. %s", len(refused), refused[0])
+            self.refused.extend(refused)
+
+    def _apply_run(self, ins: RecordRun) -> None:
+        if ins.result_ref is not None and ins.result_inline is None and ins.result_ref in self.lost_blobs:
+            ins.result_ref = None  # never claim a result that cannot be read
+        if self.artifact_error is not None and ins.state is State.SUCCEEDED:
+            # some results of this run could not be stored: it did not succeed (and can be resumed)
+            ins.state, ins.error = State.FAILED, f"ArtifactStoreError: {self.artifact_error}"
+            ins.result_ref = ins.result_inline = None
+        backoff = 0.1
+        while True:
+            try:
+                if ins.create is not None:
+                    self.store.create_run(ins.create)
+                elif ins.state is not None:
+                    self.store.set_run_state(ins.run_id, ins.state, ins.ts, error=ins.error, traceback=ins.traceback,
+                                             result_ref=ins.result_ref, result_inline=ins.result_inline)
+                return
+            except InvalidTransition as e:  # e.g. cancelled from outside first: that record stands
+                log.info("run %s: %s", ins.run_id, e)
+                return
+            except Exception as e:  # noqa: BLE001 - retried like transitions
+                self.error = e
+                if self._closing:
+                    return
+                log.warning("run record write failed (%s); retrying in %.1fs", e, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def _target(self, batch_size: int) -> Any:
-        """Where this batch goes: the writer process once it is ready, else the store in this thread."""
+        """Where this batch goes: the store's writer process once it is ready, else the store in this thread."""
         mode = self._writer_mode
         if mode == "thread":
             return self.store
         if self._writer is None and (mode == "process" or batch_size >= PROCESS_WRITER_THRESHOLD):
-            from gflow.store._writer import writer_for
-
             try:
-                store: Any = self.store  # a SQLiteStore (checked in __init__)
-                self._writer = writer_for(store.path, store.timeout)
-                if mode == "process":
+                self._writer = self.store.offload_writer()
+                if self._writer is not None and mode == "process":
                     self._writer.wait_ready()
-            except Exception:  # no child process: this thread writes, as before
+            except Exception:  # noqa: BLE001 - no child process: this thread writes, as before
                 log.warning("could not start a writer process; recording in this process", exc_info=True)
                 self._writer_mode = "thread"
                 return self.store
         if self._writer is not None and self._writer.ready():
             return self._writer
         return self.store
+
+
+def _references(t: Row, lost: set[str]) -> bool:
+    """Whether a transition's result needs one of the ``lost`` blobs (its own, or a typed blob it names)."""
+    inline = t[R_RESULT_INLINE]
+    if inline is None:
+        return t[R_RESULT_REF] in lost
+    return '"sha256:' in inline and any(d in inline for d in lost)

@@ -28,6 +28,22 @@ _APT_PIN = re.compile(r"^[a-z0-9][a-z0-9+.\-]*(?::[a-z0-9]+)?=[A-Za-z0-9.+~:\-]+
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def default_base() -> str:
+    """The base of images that do not name one: ``GFLOW_BASE_IMAGE``, else the profile's ``base_image``, else
+    ``python:3.11-slim`` (an air-gapped site points this at a base its engine or registry has)."""
+    import os
+
+    env = os.environ.get("GFLOW_BASE_IMAGE")
+    if env:
+        return env
+    try:
+        from gflow.config import load_profile
+
+        return load_profile().base_image or "python:3.11-slim"
+    except Exception:  # noqa: BLE001 - a broken gflow.toml is reported where it is used, not here
+        return "python:3.11-slim"
+
+
 class Image(BaseModel):
     """What a flow's (or a task's) containers are made of.
 
@@ -50,7 +66,7 @@ class Image(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    base: str = "python:3.11-slim"
+    base: str = Field(default_factory=lambda: default_base())
     packages: tuple[str, ...] = Field(default=(), validation_alias=AliasChoices("packages", "python_packages"))
     apt_packages: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)

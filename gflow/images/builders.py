@@ -173,7 +173,8 @@ class DockerBuilder(Builder):
         except docker.errors.APIError as e:
             raise BaseImageMissing(
                 f"base image {base!r} is not on the docker engine and cannot be pulled ({e.explanation or e}); "
-                f"load it first (docker load / docker import) or push it to a registry the engine can reach"
+                f"load it first (docker load / docker import), push it to a registry the engine can reach, or set "
+                f"another base for every image with GFLOW_BASE_IMAGE or the profile's base_image (docs/images.md)"
             ) from None
 
     def build(self, ctx: BuildContext, *, nocache: bool = False) -> BuildResult:
@@ -194,12 +195,14 @@ class DockerBuilder(Builder):
                     fileobj=f, custom_context=True, tag=ctx.tag, rm=True, forcerm=True, decode=True, pull=False,
                     nocache=nocache, network_mode=network,
                     labels={"org.gflow.tag": ctx.tag, "org.gflow.context": ctx.digest})
+                log.info("building image %s (its tag is not on the engine yet; later runs reuse it)", ctx.tag)
                 for item in stream:
                     if "stream" in item:
                         text = item["stream"]
                         lines.append(text)
                         if text.startswith("Step "):
                             step, step_log = text.strip(), []
+                            log.info("  %s", step)
                         else:
                             step_log.append(text)
                     if "error" in item or "errorDetail" in item:
@@ -244,5 +247,8 @@ def docker_client(base_url: str | None = None, timeout: int = 600) -> Any:
         client.ping()
         return client
     except Exception as e:  # noqa: BLE001 - docker.errors.DockerException and connection errors alike
-        where = base_url or "DOCKER_HOST / the default socket"
-        raise ImageError(f"no docker engine answers at {where}: {e}") from None
+        import os
+
+        where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (the default socket)"
+        raise ImageError(f"no docker engine answers at {where}: {e}; start dockerd, or point DOCKER_HOST (or "
+                         f"docker://?host=...) at its socket") from None

@@ -57,18 +57,22 @@ def build(target: str, registry: str | None, dry_run: bool, dev: bool, host: str
 
 @click.command()
 @click.argument("run_id")
-@click.option("--executor", "-e", default=None, help="Executor for the replay (default: docker with the recorded image).")
+@click.option("--executor", "-e", default=None,
+              help="Executor for the replay (default: docker with the recorded image).")
 @click.option("--store", default=None, help="State store URL (default: the profile's).")
 @click.option("--artifacts", default=None, help="Artifact store folder or URL.")
 @click.option("--profile", default=None, help="Profile from gflow.toml.")
-def replay(run_id: str, executor: str | None, store: str | None, artifacts: str | None, profile: str | None) -> None:
+@click.option("--run-id", "new_run_id", default=None, help="Id for the replay's run (default: a fresh one).")
+def replay(run_id: str, executor: str | None, store: str | None, artifacts: str | None, profile: str | None,
+           new_run_id: str | None) -> None:
     """Run RUN_ID again from its recorded image with its recorded inputs; report whether outputs match.
 
     Exit code: 0 identical outputs, 1 the replay failed, 3 the outputs differ.
     """
     from gflow.images.replay import replay as do_replay
 
-    report = do_replay(run_id, executor=executor, store=store, artifacts=artifacts, profile=profile)
+    report = do_replay(run_id, executor=executor, store=store, artifacts=artifacts, profile=profile,
+                       run_id_new=new_run_id)
     click.echo(f"replay of {report.original.id}: run {report.run_id} {report.state.value}")
     click.echo(f"image: {report.image}")
     if report.error is not None:

@@ -302,7 +302,8 @@ def fetch_wheels(lock: Lock, target: Target) -> list[Path]:
     finally:
         os.unlink(path)
     if res.returncode != 0:
-        raise LockError("could not fetch the locked wheels:\n" + "\n".join((res.stderr or res.stdout).splitlines()[-20:]))
+        tail = "\n".join((res.stderr or res.stdout).splitlines()[-20:])
+        raise LockError("could not fetch the locked wheels:\n" + tail)
     found: dict[str, Path] = {}
     for line in res.stdout.splitlines():
         m = _WHEEL_SAVED.search(line.strip())

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from gflow.errors import SerializationError
-from gflow.executors.base import Call, Outcome
+from gflow.executors.base import Call, Outcome, _qualname
 from gflow.serialization import canonical_json, decode, encode
 
 CALL = "gflow.call/v1"
@@ -30,6 +32,10 @@ ARRAY = "gflow.array/v1"
 ARRAY_PAGED = "gflow.array/v2"
 PAGE = "gflow.array-page/v1"
 OUTCOME = "gflow.outcome/v1"
+#: results up to this size (canonical JSON) also travel inside the outcome record: one read instead of two
+RESULT_INLINE_MAX = 16 * 1024
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 #: worker exit codes
 EXIT_OK, EXIT_TASK_FAILED, EXIT_WORKER_ERROR = 0, 1, 2
@@ -88,6 +94,21 @@ def write_array_spec(artifacts: Any, spec_digests: Sequence[str]) -> str:
     return _put_json(artifacts, {"kind": ARRAY, "calls": list(spec_digests)})
 
 
+def _json_object(data: bytes, what: str) -> dict:
+    """A JSON object read from the store (untrusted): parse errors and other shapes are SerializationError."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise SerializationError(f"{what} is not JSON: {str(e)[:200]}") from None
+    if not isinstance(obj, dict):
+        raise SerializationError(f"{what} is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _is_key(v: Any) -> bool:
+    return type(v) is str and _DIGEST.match(v) is not None
+
+
 def paged_array_blobs(specs: Sequence[dict], inline: dict[str, bytes], *, chunk: int = 1,
                       page_size: int = 100) -> tuple[str, dict[str, bytes]]:
     """A paged array spec (``gflow.array/v2``) over ``specs`` (call specs, in order) and its page
@@ -121,30 +142,32 @@ def elements(spec: dict) -> int:
 
 
 def element_calls(artifacts: Any, spec: dict, index: int) -> list[tuple[str, dict, dict[str, bytes]]]:
-    """The calls element ``index`` of a paged array spec runs: ``(spec digest, call spec, inline inputs)``.
+    """The calls element ``index`` of a (checked) paged array spec runs: ``(spec digest, call spec,
+    inline inputs)``, each call spec checked as :func:`read_spec` checks a stored one.
 
     Raises:
         SerializationError: a page that is not one, or an inline input that does not match its digest.
     """
-    size, chunk, page_size = int(spec["size"]), int(spec["chunk"]), int(spec["page_size"])
-    first, last = index * chunk, min(size, (index + 1) * chunk)
+    size, chunk, page_size = spec["size"], spec["chunk"], spec["page_size"]
     pages: dict[int, dict] = {}
     out = []
-    for j in range(first, last):
+    for j in range(index * chunk, min(size, (index + 1) * chunk)):
         p = j // page_size
         if p not in pages:
-            page = json.loads(artifacts.get(spec["pages"][p]))
-            if not isinstance(page, dict) or page.get("kind") != PAGE:
+            page = _json_object(artifacts.get(spec["pages"][p]), f"array page {spec['pages'][p]}")
+            calls, inputs = page.get("calls"), page.get("inputs")
+            if page.get("kind") != PAGE or type(calls) is not list or type(inputs) is not dict:
                 raise SerializationError(f"{spec['pages'][p]} is not a gflow array page")
             pages[p] = page
         page = pages[p]
-        call = page["calls"][j % page_size]
-        if not isinstance(call, dict) or call.get("kind") != CALL:
-            raise SerializationError(f"element {index} of a paged array: entry {j} is not a call spec")
+        pos = j % page_size
+        if pos >= len(page["calls"]) or type(page["calls"][pos]) is not dict:
+            raise SerializationError(f"array page {spec['pages'][p]} has no call spec {pos}")
+        call = _check_call(page["calls"][pos], f"call {j} of a paged array")
         inline: dict[str, bytes] = {}
-        text = page.get("inputs", {}).get(call["inputs"])
+        text = page["inputs"].get(call["inputs"])
         if text is not None:
-            data = text.encode()
+            data = text.encode() if type(text) is str else b""
             if "sha256:" + hashlib.sha256(data).hexdigest() != call["inputs"]:
                 raise SerializationError(f"inline inputs of call {j} do not match their digest {call['inputs']}")
             inline[call["inputs"]] = data
@@ -152,51 +175,108 @@ def element_calls(artifacts: Any, spec: dict, index: int) -> list[tuple[str, dic
     return out
 
 
-def read_spec(artifacts: Any, digest: str) -> dict:
-    spec = json.loads(artifacts.get(digest))
-    if not isinstance(spec, dict) or spec.get("kind") not in (CALL, ARRAY, ARRAY_PAGED):
-        raise SerializationError(f"{digest} is not a gflow call spec (kind {spec.get('kind')!r})")
+def _check_call(spec: dict, what: str) -> dict:
+    bad = [k for k, ok in (("task", type(spec.get("task")) is str), ("version", type(spec.get("version")) is str),
+                           ("inputs", _is_key(spec.get("inputs"))), ("pickle", type(spec.get("pickle")) is bool),
+                           ("bundle", spec.get("bundle") is None or _is_key(spec.get("bundle")))) if not ok]
+    if spec.get("kind") != CALL or bad:
+        raise SerializationError(f"{what}: malformed field(s) {', '.join(bad) or 'kind'}")
     return spec
+
+
+def _is_count(v: Any, least: int) -> bool:
+    return type(v) is int and v >= least
+
+
+def read_spec(artifacts: Any, digest: str) -> dict:
+    """A call or array spec, verified against its digest and checked field by field.
+
+    Raises:
+        SerializationError: the blob is not a well-formed gflow call or array spec.
+        ArtifactNotFound: it is missing or corrupt.
+    """
+    spec = _json_object(artifacts.get(digest), f"call spec {digest}")
+    kind = spec.get("kind")
+    if kind == ARRAY:
+        calls = spec.get("calls")
+        if type(calls) is not list or not all(_is_key(c) for c in calls):
+            raise SerializationError(f"array spec {digest}: 'calls' must be a list of sha256 digests")
+        return spec
+    if kind == ARRAY_PAGED:
+        size, page_size, pages = spec.get("size"), spec.get("page_size"), spec.get("pages")
+        ok = (_is_count(size, 0) and _is_count(spec.get("chunk"), 1) and _is_count(page_size, 1)
+              and type(pages) is list and all(_is_key(p) for p in pages))
+        if not ok or len(pages or ()) != -(-int(size or 0) // int(page_size or 1)):
+            raise SerializationError(f"paged array spec {digest}: 'size', 'chunk', 'page_size' must be counts and "
+                                     f"'pages' one sha256 digest per page")
+        return spec
+    if kind != CALL:
+        raise SerializationError(f"{digest} is not a gflow call spec (kind {str(kind)[:80]!r})")
+    return _check_call(spec, f"call spec {digest}")
 
 
 def write_outcome(artifacts: Any, spec_digest: str, record: dict) -> None:
     record = {"kind": OUTCOME, "spec": spec_digest, **record}
-    artifacts.put(canonical_json(record).encode(), outcome_slot(spec_digest))
+    artifacts.put_slot(outcome_slot(spec_digest), canonical_json(record).encode())
 
 
 def read_outcome(artifacts: Any, spec_digest: str) -> dict | None:
-    """The outcome record of a call spec, or None if the worker has not written one (yet)."""
-    slot = outcome_slot(spec_digest)
-    if not artifacts.exists(slot):
+    """The outcome record of a call spec, or None if the worker has not written one (yet).
+
+    The record is untrusted: one that is not a well-formed outcome record is reported as a failed
+    outcome (``ok: false``) that says so, never an exception and never a success.
+    """
+    data = artifacts.get_slot(outcome_slot(spec_digest))
+    if data is None:
         return None
-    rec = json.loads(artifacts.get(slot))
-    return rec if isinstance(rec, dict) and rec.get("kind") == OUTCOME else None
+    try:
+        rec = _json_object(data, f"outcome record of {spec_digest}")
+        if rec.get("kind") != OUTCOME:
+            raise SerializationError(f"outcome record of {spec_digest} has kind {str(rec.get('kind'))[:80]!r}")
+        if type(rec.get("ok")) is not bool or (rec["ok"] and not _is_key(rec.get("result"))):
+            raise SerializationError(f"outcome record of {spec_digest}: 'ok' must be a boolean and a success "
+                                     f"must name its 'result' digest")
+    except SerializationError as e:
+        return {"kind": OUTCOME, "spec": spec_digest, "ok": False, "stage": "outcome",
+                "error_type": "gflow.errors.SerializationError", "error_message": str(e), "traceback": ""}
+    return rec
 
 
-#: results up to this size (canonical JSON) also travel inside the outcome record: one read instead of two
-RESULT_INLINE_MAX = 16 * 1024
+def _text(v: Any, default: str = "") -> str:
+    return v if type(v) is str else default
+
+
+def _time(v: Any) -> float | None:
+    return float(v) if type(v) in (int, float) and math.isfinite(v) else None
 
 
 def result_bytes(artifacts: Any, rec: dict) -> bytes:
-    """The encoded result of a successful outcome record: its inline copy (``result_data``, checked
-    against the ``result`` digest) or the stored blob."""
+    """The encoded result of a successful outcome record: its inline copy (``result_data``, used only
+    when it hashes to the record's ``result`` digest) or the stored blob (verified on read)."""
     text = rec.get("result_data")
-    if isinstance(text, str):
+    if type(text) is str:
         data = text.encode()
         if "sha256:" + hashlib.sha256(data).hexdigest() == rec["result"]:
             return data
     return bytes(artifacts.get(rec["result"]))
 
 
-def to_outcome(artifacts: Any, rec: dict) -> Outcome:
-    """The engine-side :class:`Outcome` of an outcome record (the result is read and decoded)."""
-    if rec.get("ok"):
+def to_outcome(artifacts: Any, rec: dict, *, allow_pickle: bool = False) -> Outcome:
+    """The engine-side :class:`Outcome` of an outcome record (the result is read, verified and decoded).
+
+    Args:
+        allow_pickle: Decode a signed pickled result: pass the task's own ``options.pickle`` (never a
+            value read from the store).
+    """
+    started, ended = _time(rec.get("started")), _time(rec.get("ended"))
+    if rec.get("ok") is True:
+        where = f"result of task '{_text(rec.get('task'), '?')[:200]}'"
         try:
-            value = decode(result_bytes(artifacts, rec), artifacts.get)
+            value = decode(result_bytes(artifacts, rec), artifacts.get, allow_pickle=allow_pickle, where=where)
         except Exception as e:  # noqa: BLE001 - reported as the call's failure
-            return Outcome(False, error_type=type(e).__name__, error_message=f"cannot read the result: {e}",
-                           traceback="", started=rec.get("started"), ended=rec.get("ended") or time.time())
-        return Outcome(True, value, started=rec.get("started"), ended=rec.get("ended"), result_ref=rec["result"])
-    return Outcome(False, error_type=rec.get("error_type") or "Error", error_message=rec.get("error_message") or "",
-                   traceback=rec.get("traceback") or "", started=rec.get("started"),
-                   ended=rec.get("ended") or time.time())
+            return Outcome(False, error_type=_qualname(type(e)), error_message=f"cannot read the result: {e}",
+                           traceback="", started=started, ended=ended or time.time())
+        return Outcome(True, value, started=started, ended=ended, result_ref=rec["result"])
+    return Outcome(False, error_type=_text(rec.get("error_type"), "Error") or "Error",
+                   error_message=_text(rec.get("error_message")), traceback=_text(rec.get("traceback")),
+                   started=started, ended=ended or time.time())

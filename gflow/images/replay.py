@@ -5,7 +5,7 @@ recorded code bundle, never from the current source tree: the flow body is loade
 and every task runs in the recorded image. The new run records ``replay_of`` and the same image
 tag; no task result is taken from the cache (a replay that reused results would prove nothing).
 The outputs are then compared digest by digest: the flow's result and every task run's result,
-matched by cache key (task identity + version + inputs).
+matched by input key (task identity + inputs).
 """
 
 from __future__ import annotations
@@ -109,33 +109,6 @@ def load_flow(flow_path: str, pythonpath: list[Path]) -> Any:
     return load_target(flow_path, Flow)
 
 
-class _NoCacheStore(Store):
-    """The run's store with cache lookups switched off (a replay must run every task again)."""
-
-    def __init__(self, inner: Store):
-        self.inner = inner
-        self.url = inner.url
-
-    def find_cached(self, key: str) -> None:
-        return None
-
-    def create_run(self, run): return self.inner.create_run(run)  # noqa: E704
-    def set_run_state(self, *a, **k): return self.inner.set_run_state(*a, **k)  # noqa: E704
-    def update_run(self, run_id, **fields): return self.inner.update_run(run_id, **fields)  # noqa: E704
-    def get_run(self, run_id): return self.inner.get_run(run_id)  # noqa: E704
-    def list_runs(self, **k): return self.inner.list_runs(**k)  # noqa: E704
-    def apply(self, transitions): return self.inner.apply(transitions)  # noqa: E704
-    def get_task_run(self, task_run_id): return self.inner.get_task_run(task_run_id)  # noqa: E704
-    def task_runs(self, run_id, **k): return self.inner.task_runs(run_id, **k)  # noqa: E704
-    def counts(self, run_id): return self.inner.counts(run_id)  # noqa: E704
-    def events(self, run_id, **k): return self.inner.events(run_id, **k)  # noqa: E704
-    def results_by_key(self, run_id): return self.inner.results_by_key(run_id)  # noqa: E704
-    def close(self): return self.inner.close()  # noqa: E704
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 def _task_images(st: Store, rec: RunRecord, flow_tag: str) -> dict[str, str]:
     """Tags that tasks with their own image ran in (from the handles the executor described)."""
     out = {}
@@ -153,8 +126,8 @@ def compare(st: Store, old: RunRecord, new: RunRecord) -> tuple[int, list[str]]:
         diffs.append(f"flow result: {old.result_ref} (original) != {new.result_ref} (replay)")
     if old.state != new.state:
         diffs.append(f"state: {old.state.value} (original) != {new.state.value} (replay)")
-    olds = {(t.task, t.key): t for t in st.task_runs(old.id)}
-    news = {(t.task, t.key): t for t in st.task_runs(new.id)}
+    olds = {(t.task, t.ikey or t.key): t for t in st.task_runs(old.id)}
+    news = {(t.task, t.ikey or t.key): t for t in st.task_runs(new.id)}
     for k, t in sorted(olds.items(), key=lambda kv: kv[1].id):
         n = news.get(k)
         if n is None:
@@ -168,7 +141,7 @@ def compare(st: Store, old: RunRecord, new: RunRecord) -> tuple[int, list[str]]:
 
 
 def replay(run_id: str, *, executor: Any = None, store: Any = None, artifacts: Any = None,
-           profile: str | None = None, observer: Any = None) -> ReplayReport:
+           profile: str | None = None, observer: Any = None, run_id_new: str | None = None) -> ReplayReport:
     """Replay ``run_id`` (see the module docstring).
 
     Raises:
@@ -183,43 +156,47 @@ def replay(run_id: str, *, executor: Any = None, store: Any = None, artifacts: A
 
     prof = load_profile(profile, store=store, artifacts=artifacts)
     st = open_store(prof.store, events=prof.events)
-    rec = st.get_run(run_id)
-    tag, bundle = split_image_record(rec.image_tag)
-    if not tag:
-        raise ConfigError(f"run {rec.id} recorded no image tag (executor {rec.executor!r}); only runs made with an "
-                          f"image executor (docker, aws_batch, volcano) can be replayed by image")
-    arts = open_artifacts(prof.artifacts)
-    spec = executor if executor is not None else "docker"
-    ex = get_executor(spec)
-    if isinstance(ex, DockerExecutor):
-        ex.pin(tag, bundle)
-        ex.task_images.update(_task_images(st, rec, tag))
-        ex.attach_artifacts(arts)
-        _, pythonpath = code_from_bundle(arts, bundle) if bundle else code_from_image(ex.client, tag)
-    else:
-        if hasattr(ex, "image") and getattr(ex, "image", None) is None:
-            ex.image = tag
-        if bundle:
-            _, pythonpath = code_from_bundle(arts, bundle)
-        else:
-            from gflow.images.builders import docker_client
-
-            _, pythonpath = code_from_image(docker_client(), tag)
     try:
-        flow = load_flow(rec.flow_path, pythonpath)
-        params = decode(rec.params, arts.get)
+        rec = st.get_run(run_id)
+        tag, bundle = split_image_record(rec.image_tag)
+        if not tag:
+            raise ConfigError(f"run {rec.id} recorded no image tag (executor {rec.executor!r}); only runs made with an "
+                              f"image executor (docker, aws_batch, volcano) can be replayed by image")
+        arts = open_artifacts(prof.artifacts)
+        spec = executor if executor is not None else "docker"
+        ex = get_executor(spec)
+        if isinstance(ex, DockerExecutor):
+            ex.pin(tag, bundle)
+            ex.task_images.update(_task_images(st, rec, tag))
+            ex.attach_artifacts(arts)
+            _, pythonpath = code_from_bundle(arts, bundle) if bundle else code_from_image(ex.client, tag)
+        else:
+            if hasattr(ex, "image") and getattr(ex, "image", None) is None:
+                ex.image = tag
+            if bundle:
+                _, pythonpath = code_from_bundle(arts, bundle)
+            else:
+                from gflow.images.builders import docker_client
 
-        def link(new_id: str, engine: Any):
-            fields: dict[str, Any] = {"replay_of": rec.id, "flow_path": rec.flow_path}
-            if not st.get_run(new_id).image_tag:
-                fields["image_tag"] = rec.image_tag
-            st.update_run(new_id, **fields)
-            return observer(new_id, engine) if observer else None
+                _, pythonpath = code_from_image(docker_client(), tag)
+        try:
+            flow = load_flow(rec.flow_path, pythonpath)
+            params = decode(rec.params, arts.get)
 
-        result = flow.run(params=params, executor=ex, store=_NoCacheStore(st), artifacts=arts, tags=rec.tags,
-                          return_run=True, observer=link)
+            def link(new_id: str, engine: Any):
+                fields: dict[str, Any] = {"replay_of": rec.id, "flow_path": rec.flow_path}
+                if not st.get_run(new_id).image_tag:
+                    fields["image_tag"] = rec.image_tag
+                st.update_run(new_id, **fields)
+                return observer(new_id, engine) if observer else None
+
+            result = flow.run(params=params, executor=ex, store=st, artifacts=arts, tags=rec.tags, return_run=True,
+                              observer=link, cache=False, run_id=run_id_new)
+        finally:
+            ex.close()
+        new = st.get_run(result.id)
+        compared, diffs = compare(st, rec, new)
+        return ReplayReport(rec, new.id, new.state, rec.image_tag or tag, not diffs, compared, diffs, result.error)
     finally:
-        ex.close()
-    new = st.get_run(result.id)
-    compared, diffs = compare(st, rec, new)
-    return ReplayReport(rec, new.id, new.state, rec.image_tag or tag, not diffs, compared, diffs, result.error)
+        if st is not prof.store:
+            st.close()

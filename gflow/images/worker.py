@@ -83,11 +83,14 @@ def unpack_bundle(artifacts: Any, digest: str) -> list[str]:
 
 
 def _load_task(spec: dict) -> Any:
-    from gflow.serialization import import_path
+    from gflow._resolve import import_task_object
+    from gflow.errors import SerializationError
     from gflow.tasks import Task
 
-    try:
-        task = import_path(spec["task"])
+    try:  # imports the task's module only (the image's code) and looks the name up without calling anything
+        task = import_task_object(spec["task"])
+    except SerializationError as e:
+        raise WorkerError(f"cannot load task {spec['task'][:200]!r}: {e}") from None
     except Exception as e:
         raise WorkerError(f"cannot import task {spec['task']} in this image: {type(e).__name__}: {e}") from e
     if not isinstance(task, Task):
@@ -98,6 +101,26 @@ def _load_task(spec: dict) -> Any:
             f"but the call was made with version {spec['version']}: the image holds other code than the "
             f"driver; rebuild the image (gflow build) or replay with the image the run recorded")
     return task
+
+
+def _allow_pickle(spec: dict, task: Any) -> bool:
+    """Pickle only when the task's own code opted in (``pickle=True``) and the spec agrees; the spec alone,
+    read from the store, never turns it on."""
+    return spec.get("pickle") is True and bool(task.options.pickle)
+
+
+def _read_inputs(artifacts: Any, spec: dict, task: Any, inline: dict[str, bytes] | None = None) -> tuple[list, dict]:
+    from gflow.errors import SerializationError
+    from gflow.serialization import decode
+
+    data = (inline or {}).get(spec["inputs"])  # carried by an array page, checked against its digest there
+    inputs = decode(data if data is not None else artifacts.get(spec["inputs"]), artifacts.get,
+                    allow_pickle=_allow_pickle(spec, task),
+                    where=f"inputs of task '{task.name}'")
+    if type(inputs) is not dict or type(inputs.get("args")) is not list or type(inputs.get("kwargs")) is not dict \
+            or not all(type(k) is str for k in inputs["kwargs"]):
+        raise SerializationError(f"inputs of task '{task.name}' are not {{'args': [...], 'kwargs': {{...}}}}")
+    return inputs["args"], inputs["kwargs"]
 
 
 def run_spec(artifacts: Any, spec_digest: str, index: int | None = None) -> int:
@@ -129,7 +152,7 @@ def run_spec(artifacts: Any, spec_digest: str, index: int | None = None) -> int:
 
 
 def _run_call(artifacts: Any, spec_digest: str, spec: dict, inline: dict[str, bytes]) -> int:
-    """Run one call spec whose document is in hand (``inline``: inputs carried by an array page)."""
+    """Run one checked call spec whose document is in hand (``inline``: inputs carried by an array page)."""
     started = time.time()
     stage = "spec"
     try:
@@ -139,24 +162,27 @@ def _run_call(artifacts: Any, spec_digest: str, spec: dict, inline: dict[str, by
         stage = "import"
         task = _load_task(spec)
         stage = "inputs"
-        from gflow.serialization import decode, encode
-
-        data = inline.get(spec["inputs"])
-        inputs = decode(data if data is not None else artifacts.get(spec["inputs"]), artifacts.get)
-        args, kwargs = inputs["args"], inputs["kwargs"]
+        args, kwargs = _read_inputs(artifacts, spec, task, inline)
     except BaseException as e:  # noqa: BLE001 - becomes the outcome record
         _fail(artifacts, spec_digest, spec, stage, e, started)
         return EXIT_WORKER_ERROR
     stage = "run"
     t_run = time.time()
+    from gflow._context import run_artifacts
+
+    token = run_artifacts.set(artifacts)  # task code (gflow.models) uses the run's artifact store
     try:
         value = task.fn(*args, **kwargs)
     except BaseException as e:  # noqa: BLE001
         _fail(artifacts, spec_digest, spec, stage, e, t_run)
         return EXIT_TASK_FAILED
+    finally:
+        run_artifacts.reset(token)
     try:
         stage = "output"
-        enc = encode(value, allow_pickle=bool(spec.get("pickle")), where=f"result of task '{task.name}'")
+        from gflow.serialization import encode
+
+        enc = encode(value, allow_pickle=_allow_pickle(spec, task), where=f"result of task '{task.name}'")
         artifacts.put_many(enc.blobs)
         result = artifacts.put(enc.data, enc.digest)
         record = {"ok": True, "result": result, "started": t_run, "ended": time.time(), **_where(spec)}

@@ -51,6 +51,16 @@ class GflowObject(BaseModel):
         digest = hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
         return f"sha256:{digest}"
 
+    def registry_key(self) -> str | None:
+        """A key that finds this object across runs whatever its name or metadata (a molecule's canonical
+        SMILES); recorded with the task runs that read or produced it, as ``key:<kind>:<key>`` beside the
+        content id. None: found by content id only."""
+        return None
+
+    def summary(self) -> str:
+        """One short line for people (CLI output, tables); subclasses say what matters about them."""
+        return f"{type(self).__name__} {self.content_id[7:19]}"
+
     def with_(self, **changes: Any) -> Self:
         """Returns a copy with ``changes`` applied, validated like a freshly built object.
 

@@ -61,6 +61,12 @@ class Design(GflowObject):
     parents: tuple[ContentId, ...] = ()
     produced_by: Provenance | None = None
 
+
+    def summary(self) -> str:
+        p = self.protein
+        who = p.name or (p.sequence[:12] + "...")
+        scores = " ".join(f"{sc.name}={sc.value:+.4g}" for sc in self.scores)
+        return f"{who} ({len(p.sequence)} aa) {scores}".rstrip()
     @field_validator("scores")
     @classmethod
     def _distinct_scores(cls, scores: tuple[Score, ...]) -> tuple[Score, ...]:

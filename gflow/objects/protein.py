@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any, Self
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ._base import GflowObject, Metadata
 
 STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
-AMBIGUOUS_RESIDUES = "XUOBZ"
+AMBIGUOUS_RESIDUES = "XUOBZJ"
 ALLOWED_RESIDUES = STANDARD_RESIDUES + AMBIGUOUS_RESIDUES
 _ALLOWED_SET = frozenset(ALLOWED_RESIDUES)
 _MUTATION_RE = re.compile(r"^\s*([A-Za-z])(\d+)([A-Za-z])\s*$")
@@ -20,7 +19,8 @@ _WHITESPACE_RE = re.compile(r"\s+")
 
 
 def _check_residue(value: str) -> str:
-    letter = value.strip().upper()
+    letter = value.strip()
+    letter = letter.upper() if letter.isascii() else letter  # 'ı'.upper() is 'I'
     if len(letter) != 1 or letter not in _ALLOWED_SET:
         raise ValueError(f"invalid residue {value!r} (allowed: {ALLOWED_RESIDUES})")
     return letter
@@ -74,7 +74,8 @@ class Protein(GflowObject):
     ``Protein.model_validate("MKT...")`` accepts a bare sequence string.
 
     Attributes:
-        sequence: One-letter residues; whitespace is removed and letters uppercased.
+        sequence: One-letter residues (IUPAC, with B, Z, J, X, U, O): whitespace removed, letters upper-cased, a
+            trailing translation stop `*` dropped; non-ASCII characters are refused.
         name: Optional identifier, e.g. a FASTA header's first word.
         metadata: JSON-safe annotations.
     """
@@ -93,7 +94,14 @@ class Protein(GflowObject):
     @field_validator("sequence")
     @classmethod
     def _clean_sequence(cls, value: str) -> str:
-        sequence = _WHITESPACE_RE.sub("", value).upper()
+        sequence = _WHITESPACE_RE.sub("", value)
+        if not sequence.isascii():  # before upper-casing, which maps e.g. 'ß' to 'SS'
+            index = next(i for i, c in enumerate(sequence) if not c.isascii())
+            raise ValueError(f"invalid residue {sequence[index]!r} at position {index + 1}: not an ASCII letter "
+                             f"(allowed: {ALLOWED_RESIDUES})")
+        sequence = sequence.upper()
+        if sequence.endswith("*"):  # a translation stop
+            sequence = sequence[:-1]
         if not sequence:
             raise ValueError("sequence is empty")
         for index, residue in enumerate(sequence):
@@ -165,17 +173,12 @@ class Protein(GflowObject):
             The proteins in file order.
 
         Raises:
-            ValueError: If the input is neither FASTA text nor an existing file, or is malformed.
+            ValueError: If the input is neither FASTA text nor an existing file, or is malformed (naming the
+                record, its number and line).
         """
-        if isinstance(text_or_path, os.PathLike):
-            text = Path(text_or_path).read_text()
-        elif text_or_path.lstrip().startswith((">", ";")):
-            text = text_or_path
-        elif "\n" not in text_or_path and Path(text_or_path).is_file():
-            text = Path(text_or_path).read_text()
-        else:
-            raise ValueError("expected FASTA text starting with '>' or the path of an existing file")
-        return _parse_fasta(cls, text)
+        from .fasta import iter_fasta
+
+        return list(iter_fasta(text_or_path, cls))
 
     def to_fasta(self, width: int = 60) -> str:
         """Renders this protein as a FASTA record (``from_fasta`` reads it back).
@@ -195,25 +198,3 @@ class Protein(GflowObject):
         return "\n".join([f">{header}", *lines]) + "\n"
 
 
-def _parse_fasta(cls: type[Protein], text: str) -> list[Protein]:
-    records: list[tuple[str, list[str]]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith(";"):
-            continue
-        if line.startswith(">"):
-            records.append((line[1:].strip(), []))
-        elif not records:
-            raise ValueError(f"FASTA line {number}: sequence before the first '>' header")
-        else:
-            records[-1][1].append(line)
-    proteins = []
-    for header, chunks in records:
-        name, description = [*header.split(maxsplit=1), "", ""][:2]
-        metadata: Metadata = {"description": description} if description else {}
-        try:
-            proteins.append(cls(sequence="".join(chunks), name=name or None, metadata=metadata))
-        except ValidationError as exc:
-            message = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
-            raise ValueError(f"FASTA record {header!r}: {message}") from exc
-    return proteins

@@ -1,43 +1,52 @@
-"""3D structures as PDB or mmCIF text, with minimal parsing for atoms, chains and sequence."""
+"""3D structures as PDB or mmCIF text, read with gemmi (the ``structure`` extra).
+
+The text is kept verbatim (it is the object's identity); gemmi parses it once, when the object is
+validated, and the parsed model is kept on the object for every property after that. What gemmi
+reads leniently is checked as well, so that what is accepted can be used: PDB ``MODEL`` records
+without ``ENDMDL`` or with repeated numbers, coordinates that are not numbers, mmCIF ``_atom_site``
+loops with missing columns or values. Errors name the line (or the ``_atom_site`` row).
+"""
 
 from __future__ import annotations
 
 import gzip
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
-from pydantic import ValidationInfo, field_validator, model_validator
+from pydantic import PrivateAttr, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._base import GflowObject
+from ._deps import require
 
 StructureFormat = Literal["pdb", "mmcif"]
 
-THREE_TO_ONE: dict[str, str] = {
-    "ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E",
-    "GLY": "G", "HIS": "H", "ILE": "I", "LEU": "L", "LYS": "K", "MET": "M", "PHE": "F",
-    "PRO": "P", "SER": "S", "THR": "T", "TRP": "W", "TYR": "Y", "VAL": "V",
-    "SEC": "U", "PYL": "O", "MSE": "M", "ASX": "B", "GLX": "Z", "UNK": "X",
-}  # fmt: skip
 _SUFFIX_FORMATS: dict[str, StructureFormat] = {".pdb": "pdb", ".ent": "pdb", ".cif": "mmcif", ".mmcif": "mmcif"}
-_CIF_TOKEN_RE = re.compile(r"'[^']*'(?=\s|$)|\"[^\"]*\"(?=\s|$)|\S+")
-_MISSING = ("?", ".")
-
-
-class _Atom(NamedTuple):
-    record: str  # "ATOM" or "HETATM"
-    name: str
-    resname: str
-    chain: str
-    residue: str  # residue number plus insertion code, e.g. "52A"
+# an ATOM/HETATM record whose x, y, z columns (31-54) are not all blanks, digits, signs and points; the
+# patterns start at a newline (a literal prefix the regex engine scans for fast), the text gets one prepended
+_PDB_BAD_COORDS_RE = re.compile(r"\n(?:ATOM  |HETATM)(?![^\n]{24}[ 0-9.+\-]{24})[^\n]*", re.ASCII)
+_PDB_ATOM_RE = re.compile(r"\n(?:ATOM  |HETATM)")
+_PDB_MODEL_RE = re.compile(r"\n(MODEL |ENDMDL)([^\n]*)")
+_NUMBER = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?(?:\([0-9]+\))?"
+_CIF_NUMBERS_RE = re.compile(rf"(?:{_NUMBER}\n)*", re.ASCII)
+_CIF_ERROR_LINE_RE = re.compile(r"^string:(\d+):\d+(?:\(\d+\))?:\s*")
+_GEMMI_LINE_RE = re.compile(r"^Problem in line (\d+):\s*", re.I)
+_CIF_REQUIRED = (("Cartn_x",), ("Cartn_y",), ("Cartn_z",), ("label_atom_id", "auth_atom_id"),
+                 ("label_comp_id", "auth_comp_id"), ("label_asym_id", "auth_asym_id"))
 
 
 def _first_content_line(text: str) -> str:
-    for line in text.splitlines():
-        stripped = line.strip()
+    start = 0
+    while start < len(text):  # line by line without splitting the whole (possibly large) text
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        stripped = text[start:end].strip()
         if stripped and not stripped.startswith("#"):
             return stripped
+        start = end + 1
     return ""
 
 
@@ -45,95 +54,150 @@ def _sniff_format(text: str) -> StructureFormat:
     return "mmcif" if _first_content_line(text).startswith("data_") else "pdb"
 
 
-def _is_pdb_atom_line(line: str) -> bool:
-    if not line.startswith(("ATOM", "HETATM")):
-        return False
-    try:
-        float(line[30:38]), float(line[38:46]), float(line[46:54])
-    except ValueError:
-        return False
-    return True
+def _line_of(text: str, offset: int) -> int:
+    """The 1-based line of the newline at ``offset`` of a text that was given a leading newline."""
+    return text.count("\n", 0, offset) + 1
 
 
-def _pdb_atoms(text: str) -> list[_Atom]:
-    atoms = []
-    for line in text.splitlines():
-        if line.startswith("ENDMDL"):
-            break  # first model only
-        if _is_pdb_atom_line(line):
-            record = line[:6].strip()
-            atoms.append(_Atom(record, line[12:16].strip(), line[17:20].strip(), line[21].strip(), line[22:27].strip()))
-    return atoms
+def _check_pdb_records(text: str) -> None:
+    """What gemmi reads leniently: MODEL/ENDMDL pairing, repeated model numbers, non-numeric coordinates.
 
-
-def _unquote(token: str) -> str:
-    if len(token) >= 2 and token[0] in "'\"" and token[-1] == token[0]:
-        return token[1:-1]
-    return token
-
-
-def _cif_atom_site(text: str) -> tuple[list[str], list[str]]:
-    """Returns the ``_atom_site`` loop's column names and its values as one flat token list."""
-    lines = text.splitlines()
-    for start, line in enumerate(lines):
-        if line.strip() != "loop_" or start + 1 >= len(lines) or not lines[start + 1].startswith("_atom_site."):
+    ``text`` starts with a newline (added by the caller), so line numbers are offsets' newline counts.
+    """
+    bad = _PDB_BAD_COORDS_RE.search(text)
+    if bad is not None:
+        raise ValueError(f"line {_line_of(text, bad.start())}: x, y, z (columns 31-54) are not numbers: "
+                         f"{bad.group()[1:61]!r}")
+    open_at: int | None = None
+    seen: dict[str, int] = {}
+    for match in _PDB_MODEL_RE.finditer(text):
+        line = _line_of(text, match.start())
+        if match.group(1) == "ENDMDL":
+            if open_at is None:
+                raise ValueError(f"line {line}: ENDMDL without a MODEL")
+            open_at = None
             continue
-        columns: list[str] = []
-        values: list[str] = []
-        for body in lines[start + 1 :]:
-            stripped = body.strip()
-            if stripped.startswith("_atom_site.") and not values:
-                columns.append(stripped.split()[0][len("_atom_site.") :])
-            elif not stripped or stripped.startswith(("#", "_", "loop_", "data_")):
-                if values:
-                    break
-            elif stripped.startswith(";"):
-                raise NotImplementedError("multi-line text fields in _atom_site are not supported")
-            else:
-                values.extend(_unquote(token) for token in _CIF_TOKEN_RE.findall(stripped))
-        return columns, values
-    return [], []
+        if open_at is not None:
+            raise ValueError(f"line {line}: MODEL, but the MODEL at line {open_at} has no ENDMDL")
+        number = match.group(2).strip() or "1"
+        if number in seen:
+            raise ValueError(f"line {line}: duplicate MODEL number {number} (first at line {seen[number]})")
+        seen[number], open_at = line, line
+    if open_at is not None:
+        raise ValueError(f"line {open_at}: MODEL without ENDMDL")
 
 
-def _cif_atoms(text: str) -> list[_Atom]:
-    columns, values = _cif_atom_site(text)
-    if not columns:
-        return []
-    if len(values) % len(columns):
-        raise ValueError(f"_atom_site has {len(values)} values for {len(columns)} columns")
-    index = {name: i for i, name in enumerate(columns)}
+def _check_cif_atom_site(block: Any) -> None:
+    table = block.find_mmcif_category("_atom_site.")
+    if len(table) == 0:
+        raise ValueError("mmCIF has no _atom_site records (no atoms)")
+    tags = {str(tag).removeprefix("_atom_site.") for tag in table.tags}
+    missing = [" or ".join(names) for names in _CIF_REQUIRED if not any(n in tags for n in names)]
+    if missing:
+        raise ValueError(f"_atom_site lacks the column(s) {', '.join(missing)}")
+    for axis in ("Cartn_x", "Cartn_y", "Cartn_z"):
+        values = list(block.find_values(f"_atom_site.{axis}"))
+        if _CIF_NUMBERS_RE.fullmatch("\n".join(values) + "\n") is None:
+            row = next(i for i, v in enumerate(values) if _CIF_NUMBERS_RE.fullmatch(v + "\n") is None)
+            raise ValueError(f"_atom_site row {row + 1}: {axis} {values[row]!r} is not a number")
 
-    def column(*names: str) -> int | None:
-        return next((index[n] for n in names if n in index), None)
 
-    record_i = column("group_PDB")
-    name_i = column("auth_atom_id", "label_atom_id")
-    resname_i = column("auth_comp_id", "label_comp_id")
-    chain_i = column("auth_asym_id", "label_asym_id")
-    seq_i = column("auth_seq_id", "label_seq_id")
-    icode_i = column("pdbx_PDB_ins_code")
-    model_i = column("pdbx_PDB_model_num")
+def _gemmi_message(exc: Exception) -> str:
+    message = str(exc).strip()
+    for pattern in (_CIF_ERROR_LINE_RE, _GEMMI_LINE_RE):
+        match = pattern.match(message)
+        if match:
+            return f"line {match.group(1)}: {message[match.end():]}"
+    return message
 
-    def get(row: list[str], i: int | None) -> str:
-        return "" if i is None or row[i] in _MISSING else row[i]
 
-    atoms: list[_Atom] = []
-    first_model: str | None = None
-    for offset in range(0, len(values), len(columns)):
-        row = values[offset : offset + len(columns)]
-        model = get(row, model_i)
-        first_model = model if first_model is None else first_model
-        if model != first_model:
-            break
-        residue = get(row, seq_i) + get(row, icode_i)
-        atoms.append(
-            _Atom(get(row, record_i) or "ATOM", get(row, name_i), get(row, resname_i), get(row, chain_i), residue)
-        )
-    return atoms
+def _residue_letter(gemmi: Any, name: str) -> str | None:
+    """One letter of a polymer residue, modified residues as their parent (gemmi's table); None for caps."""
+    info = gemmi.find_tabulated_residue(name)
+    if info is None:
+        return "X"
+    code = info.one_letter_code
+    if code.isalpha():
+        return str(code.upper())
+    if info.kind == gemmi.ResidueKind.ELS:  # caps and other small groups inside a polymer (ACE, NH2)
+        return None
+    return "X"
+
+
+class _Parsed:
+    """A structure parsed by gemmi; summaries computed once, on first use."""
+
+    __slots__ = ("gemmi", "model", "_chains", "_sequences")
+
+    def __init__(self, gemmi_structure: Any) -> None:
+        self.gemmi = gemmi_structure
+        self.model = gemmi_structure[0]
+        self._chains: list[str] | None = None
+        self._sequences: dict[str, str] | None = None
+
+    @property
+    def chains(self) -> list[str]:
+        if self._chains is None:
+            self._chains = list(dict.fromkeys(chain.name for chain in self.model))
+        return self._chains
+
+    @property
+    def sequences(self) -> dict[str, str]:
+        if self._sequences is None:
+            gemmi = require("gemmi", "structure", "Structure")
+            self.gemmi.setup_entities()
+            parts: dict[str, list[str]] = {name: [] for name in self.chains}
+            for chain in self.model:
+                polymer = chain.get_polymer()
+                if polymer.length() == 0:
+                    continue
+                letters = parts[chain.name]
+                for residue in polymer.first_conformer():
+                    letter = _residue_letter(gemmi, residue.name)
+                    if letter is not None:
+                        letters.append(letter)
+            self._sequences = {name: "".join(letters) for name, letters in parts.items()}
+        return self._sequences
+
+
+def _read_pdb(gemmi: Any, text: str) -> Any:
+    try:
+        return gemmi.read_pdb_string(text)
+    except RuntimeError as exc:
+        if "charge" not in str(exc):
+            raise
+    # files from before 1996 hold the entry id and a serial number in columns 73-80, where gemmi
+    # reads the segment, element and charge: read them as gemmi's own tests read such files
+    return gemmi.read_pdb_string(text, max_line_length=72)
+
+
+def _parse(fmt: StructureFormat, text: str) -> _Parsed:
+    gemmi = require("gemmi", "structure", "Structure")
+    if fmt == "pdb":
+        if _PDB_ATOM_RE.search("\n" + text[:80]) is None and _PDB_ATOM_RE.search(text) is None:
+            raise ValueError("PDB text has no ATOM or HETATM records (with x, y, z in columns 31-54)")
+        _check_pdb_records("\n" + text)
+        try:
+            structure = _read_pdb(gemmi, text)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(_gemmi_message(exc)) from None
+    else:
+        if not _first_content_line(text).startswith("data_"):
+            raise ValueError("mmCIF text must start with a 'data_' block header")
+        try:
+            document = gemmi.cif.read_string(text)
+            block = document[0]
+            _check_cif_atom_site(block)
+            structure = gemmi.make_structure_from_block(block)
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise ValueError(_gemmi_message(exc)) from None
+    if len(structure) == 0 or structure[0].count_atom_sites() == 0:
+        raise ValueError("no atoms in the first model")
+    return _Parsed(structure)
 
 
 class Structure(GflowObject):
-    """A 3D structure held as PDB or mmCIF text.
+    """A 3D structure held as PDB or mmCIF text, parsed once with gemmi.
 
     Without an explicit ``format`` the text is sniffed: mmCIF when it opens with ``data_``.
 
@@ -146,6 +210,7 @@ class Structure(GflowObject):
     format: StructureFormat = "pdb"
     text: str
     name: str | None = None
+    _parsed: _Parsed | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -154,15 +219,15 @@ class Structure(GflowObject):
             return {**data, "format": _sniff_format(data["text"])}
         return data
 
-    @field_validator("text")
-    @classmethod
-    def _check_text(cls, value: str, info: ValidationInfo) -> str:
-        fmt = info.data.get("format")
-        if fmt == "pdb" and not any(_is_pdb_atom_line(line) for line in value.splitlines()):
-            raise ValueError("PDB text has no ATOM or HETATM records (with x, y, z in columns 31-54)")
-        if fmt == "mmcif" and not _first_content_line(value).startswith("data_"):
-            raise ValueError("mmCIF text must start with a 'data_' block header")
-        return value
+    @model_validator(mode="after")
+    def _parse_once(self) -> Structure:
+        try:
+            self._parsed = _parse(self.format, self.text)
+        except ValueError as exc:
+            error = PydanticCustomError("value_error", "{message}", {"message": str(exc)})
+            details = InitErrorDetails(type=error, loc=("text",), input=self.text[:200])
+            raise ValidationError.from_exception_data(type(self).__name__, [details]) from None
+        return self
 
     @classmethod
     def from_file(
@@ -188,41 +253,67 @@ class Structure(GflowObject):
         fmt = format or (_SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None) or _sniff_format(text)
         return cls(format=fmt, text=text, name=name or path.name.split(".")[0])
 
-    def _atoms(self) -> list[_Atom]:
-        return _pdb_atoms(self.text) if self.format == "pdb" else _cif_atoms(self.text)
+    @property
+    def parsed(self) -> Any:
+        """The ``gemmi.Structure`` (parsed once; treat it as read-only, it is shared by every property)."""
+        return self._state().gemmi
+
+    def _state(self) -> _Parsed:
+        if self._parsed is None:  # built without validation (model_construct)
+            self._parsed = _parse(self.format, self.text)
+        return self._parsed
+
+    @property
+    def num_models(self) -> int:
+        """Number of models (NMR ensembles have several; properties describe the first)."""
+        return len(self._state().gemmi)
 
     @property
     def num_atoms(self) -> int:
-        """Number of ATOM and HETATM records in the first model."""
-        return len(self._atoms())
+        """Number of atom sites in the first model (alternate locations count separately)."""
+        return int(self._state().model.count_atom_sites())
 
     @property
     def chains(self) -> list[str]:
-        """Chain ids in order of first appearance (first model; blank ids as ``""``)."""
-        return list(dict.fromkeys(atom.chain for atom in self._atoms()))
+        """Chain ids (author ids in mmCIF) in order of first appearance in the first model."""
+        return list(self._state().chains)
+
+    @property
+    def num_residues(self) -> int:
+        """Polymer residues in the first model: what the sequences hold (no waters, ions, ligands, caps)."""
+        return sum(len(s) for s in self._state().sequences.values())
+
+    def sequences(self) -> dict[str, str]:
+        """Each chain's polymer sequence, one letter per residue, chains in order.
+
+        Modified residues become their parent (MSE -> M, CSO -> C, as gemmi's residue table says),
+        unknown ones ``X``; waters, ions, ligands and caps are not residues of the sequence. A chain
+        with no polymer (only ligands or waters) maps to ``""``.
+        """
+        return dict(self._state().sequences)
 
     def sequence(self, chain: str | None = None) -> str:
-        """One-letter sequence from CA atoms (unknown residue names become ``X``).
-
-        HETATM residues count only when they are known modified amino acids, such as MSE.
-
-        Args:
-            chain: A chain id; None concatenates all chains in order of appearance.
-
-        Returns:
-            The sequence, one letter per residue.
+        """One chain's polymer sequence, or all chains' concatenated in order (see :meth:`sequences`).
 
         Raises:
             ValueError: If ``chain`` is not in the structure.
         """
-        atoms = self._atoms()
-        if chain is not None and chain not in {atom.chain for atom in atoms}:
+        sequences = self._state().sequences
+        if chain is None:
+            return "".join(sequences.values())
+        if chain not in sequences:
             raise ValueError(f"no chain {chain!r} in structure (chains: {self.chains})")
-        residues: dict[tuple[str, str], str] = {}
-        for atom in atoms:
-            if atom.name != "CA" or (chain is not None and atom.chain != chain):
-                continue
-            if atom.record == "HETATM" and atom.resname not in THREE_TO_ONE:
-                continue  # ligands and ions such as calcium ("CA")
-            residues.setdefault((atom.chain, atom.residue), THREE_TO_ONE.get(atom.resname.upper(), "X"))
-        return "".join(residues.values())
+        return sequences[chain]
+
+    def to_file(self, path: str | os.PathLike[str]) -> Path:
+        """Writes the text verbatim (gzip-compressed when ``path`` ends in ``.gz``); returns the path."""
+        path = Path(path)
+        data = self.text.encode("utf-8")
+        path.write_bytes(gzip.compress(data) if path.suffix.lower() == ".gz" else data)
+        return path
+
+
+def summarize(structures: Sequence[Structure]) -> list[dict[str, Any]]:
+    """One row per structure: name, format, models, atoms, chains, residues (for tables and reports)."""
+    return [{"name": s.name, "format": s.format, "models": s.num_models, "atoms": s.num_atoms,
+             "chains": len(s.chains), "residues": s.num_residues} for s in structures]

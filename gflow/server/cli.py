@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from gflow.errors import GflowError
 from gflow.server.auth import READ_ENV, REQUIRE_READ_ENV, WRITE_ENV
 
 
@@ -41,15 +42,25 @@ def server(host: str, port: int, store: str | None, events: str | None, profile:
     except ImportError as e:
         raise click.ClickException(f"'gflow server' needs the server extra: pip install 'gflow[server]' ({e})") \
             from None
+    from gflow.artifacts import open_artifacts
     from gflow.config import load_profile
     from gflow.server.auth import AuthConfig
+    from gflow.server.drivers import DriverConfig
     from gflow.store import open_store
 
     auth = AuthConfig.from_options(write_tokens, read_tokens, require_read_token)
     prof = load_profile(profile, store=store, events=events)
     st = open_store(prof.store, events=prof.events)
+    # drivers started for retryTask / replayRun record into the same store, through the same Redis layer
+    drivers = DriverConfig(store=prof.store if isinstance(prof.store, str) else None, events=prof.events,
+                           profile=profile)
+    try:
+        arts = open_artifacts(prof.artifacts)  # to show results that are not stored inline
+    except GflowError as e:
+        click.echo(f"warning: results not stored inline will not be shown: {e}", err=True)
+        arts = None
     app = create_app(st, auth=auth, limits=Limits(max_page_size=max_page_size, request_timeout=request_timeout),
-                     close_store=True)
+                     close_store=True, drivers=drivers, artifacts=arts)
     reads = "need a token" if auth.require_read_token else "open"
     writes = f"{len(auth.write_tokens)} write token(s)" if auth.write_tokens else "disabled (no --token-write)"
     kind = st.url.split(":", 1)[0] if ":" in getattr(st, "url", "") else type(st).__name__

@@ -14,7 +14,6 @@ from typing import Any
 
 from strawberry.dataloader import DataLoader
 
-from gflow.states import State
 from gflow.store import Event, RunRecord, Store, TaskRunRecord
 
 

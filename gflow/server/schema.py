@@ -1,258 +1,65 @@
-"""The GraphQL schema: runs, task runs, lineage, cancel/retry/replay, and live run events.
+"""The GraphQL schema: runs, task runs, lineage, the run overview, cancel/retry/replay, live run events.
 
 Pagination is cursor-based with one small shape for every list: ``{items, nextCursor, hasNextPage}``.
 Pass ``nextCursor`` back as ``after`` to get the next page; it is null on the last page. Cursors
 are opaque strings. Timestamps are Unix epoch seconds (floats); durations are seconds.
+
+Every error carries ``extensions.code``: ``BAD_USER_INPUT``, ``NOT_FOUND``, ``CONFLICT``,
+``UNAUTHENTICATED``, ``FORBIDDEN``, ``DRIVER_FAILED``, ``STORE_UNAVAILABLE``, ``SLOW_SUBSCRIBER``,
+``GRAPHQL_PARSE_FAILED``, ``GRAPHQL_VALIDATION_FAILED``, ``TIMEOUT`` or ``INTERNAL``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, ValidationContext, ValidationRule
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, ParserCache, QueryDepthLimiter, ValidationCache
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from gflow.server import loaders as L
+from gflow.server import overview as O
 from gflow.server.auth import Role
 from gflow.server.events import SlowSubscriber
-from gflow.states import RANK, TERMINAL, State
-from gflow.store import Event, RunRecord, TaskRunRecord
+from gflow.server.guard import check_id, check_text, gql_error
+from gflow.server.types import (
+    BAD_INPUT,
+    CONFLICT,
+    FORBIDDEN,
+    UNAUTHENTICATED,
+    CancelResult,
+    DriverLaunch,
+    EventPage,
+    GroupEdge,
+    Lineage,
+    LineageEdge,
+    ObjectLineage,
+    Prediction,
+    RegistryEntry,
+    RegistryUse,
+    RowsPage,
+    Run,
+    RunEvent,
+    RunOverview,
+    RunPage,
+    TableRowsPage,
+    TaskRun,
+    TaskRunPage,
+    group_view,
+)
+from gflow.states import TERMINAL, State
+from gflow.store import RunRecord, TaskRunRecord
 
-strawberry.enum(State, name="State", description="A run's or task run's state.")  # registers gflow's own enum
+log = logging.getLogger("gflow.server")
 
-NOT_FOUND, BAD_INPUT, CONFLICT, NOT_AVAILABLE = "NOT_FOUND", "BAD_USER_INPUT", "CONFLICT", "NOT_AVAILABLE"
-UNAUTHENTICATED, FORBIDDEN = "UNAUTHENTICATED", "FORBIDDEN"
-
-
-def gql_error(message: str, code: str, **extra: Any) -> GraphQLError:
-    return GraphQLError(message, extensions={"code": code, **extra})
-
-
-# -- output types -----------------------------------------------------------------------------------
-
-@strawberry.type(description="How many task runs of a run are in one state.")
-class StateCount:
-    state: State
-    count: int
-
-
-def _counts(counts: dict[str, int]) -> list[StateCount]:
-    return [StateCount(state=State(s), count=n) for s, n in sorted(counts.items(), key=lambda kv: (RANK[State(kv[0])],
-                                                                                                  kv[0]))]
-
-
-@strawberry.type(description="A flow run.")
-class Run:
-    id: strawberry.ID
-    flow: str
-    flow_path: str = strawberry.field(description="Where the flow is imported from (module:qualname or file.py:name).")
-    state: State
-    params: JSON = strawberry.field(description="The flow's parameters, in canonical JSON.")
-    image_tag: str | None = strawberry.field(description="Content tag of the image the run's tasks ran in (pins code).")
-    executor: str | None
-    created: float
-    started: float | None
-    ended: float | None
-    duration: float | None = strawberry.field(description="Seconds from start to end (to now while running).")
-    tags: list[str]
-    error: str | None
-    traceback: str | None
-    parent_run: str | None = strawberry.field(description="The run this one is a subflow of.")
-    resumed_from: str | None
-    replay_of: str | None
-    host: str | None
-    pid: int | None = strawberry.field(description="The driver process on `host`.")
-    result_ref: str | None
-    extra: JSON
-
-    @strawberry.field(description="Task runs by state (batched across runs: one store read per request).")
-    async def counts_by_state(self, info: Info) -> list[StateCount]:
-        return _counts(await info.context.loaders.counts.load(str(self.id)))
-
-    @strawberry.field(description="Number of task runs.")
-    async def task_run_count(self, info: Info) -> int:
-        return sum((await info.context.loaders.counts.load(str(self.id))).values())
-
-    @strawberry.field(description="Seq of the run's newest event: subscribe to runEvents with after = this.")
-    async def last_event_seq(self, info: Info) -> int:
-        ctx = info.context
-        return await ctx.call(L.last_event_seq, ctx.store, str(self.id))
-
-    @classmethod
-    def of(cls, r: RunRecord) -> Run:
-        return cls(id=strawberry.ID(r.id), flow=r.flow, flow_path=r.flow_path, state=r.state,
-                   params=L.decode_json(r.params), image_tag=r.image_tag, executor=r.executor, created=r.created,
-                   started=r.started, ended=r.ended, duration=r.duration, tags=list(r.tags), error=r.error,
-                   traceback=r.traceback, parent_run=r.parent_run, resumed_from=r.resumed_from, replay_of=r.replay_of,
-                   host=r.host, pid=r.pid, result_ref=r.result_ref, extra=r.extra)  # type: ignore[arg-type]
-
-
-@strawberry.type(description="One entry of a run's event log: a state transition of the run or of one task run.")
-class RunEvent:
-    seq: int = strawberry.field(description="Position in the event log; increases, with gaps (the log is shared).")
-    run_id: strawberry.ID
-    task_run_id: strawberry.ID | None = strawberry.field(description="Null for the run's own transitions.")
-    state: State
-    attempt: int
-    ts: float
-    message: str | None
-
-    @classmethod
-    def of(cls, e: Event) -> RunEvent:
-        return cls(seq=e.seq, run_id=strawberry.ID(e.run_id),
-                   task_run_id=strawberry.ID(e.task_run_id) if e.task_run_id else None, state=e.state,
-                   attempt=e.attempt, ts=e.ts, message=e.message)
-
-
-@strawberry.type(description="One attempt of a task run, from its events.")
-class Attempt:
-    attempt: int
-    state: State = strawberry.field(description="The attempt's last state (RETRYING when another followed).")
-    queued: float | None
-    started: float | None
-    ended: float | None
-    message: str | None
-
-
-def _attempts(events: list[Event]) -> list[Attempt]:
-    by: dict[int, Attempt] = {}
-    for e in events:
-        a = by.get(e.attempt)
-        if a is None:
-            a = by[e.attempt] = Attempt(attempt=e.attempt, state=e.state, queued=None, started=None, ended=None,
-                                        message=None)
-        a.state = e.state
-        if e.state in (State.PENDING, State.QUEUED) and a.queued is None:
-            a.queued = e.ts
-        elif e.state is State.RUNNING:
-            a.started = e.ts
-        elif e.state in TERMINAL or e.state is State.RETRYING:
-            a.ended = e.ts
-        if e.message:
-            a.message = e.message
-    return [by[k] for k in sorted(by)]
-
-
-@strawberry.type(description="Where a task run's logs are. Today: the run's event log (transitions, errors).")
-class LogsLocation:
-    kind: str = strawberry.field(description="'event-log': the store's event log; task stdout is not captured yet.")
-    run_id: strawberry.ID
-    task_run_id: strawberry.ID
-    command: str = strawberry.field(description="The CLI command that prints them.")
-
-
-@strawberry.type(description="The gflow objects a task run read and produced, by content id.")
-class TaskRunObjects:
-    inputs: list[str]
-    outputs: list[str]
-
-
-@strawberry.type(description="One call of a task inside a run (with all its attempts).")
-class TaskRun:
-    id: strawberry.ID
-    run_id: strawberry.ID
-    task: str = strawberry.field(description="Task identity (module:qualname).")
-    name: str
-    state: State
-    attempt: int = strawberry.field(description="The current (last) attempt number, from 1.")
-    cache_key: str | None
-    created: float | None
-    started: float | None
-    ended: float | None
-    duration: float | None
-    error: str | None
-    traceback: str | None
-    result_ref: str | None = strawberry.field(description="Content address of the result in the artifact store.")
-    result_inline: str | None = strawberry.field(description="Small results, as canonical JSON.")
-    executor_handle: str | None = strawberry.field(description="The executor's handle (job id, future key, ...).")
-    upstream_ids: list[strawberry.ID] = strawberry.field(description="Task runs whose results this one took.")
-    map_index: int | None
-
-    @strawberry.field(description="Attempts with their timings, from the event log.")
-    async def attempts(self, info: Info) -> list[Attempt]:
-        return _attempts(await info.context.loaders.task_events.load((str(self.run_id), str(self.id))))
-
-    @strawberry.field(description="This task run's events, oldest first.")
-    async def events(self, info: Info) -> list[RunEvent]:
-        return [RunEvent.of(e) for e in await info.context.loaders.task_events.load((str(self.run_id), str(self.id)))]
-
-    @strawberry.field
-    def logs(self) -> LogsLocation:
-        return LogsLocation(kind="event-log", run_id=self.run_id, task_run_id=self.id,
-                            command=f"gflow logs {self.run_id} --task-run {self.id}")
-
-    @strawberry.field(description="Content ids of the gflow objects (Protein, Design, ...) it read and produced.")
-    async def objects(self, info: Info) -> TaskRunObjects:
-        got = await info.context.loaders.objects.load(str(self.id))
-        return TaskRunObjects(inputs=got["inputs"], outputs=got["outputs"])
-
-    @strawberry.field(description="The run this task run belongs to.")
-    async def run(self, info: Info) -> Run:
-        rec = await info.context.loaders.runs.load(str(self.run_id))
-        if rec is None:
-            raise gql_error(f"run {self.run_id!r} of task run {self.id!r} is missing", NOT_FOUND)
-        return Run.of(rec)
-
-    @classmethod
-    def of(cls, t: TaskRunRecord) -> TaskRun:
-        dur = (t.ended - t.started) if t.ended is not None and t.started is not None else None
-        return cls(id=strawberry.ID(t.id), run_id=strawberry.ID(t.run_id), task=t.task, name=t.name, state=t.state,
-                   attempt=t.attempt, cache_key=t.key, created=t.created, started=t.started, ended=t.ended,
-                   duration=dur, error=t.error, traceback=t.traceback, result_ref=t.result_ref,
-                   result_inline=t.result_inline, executor_handle=t.handle,
-                   upstream_ids=[strawberry.ID(u) for u in t.upstream], map_index=t.map_index)
-
-
-@strawberry.type(description="A page of runs, newest first.")
-class RunPage:
-    items: list[Run]
-    next_cursor: str | None = strawberry.field(description="Pass as `after` for the next page; null on the last.")
-    has_next_page: bool
-
-
-@strawberry.type(description="A page of task runs, in creation order.")
-class TaskRunPage:
-    items: list[TaskRun]
-    next_cursor: str | None
-    has_next_page: bool
-
-
-@strawberry.type(description="A data-flow edge: `downstream` took the result of `upstream`.")
-class LineageEdge:
-    upstream: strawberry.ID
-    downstream: strawberry.ID
-
-
-@strawberry.type(description="Task runs around one task run, following recorded upstream lists.")
-class Lineage:
-    task_run: TaskRun
-    upstream: list[TaskRun] = strawberry.field(description="Ancestors up to `depth` hops, nearest first.")
-    downstream: list[TaskRun] = strawberry.field(description="Descendants in the same run, up to `depth` hops.")
-    edges: list[LineageEdge]
-    truncated: bool = strawberry.field(description="True when the node limit cut the walk short.")
-
-
-@strawberry.type(description="Where a gflow object (by content id) came from and where it went.")
-class ObjectLineage:
-    content_id: str
-    produced_by: list[TaskRun] = strawberry.field(description="Task runs whose result held the object.")
-    inputs: list[str] = strawberry.field(description="Content ids of the objects those task runs read.")
-    consumed_by: list[TaskRun] = strawberry.field(description="Task runs that read the object.")
-
-
-@strawberry.type
-class CancelResult:
-    run: Run
-    unfinished_task_runs: int = strawberry.field(
-        description="Task runs not finished when the cancel was recorded: the run's driver cancels them within "
-                    "about a second (or they were marked CANCELLED here when the driver is gone).")
+__all__ = ["Limits", "build_schema", "gql_error", "require_write"]
 
 
 # -- helpers --------------------------------------------------------------------------------------------
@@ -263,24 +70,34 @@ def _encode_cursor(kind: str, value: Any) -> str:
 
 def _decode_cursor(kind: str, cursor: str) -> Any:
     try:
-        k, value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if k == kind:
-            return value
+        if len(cursor) <= 1000:
+            k, value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+            if k == kind:
+                return value
     except (ValueError, TypeError):
         pass
     raise gql_error(f"malformed cursor {cursor[:60]!r}: pass back a nextCursor from this list's last page", BAD_INPUT)
 
 
-def _page_size(info: Info, first: int) -> int:
-    limit = info.context.limits.max_page_size
+def _task_cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    value = _decode_cursor("task_runs", cursor)
+    if not isinstance(value, str):
+        raise gql_error("malformed cursor: pass back a nextCursor from this list's last page", BAD_INPUT)
+    return check_id(value, "cursor")
+
+
+def _page_size(info: Info, first: int, limit: int | None = None) -> int:
+    limit = limit or info.context.limits.max_page_size
     if first < 1 or first > limit:
         raise gql_error(f"first must be between 1 and {limit} (got {first})", BAD_INPUT, maxPageSize=limit)
     return first
 
 
-async def _get_run(info: Info, run_id: str) -> RunRecord:
+async def _get_run(info: Info, run_id: Any, what: str = "run id") -> RunRecord:
     ctx = info.context
-    return await ctx.call(ctx.store.get_run, run_id)
+    return await ctx.call(ctx.store.get_run, check_id(run_id, what))
 
 
 def require_write(info: Info, what: str) -> None:
@@ -316,6 +133,45 @@ def _cancel(store: Any, run_id: str, reason: str | None) -> tuple[RunRecord, int
     return rec, unfinished
 
 
+def _still_running(rec: RunRecord) -> bool:
+    """A run that has not ended and whose driver may still be alive."""
+    from gflow.store import driver_alive
+
+    return rec.state not in TERMINAL and driver_alive(rec) is not False
+
+
+def _overview(store: Any, run_id: str, max_rows: int) -> tuple[RunRecord, O.Overview, int]:
+    rec = store.get_run(run_id)
+    seq = store.last_event_seq(rec.id)  # before the task runs: a subscriber from here misses nothing
+    return rec, O.overview(rec.id, rec.created, store.task_run_summaries(rec.id), max_rows), seq
+
+
+def _rows(store: Any, run_id: str, after: str | None,
+          first: int) -> tuple[dict[str, Any], int, str | None, bool]:
+    rec = store.get_run(run_id)
+    recs: list[TaskRunRecord] = store.task_run_summaries(rec.id, limit=first + 1, after=after)
+    more = len(recs) > first
+    recs = recs[:first]
+    return O.rows(rec.id, rec.created, recs), len(recs), (recs[-1].id if recs else after), more
+
+
+def _timeline(store: Any, run_id: str, page: int = 10_000) -> dict[str, Any]:
+    rec = store.get_run(run_id)
+    queued: dict[str, float] = {}
+    after = 0
+    while True:
+        events = store.events(rec.id, after=after, limit=page)
+        queued.update(O.queue_times(rec.id, events))
+        if len(events) < page:
+            break
+        after = events[-1].seq
+    prefix = f"{rec.id}."
+    ids = list(queued)
+    return {"t0": rec.created, "prefix": prefix,
+            "id": [i[len(prefix):] if i.startswith(prefix) else i for i in ids],
+            "q": [int((queued[i] - rec.created) * 1e6) for i in ids]}
+
+
 # -- root types -----------------------------------------------------------------------------------------
 
 @strawberry.type
@@ -325,10 +181,15 @@ class Query:
                    tag: str | None = None, since: float | None = None, until: float | None = None,
                    first: int = 50, after: str | None = None) -> RunPage:
         n = _page_size(info, first)
-        before = tuple(_decode_cursor("runs", after)) if after else None
+        check_text(flow, "flow")
+        check_text(tag, "tag")
+        before = _decode_cursor("runs", after) if after else None
+        if before is not None and not (isinstance(before, list) and len(before) == 2
+                                       and isinstance(before[0], int | float) and isinstance(before[1], str)):
+            raise gql_error("malformed cursor: pass back a nextCursor from this list's last page", BAD_INPUT)
         ctx = info.context
         recs = await ctx.call(ctx.store.list_runs, flow=flow, state=state, tag=tag, since=since, until=until,
-                              limit=n + 1, before=before)
+                              limit=n + 1, before=tuple(before) if before else None)
         more = len(recs) > n
         recs = recs[:n]
         cursor = _encode_cursor("runs", [recs[-1].created, recs[-1].id]) if more else None
@@ -336,15 +197,16 @@ class Query:
 
     @strawberry.field(description="One run by id (or a unique prefix of it).")
     async def run(self, info: Info, id: strawberry.ID) -> Run:
-        return Run.of(await _get_run(info, str(id)))
+        return Run.of(await _get_run(info, id))
 
     @strawberry.field(description="Task runs of a run in creation order, filtered; cursor-paginated.")
     async def task_runs(self, info: Info, run_id: strawberry.ID, task: str | None = None,
                         state: State | None = None, first: int = 100, after: str | None = None) -> TaskRunPage:
         n = _page_size(info, first)
-        after_id = _decode_cursor("task_runs", after) if after else None
+        check_text(task, "task")
+        after_id = _task_cursor(after)
         ctx = info.context
-        run = await _get_run(info, str(run_id))
+        run = await _get_run(info, run_id)
         recs = await ctx.call(ctx.store.task_runs, run.id, state=state, task=task, limit=n + 1, after=after_id)
         more = len(recs) > n
         recs = recs[:n]
@@ -354,7 +216,55 @@ class Query:
     @strawberry.field(description="One task run by id.")
     async def task_run(self, info: Info, id: strawberry.ID) -> TaskRun:
         ctx = info.context
-        return TaskRun.of(await ctx.call(ctx.store.get_task_run, str(id)))
+        return TaskRun.of(await ctx.call(ctx.store.get_task_run, check_id(id, "task run id")))
+
+    @strawberry.field(description="A run at a glance for the dashboard: task groups (one per task; a map is one "
+                                  "group), edges between groups, and its task runs as compact columns.")
+    async def run_overview(self, info: Info, run_id: strawberry.ID, max_rows: int | None = None) -> RunOverview:
+        ctx = info.context
+        limit = ctx.limits.overview_max_rows
+        rows = limit if max_rows is None else max_rows
+        if not 0 <= rows <= limit:
+            raise gql_error(f"maxRows must be between 0 and {limit} (got {rows})", BAD_INPUT)
+        rec, ov, seq = await ctx.call(_overview, ctx.store, check_id(run_id, "run id"), rows)
+        groups = sorted(ov.cols.groups.values(), key=lambda g: g.index)
+        more = ov.total > rows
+        return RunOverview(run=Run.of(rec), groups=[group_view(g) for g in groups],
+                           edges=[GroupEdge(source=s, target=t, count=c) for (s, t), c in ov.edges.items()],
+                           rows=ov.cols.payload(), row_count=len(ov.cols.cols["id"]), task_run_count=ov.total,
+                           truncated=more, last_event_seq=seq,
+                           last_row_id=strawberry.ID(ov.last_row) if ov.last_row else None)
+
+    @strawberry.field(description="Task runs of a run created after task run `afterId` (or from the start), as "
+                                  "compact columns like runOverview.rows: how the dashboard picks up task runs that "
+                                  "appear live, and the rest of a run bigger than one overview.")
+    async def task_run_rows(self, info: Info, run_id: strawberry.ID, after_id: strawberry.ID | None = None,
+                            first: int = 10_000) -> RowsPage:
+        ctx = info.context
+        n = _page_size(info, first, ctx.limits.overview_max_rows)
+        after = check_id(after_id, "afterId") if after_id is not None else None
+        rows, count, last, more = await ctx.call(_rows, ctx.store, check_id(run_id, "run id"), after, n)
+        return RowsPage(rows=rows, count=count, last_id=strawberry.ID(last) if last else None, has_more=more)
+
+    @strawberry.field(description="When each task run's current attempt was QUEUED (microseconds after the run's "
+                                  "creation, `t0`): `{t0, prefix, id: [...], q: [...]}`, for the timeline.")
+    async def run_timeline(self, info: Info, run_id: strawberry.ID) -> JSON:
+        ctx = info.context
+        return await ctx.call(_timeline, ctx.store, check_id(run_id, "run id"))
+
+    @strawberry.field(description="The run's events with seq > `after`, oldest first: what runEvents streams, "
+                                  "for clients that poll.")
+    async def run_events(self, info: Info, run_id: strawberry.ID, after: int = 0, first: int = 5000) -> EventPage:
+        ctx = info.context
+        n = _page_size(info, first, 10_000)
+        if after < 0:
+            raise gql_error(f"after must be 0 or more (got {after})", BAD_INPUT)
+        rec = await _get_run(info, run_id)
+        events = await ctx.call(ctx.store.events, rec.id, after=after, limit=n + 1)
+        more = len(events) > n
+        events = events[:n]
+        return EventPage(items=[RunEvent.of(e) for e in events], last_seq=events[-1].seq if events else after,
+                         has_more=more)
 
     @strawberry.field(description="Upstream and downstream task runs of a task run, from the recorded upstream "
                                   "lists (downstream: within the same run only).")
@@ -363,7 +273,7 @@ class Query:
         limits = ctx.limits
         if depth < 1 or depth > limits.lineage_max_depth:
             raise gql_error(f"depth must be between 1 and {limits.lineage_max_depth} (got {depth})", BAD_INPUT)
-        root = await ctx.call(ctx.store.get_task_run, str(task_run_id))
+        root = await ctx.call(ctx.store.get_task_run, check_id(task_run_id, "task run id"))
         seen = {root.id}
         edges: list[LineageEdge] = []
         truncated = False
@@ -406,14 +316,93 @@ class Query:
         return Lineage(task_run=TaskRun.of(root), upstream=[TaskRun.of(t) for t in ups],
                        downstream=[TaskRun.of(t) for t in downs], edges=uniq_edges, truncated=truncated)
 
+    @strawberry.field(description="Rows of a named table (gflow.tables.record) whose fields equal `where`'s.")
+    async def table_rows(self, info: Info, table: str, where: JSON | None = None, first: int = 100,
+                         after: str | None = None) -> TableRowsPage:
+        ctx = info.context
+        check_text(table, "table", 200)
+        if where is not None and (not isinstance(where, dict) or not all(
+                isinstance(v, (str, int, float, bool)) for v in where.values())):
+            raise gql_error("where must be an object of field names to strings or numbers", BAD_INPUT)
+        if not 1 <= first <= 1000:
+            raise gql_error(f"first must be between 1 and 1000 (got {first})", BAD_INPUT)
+        got = await ctx.call(ctx.store.get_rows, table, where, limit=first + 1, after=after)
+        more = len(got) > first
+        got = got[:first]
+        return TableRowsPage(rows=got, end_cursor=got[-1]["_cursor"] if got else after, has_next_page=more)
+
+    @strawberry.field(description="Precalculated predictions of `model` (the precalc example's table), for the "
+                                  "input `keys` (all of them when none are given, paged by `first`/`after`).")
+    async def predictions(self, info: Info, model: str, keys: list[str] | None = None, first: int = 100,
+                          after: str | None = None) -> list[Prediction]:
+        ctx = info.context
+        check_text(model, "model", 1000)
+        if keys is not None and len(keys) > 1000:
+            raise gql_error("at most 1000 keys per query", BAD_INPUT)
+        if not 1 <= first <= 1000:
+            raise gql_error(f"first must be between 1 and 1000 (got {first})", BAD_INPUT)
+
+        def fetch() -> list[dict[str, Any]]:
+            if keys is None:
+                return ctx.store.get_rows("predictions", {"model": model}, limit=first, after=after)
+            out: list[dict[str, Any]] = []
+            for k in keys:
+                out += ctx.store.get_rows("predictions", {"model": model, "key": check_text(k, "key", 1000)}, limit=1)
+            return out
+
+        rows = await ctx.call(fetch)
+        return [Prediction(key=r["key"], model=r["model"], score=float(r["score"]), length=r.get("length"),
+                           run_id=r.get("_run_id")) for r in rows]
+
+    @strawberry.field(description="A registry lookup across runs: every task run that produced or read an object "
+                                  "of `kind` (e.g. 'molecule') with this key (a molecule's SMILES, in any "
+                                  "spelling RDKit canonicalizes), with its run's tags.")
+    async def registry(self, info: Info, kind: str, key: str) -> RegistryEntry:
+        ctx = info.context
+        check_text(kind, "kind", 100)
+        check_text(key, "key", 10_000)
+        canon, uses = await ctx.call(_registry, ctx.store, kind, key)
+        return RegistryEntry(kind=kind.lower(), key=canon, uses=[
+            RegistryUse(task_run=TaskRun.of(t), run_id=strawberry.ID(t.run_id), run_tags=list(r.tags) if r else [],
+                        role=role) for t, r, role in uses])
 
     @strawberry.field(description="Lineage of a gflow object by content id: the task runs that produced it (and "
                                   "from which objects) and those that read it.")
     async def object_lineage(self, info: Info, content_id: str) -> ObjectLineage:
         ctx = info.context
-        got = await ctx.call(ctx.store.lineage, content_id)
+        got = await ctx.call(ctx.store.lineage, check_id(content_id, "content id"))
         return ObjectLineage(content_id=content_id, produced_by=[TaskRun.of(t) for t in got["produced_by"]],
                              inputs=list(got["inputs"]), consumed_by=[TaskRun.of(t) for t in got["consumed_by"]])
+
+
+def _registry(store: Any, kind: str, key: str) -> tuple[str, list[tuple[TaskRunRecord, RunRecord | None, str]]]:
+    from gflow.flows._values import registry_id
+
+    if kind.lower() == "molecule":  # the same molecule however it was spelled
+        try:
+            from gflow.objects import Molecule
+
+            key = Molecule(smiles=key).smiles
+        except Exception:  # noqa: BLE001 - not a valid SMILES here: look it up as given
+            pass
+    got = store.lineage(registry_id(kind, key))
+    uses = [(t, "produced") for t in got["produced_by"]] + [(t, "read") for t in got["consumed_by"]]
+    runs = store.get_runs([t.run_id for t, _ in uses])
+    return key, [(t, runs.get(t.run_id), role) for t, role in uses]
+
+
+async def _launch(info: Info, kind: str, source: RunRecord, task_run: str | None) -> DriverLaunch:
+    from gflow.flows import new_run_id
+
+    ctx = info.context
+    drivers = ctx.state.drivers
+    launch = await ctx.call(drivers.start, kind, source.id, new_run_id(), task_run)
+
+    def run_exists(run_id: str) -> bool:
+        return ctx.store.get_runs([run_id]).get(run_id) is not None
+
+    await ctx.call(drivers.wait_started, launch, run_exists)
+    return DriverLaunch.of(launch)
 
 
 @strawberry.type
@@ -423,25 +412,40 @@ class Mutation:
     async def cancel_run(self, info: Info, id: strawberry.ID, reason: str | None = None) -> CancelResult:
         require_write(info, "cancelRun")
         ctx = info.context
-        rec, n = await ctx.call(_cancel, ctx.store, str(id), reason)
+        check_text(reason, "reason")
+        rec, n = await ctx.call(_cancel, ctx.store, check_id(id, "run id"), reason)
         return CancelResult(run=Run.of(rec), unfinished_task_runs=n)
 
-    @strawberry.mutation(description="Not available yet: rerun a failed run with `gflow resume RUN` instead.")
-    async def retry_task(self, info: Info, task_run_id: strawberry.ID) -> TaskRun:
+    @strawberry.mutation(description="Run a FAILED or CANCELLED task run again, with what depends on it: the server "
+                                     "starts `gflow resume RUN --run-id NEW` (every finished call is reused) and "
+                                     "answers at once with the new run's id.")
+    async def retry_task(self, info: Info, task_run_id: strawberry.ID) -> DriverLaunch:
         require_write(info, "retryTask")
         ctx = info.context
-        t = await ctx.call(ctx.store.get_task_run, str(task_run_id))
-        raise gql_error(f"retryTask is not available yet: the engine cannot take new work for run {t.run_id} from "
-                        f"the server. Rerun the run with `gflow resume {t.run_id}` (finished tasks come from the "
-                        "cache).", NOT_AVAILABLE)
+        t = await ctx.call(ctx.store.get_task_run, check_id(task_run_id, "task run id"))
+        if t.state not in (State.FAILED, State.CANCELLED):
+            raise gql_error(f"task run {t.id} is {t.state.value}; only a FAILED or CANCELLED task run can be retried",
+                            CONFLICT)
+        rec = await ctx.call(ctx.store.get_run, t.run_id)
+        if rec.state is State.SUCCEEDED:
+            raise gql_error(f"run {rec.id} SUCCEEDED; there is nothing to resume", CONFLICT)
+        if _still_running(rec):
+            raise gql_error(f"run {rec.id} is still {rec.state.value}; cancel it (cancelRun) or let it end, then retry",
+                            CONFLICT)
+        return await _launch(info, "resume", rec, t.id)
 
-    @strawberry.mutation(description="Not available yet: replay comes with images (a run's recorded image tag).")
-    async def replay_run(self, info: Info, id: strawberry.ID) -> Run:
+    @strawberry.mutation(description="Run a finished run again from its recorded image and inputs: the server starts "
+                                     "`gflow replay RUN --run-id NEW` and answers at once with the new run's id.")
+    async def replay_run(self, info: Info, id: strawberry.ID) -> DriverLaunch:
         require_write(info, "replayRun")
-        rec = await _get_run(info, str(id))
-        raise gql_error(f"replayRun is not available yet: replay (run {rec.id} again from its recorded image tag and "
-                        "inputs) comes with gflow images; until then use `gflow resume` or run the flow again.",
-                        NOT_AVAILABLE)
+        rec = await _get_run(info, id)
+        if not rec.image_tag:
+            raise gql_error(f"run {rec.id} recorded no image tag (executor {rec.executor or 'local'!r}); only runs "
+                            "made with an image executor (docker, aws-batch, volcano) can be replayed. Retry its "
+                            "failed tasks or run the flow again instead.", BAD_INPUT)
+        if _still_running(rec):
+            raise gql_error(f"run {rec.id} is still {rec.state.value}; replay it once it has ended", CONFLICT)
+        return await _launch(info, "replay", rec, None)
 
 
 @strawberry.type
@@ -450,9 +454,9 @@ class Subscription:
                                          "are recorded; completes after the run's own terminal event.")
     async def run_events(self, info: Info, run_id: strawberry.ID, after: int = 0) -> AsyncGenerator[RunEvent, None]:
         ctx = info.context
-        rec = await _get_run(info, str(run_id))
+        rec = await _get_run(info, run_id)
         try:
-            async for batch in ctx.hub.subscribe(rec.id, after):
+            async for batch in ctx.hub.subscribe(rec.id, max(0, after)):
                 for e in batch:
                     yield RunEvent.of(e)
         except SlowSubscriber as e:
@@ -463,9 +467,9 @@ class Subscription:
     async def run_event_batches(self, info: Info, run_id: strawberry.ID,
                                 after: int = 0) -> AsyncGenerator[list[RunEvent], None]:
         ctx = info.context
-        rec = await _get_run(info, str(run_id))
+        rec = await _get_run(info, run_id)
         try:
-            async for batch in ctx.hub.subscribe(rec.id, after):
+            async for batch in ctx.hub.subscribe(rec.id, max(0, after)):
                 yield [RunEvent.of(e) for e in batch]
         except SlowSubscriber as e:
             raise gql_error(str(e), "SLOW_SUBSCRIBER") from None
@@ -485,15 +489,56 @@ class Limits:
     lineage_max_nodes: int = 1000
     poll_interval: float = 0.05
     store_threads: int = 8
+    overview_max_rows: int = 200_000
+
+
+def _code_for(error: GraphQLError) -> str:
+    """A code for an error graphql-core or strawberry raised without one."""
+    msg = error.message
+    if msg.startswith("Syntax Error"):
+        return "GRAPHQL_PARSE_FAILED"
+    if msg.startswith("Variable '$") or "got invalid value" in msg or "cannot represent" in msg.lower():
+        return BAD_INPUT
+    return "GRAPHQL_VALIDATION_FAILED"
 
 
 class _Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
-        """Log only unexpected errors; bad queries, unknown ids and auth failures are the client's to read."""
+        """Give every error a code (clients branch on it); log only the unexpected ones, with a generic message
+        to the client (an exception's text may carry paths or URLs)."""
         for error in errors:
             original = error.original_error
+            code = (error.extensions or {}).get("code")
             if original is not None and not isinstance(original, GraphQLError):
-                super().process_errors([error], execution_context)
+                log.error("unexpected error in %s", error.path, exc_info=original)
+                error.message = "internal server error (see the server log)"
+                error.extensions = {**(error.extensions or {}), "code": "INTERNAL"}
+            elif code is None:
+                inner = (original.extensions or {}).get("code") if isinstance(original, GraphQLError) else None
+                error.extensions = {**(error.extensions or {}), "code": inner or _code_for(error)}
+
+
+class _DepthLimiter(QueryDepthLimiter):
+    """strawberry's depth limiter, made safe on documents it trips over (an empty selection set raises
+    ValueError, a spread of an unknown fragment KeyError): those become validation errors."""
+
+    def __init__(self, max_depth: int):
+        super().__init__(max_depth=max_depth)
+        inner = self.validation_rules[0]
+
+        class SafeDepthRule(ValidationRule):
+            def __init__(self, context: ValidationContext) -> None:
+                try:
+                    inner(context)  # it checks the whole document here and reports to the context
+                except KeyError:
+                    pass  # an unknown fragment: graphql's own rules report it
+                except ValueError:
+                    context.report_error(GraphQLError("a selection set is empty: ask for at least one field"))
+                except RecursionError:
+                    context.report_error(GraphQLError("the document nests too deeply"))
+                super().__init__(context)
+
+        self.validation_rules = [SafeDepthRule]
 
 
 def build_schema(limits: Limits = Limits()) -> strawberry.Schema:
@@ -504,5 +549,5 @@ def build_schema(limits: Limits = Limits()) -> strawberry.Schema:
     return _Schema(
         query=Query, mutation=Mutation, subscription=Subscription,
         extensions=[lambda: MaxTokensLimiter(limits.max_tokens), lambda: ParserCache(maxsize=256),
-                    lambda: QueryDepthLimiter(max_depth=limits.max_depth), lambda: MaxAliasesLimiter(limits.max_aliases),
-                    lambda: ValidationCache(maxsize=256)])
+                    lambda: _DepthLimiter(limits.max_depth),
+                    lambda: MaxAliasesLimiter(limits.max_aliases), lambda: ValidationCache(maxsize=256)])

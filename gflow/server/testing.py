@@ -17,13 +17,25 @@ from typing import Any
 
 
 @contextmanager
-def serve(app: Any, host: str = "127.0.0.1", timeout: float = 10.0) -> Iterator[str]:
-    """Serve ``app`` until the block ends; yields its base URL (``http://127.0.0.1:PORT``)."""
+def serve(app: Any, host: str = "127.0.0.1", timeout: float = 10.0, port: int = 0) -> Iterator[str]:
+    """Serve ``app`` until the block ends; yields its base URL (``http://127.0.0.1:PORT``).
+
+    ``port`` 0 picks a free one; give the port of an earlier ``serve`` to restart a server where its
+    clients expect it."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.bind((host, port))
+            break
+        except OSError:  # the previous server on this port is still letting go of it
+            if not port or time.monotonic() > deadline:
+                sock.close()
+                raise
+            time.sleep(0.05)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"gflow-server-{port}", daemon=True)

@@ -11,8 +11,14 @@ _SCHEMES = {
     "sqlite": "gflow.store.sqlite:SQLiteStore",
     "mongodb": "gflow.store.mongo:MongoStore",
     "mongodb+srv": "gflow.store.mongo:MongoStore",
-    "mongomock": "gflow.store.mongo:MongoStore",
 }
+_registered: dict[str, Any] = {}
+
+
+def register_store(scheme: str, factory: Any) -> None:
+    """Open URLs of ``scheme`` with ``factory(url) -> Store`` (test support such as ``gflow.testing``'s
+    ``mongomock://`` uses this; production stores are built in)."""
+    _registered[scheme.lower()] = factory
 
 
 def open_store(url: str | Store, events: str | None = None) -> Store:
@@ -31,9 +37,12 @@ def open_store(url: str | Store, events: str | None = None) -> Store:
     if isinstance(url, Store):
         return url
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in _registered:
+        store: Store = _registered[scheme](url)
+        return store
     target = _SCHEMES.get(scheme)
     if target is None:
-        raise ConfigError(f"unknown store URL {url!r}; known schemes: {', '.join(sorted(_SCHEMES))}")
+        raise ConfigError(f"unknown store URL {url!r}; known schemes: {', '.join(sorted({*_SCHEMES, *_registered}))}")
     from gflow.serialization import import_path
 
     try:
@@ -93,4 +102,5 @@ def cancel_run(store: Store, run_id: str, reason: str = "cancelled by user") -> 
     return store.get_run(rec.id)
 
 
-__all__ = ["cancel_run", "driver_alive", "end_unfinished", "Event", "RunRecord", "Store", "TaskRunRecord", "Transition", "open_store"]
+__all__ = ["Event", "RunRecord", "Store", "TaskRunRecord", "Transition", "cancel_run", "driver_alive", "end_unfinished",
+           "open_store", "register_store"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import operator
 import os
 import pickle
 import struct
@@ -20,14 +19,9 @@ import threading
 from typing import Any
 
 from gflow.errors import StoreError
-from gflow.states import State
-from gflow.store.base import Transition
+from gflow.store.base import Row
 
 log = logging.getLogger("gflow.writer")
-_FIELDS = Transition.__slots__
-
-
-_to_row = operator.attrgetter(*_FIELDS)
 
 
 def _send(f: Any, obj: Any) -> None:
@@ -55,7 +49,6 @@ def _serve(path: str, timeout: float) -> None:  # the child: python -m gflow.sto
     sys.stdout = sys.stderr  # nothing else may write to the protocol pipe
     store = SQLiteStore(path, timeout=timeout)
     _send(wr, ("ready", os.getpid()))
-    idx_state = _FIELDS.index("state")
     while True:
         try:
             msg = _recv(rd)
@@ -63,14 +56,8 @@ def _serve(path: str, timeout: float) -> None:  # the child: python -m gflow.sto
             return  # the driver is gone
         if msg is None:
             return
-        batch = []
-        for row in msg:
-            row = list(row)
-            row[idx_state] = State(row[idx_state])
-            batch.append(Transition(*row))
         try:
-            refused = {id(t) for t in store.apply(batch)}
-            _send(wr, ("ok", [i for i, t in enumerate(batch) if id(t) in refused]))
+            _send(wr, ("ok", store.apply_rows(msg)))  # transition rows: nothing to rebuild
         except Exception as e:  # noqa: BLE001 - reported to the driver, which retries
             _send(wr, ("error", f"{type(e).__name__}: {e}"))
 
@@ -107,17 +94,18 @@ class ProcessWriter:
         self._ready_event.wait(timeout)
         return self.ready()
 
-    def apply(self, batch: list[Transition]) -> list[Transition]:
+    def apply_rows(self, batch: list[Row]) -> list[int]:
+        """Apply transition rows in the child; returns the positions refused."""
         with self._lock:
             try:
-                _send(self._proc.stdin, [_to_row(t) for t in batch])
+                _send(self._proc.stdin, batch)
                 kind, payload = _recv(self._proc.stdout)
             except (EOFError, OSError, ValueError) as e:
                 self._dead = True
                 raise StoreError(f"the gflow writer process for {self.path} died ({e})") from None
         if kind == "error":
             raise StoreError(payload)
-        return [batch[i] for i in payload]
+        return list(payload)
 
     def close(self) -> None:
         self._dead = True

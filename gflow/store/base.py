@@ -14,6 +14,66 @@ from typing import Any
 
 from gflow.states import State
 
+#: the longest run id (or prefix) a store looks up; longer input is not a run id
+MAX_RUN_ID = 128
+
+
+def prefix_match(run_id: str, candidates: Sequence[str], url: str) -> str:
+    """The one candidate a run-id prefix names (stores query up to 6 ids starting with ``run_id``).
+
+    Raises:
+        RunNotFound: no candidate, or several (the message lists them: the prefix is ambiguous).
+    """
+    from gflow.errors import RunNotFound
+
+    if not candidates:
+        raise RunNotFound(f"no run {run_id!r} in {url}")
+    if len(candidates) > 1:
+        shown = ", ".join(sorted(candidates)[:5]) + (", ..." if len(candidates) > 5 else "")
+        raise RunNotFound(f"run id prefix {run_id!r} is ambiguous: it matches {shown}; give more characters")
+    return candidates[0]
+
+
+def check_run_id(run_id: str, url: str) -> None:
+    """Refuse input that cannot be a run id (too long) before any query is made."""
+    from gflow.errors import RunNotFound
+
+    if not isinstance(run_id, str) or not run_id or len(run_id) > MAX_RUN_ID:
+        shown = run_id[:40] + "..." if isinstance(run_id, str) and len(run_id) > 40 else run_id
+        raise RunNotFound(f"no run {shown!r} in {url} (a run id has 1 to {MAX_RUN_ID} characters)")
+
+
+def table_key(row: dict[str, Any], key: Sequence[str]) -> str:
+    """A row's key in a named table (:meth:`Store.put_rows`): the canonical JSON of its key fields' values.
+
+    Raises:
+        StoreError: when a key field is missing from the row.
+    """
+    import json
+
+    from gflow.errors import StoreError
+
+    missing = [k for k in key if k not in row]
+    if missing or not key:
+        raise StoreError(f"a table row needs its key fields {list(key)}; missing {missing}")
+    return json.dumps([row[k] for k in key], sort_keys=True, separators=(",", ":"))
+
+
+def by_input_key(records: Any) -> dict[str, TaskRunRecord]:
+    """Finished task runs by input key (the cache key for records made before input keys existed)."""
+    out: dict[str, TaskRunRecord] = {}
+    for r in records:
+        k = r.ikey or r.key
+        if k:
+            out[k] = r
+    return out
+
+
+def seq_of(task_run_id: str) -> int | None:
+    """The creation order of a task run within its run: the number after the last dot of its id."""
+    tail = task_run_id.rpartition(".")[2]
+    return int(tail) if tail.isdigit() else None
+
 
 @dataclass(slots=True)
 class Transition:
@@ -38,6 +98,43 @@ class Transition:
     cacheable: int | None = None
     #: content ids of gflow objects this call read (on QUEUED) or produced (on SUCCEEDED/CACHED)
     objects: list[str] | None = None
+    #: the call's input key (identity + arguments, no code version): what resume matches on
+    ikey: str | None = None
+    #: the executor the call was submitted to (on QUEUED)
+    executor: str | None = None
+    #: backend details of the attempt (job id, exit code, log stream, ...)
+    info: dict[str, Any] | None = None
+
+
+#: A transition as a plain row: the fields of :class:`Transition` in order, the state as its string. The engine
+#: makes rows (a tuple costs a fraction of an object), the recorder and the SQLite writer process pass them on
+#: as they are; stores take them through :meth:`Store.apply_rows`.
+Row = tuple
+R_ID, R_RUN, R_STATE, R_ATTEMPT, R_TS = 0, 1, 2, 3, 4
+R_KEY, R_ERROR, R_TRACEBACK, R_RESULT_REF, R_RESULT_INLINE, R_MESSAGE = 7, 10, 11, 12, 13, 15
+
+
+def trow(task_run_id: str, run_id: str, state: State, attempt: int, ts: float, task: str | None = None,
+         name: str | None = None, key: str | None = None, upstream: list[str] | None = None,
+         map_index: int | None = None, error: str | None = None, traceback: str | None = None,
+         result_ref: str | None = None, result_inline: str | None = None, handle: str | None = None,
+         message: str | None = None, cacheable: int | None = None, objects: list[str] | None = None,
+         ikey: str | None = None, executor: str | None = None, info: dict[str, Any] | None = None) -> Row:
+    """A transition :data:`Row` (the same fields as :class:`Transition`)."""
+    return (task_run_id, run_id, state._value_, attempt, ts, task, name, key, upstream, map_index, error, traceback,
+            result_ref, result_inline, handle, message, cacheable, objects, ikey, executor, info)
+
+
+def row_of(t: Transition) -> Row:
+    """A :class:`Transition` as a :data:`Row`."""
+    return (t.task_run_id, t.run_id, t.state._value_, t.attempt, t.ts, t.task, t.name, t.key, t.upstream,
+            t.map_index, t.error, t.traceback, t.result_ref, t.result_inline, t.handle, t.message, t.cacheable,
+            t.objects, t.ikey, t.executor, t.info)
+
+
+def transition_of(row: Row) -> Transition:
+    """A :data:`Row` as a :class:`Transition`."""
+    return Transition(row[0], row[1], State(row[2]), *row[3:])
 
 
 @dataclass(slots=True)
@@ -65,6 +162,8 @@ class RunRecord:
     result_ref: str | None = None
     result_inline: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the run that resumed this one (claimed it), see :meth:`Store.claim_resume`
+    resumed_by: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -96,6 +195,9 @@ class TaskRunRecord:
     handle: str | None = None
     upstream: list[str] = field(default_factory=list)
     map_index: int | None = None
+    ikey: str | None = None
+    executor: str | None = None
+    info: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -112,9 +214,25 @@ class Event:
 
 
 class Store(abc.ABC):
-    """Run and task-run state. Implementations: ``sqlite`` (embedded), ``mongo``, plus a ``redis`` layer."""
+    """Run and task-run state. Implementations: ``sqlite`` (embedded), ``mongo``, plus a ``redis`` layer.
+
+    A context manager: ``close`` releases connections (idempotent)."""
 
     url: str
+    #: the store can apply large batches in another process (:meth:`offload_writer`)
+    can_offload: bool = False
+
+    def offload_writer(self) -> Any:
+        """A writer that applies transition batches elsewhere (an object with ``apply(batch)``, ``ready()``,
+        ``wait_ready()``), for stores with ``can_offload``; None otherwise."""
+        return None
+
+    @abc.abstractmethod
+    def claim_resume(self, run_id: str, claimant: str, expected: str | None) -> str | None:
+        """Atomically set ``run_id``'s ``resumed_by`` to ``claimant`` if it is still ``expected``.
+
+        Returns None on success, else the claimant found there (someone else won). This makes "one
+        driver resumes a run at a time" hold across processes and hosts."""
 
     # runs --------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -143,6 +261,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def apply(self, transitions: Sequence[Transition]) -> list[Transition]:
         """Apply a batch atomically, in order; returns the transitions refused as backwards."""
+
+    def apply_rows(self, rows: Sequence[Row]) -> list[int]:
+        """:meth:`apply` on transition rows (what the engine records); returns the positions refused."""
+        ts = [transition_of(r) for r in rows]
+        refused = {id(t) for t in self.apply(ts)}
+        return [i for i, t in enumerate(ts) if id(t) in refused]
 
     def transition(self, t: Transition) -> None:
         """Apply one transition; raises InvalidTransition if it was refused."""
@@ -202,7 +326,47 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def results_by_key(self, run_id: str) -> dict[str, TaskRunRecord]:
-        """Finished task runs of a run that have stored results, by cache key (for resume)."""
+        """Finished task runs of a run that have stored results, by cache key."""
+
+    def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
+        """Finished task runs of a run that have stored results, by input key (``ikey``; the cache key for
+        records made before input keys existed): what a resume reuses."""
+        return by_input_key(self.results_by_key(run_id).values())
+
+    def put_rows(self, table: str, rows: Sequence[dict[str, Any]], key: Sequence[str],
+                 run_id: str | None = None) -> int:
+        """Upsert ``rows`` (JSON objects) into a named table, one row per value of the ``key`` fields (the last
+        write wins); ``run_id`` notes which run wrote them. Returns how many were written. For results people
+        look up by key (a precalc run's predictions by model and input key)."""
+        from gflow.errors import StoreError
+
+        raise StoreError(f"{type(self).__name__} keeps no tables")
+
+    def get_rows(self, table: str, where: dict[str, Any] | None = None, *, limit: int = 100,
+                 after: str | None = None) -> list[dict[str, Any]]:
+        """Rows of a table whose fields equal ``where``'s, in write order after the cursor ``after`` (each row
+        carries ``_cursor`` and ``_run_id``)."""
+        from gflow.errors import StoreError
+
+        raise StoreError(f"{type(self).__name__} keeps no tables")
+
+    def task_run_summaries(self, run_id: str, *, after: str | None = None,
+                           limit: int | None = None) -> list[TaskRunRecord]:
+        """:meth:`task_runs` without the large fields (``traceback``, ``result_inline`` are None): what a
+        run page lists. Stores override it to read less."""
+        out = self.task_runs(run_id, after=after, limit=limit)
+        for t in out:
+            t.traceback = None
+            t.result_inline = None
+        return out
+
+    def derived_runs(self, run_id: str) -> list[RunRecord]:
+        """Runs made from ``run_id``: its resumes, replays and subflow runs, oldest first (stores override
+        this with an indexed query; the default scans the runs created after it)."""
+        me = self.get_run(run_id)
+        later = self.list_runs(since=me.created, limit=100_000)
+        found = [r for r in later if r.id != me.id and me.id in (r.resumed_from, r.replay_of, r.parent_run)]
+        return sorted(found, key=lambda r: (r.created, r.id))
 
     def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
         """Events of many task runs, keyed by ``(run_id, task_run_id)``, in order (every key present)."""

@@ -1,4 +1,4 @@
-"""The durable MongoDB store: ``mongodb://host/db`` (``mongomock://name/db`` for tests, in-process).
+"""The durable MongoDB store: ``mongodb://host/db`` (tests: ``mongomock://name/db`` via ``gflow.testing``).
 
 Collections: ``runs``, ``task_runs``, ``events`` and ``counters`` (the per-run event sequence).
 
@@ -35,8 +35,18 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from gflow.errors import InvalidTransition, RunNotFound, StoreError
 from gflow.states import RANK, TERMINAL_RANK, State, is_forward
-from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition
-from gflow.store.sqlite import _seq_of
+from gflow.store.base import (
+    Event,
+    RunRecord,
+    Store,
+    TaskRunRecord,
+    Transition,
+    by_input_key,
+    check_run_id,
+    prefix_match,
+    table_key,
+)
+from gflow.store.base import seq_of as _seq_of
 
 _DUP = 11000
 _FINISHED = [State.SUCCEEDED.value, State.CACHED.value]
@@ -45,13 +55,6 @@ _TR_FIELDS = tuple(f.name for f in dataclasses.fields(TaskRunRecord) if f.name !
 _SLOW_TRIES = 20
 _SERVER_GONE = (pymongo.errors.ConnectionFailure, pymongo.errors.ServerSelectionTimeoutError,
                 pymongo.errors.NetworkTimeout, pymongo.errors.AutoReconnect)
-
-# mongomock servers by host name, so that every store opened on ``mongomock://name/db`` in this
-# process sees the same data (as with a real server), each with a lock: mongomock does not make a
-# single update atomic with respect to other threads, a MongoDB server does.
-_MOCK_SERVERS: dict[str, tuple[Any, threading.RLock]] = {}
-_MOCK_GUARD = threading.Lock()
-
 
 def _pos(state: State, attempt: int) -> int:
     return attempt * 8 + RANK[state]
@@ -64,8 +67,8 @@ def _redact(url: str) -> str:
 class MongoStore(Store):
     """``mongodb://[user:pass@]host[:port]/[database][?options]`` (database defaults to ``gflow``).
 
-    ``serverSelectionTimeoutMS`` defaults to 10000 here (pymongo's default is 30 s). ``mongomock://``
-    runs the same code against mongomock, in-process, for tests.
+    ``serverSelectionTimeoutMS`` defaults to 10000 here (pymongo's default is 30 s). Tests run the
+    same code over mongomock through ``gflow.testing`` (the ``mongomock://`` scheme it registers).
     """
 
     def __init__(self, client: Any, database: str = "gflow", *, url: str | None = None,
@@ -79,6 +82,7 @@ class MongoStore(Store):
         self.task_runs_coll = db["task_runs"]
         self.events_coll = db["events"]
         self.counters = db["counters"]
+        self.table_rows = db["table_rows"]
         with self._errors("create indexes"):
             self._create_indexes()
 
@@ -86,18 +90,8 @@ class MongoStore(Store):
     def from_url(cls, url: str) -> MongoStore:
         parsed = urllib.parse.urlsplit(url)
         database = parsed.path.lstrip("/").split("/", 1)[0] or "gflow"
-        if parsed.scheme == "mongomock":
-            import mongomock
-
-            _patch_mongomock()
-            host = parsed.hostname or "localhost"
-            with _MOCK_GUARD:
-                if host not in _MOCK_SERVERS:
-                    _MOCK_SERVERS[host] = (mongomock.store.ServerStore(), threading.RLock())
-                server, lock = _MOCK_SERVERS[host]
-            return cls(mongomock.MongoClient(_store=server), database, url=url, lock=lock)
         if parsed.scheme not in ("mongodb", "mongodb+srv"):
-            raise StoreError(f"MongoDB URL {_redact(url)!r} must start with mongodb:// (or mongomock:// for tests)")
+            raise StoreError(f"MongoDB URL {_redact(url)!r} must start with mongodb://")
         opts = {k.lower() for k in urllib.parse.parse_qs(parsed.query)}
         kwargs: dict[str, Any] = {}
         if "serverselectiontimeoutms" not in opts:
@@ -114,6 +108,8 @@ class MongoStore(Store):
         self.runs.create_index([("flow", A), ("created", D)], name="flow_created")
         self.runs.create_index([("state", A), ("created", D)], name="state_created")
         self.runs.create_index([("tags", A), ("created", D)], name="tags_created")
+        for f in ("parent_run", "resumed_from", "replay_of"):  # derived_runs
+            self.runs.create_index([(f, A)], name=f, sparse=True)
         self.task_runs_coll.create_index([("run_id", A), ("seq", A)], name="run_seq")
         self.task_runs_coll.create_index([("run_id", A), ("state", A), ("seq", A)], name="run_state_seq")
         self.task_runs_coll.create_index([("run_id", A), ("task", A), ("seq", A)], name="run_task_seq")
@@ -187,11 +183,13 @@ class MongoStore(Store):
                 raise RunNotFound(f"no run {run_id!r} in {self._safe_url}")
 
     def get_run(self, run_id: str) -> RunRecord:
+        check_run_id(run_id, self._safe_url)
         with self._errors("get run"):
             doc = self.runs.find_one({"_id": run_id})
             if doc is None:  # accept a unique prefix, as users copy short ids
-                docs = list(self.runs.find({"_id": {"$regex": "^" + re.escape(run_id)}}).limit(2))
-                doc = docs[0] if len(docs) == 1 else None
+                ids = [d["_id"] for d in self.runs.find({"_id": {"$regex": "^" + re.escape(run_id)}}, {"_id": 1})
+                       .limit(6)]
+                doc = self.runs.find_one({"_id": prefix_match(run_id, ids, self._safe_url)})
         if doc is None:
             raise RunNotFound(f"no run {run_id!r} in {self._safe_url}")
         return _run_from_doc(doc)
@@ -380,6 +378,49 @@ class MongoStore(Store):
                 _TR_PROJECTION).sort("ended", pymongo.DESCENDING).limit(1))
         return _tr_from_doc(docs[0]) if docs else None
 
+    def put_rows(self, table: str, rows: Sequence[dict[str, Any]], key: Sequence[str],
+                 run_id: str | None = None) -> int:
+        if not rows:
+            return 0
+        with self._errors("write table rows"):
+            last = self._reserve(f"rows:{table}", len(rows))
+            ops = [UpdateOne({"_id": f"{table}\x00{table_key(r, key)}"},
+                             {"$set": {"tbl": table, "key": table_key(r, key), "run_id": run_id, "data": r,
+                                       "seq": last - len(rows) + 1 + i}}, upsert=True) for i, r in enumerate(rows)]
+            self.table_rows.bulk_write(ops, ordered=True)
+        return len(rows)
+
+    def get_rows(self, table: str, where: dict[str, Any] | None = None, *, limit: int = 100,
+                 after: str | None = None) -> list[dict[str, Any]]:
+        q: dict[str, Any] = {"tbl": table, **{f"data.{f}": v for f, v in (where or {}).items()}}
+        if after and after.isdigit():
+            q["seq"] = {"$gt": int(after)}
+        with self._errors("read table rows"):
+            docs = list(self.table_rows.find(q).sort("seq", pymongo.ASCENDING).limit(limit))
+        return [{**d["data"], "_cursor": str(d["seq"]), "_run_id": d.get("run_id")} for d in docs]
+
+    def derived_runs(self, run_id: str) -> list[RunRecord]:
+        with self._errors("derived runs"):
+            docs = list(self.runs.find({"$or": [{"parent_run": run_id}, {"resumed_from": run_id},
+                                                {"replay_of": run_id}]}).sort([("created", 1), ("_id", 1)]))
+        return [_run_from_doc(d) for d in docs]
+
+    def claim_resume(self, run_id: str, claimant: str, expected: str | None) -> str | None:
+        with self._errors("claim run for resume"):
+            res = self.runs.update_one({"_id": run_id, "resumed_by": expected}, {"$set": {"resumed_by": claimant}})
+            if res.modified_count == 1 or res.matched_count == 1:
+                return None
+            doc = self.runs.find_one({"_id": run_id}, {"resumed_by": 1})
+        if doc is None:
+            raise RunNotFound(f"no run {run_id!r} in {self._safe_url}")
+        return str(doc.get("resumed_by"))
+
+    def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
+        with self._errors("resume lookup"):
+            docs = list(self.task_runs_coll.find(
+                {"run_id": run_id, "state": {"$in": _FINISHED}, "result_ref": {"$ne": None}}, _TR_PROJECTION))
+        return by_input_key(map(_tr_from_doc, docs))
+
     def results_by_key(self, run_id: str) -> dict[str, TaskRunRecord]:
         with self._errors("resume lookup"):
             docs = list(self.task_runs_coll.find(
@@ -454,8 +495,17 @@ def _update_doc(g: list[Transition], seqs: dict[int, int]) -> dict[str, Any]:
             s["key"] = t.key
         if t.error is not None:
             s["error"] = t.error
+        if t.ikey is not None:
+            s["ikey"] = t.ikey
+        if t.executor is not None:
+            s["executor"] = t.executor
+        if t.info is not None:
+            s["info"] = t.info
         if t.objects:  # gflow objects read (when queued) or produced (when finished), for lineage
             s["inputs" if st is State.QUEUED else "outputs"] = list(t.objects)
+    if last.state in (State.SUCCEEDED, State.CACHED):  # an earlier attempt's error is history (in the events)
+        s["error"] = last.error
+        s["traceback"] = last.traceback
     s.update(state=last.state.value, rank=RANK[last.state], attempt=last.attempt, pos=_pos(last.state, last.attempt),
              eseq=seqs[id(last)], last=[[seqs[id(t)], t.state.value, t.attempt, t.ts] for t in g])
     return {"$set": s}
@@ -475,26 +525,9 @@ def _run_from_doc(d: dict[str, Any]) -> RunRecord:
 
 
 def _tr_from_doc(d: dict[str, Any]) -> TaskRunRecord:
-    kw = {k: d.get(k) for k in _TR_FIELDS}
+    kw: dict[str, Any] = {k: d.get(k) for k in _TR_FIELDS}
     kw["state"] = State(d["state"])
     kw["task"] = kw["task"] or ""
     kw["name"] = kw["name"] or ""
     kw["upstream"] = kw["upstream"] or []
     return TaskRunRecord(id=d["_id"], **kw)
-
-
-def _patch_mongomock() -> None:
-    """mongomock 4.3's bulk builder predates pymongo 4.11's ``sort`` argument of UpdateOne; accept it."""
-    import inspect
-
-    from mongomock.collection import BulkOperationBuilder
-
-    orig = BulkOperationBuilder.add_update
-    if "sort" in inspect.signature(orig).parameters:
-        return
-
-    def add_update(self, selector, doc, multi=False, upsert=False, collation=None, array_filters=None, hint=None,
-                   sort=None):
-        return orig(self, selector, doc, multi, upsert, collation=collation, array_filters=array_filters, hint=hint)
-
-    BulkOperationBuilder.add_update = add_update

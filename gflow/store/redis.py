@@ -35,7 +35,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from gflow.states import RANK, State
-from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition
+from gflow.store.base import Event, Row, RunRecord, Store, TaskRunRecord, Transition, transition_of
 
 log = logging.getLogger("gflow.store.redis")
 
@@ -274,7 +274,7 @@ class RedisLayer(Store):
         except redis_lib.RedisError as e:
             self._degrade(e, what, list(by_run))
 
-    def _run_scripts(self, calls: list[tuple[tuple[str, ...], list[Any]]]) -> None:
+    def _run_scripts(self, calls: Sequence[tuple[tuple[str, ...], Sequence[Any]]]) -> None:
         if self._apply_sha is None:
             self._apply_sha = self.redis.script_load(_APPLY)
         if len(calls) == 1:
@@ -366,7 +366,8 @@ class RedisLayer(Store):
                   poll_interval: float = 0.5) -> Iterator[dict[str, Any]]:
         """Live events of a run as they are recorded (dicts as in :meth:`recent_events`).
 
-        Starts with events recorded after the call (``ready`` is set once it listens). Ends after the run's own terminal event
+        Starts with events recorded after the call (``ready`` is set once it listens). Ends after the run's own
+        terminal event
         (``task_run_id`` None) when ``until_done``, after ``timeout`` seconds, or when ``stop`` is set.
         If Redis is or becomes unreachable it goes on by polling the durable store, without repeating
         an event it already gave.
@@ -487,6 +488,35 @@ class RedisLayer(Store):
 
     def objects_of(self, task_run_id: str) -> dict[str, list[str]]:
         return self.durable.objects_of(task_run_id)
+
+    def apply_rows(self, rows: Sequence[Row]) -> list[int]:
+        ts = [transition_of(r) for r in rows]  # through apply: Redis follows every transition the store took
+        refused = {id(t) for t in self.apply(ts)}
+        return [i for i, t in enumerate(ts) if id(t) in refused]
+
+    def offload_writer(self) -> Any:
+        return None  # writes must pass through this layer to keep Redis current
+
+    def claim_resume(self, run_id: str, claimant: str, expected: str | None) -> str | None:
+        return self.durable.claim_resume(run_id, claimant, expected)
+
+    def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
+        return self.durable.results_for_resume(run_id)
+
+    def put_rows(self, table: str, rows: Sequence[dict[str, Any]], key: Sequence[str],
+                 run_id: str | None = None) -> int:
+        return self.durable.put_rows(table, rows, key, run_id)
+
+    def get_rows(self, table: str, where: dict[str, Any] | None = None, *, limit: int = 100,
+                 after: str | None = None) -> list[dict[str, Any]]:
+        return self.durable.get_rows(table, where, limit=limit, after=after)
+
+    def task_run_summaries(self, run_id: str, *, after: str | None = None,
+                           limit: int | None = None) -> list[TaskRunRecord]:
+        return self.durable.task_run_summaries(run_id, after=after, limit=limit)
+
+    def derived_runs(self, run_id: str) -> list[RunRecord]:
+        return self.durable.derived_runs(run_id)
 
     def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
         return self.durable.task_events_many(keys)

@@ -12,67 +12,34 @@ from collections.abc import Sequence
 from typing import Any
 
 from gflow.errors import InvalidTransition, RunNotFound, StoreError
-from gflow.states import RANK, TERMINAL_RANK, State, is_forward
-from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition
-
-SCHEMA_VERSION = 2
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY, flow TEXT NOT NULL, flow_path TEXT, state TEXT NOT NULL, rank INTEGER NOT NULL,
-    params TEXT, image_tag TEXT, executor TEXT, created REAL NOT NULL, started REAL, ended REAL,
-    tags TEXT, error TEXT, traceback TEXT, parent_run TEXT, resumed_from TEXT, replay_of TEXT,
-    host TEXT, pid INTEGER, result_ref TEXT, result_inline TEXT, extra TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_created ON runs(created DESC, id DESC);
-CREATE INDEX IF NOT EXISTS runs_flow ON runs(flow, created DESC);
-CREATE TABLE IF NOT EXISTS task_runs (
-    id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER, task TEXT, name TEXT, key TEXT,
-    state TEXT NOT NULL, rank INTEGER NOT NULL, attempt INTEGER NOT NULL,
-    created REAL, started REAL, ended REAL, error TEXT, traceback TEXT,
-    result_ref TEXT, result_inline TEXT, handle TEXT, upstream TEXT, map_index INTEGER, cacheable INTEGER
-);
-CREATE INDEX IF NOT EXISTS task_runs_run ON task_runs(run_id, seq);
-CREATE INDEX IF NOT EXISTS task_runs_run_state ON task_runs(run_id, state);
-CREATE INDEX IF NOT EXISTS task_runs_cache ON task_runs(key) WHERE cacheable = 1;
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY, run_id TEXT NOT NULL, task_run_id TEXT,
-    state TEXT NOT NULL, attempt INTEGER NOT NULL, ts REAL NOT NULL, message TEXT
-);
-CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
-CREATE TABLE IF NOT EXISTS objects (
-    content_id TEXT NOT NULL, task_run_id TEXT NOT NULL, run_id TEXT NOT NULL, role TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS objects_content ON objects(content_id, role);
-CREATE INDEX IF NOT EXISTS objects_task_run ON objects(task_run_id);
-"""
-
-_UPSERT = """
-INSERT INTO task_runs (id, run_id, seq, task, name, key, state, rank, attempt, created, started, ended,
-    error, traceback, result_ref, result_inline, handle, upstream, map_index, cacheable)
-VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT(id) DO UPDATE SET
-    state = excluded.state, rank = excluded.rank, attempt = excluded.attempt,
-    task = coalesce(excluded.task, task), name = coalesce(excluded.name, name),
-    key = coalesce(excluded.key, key), started = coalesce(excluded.started, started),
-    ended = coalesce(excluded.ended, ended), error = coalesce(excluded.error, error),
-    traceback = coalesce(excluded.traceback, traceback), result_ref = coalesce(excluded.result_ref, result_ref),
-    result_inline = coalesce(excluded.result_inline, result_inline), handle = coalesce(excluded.handle, handle),
-    upstream = coalesce(excluded.upstream, upstream), map_index = coalesce(excluded.map_index, map_index),
-    cacheable = coalesce(excluded.cacheable, cacheable)
-WHERE task_runs.rank < 4 AND (excluded.attempt > task_runs.attempt
-    OR (excluded.attempt = task_runs.attempt AND excluded.rank > task_runs.rank))
-"""
-_EVENT_INSERT = "INSERT INTO events (run_id, task_run_id, state, attempt, ts, message) VALUES (?,?,?,?,?,?)"
-_TR_COLS = ("id, run_id, task, name, state, attempt, key, created, started, ended, error, traceback, "
-            "result_ref, result_inline, handle, upstream, map_index")
-_RUN_COLS = ("id, flow, flow_path, state, params, image_tag, executor, created, started, ended, tags, error, "
-             "traceback, parent_run, resumed_from, replay_of, host, pid, result_ref, result_inline, extra")
-_RUN_FIELDS = frozenset(c.strip() for c in _RUN_COLS.split(","))
-
-
-def _seq_of(task_run_id: str) -> int | None:
-    tail = task_run_id.rpartition(".")[2]
-    return int(tail) if tail.isdigit() else None
+from gflow.states import RANK, TERMINAL_RANK, State
+from gflow.store._sqlite_sql import (
+    EVENT_INSERT,
+    RANK_OF,
+    RUN_COLS,
+    RUN_FIELDS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TR_COLS,
+    UPSERT,
+    insert_many,
+    merge_rows,
+    migrate,
+    refuse_empty_file,
+)
+from gflow.store.base import (
+    Event,
+    RunRecord,
+    Store,
+    TaskRunRecord,
+    Transition,
+    by_input_key,
+    check_run_id,
+    prefix_match,
+    row_of,
+    table_key,
+)
+from gflow.store.base import seq_of as _seq_of
 
 
 class SQLiteStore(Store):
@@ -85,6 +52,7 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._write_lock = threading.Lock()
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        refuse_empty_file(self.path)
         # Several threads or processes may create the same new file at once: setting WAL mode or
         # writing the schema can then report "locked" at once (no busy wait applies); retry briefly.
         delay = 0.01
@@ -94,7 +62,8 @@ class SQLiteStore(Store):
                     conn = self._conn()
                     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                         with self._write_lock:
-                            conn.executescript(_SCHEMA)
+                            conn.executescript(SCHEMA)
+                            migrate(conn)
                             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 break
             except StoreError as e:
@@ -103,6 +72,13 @@ class SQLiteStore(Store):
                 self.close()
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
+
+    can_offload = True
+
+    def offload_writer(self) -> Any:
+        from gflow.store._writer import writer_for
+
+        return writer_for(self.path, self.timeout)
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -170,8 +146,8 @@ class SQLiteStore(Store):
         row = (run.id, run.flow, run.flow_path, run.state.value, RANK[run.state], run.params, run.image_tag,
                run.executor, run.created or time.time(), run.started, run.ended, json.dumps(run.tags), run.error,
                run.traceback, run.parent_run, run.resumed_from, run.replay_of, run.host, run.pid, run.result_ref,
-               run.result_inline, json.dumps(run.extra))
-        cols = _RUN_COLS.replace("state,", "state, rank,")
+               run.result_inline, json.dumps(run.extra), run.resumed_by)
+        cols = RUN_COLS.replace("state,", "state, rank,")
         self._write(lambda c: c.execute(f"INSERT INTO runs ({cols}) VALUES ({','.join('?' * len(row))})", row),
                     "create run")
 
@@ -199,7 +175,7 @@ class SQLiteStore(Store):
         self._write(do, "set run state")
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        bad = set(fields) - _RUN_FIELDS - {"extra"} | ({"state"} & set(fields))
+        bad = set(fields) - RUN_FIELDS - {"extra"} | ({"state"} & set(fields))
         if bad:
             raise ValueError(f"update_run cannot set {sorted(bad)}")
         if not fields:
@@ -215,20 +191,23 @@ class SQLiteStore(Store):
 
     def _run_from_row(self, r: tuple) -> RunRecord:
         (id_, flow, flow_path, state, params, image_tag, executor, created, started, ended, tags, error, tb,
-         parent_run, resumed_from, replay_of, host, pid, result_ref, result_inline, extra) = r
+         parent_run, resumed_from, replay_of, host, pid, result_ref, result_inline, extra, resumed_by) = r
         return RunRecord(id=id_, flow=flow, flow_path=flow_path or "", state=State(state), params=params or "{}",
                          image_tag=image_tag, executor=executor, created=created, started=started, ended=ended,
                          tags=json.loads(tags or "[]"), error=error, traceback=tb, parent_run=parent_run,
                          resumed_from=resumed_from, replay_of=replay_of, host=host, pid=pid, result_ref=result_ref,
-                         result_inline=result_inline, extra=json.loads(extra or "{}"))
+                         result_inline=result_inline, extra=json.loads(extra or "{}"), resumed_by=resumed_by)
 
     def get_run(self, run_id: str) -> RunRecord:
-        rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id=?", (run_id,), "get run")
+        check_run_id(run_id, self.url)
+        rows = self._read(f"SELECT {RUN_COLS} FROM runs WHERE id=?", (run_id,), "get run")
         if not rows:
             # accept a unique prefix, as users copy short ids
-            rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",), "get run")
-            if len(rows) != 1:
-                raise RunNotFound(f"no run {run_id!r} in {self.url}")
+            pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            ids = [r[0] for r in self._read("SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' LIMIT 6", (pattern,),
+                                            "get run")]
+            rows = self._read(f"SELECT {RUN_COLS} FROM runs WHERE id=?", (prefix_match(run_id, ids, self.url),),
+                              "get run")
         return self._run_from_row(rows[0])
 
     def list_runs(self, *, flow=None, state=None, tag=None, since=None, until=None, limit=50, before=None):
@@ -251,7 +230,7 @@ class SQLiteStore(Store):
         if before is not None:
             where.append("(created < ? OR (created = ? AND id < ?))")
             args += [before[0], before[0], before[1]]
-        sql = f"SELECT {_RUN_COLS} FROM runs"
+        sql = f"SELECT {RUN_COLS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created DESC, id DESC LIMIT ?"
@@ -261,54 +240,62 @@ class SQLiteStore(Store):
     def apply(self, transitions: Sequence[Transition]) -> list[Transition]:
         if not transitions:
             return []
+        refused = self.apply_rows([row_of(t) for t in transitions])
+        return [transitions[i] for i in refused]
 
-        def do(c: sqlite3.Connection) -> list[Transition]:
+    def apply_rows(self, rows: Sequence[tuple]) -> list[int]:
+        """:meth:`apply` on transition rows (``gflow.store.base.Row``; the writer process receives these), with no
+        objects to build; returns the positions of the refused ones."""
+        if not rows:
+            return []
+
+        def do(c: sqlite3.Connection) -> list[int]:
             # Inside BEGIN IMMEDIATE no other writer can interleave, so checking against the stored
             # states here is atomic; the upsert's WHERE clause guards the same rule in SQL.
-            current: dict[str, tuple[State, int]] = {}
-            ids = list({t.task_run_id for t in transitions})
+            current: dict[str, tuple[int, int]] = {}
+            ids = list({r[0] for r in rows})
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
-                for id_, st, attempt in c.execute(
-                        f"SELECT id, state, attempt FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk):
-                    current[id_] = (State(st), attempt)
-            accepted: list[Transition] = []
-            refused: list[Transition] = []
-            for t in transitions:
-                cur = current.get(t.task_run_id)
-                if cur is None or is_forward(cur[0], cur[1], t.state, t.attempt):
-                    current[t.task_run_id] = (t.state, t.attempt)
-                    accepted.append(t)
+                for id_, rank, attempt in c.execute(
+                        f"SELECT id, rank, attempt FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                    current[id_] = (attempt, rank)
+            accepted: list[tuple] = []
+            refused: list[int] = []
+            ranks = RANK_OF
+            for n, r in enumerate(rows):
+                pos = (r[3], ranks[r[2]])
+                cur = current.get(r[0])
+                if cur is None or (cur[1] < TERMINAL_RANK and pos > cur):
+                    current[r[0]] = pos
+                    accepted.append(r)
                 else:
-                    refused.append(t)
-            _insert_many(c, _UPSERT, _merge_rows(accepted))
-            objs = [(cid, t.task_run_id, t.run_id, "in" if t.state is State.QUEUED else "out")
-                    for t in accepted if t.objects for cid in t.objects]
+                    refused.append(n)
+            insert_many(c, UPSERT, merge_rows(accepted))
+            objs = [(cid, r[0], r[1], "in" if r[2] == "QUEUED" else "out") for r in accepted if r[17] for cid in r[17]]
             if objs:
-                _insert_many(c, "INSERT INTO objects (content_id, task_run_id, run_id, role) VALUES (?,?,?,?)", objs)
-            _insert_many(c, _EVENT_INSERT,
-                         [(t.run_id, t.task_run_id, _VALUE_RANK[t.state][0], t.attempt, t.ts, t.message or t.error)
-                          for t in accepted])
+                insert_many(c, "INSERT INTO objects (content_id, task_run_id, run_id, role) VALUES (?,?,?,?)", objs)
+            insert_many(c, EVENT_INSERT, [(r[1], r[0], r[2], r[3], r[4], r[15] or r[10]) for r in accepted])
             return refused
 
         return self._write(do, "record transitions")
 
     def _tr_from_row(self, r: tuple) -> TaskRunRecord:
         (id_, run_id, task, name, state, attempt, key, created, started, ended, error, tb, result_ref,
-         result_inline, handle, upstream, map_index) = r
+         result_inline, handle, upstream, map_index, ikey, executor, info) = r
         return TaskRunRecord(id=id_, run_id=run_id, task=task or "", name=name or "", state=State(state),
                              attempt=attempt, key=key, created=created, started=started, ended=ended, error=error,
                              traceback=tb, result_ref=result_ref, result_inline=result_inline, handle=handle,
-                             upstream=json.loads(upstream) if upstream else [], map_index=map_index)
+                             upstream=json.loads(upstream) if upstream else [], map_index=map_index, ikey=ikey,
+                             executor=executor, info=json.loads(info) if info else None)
 
     def get_task_run(self, task_run_id: str) -> TaskRunRecord:
-        rows = self._read(f"SELECT {_TR_COLS} FROM task_runs WHERE id=?", (task_run_id,), "get task run")
+        rows = self._read(f"SELECT {TR_COLS} FROM task_runs WHERE id=?", (task_run_id,), "get task run")
         if not rows:
             raise LookupError(f"no task run {task_run_id!r} in {self.url}")
         return self._tr_from_row(rows[0])
 
     def task_runs(self, run_id, *, state=None, task=None, limit=None, after=None):
-        sql = f"SELECT {_TR_COLS} FROM task_runs WHERE run_id = ?"
+        sql = f"SELECT {TR_COLS} FROM task_runs WHERE run_id = ?"
         args: list[Any] = [run_id]
         if state:
             sql += " AND state = ?"
@@ -341,13 +328,13 @@ class SQLiteStore(Store):
 
     def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord | None]:
         out: dict[str, RunRecord | None] = {r: None for r in run_ids}
-        for row in self._in_chunks(f"SELECT {_RUN_COLS} FROM runs WHERE id IN ({{ins}})", run_ids, "get runs"):
+        for row in self._in_chunks(f"SELECT {RUN_COLS} FROM runs WHERE id IN ({{ins}})", run_ids, "get runs"):
             out[row[0]] = self._run_from_row(row)
         return out
 
     def get_task_runs(self, task_run_ids: Sequence[str]) -> dict[str, TaskRunRecord | None]:
         out: dict[str, TaskRunRecord | None] = {t: None for t in task_run_ids}
-        for row in self._in_chunks(f"SELECT {_TR_COLS} FROM task_runs WHERE id IN ({{ins}})", task_run_ids,
+        for row in self._in_chunks(f"SELECT {TR_COLS} FROM task_runs WHERE id IN ({{ins}})", task_run_ids,
                                    "get task runs"):
             out[row[0]] = self._tr_from_row(row)
         return out
@@ -372,15 +359,82 @@ class SQLiteStore(Store):
 
     def find_cached(self, key: str) -> TaskRunRecord | None:
         rows = self._read(
-            f"SELECT {_TR_COLS} FROM task_runs WHERE key=? AND cacheable=1 AND state IN ('SUCCEEDED','CACHED') "
+            f"SELECT {TR_COLS} FROM task_runs WHERE key=? AND cacheable=1 AND state IN ('SUCCEEDED','CACHED') "
             "AND result_ref IS NOT NULL ORDER BY ended DESC LIMIT 1", (key,), "cache lookup")
         return self._tr_from_row(rows[0]) if rows else None
 
+    def results_for_resume(self, run_id: str) -> dict[str, TaskRunRecord]:
+        rows = self._read(
+            f"SELECT {TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
+            "AND result_ref IS NOT NULL AND coalesce(ikey, key) IS NOT NULL", (run_id,), "resume lookup")
+        return by_input_key(map(self._tr_from_row, rows))
+
+    def claim_resume(self, run_id: str, claimant: str, expected: str | None) -> str | None:
+        def do(c: sqlite3.Connection) -> str | None:
+            cur = c.execute("UPDATE runs SET resumed_by=? WHERE id=? AND resumed_by IS ?", (claimant, run_id, expected))
+            if cur.rowcount == 1:
+                return None
+            row = c.execute("SELECT resumed_by FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run {run_id!r} in {self.url}")
+            return str(row[0])
+
+        return self._write(do, "claim run for resume")
+
     def results_by_key(self, run_id: str) -> dict[str, TaskRunRecord]:
         rows = self._read(
-            f"SELECT {_TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
+            f"SELECT {TR_COLS} FROM task_runs WHERE run_id=? AND state IN ('SUCCEEDED','CACHED') "
             "AND result_ref IS NOT NULL AND key IS NOT NULL", (run_id,), "resume lookup")
         return {r.key: r for r in map(self._tr_from_row, rows) if r.key}
+
+    def put_rows(self, table: str, rows: Sequence[dict[str, Any]], key: Sequence[str],
+                 run_id: str | None = None) -> int:
+        data = [(table, table_key(r, key), run_id, json.dumps(r, sort_keys=True, separators=(",", ":")))
+                for r in rows]
+
+        def do(c: sqlite3.Connection) -> int:
+            # a rewritten key moves to the end (a new seq): cursors walk write order
+            insert_many(c, "INSERT OR REPLACE INTO table_rows (tbl, key, run_id, data) VALUES (?,?,?,?)", data)
+            return len(data)
+
+        return self._write(do, "write table rows") if data else 0
+
+    def get_rows(self, table: str, where: dict[str, Any] | None = None, *, limit: int = 100,
+                 after: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT seq, run_id, data FROM table_rows WHERE tbl = ?"
+        args: list[Any] = [table]
+        for field, value in (where or {}).items():
+            if not field.replace("_", "").isalnum():
+                raise StoreError(f"table {table!r}: field name {field!r} must be letters, digits and _")
+            sql += f" AND json_extract(data, '$.{field}') = ?"
+            args.append(value)
+        if after:
+            sql += " AND seq > ?"
+            args.append(int(after) if after.isdigit() else -1)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        return [{**json.loads(d), "_cursor": str(seq), "_run_id": run} for seq, run, d in
+                self._read(sql, args, "read table rows")]
+
+    def task_run_summaries(self, run_id: str, *, after: str | None = None,
+                           limit: int | None = None) -> list[TaskRunRecord]:
+        cols = TR_COLS.replace("traceback,", "NULL,").replace("result_inline,", "NULL,")
+        sql = f"SELECT {cols} FROM task_runs WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if after:
+            seq = _seq_of(after)
+            sql += " AND seq > ?"
+            args.append(seq if seq is not None else -1)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [self._tr_from_row(r) for r in self._read(sql, args, "list task runs")]
+
+    def derived_runs(self, run_id: str) -> list[RunRecord]:
+        rows = self._read(f"SELECT {RUN_COLS} FROM runs WHERE parent_run = ?1 OR resumed_from = ?1 OR replay_of = ?1 "
+                          "ORDER BY created, id", (run_id,), "derived runs")
+        return [self._run_from_row(r) for r in rows]
 
     def task_events_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Event]]:
         uniq = list(dict.fromkeys(keys))
@@ -447,64 +501,5 @@ class SQLiteStore(Store):
             self._local.conn = None
 
 
-_VALUE_RANK = {st: (st.value, RANK[st]) for st in State}
-_PENDING, _RUNNING = State.PENDING, State.RUNNING
 
 
-def _merge_rows(transitions: Sequence[Transition]) -> list[list]:
-    """One upsert row per task run: the last state wins, timestamps and fields accumulate."""
-    merged: dict[str, list] = {}
-    vr = _VALUE_RANK
-    for t in transitions:
-        st = t.state
-        row = merged.get(t.task_run_id)
-        if row is None:
-            row = [t.task_run_id, t.run_id, _seq_of(t.task_run_id), None, None, None, None, None, None,
-                   None, None, None, None, None, None, None, None, None, None, None]
-            merged[t.task_run_id] = row
-        value, rank = vr[st]
-        row[6] = value
-        row[7] = rank
-        row[8] = t.attempt
-        if st is _PENDING:
-            row[9] = t.ts
-            row[3] = t.task
-            row[4] = t.name
-            row[18] = t.map_index
-            row[19] = t.cacheable
-            if t.upstream is not None:
-                row[17] = json.dumps(t.upstream)
-        elif st is _RUNNING:
-            row[10] = t.ts
-            if t.handle is not None:
-                row[16] = t.handle
-        elif rank == TERMINAL_RANK:
-            row[11] = t.ts
-            if t.result_ref is not None:
-                row[14] = t.result_ref
-                row[15] = t.result_inline
-            if t.traceback is not None:
-                row[13] = t.traceback
-        if t.key is not None:
-            row[5] = t.key
-        if t.error is not None:
-            row[12] = t.error
-    return list(merged.values())
-
-
-def _insert_many(c: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]], per_stmt: int = 500) -> None:
-    """Insert rows with multi-row VALUES statements.
-
-    One statement per ``per_stmt`` rows instead of one per row: each SQLite step releases and
-    re-takes the GIL, and with the engine busy on the other core a per-row step waits for the GIL
-    every time, which made the writer the bottleneck.
-    """
-    if not rows:
-        return
-    head, _, tail = sql.partition("VALUES")
-    tail = tail.strip()
-    one = tail.split(")", 1)[0] + ")"
-    rest = tail[len(one):]
-    for i in range(0, len(rows), per_stmt):
-        chunk = rows[i:i + per_stmt]
-        c.execute(f"{head}VALUES {','.join([one] * len(chunk))}{rest}", [v for row in chunk for v in row])

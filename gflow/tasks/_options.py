@@ -23,13 +23,15 @@ def parse_memory(value: int | str | None) -> int | None:
 
 
 class Resources(BaseModel):
-    """What one call of a task needs: CPUs, memory (bytes or '2Gi'), GPUs."""
+    """What one call of a task needs: CPUs, memory (bytes or '2Gi'), GPUs, gang scheduling."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     cpu: float = Field(default=1, gt=0)
     memory: int | None = None
     gpu: int = Field(default=0, ge=0)
+    #: all pods of one call start together or not at all (Volcano gang scheduling, for multi-pod work)
+    gang: bool = False
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -82,6 +84,8 @@ class TaskOptions(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1)
     pickle: bool = False
     tags: tuple[str, ...] = ()
+    #: run this task's calls on another executor than the flow's (a URL such as ``dask://host:8786``)
+    executor: Any = None
 
     @field_validator("retries", mode="before")
     @classmethod

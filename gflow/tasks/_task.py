@@ -92,7 +92,7 @@ class ArgumentValidator:
         """Positional and keyword arguments to call the function with, from bound ``arguments``."""
         if self._simple:
             return tuple(arguments.values()), {}
-        ba = inspect.BoundArguments(self.signature, arguments)  # type: ignore[arg-type]
+        ba = inspect.BoundArguments(self.signature, arguments)  # type: ignore[arg-type,unused-ignore]
         return ba.args, ba.kwargs
 
     def validate(self, arguments: dict[str, Any], skip: Callable[[Any], bool] | None = None) -> dict[str, Any]:
@@ -143,7 +143,7 @@ class Task(Generic[P, R]):
         self.name = options.name or fn.__name__
         self.version = options.version or source_hash(fn)
         self.validator = ArgumentValidator(fn, f"task '{self.name}'")
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     # -- calling -----------------------------------------------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -173,6 +173,13 @@ class Task(Generic[P, R]):
             return ctx.map(self, iterables, common)  # an iterable may be a future of a list
         rows = list(zip(*iterables, strict=True)) if len(iterables) > 1 else [(x,) for x in iterables[0]]
         return [self.fn(*row, **common) for row in rows]
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run one call of this task as a run of its own (recorded, cached and resumable like a flow's),
+        with the keyword options of ``Flow.run`` (``executor=``, ``store=``, ``return_run=`` ...)."""
+        from gflow.flows import task_flow
+
+        return task_flow(self).run(*args, **kwargs)
 
     # -- options -----------------------------------------------------------------------------------
     def with_options(self, **changes: Any) -> Task[P, R]:
@@ -227,6 +234,7 @@ def task(
     max_concurrency: int | None = ...,
     pickle: bool = ...,
     tags: Any = ...,
+    executor: Any = ...,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -244,6 +252,8 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
         image: A ``gflow.Image`` overriding the flow's image for this task.
         max_concurrency: At most this many calls of this task run at once.
         pickle: Allow pickled inputs/outputs for values that have no canonical form.
+        executor: Run this task's calls on this executor (URL) instead of the flow's; a profile's
+            ``executors`` table can override it per task name.
     """
     opts = TaskOptions().merged(**options)
 

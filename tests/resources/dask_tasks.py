@@ -112,3 +112,15 @@ def marked_sleep(i: int, folder: str, seconds: float) -> int:
 @gflow.task
 def unpicklable_result() -> object:
     return threading.Lock()
+
+
+@gflow.task(retries=2)
+def killable_sleep(i: int, seconds: float) -> int:
+    """A task long enough to be killed in the middle (its worker process gets SIGKILL from the test)."""
+    time.sleep(seconds)
+    return i * i
+
+
+@gflow.flow
+def killable_map(n: int, seconds: float) -> int:
+    return total(killable_sleep.map(range(n), seconds=seconds))

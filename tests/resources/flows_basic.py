@@ -283,3 +283,86 @@ def map_over_future_bad(kind: str) -> list[int]:
 @gflow.task
 def signed_list() -> list[int]:
     return [1, -4, 2]
+
+
+@gflow.task(cache=True)
+def cached_falsy(folder: str, kind: str) -> object:
+    bump(folder, f"falsy-{kind}")
+    return {"zero": 0, "empty": "", "list": []}[kind]
+
+
+@gflow.flow
+def falsy_twice(folder: str, kind: str) -> list:
+    return [cached_falsy(folder, kind), cached_falsy(folder, kind)]
+
+
+@gflow.flow
+def big_subflow(n: int) -> int:
+    return total(inc.map(range(n)))
+
+
+@gflow.flow
+def calls_big_subflow(n: int) -> int:
+    return big_subflow(n)
+
+
+@gflow.task
+def one_second(x: int) -> int:
+    time.sleep(1.0)
+    return x
+
+
+@gflow.flow
+def one_second_flow() -> int:
+    return one_second(1)
+
+
+@gflow.task(executor="inline")
+def routed_inline(x: int) -> int:
+    return x * 2
+
+
+@gflow.flow
+def routed_flow(n: int) -> list[int]:
+    return [routed_inline(i) for i in range(n)] + [inc(i) for i in range(n)]
+
+
+@gflow.task(retries=2)
+def marked(folder: str, i: int, seconds: float) -> int:
+    """Sleeps, then leaves a mark per finished execution (a side effect a killed worker never makes)."""
+    time.sleep(seconds)
+    bump(folder, f"done-{i}")
+    return i * i
+
+
+@gflow.flow
+def marked_map(folder: str, n: int, seconds: float = 0.2) -> int:
+    return total(marked.map([folder] * n, range(n), seconds=seconds))
+
+
+@gflow.task(timeout=1.0)
+def spin(folder: str) -> int:
+    Path(folder, f"spin-pid-{os.getpid()}").write_text("")
+    while True:
+        pass
+
+
+@gflow.flow
+def spin_flow(folder: str) -> int:
+    return spin(folder)
+
+
+@gflow.task
+def big_result(folder: str, i: int) -> bytes:
+    bump(folder, f"big-{i}")
+    return bytes([i % 256]) * 40_000
+
+
+@gflow.flow
+def big_results(folder: str, n: int) -> int:
+    return total.map([[len(b)] for b in []]) if n < 0 else _count_bytes(big_result.map([folder] * n, range(n)))
+
+
+@gflow.task
+def _count_bytes(blobs: list[bytes]) -> int:
+    return sum(len(b) for b in blobs)

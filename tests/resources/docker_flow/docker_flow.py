@@ -73,3 +73,21 @@ def greedy(megabytes: int = 256) -> int:
 @gflow.flow(image=IMAGE)
 def mixed() -> list[str]:
     return [six_version(), str(total([1, 2]).result().value)]
+
+
+@gflow.task(retries=2)
+def nap(i: int, seconds: float) -> int:
+    import time
+
+    time.sleep(seconds)
+    return i * i
+
+
+@gflow.task
+def add_up(values: list[int]) -> int:
+    return sum(values)
+
+
+@gflow.flow(image=IMAGE)
+def naps(n: int = 3, seconds: float = 1.0) -> int:
+    return add_up(nap.map(range(n), seconds=seconds))

@@ -1,0 +1,122 @@
+"""What a driver does around a run: open (and close) its stores and executor settings from a profile,
+and claim a run for a resume, one driver at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from gflow.artifacts import ArtifactStore, open_artifacts
+from gflow.config import load_profile
+from gflow.errors import GflowError
+from gflow.states import State
+from gflow.store import RunRecord, Store, TaskRunRecord, driver_alive, end_unfinished, open_store
+
+
+class ResumeRefused(GflowError):
+    """A run cannot be resumed now (another driver resumes it, or it was already resumed successfully)."""
+
+
+@dataclass
+class RunContext:
+    """The opened parts a run uses. Stores given as objects are the caller's; those opened here are closed."""
+
+    store: Store
+    artifacts: ArtifactStore
+    executor: Any
+    executor_description: str
+    routes: dict[str, str] = field(default_factory=dict)
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile_name: str = "default"
+
+
+@contextlib.contextmanager
+def open_run_context(profile: str | None = None, *, executor: Any = None, store: Any = None, artifacts: Any = None,
+                     events: str | None = None) -> Iterator[RunContext]:
+    """The profile's (or the given) store, artifacts and executor settings, closed on every path."""
+    prof = load_profile(profile, executor=executor, store=store, artifacts=artifacts, events=events)
+    if prof.signing_key:
+        from gflow._signing import configure
+
+        configure(prof.signing_key)  # GFLOW_SIGNING_KEY still wins
+    st = open_store(prof.store, events=prof.events)
+    owns_store = st is not prof.store
+    try:
+        arts = open_artifacts(prof.artifacts)
+        ex = prof.executor
+        desc = ex if isinstance(ex, str) else getattr(ex, "name", type(ex).__name__)
+        yield RunContext(st, arts, ex, desc, prof.routes, prof.backends, prof.name)
+    finally:
+        if owns_store:
+            st.close()
+
+
+@dataclass
+class Resume:
+    run: RunRecord
+    results: dict[str, TaskRunRecord]
+
+
+def prepare_resume(store: Store, run_id: str, new_run_id: str, force: bool = False) -> Resume:
+    """Claim ``run_id`` for a resume by ``new_run_id`` and collect what it finished.
+
+    A run still marked RUNNING whose driver is gone is first recorded FAILED (``DriverLost``), with its
+    unfinished task runs. The claim is atomic in the store: of two drivers resuming one run at once,
+    one wins and the other is refused. A run whose earlier resume SUCCEEDED, or is still being driven,
+    is refused naming that resume, unless ``force``.
+
+    Raises:
+        RunNotFound, ResumeRefused.
+    """
+    rec = store.get_run(run_id)
+    if rec.state in (State.RUNNING, State.PENDING):
+        alive = driver_alive(rec)
+        if alive:
+            raise ResumeRefused(f"run {rec.id} is still running (driver pid {rec.pid} on this host); cancel it "
+                                f"first (gflow runs cancel {rec.id})")
+        if alive is None and not force:
+            raise ResumeRefused(f"run {rec.id} is marked {rec.state.value} on host {rec.host}; if its driver is "
+                                f"gone, resume with --force")
+        now = time.time()
+        end_unfinished(store, rec.id, State.FAILED, "DriverLost: the driver process died", now)
+        try:
+            store.set_run_state(rec.id, State.FAILED, now, error=f"DriverLost: driver pid {rec.pid} on {rec.host} "
+                                                                   f"is gone")
+        except GflowError:
+            pass  # someone else recorded its end meanwhile
+        rec = store.get_run(rec.id)
+    current = rec.resumed_by
+    if current and not force:
+        prev = store.get_runs([current]).get(current)
+        if prev is None and not _stale_claim(current):
+            raise ResumeRefused(f"run {rec.id} is being resumed by run {current} (starting now); wait for it")
+        if prev is not None:
+            if prev.state is State.SUCCEEDED:
+                raise ResumeRefused(f"run {rec.id} was already resumed by run {prev.id}, which SUCCEEDED; resume "
+                                    f"that one, or use --force to resume {rec.id} again")
+            if prev.state in (State.RUNNING, State.PENDING) and driver_alive(prev) is not False:
+                raise ResumeRefused(f"run {rec.id} is being resumed by run {prev.id} (driver pid {prev.pid} on "
+                                    f"{prev.host}); wait for it, or cancel it first")
+    winner = store.claim_resume(rec.id, new_run_id, current)
+    if winner is not None:
+        raise ResumeRefused(f"run {rec.id} is being resumed by run {winner} (another driver claimed it first)")
+    return Resume(rec, store.results_for_resume(rec.id))
+
+
+#: a claim whose run was never recorded (its driver died between the claim and the record) is stale after this
+CLAIM_GRACE_SECONDS = 120.0
+
+
+def _stale_claim(claimant: str, now: float | None = None) -> bool:
+    """Whether a resume claim by ``claimant``, whose run record does not exist, can be taken over: run ids
+    start with their UTC creation time (``YYYYMMDD-HHMMSS``); one that does not is never stale."""
+    import calendar
+
+    try:
+        t = calendar.timegm(time.strptime(claimant[:15], "%Y%m%d-%H%M%S"))
+    except ValueError:
+        return False
+    return (now if now is not None else time.time()) - t > CLAIM_GRACE_SECONDS
