@@ -108,6 +108,28 @@ def test_a_flow_runs_on_batch_by_url_and_its_logs_come_from_cloudwatch(aws, stor
     assert res.returncode == 0 and "--- backend log" in res.stdout and '"gflow.outcome": "ok"' in res.stdout
 
 
+def test_a_profile_table_configures_the_executor(aws, tmp_path):
+    (tmp_path / "gflow.toml").write_text(f"""
+[profiles.batch]
+executor = "aws-batch"
+artifacts = "{ARTS}"
+
+[profiles.batch.aws_batch]
+queue = "{QUEUE}"
+region = "{REGION}"
+image = "{IMAGE}"
+environment = {{ AWS_ACCESS_KEY_ID = "testing", AWS_SECRET_ACCESS_KEY = "testing" }}
+tags = {{ project = "binders" }}
+poll_min = 0.05
+poll_max = 0.3
+""")
+    r = aws_tasks.one_square.run(4, profile="batch", return_run=True)
+    assert r.state is State.SUCCEEDED and r.value == 16
+    jobs = aws.moto.client("batch").list_jobs(jobQueue=QUEUE, jobStatus="SUCCEEDED")["jobSummaryList"]
+    tags = aws.moto.client("batch").describe_jobs(jobs=[jobs[0]["jobId"]])["jobs"][0]["tags"]
+    assert tags["project"] == "binders" and tags["gflow:run"] == r.id
+
+
 def test_one_array_job_per_fan_out_and_one_definition_per_task(aws):
     ex = aws.executor(max_array_size=3)
     r = aws_tasks.squares.run(7, executor=ex, artifacts=ARTS, return_run=True)

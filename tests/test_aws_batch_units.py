@@ -53,6 +53,23 @@ def test_registry_finds_the_executor_by_both_schemes_and_round_trips_its_url():
     assert isinstance(get_executor("aws_batch://q?region=eu-west-1"), AwsBatchExecutor)
 
 
+def test_profile_settings_under_the_url_which_wins():
+    from gflow.executors import get_executor
+
+    settings = {"queue": "q1", "region": "us-east-1", "tags": {"a": "1", "b": "0"}, "job_role": ROLE, "chunk": 2}
+    ex = get_executor("aws-batch://q2?region=eu-west-1&tag.b=2", settings)
+    assert (ex.queue, ex.region, ex.tags, ex.job_role_arn, ex.chunk) == ("q2", "eu-west-1", {"a": "1", "b": "2"},
+                                                                         ROLE, 2)
+    assert get_executor("aws-batch", {"queue": "q1"}).queue == "q1"  # the queue from the profile alone
+    with pytest.raises(ConfigError, match="names no job queue"):
+        get_executor("aws-batch", {"region": "us-east-1"})
+    with pytest.raises(ConfigError, match="unknown keys \\['bogus'\\]"):
+        get_executor("aws-batch://q", {"bogus": 1})
+
+
+ROLE = "arn:aws:iam::123456789012:role/gflow-job"
+
+
 def test_profile_settings_are_keywords_and_unknown_ones_are_refused():
     from gflow.executors.aws_batch import AwsBatchExecutor
 
