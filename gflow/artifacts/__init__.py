@@ -11,8 +11,12 @@ def open_artifacts(url: str | ArtifactStore) -> ArtifactStore:
     """Open an artifact store from its URL (or return one unchanged)."""
     if isinstance(url, ArtifactStore):
         return url
+    if url.startswith("s3://"):
+        from gflow.artifacts.s3 import S3ArtifactStore  # boto3 is imported only when used
+
+        return S3ArtifactStore.from_url(url)
     if "://" in url and not url.startswith("file://"):
-        raise ConfigError(f"unknown artifact store URL {url!r}; use a folder or file:///path")
+        raise ConfigError(f"unknown artifact store URL {url!r}; use a folder, file:///path or s3://bucket/prefix")
     return LocalArtifactStore.from_url(url)
 
 

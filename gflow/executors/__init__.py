@@ -18,8 +18,10 @@ _BUILTIN = {
     "dask": "gflow.executors.dask:DaskExecutor",
     "docker": "gflow.executors.docker:DockerExecutor",
     "volcano": "gflow.executors.volcano:VolcanoExecutor",
+    "aws-batch": "gflow.executors.aws_batch:AwsBatchExecutor",
+    "aws_batch": "gflow.executors.aws_batch:AwsBatchExecutor",
 }
-_EXTRA = {"dask": "dask", "docker": "docker", "volcano": "k8s"}
+_EXTRA = {"dask": "dask", "docker": "docker", "volcano": "k8s", "aws-batch": "aws", "aws_batch": "aws"}
 _registered: dict[str, Callable[[str], Executor]] = {}
 
 

@@ -7,6 +7,11 @@ A fan-out of N calls of one task becomes ``ceil(N / max_children)`` arrays. Each
 runs ``gflow worker ARRAY_DIGEST`` with its index in ``AWS_BATCH_JOB_ARRAY_INDEX`` or ``VC_TASK_INDEX``
 (``gflow.images.worker.INDEX_VARS``) and writes its outcome record to the outcome slot of its own call
 spec, where the driver reads it.
+
+Very large fan-outs use a *paged* array spec instead (:func:`write_paged_manifest`): the call specs
+travel inline in pages of ``page_size`` (with small inputs inline too), so a fan-out of 10,000 is
+about a hundred stored documents rather than twenty thousand, and ``chunk`` calls can share one
+child. :func:`split_sizes` spreads children over arrays of at most ``max_children``.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from typing import Any
 from gflow.executors.base import Call, Outcome
 from gflow.images.worker import INDEX_VARS
 
-__all__ = ["INDEX_VARS", "Manifest", "backend_failure", "child_outcome", "chunk", "group_by_task", "outcome_of",
-           "write_manifest"]
+__all__ = ["INDEX_VARS", "Manifest", "PagedManifest", "backend_failure", "child_outcome", "chunk",
+           "group_by_task", "outcome_of", "split_sizes", "write_manifest", "write_paged_manifest"]
 
 
 def chunk(items: Sequence[Any], size: int) -> list[list[Any]]:
@@ -92,3 +97,57 @@ def backend_failure(error_type: str, message: str, *, info: dict[str, Any] | Non
 
     return Outcome(False, error_type=error_type, error_message=message, traceback=log_tail, started=started,
                    ended=ended if ended is not None else time.time(), info=dict(info or {}))
+
+
+def split_sizes(n: int, max_size: int) -> list[int]:
+    """Sizes of ``ceil(n / max_size)`` parts, as equal as possible (so a part of 1 only when ``n`` is 1):
+    10,001 children with arrays of at most 10,000 are 5,001 + 5,000, never 10,000 + 1."""
+    if n < 0 or max_size < 1:
+        raise ValueError(f"cannot split {n} into parts of at most {max_size}")
+    if n == 0:
+        return []
+    parts = -(-n // max_size)
+    base, extra = divmod(n, parts)
+    return [base + 1] * extra + [base] * (parts - extra)
+
+
+@dataclass
+class PagedManifest(Manifest):
+    """A paged array (``gflow.array/v2``): ``specs`` holds each call's spec digest (its outcome slot's
+    key), by call position; element ``i`` runs calls ``i*chunk .. (i+1)*chunk - 1``."""
+
+    chunk: int = 1
+
+    @property
+    def elements(self) -> int:
+        return -(-len(self.specs) // self.chunk)
+
+    def calls_of(self, element: int) -> range:
+        """Call positions that element ``element`` runs."""
+        return range(element * self.chunk, min(len(self.specs), (element + 1) * self.chunk))
+
+
+def write_paged_manifest(artifacts: Any, calls: Sequence[Call], *, image: str | None = None,
+                         bundle: str | None = None, chunk: int = 1, page_size: int = 100,
+                         inline_max: int = 16384) -> PagedManifest:
+    """Store a paged array spec for ``calls`` (in order) with one ``put_many``: the pages, the array
+    spec, typed blobs, and inputs larger than ``inline_max`` bytes (smaller ones ride in the pages).
+
+    Raises:
+        SerializationError: naming the task when an input has no canonical form.
+    """
+    from gflow.images.protocol import encode_call_spec, paged_array_blobs, spec_digest
+
+    specs: list[dict] = []
+    blobs: dict[str, bytes] = {}
+    inline: dict[str, bytes] = {}
+    for c in calls:
+        spec, b = encode_call_spec(c, image=image, bundle=bundle)
+        data = b.pop(spec["inputs"])
+        (inline if len(data) <= inline_max else blobs)[spec["inputs"]] = data
+        blobs.update(b)
+        specs.append(spec)
+    array, docs = paged_array_blobs(specs, inline, chunk=chunk, page_size=page_size)
+    blobs.update(docs)
+    artifacts.put_many(blobs)
+    return PagedManifest(array, [spec_digest(s) for s in specs], list(calls), chunk=chunk)

@@ -5,7 +5,8 @@ Steps, each named in a failure's ``stage``: read the spec; unpack the code bundl
 write the output blob; write the outcome record to the spec's outcome slot. The exit code tells
 the backend how it went: 0 success, 1 the task raised, 2 the worker could not run the call (bad
 spec, unknown task, version mismatch, unreadable inputs) -- an outcome record is written in every
-case where the artifact store is reachable.
+case where the artifact store is reachable. An element of a paged array spec may run several calls
+(a chunk); each gets its own outcome record, and the exit code is the worst of theirs.
 """
 
 from __future__ import annotations
@@ -13,39 +14,50 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import sys
 import tarfile
 import tempfile
 import time
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 from gflow.images.errors import TaskVersionMismatch, WorkerError
 from gflow.images.protocol import (
     ARRAY,
+    ARRAY_PAGED,
     EXIT_OK,
     EXIT_TASK_FAILED,
     EXIT_WORKER_ERROR,
+    RESULT_INLINE_MAX,
+    element_calls,
+    elements,
     read_spec,
     write_outcome,
 )
 
 INDEX_VARS = ("AWS_BATCH_JOB_ARRAY_INDEX", "VC_TASK_INDEX")
+#: an array child's job id is ``<array job id>:<index>`` (moto sets only this, not the index variable)
+_CHILD_JOB_ID = re.compile(r"^[^:]+:(\d+)$")
 
 
-def array_index(explicit: int | None = None) -> int | None:
-    """The element index: ``--index``, else the backend's environment variable, else None."""
+def array_index(explicit: int | None = None, environ: Mapping[str, str] | None = None) -> int | None:
+    """The element index: ``--index``, else the backend's environment variable, else the suffix of
+    ``AWS_BATCH_JOB_ID`` for an array child (``<array job id>:<index>``), else None."""
     if explicit is not None:
         return explicit
+    env = os.environ if environ is None else environ
     for var in INDEX_VARS:
-        v = os.environ.get(var)
+        v = env.get(var)
         if v not in (None, ""):
             try:
                 return int(v)
             except ValueError:
                 raise WorkerError(f"{var}={v!r} is not an integer") from None
-    return None
+    m = _CHILD_JOB_ID.match(env.get("AWS_BATCH_JOB_ID") or "")
+    return int(m.group(1)) if m else None
 
 
 def unpack_bundle(artifacts: Any, digest: str) -> list[str]:
@@ -97,11 +109,13 @@ def _allow_pickle(spec: dict, task: Any) -> bool:
     return spec.get("pickle") is True and bool(task.options.pickle)
 
 
-def _read_inputs(artifacts: Any, spec: dict, task: Any) -> tuple[list, dict]:
+def _read_inputs(artifacts: Any, spec: dict, task: Any, inline: dict[str, bytes] | None = None) -> tuple[list, dict]:
     from gflow.errors import SerializationError
     from gflow.serialization import decode
 
-    inputs = decode(artifacts.get(spec["inputs"]), artifacts.get, allow_pickle=_allow_pickle(spec, task),
+    data = (inline or {}).get(spec["inputs"])  # carried by an array page, checked against its digest there
+    inputs = decode(data if data is not None else artifacts.get(spec["inputs"]), artifacts.get,
+                    allow_pickle=_allow_pickle(spec, task),
                     where=f"inputs of task '{task.name}'")
     if type(inputs) is not dict or type(inputs.get("args")) is not list or type(inputs.get("kwargs")) is not dict \
             or not all(type(k) is str for k in inputs["kwargs"]):
@@ -112,26 +126,43 @@ def _read_inputs(artifacts: Any, spec: dict, task: Any) -> tuple[list, dict]:
 def run_spec(artifacts: Any, spec_digest: str, index: int | None = None) -> int:
     """Run a call spec (or element ``index`` of an array spec); returns the exit code."""
     started = time.time()
-    stage = "spec"
     spec: dict = {}
     try:
         spec = read_spec(artifacts, spec_digest)
-        if spec["kind"] == ARRAY:
+        calls: list[tuple[str, dict, dict[str, bytes]]]
+        if spec["kind"] in (ARRAY, ARRAY_PAGED):
+            n = elements(spec)
             if index is None:
-                raise WorkerError(f"{spec_digest} is an array spec of {len(spec['calls'])} calls; give --index or "
+                raise WorkerError(f"{spec_digest} is an array spec of {n} elements; give --index or "
                                   f"set one of {', '.join(INDEX_VARS)}")
-            if not 0 <= index < len(spec["calls"]):
-                raise WorkerError(f"index {index} is outside the array spec {spec_digest} "
-                                  f"({len(spec['calls'])} calls)")
-            spec_digest = spec["calls"][index]
-            spec = read_spec(artifacts, spec_digest)
+            if not 0 <= index < n:
+                raise WorkerError(f"index {index} is outside the array spec {spec_digest} ({n} elements)")
+            if spec["kind"] == ARRAY_PAGED:
+                calls = element_calls(artifacts, spec, index)
+            else:
+                spec_digest = spec["calls"][index]
+                spec = read_spec(artifacts, spec_digest)
+                calls = [(spec_digest, spec, {})]
+        else:
+            calls = [(spec_digest, spec, {})]
+    except BaseException as e:  # noqa: BLE001 - becomes the outcome record
+        _fail(artifacts, spec_digest, spec, "spec", e, started)
+        return EXIT_WORKER_ERROR
+    return max([_run_call(artifacts, d, s, inline) for d, s, inline in calls])
+
+
+def _run_call(artifacts: Any, spec_digest: str, spec: dict, inline: dict[str, bytes]) -> int:
+    """Run one checked call spec whose document is in hand (``inline``: inputs carried by an array page)."""
+    started = time.time()
+    stage = "spec"
+    try:
         if spec.get("bundle"):
             stage = "bundle"
             unpack_bundle(artifacts, spec["bundle"])
         stage = "import"
         task = _load_task(spec)
         stage = "inputs"
-        args, kwargs = _read_inputs(artifacts, spec, task)
+        args, kwargs = _read_inputs(artifacts, spec, task, inline)
     except BaseException as e:  # noqa: BLE001 - becomes the outcome record
         _fail(artifacts, spec_digest, spec, stage, e, started)
         return EXIT_WORKER_ERROR
@@ -155,6 +186,8 @@ def run_spec(artifacts: Any, spec_digest: str, index: int | None = None) -> int:
         artifacts.put_many(enc.blobs)
         result = artifacts.put(enc.data, enc.digest)
         record = {"ok": True, "result": result, "started": t_run, "ended": time.time(), **_where(spec)}
+        if len(enc.data) <= RESULT_INLINE_MAX:
+            record["result_data"] = enc.data.decode()  # the driver reads one document instead of two
         write_outcome(artifacts, spec_digest, record)
     except BaseException as e:  # noqa: BLE001
         _fail(artifacts, spec_digest, spec, stage, e, t_run)

@@ -1,0 +1,499 @@
+"""The AWS Batch executor: a fan-out of N calls is ``ceil(N / (10,000 x chunk))`` array jobs.
+
+``executor="aws-batch://JOB_QUEUE?region=us-east-1"`` (extra ``gflow[aws]``; building images also
+needs ``gflow[docker]``), or the same settings as keyword arguments (a profile's
+``[profiles.NAME.aws_batch]`` table). boto3's configuration is honoured (``AWS_PROFILE``,
+``AWS_REGION``, the credentials chain, ``AWS_ENDPOINT_URL[_BATCH|_S3|...]``), so the same code
+targets AWS, moto or LocalStack. Guide: ``docs/aws-batch.md``.
+
+- Before the run is recorded (``image_tag_for``): the region, the queue (it exists, is enabled, its
+  compute environments fit the platform), the roles, and the image (built and pushed to
+  ``image_registry`` when absent, or a plain ``image`` reference checked in its registry).
+- Each batch of calls of one task: one job definition (registered once per distinct
+  image/resources/timeout/retry policy, found again by its hashed name), one paged array manifest in
+  the S3 artifact store (``gflow.executors._batch``), one SubmitJob per 10,000 children. Child ``i``
+  runs ``gflow worker MANIFEST`` and finds its call(s) by its array index.
+- Status and outcomes: :mod:`gflow.executors._aws_monitor` (DescribeJobs in batches of 100, array
+  summaries, children listed only when they changed, adaptive polling, backoff with jitter on
+  throttling). Outcomes carry ``result_ref`` and ``info`` (job id, array index, attempts, exit code,
+  status reason, log stream).
+- Cancel: TerminateJob (Batch cancels what has not started and stops what runs): once for a whole
+  job or array; per child for the rest of a partly finished array (up to 100 children, else once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from gflow.errors import ConfigError, ExecutorError, GflowError
+from gflow.executors import _aws_client as aws
+from gflow.executors._aws_checks import check_queue, check_roles
+from gflow.executors._aws_images import Images
+from gflow.executors._aws_jobs import (
+    DefinitionSpec,
+    attempt_seconds,
+    check_env,
+    check_role,
+    clean_tags,
+    definition_name,
+    job_name,
+    resource_requirements,
+    submit_request,
+)
+from gflow.executors._aws_monitor import DEFAULT_LOG_GROUP, Cadence, Handle, Job, Monitor
+from gflow.executors._aws_options import check_keywords, merge, parse_url, render_url
+from gflow.executors._batch import group_by_task, split_sizes, write_paged_manifest
+from gflow.executors.base import Call, Capabilities, Executor, JobStatus
+from gflow.states import State
+
+log = logging.getLogger("gflow.executors.aws_batch")
+
+
+class AwsBatchExecutor(Executor):
+    """Runs calls as AWS Batch jobs (arrays for fan-outs). Arguments are described in docs/aws-batch.md.
+
+    Args:
+        queue: Job queue name or ARN.
+        region, profile, endpoint_url: AWS region, profile and endpoint (default: boto3's configuration).
+        job_role_arn: Role the containers run as (their S3 access); execution_role_arn: role that pulls
+            images and writes logs (required on Fargate).
+        platform: ``EC2`` or ``FARGATE``.
+        image: A prebuilt image reference to run (nothing is built); image_registry: where built images
+            are pushed and pulled from; build: build missing images.
+        log_group: CloudWatch Logs group of the jobs (default: Batch's ``/aws/batch/job``).
+        tags, environment, secrets: Job tags; environment of the containers; secrets by reference
+            (``{"NAME": "arn:aws:secretsmanager:..."}`` or SSM parameters).
+        chunk: Calls per array child (for very short tasks).
+        array: False submits one job per call (the naive path, kept as a baseline).
+        infra_retries: Batch retries of infrastructure failures (spot reclaim, host terminated).
+        artifacts_endpoint: S3 endpoint the containers use (default: the driver's, when it is not AWS's).
+        poll_min, poll_max: Bounds of the adaptive poll interval (seconds).
+    """
+
+    name = "aws-batch"
+    capabilities = Capabilities(pushes_events=True, reports_start=True, kills_on_timeout=True, needs_image=True,
+                                array_jobs=True, poll_interval=1.0)
+
+    def __init__(self, queue: str, *, region: str | None = None, profile: str | None = None,
+                 endpoint_url: str | None = None, job_role_arn: str | None = None,
+                 execution_role_arn: str | None = None, platform: str = "EC2", image: str | None = None,
+                 image_registry: str | None = None, build: bool = True, docker_host: str | None = None,
+                 log_group: str | None = None, tags: dict[str, str] | None = None,
+                 environment: dict[str, str] | None = None, secrets: dict[str, str] | None = None,
+                 chunk: int = 1, max_array_size: int = 10000, array: bool = True, job_name_prefix: str = "gflow",
+                 infra_retries: int = 2, artifacts: Any = None, artifacts_endpoint: str | None = None,
+                 poll_min: float = 1.0, poll_max: float = 30.0, sweep: float = 60.0, list_gap: float = 15.0,
+                 describe: str = "failed", max_in_flight: int | None = None, assign_public_ip: bool = False,
+                 check: bool = True, max_poll_errors: int = 5, backoff: aws.Backoff | None = None,
+                 clock: Any = None):
+        if not queue:
+            raise ConfigError("aws-batch executor: no job queue given (aws-batch://JOB_QUEUE?region=R)")
+        self.platform = platform.upper()
+        if self.platform not in ("EC2", "FARGATE"):
+            raise ConfigError(f"aws-batch executor: platform must be EC2 or FARGATE, got {platform!r}")
+        if self.platform == "FARGATE" and not execution_role_arn:
+            raise ConfigError("aws-batch executor: Fargate jobs need execution_role_arn (a role with "
+                              "AmazonECSTaskExecutionRolePolicy) to pull images and write logs")
+        check_role(job_role_arn, "job_role_arn")
+        check_role(execution_role_arn, "execution_role_arn")
+        self.environment = {str(k): str(v) for k, v in (environment or {}).items()}
+        self.secrets = {str(k): str(v) for k, v in (secrets or {}).items()}
+        check_env(self.environment, self.secrets)
+        if chunk < 1:
+            raise ConfigError(f"aws-batch executor: chunk must be at least 1, got {chunk}")
+        if not 2 <= max_array_size <= 10000:
+            raise ConfigError(f"aws-batch executor: max_array_size must be 2..10000 (Batch's limits), got "
+                              f"{max_array_size}")
+        if describe not in ("failed", "all"):
+            raise ConfigError(f"aws-batch executor: describe must be 'failed' or 'all', got {describe!r}")
+        if not 0 < poll_min <= poll_max:
+            raise ConfigError(f"aws-batch executor: need 0 < poll_min <= poll_max, got {poll_min}, {poll_max}")
+        self.queue = queue
+        self.region, self.profile, self.endpoint_url = region, profile, endpoint_url
+        self.job_role_arn, self.execution_role_arn = job_role_arn, execution_role_arn
+        self.image = image
+        self.log_group = log_group
+        self.tags = clean_tags(tags or {})
+        self.chunk, self.max_array_size, self.array = chunk, max_array_size, array
+        self.job_name_prefix = job_name_prefix
+        self.infra_retries = max(0, infra_retries)
+        self.artifacts_endpoint = artifacts_endpoint
+        self.max_in_flight = max_in_flight or 1_000_000
+        self.assign_public_ip = assign_public_ip
+        self.check = check
+        self.max_poll_errors = max_poll_errors
+        self.backoff = backoff or aws.Backoff()
+        self.counter = aws.ApiCounter()
+        self.images = Images(registry=image_registry, build=build, docker_host=docker_host,
+                             ecr=lambda: self._client("ecr"))
+        self._artifacts = artifacts
+        self._artifacts_explicit = artifacts is not None
+        self._artifacts_ok: Any = None
+        self._session: Any = None
+        self._clients: dict[str, Any] = {}
+        self._prepared = False
+        self._defs: dict[str, str] = {}
+        self._flow_ref: str | None = image
+        self._flow_tag: str | None = image
+        self._flow_name = "flow"
+        self._lock = threading.RLock()
+        self._in_flight = 0
+        self.cadence = Cadence(poll_min, poll_max)
+        self.monitor = Monitor(self._Api(self), None, self._emit, log_group=log_group or DEFAULT_LOG_GROUP,
+                               queue=queue, sweep=sweep, list_gap=list_gap, describe_all=describe == "all",
+                               **({"clock": clock} if clock else {}))
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.submitted_at: float | None = None  # when the last SubmitJob of the last batch returned (benchmarks)
+        self._closed = False
+
+    @classmethod
+    def from_spec(cls, spec: str, **settings: Any) -> AwsBatchExecutor:
+        """``aws-batch://QUEUE?...`` over ``settings``, a profile's ``[profiles.X.aws_batch]`` table (keywords
+        of the constructor; the URL's own values win)."""
+        return cls(**merge(spec, settings))
+
+    @property
+    def url(self) -> str:
+        """This executor as an ``aws-batch://`` URL (what a run records; environment values are left out)."""
+        return render_url(self)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> AwsBatchExecutor:
+        """From a profile's ``[profiles.NAME.aws_batch]`` table (unknown keys are refused)."""
+        check_keywords(settings)
+        return cls(**settings)
+
+    # -- AWS plumbing ----------------------------------------------------------------------------------
+    class _Api:
+        """The monitor's view of Batch (through the executor's clients, counting and backoff)."""
+
+        def __init__(self, ex: AwsBatchExecutor):
+            self.ex = ex
+
+        def describe(self, ids: list[str]) -> list[dict]:
+            return list(self.ex._call("describe_jobs", jobs=ids)["jobs"])
+
+        def children(self, array_id: str, status: str) -> list[dict]:
+            out: list[dict] = []
+            kw: dict[str, Any] = {"arrayJobId": array_id, "jobStatus": status, "maxResults": 1000}
+            while True:
+                page = self.ex._call("list_jobs", **kw)
+                out.extend(page.get("jobSummaryList", []))
+                token = page.get("nextToken")
+                if not token:
+                    return out
+                kw["nextToken"] = token
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            self._session = aws.session(self.region, self.profile)
+        return self._session
+
+    def _client(self, service: str) -> Any:
+        with self._lock:
+            c = self._clients.get(service)
+            if c is None:
+                c = self._clients[service] = aws.client(self.session, service, endpoint_url=self.endpoint_url,
+                                                        botocore_retries=service != "batch", counter=self.counter)
+            return c
+
+    def _call(self, op: str, *, idempotent: bool = True, **kw: Any) -> Any:
+        return aws.call(self._client("batch"), op, self.backoff, what=f"AWS Batch ({self.queue})",
+                        idempotent=idempotent, **kw)
+
+    @property
+    def api_calls(self) -> dict[str, int]:
+        """AWS API calls this executor made, by operation (``SubmitJob``, ``DescribeJobs``, ...)."""
+        return self.counter.snapshot()
+
+    # -- checks before anything is submitted ---------------------------------------------------------
+    def prepare(self) -> None:
+        """Check region, credentials, queue, platform and roles once (ConfigError with the fix)."""
+        with self._lock:
+            if self._prepared:
+                return
+            self.region = aws.check_region(self.session, self.region, "batch", self.endpoint_url)
+            if self.check:
+                check_queue(self._call, self.queue, self.region, self.platform)
+                check_roles(self._client("iam"), {"job_role_arn": self.job_role_arn,
+                                                  "execution_role_arn": self.execution_role_arn})
+            self._prepared = True
+
+    @property
+    def artifacts(self) -> Any:
+        if self._artifacts is None:
+            from gflow.artifacts import open_artifacts
+            from gflow.config import load_profile
+
+            self._artifacts = open_artifacts(load_profile().artifacts)
+        return self._artifacts
+
+    def attach_artifacts(self, artifacts: Any) -> None:
+        if not self._artifacts_explicit:
+            self._artifacts = artifacts
+            self._artifacts_ok = None
+
+    def _check_artifacts(self) -> Any:
+        arts = self.artifacts
+        if self._artifacts_ok is arts:
+            return arts
+        if not str(getattr(arts, "url", "")).startswith("s3://"):
+            raise ConfigError(f"the aws-batch executor needs an S3 artifact store (artifacts='s3://BUCKET/PREFIX' or "
+                              f"GFLOW_ARTIFACTS): Batch jobs cannot reach {getattr(arts, 'url', arts)}")
+        arts.check()
+        self.monitor.artifacts = arts
+        self._artifacts_ok = arts
+        return arts
+
+    def job_environment(self) -> dict[str, str]:
+        """What every job gets in its environment: where the artifact store is (never credentials)."""
+        arts = self._check_artifacts()
+        env = {"GFLOW_ARTIFACTS": arts.url}
+        endpoint = self.artifacts_endpoint
+        if endpoint is None:
+            resolved = arts.resolved_endpoint
+            if "amazonaws.com" not in resolved:
+                endpoint = resolved
+        if endpoint:
+            env["AWS_ENDPOINT_URL_S3"] = endpoint
+        region = arts.client.meta.region_name
+        if region:
+            env["AWS_DEFAULT_REGION"] = region
+        return env
+
+    # -- images ----------------------------------------------------------------------------------------
+    def image_tag_for(self, flow: Any) -> str:
+        """Check the setup, then build and push the flow's image if needed; the run records the reference."""
+        self.prepare()
+        self._flow_name = flow.name
+        if self.image is not None:
+            self.images.check_ref(self.image)
+            return self.image
+        self._flow_tag, self._flow_ref = self.images.flow_ref(flow)
+        return self._flow_ref
+
+    def image_key(self, task: Any) -> str | None:
+        got = self.images.task_ref(task, self._flow_name)
+        return got[0] if got else self._flow_tag
+
+    def _image_for(self, task: Any) -> str:
+        got = self.images.task_ref(task, self._flow_name)
+        if got is not None:
+            return got[1]
+        if self._flow_ref is None:
+            raise ExecutorError("the aws-batch executor has no image: run a flow (its image is built and pushed) or "
+                                "give ?image=REF")
+        return self._flow_ref
+
+    # -- job definitions -------------------------------------------------------------------------------
+    def definition(self, task: Any, image: str, chunk: int) -> str:
+        """The ARN of the job definition for ``task``'s calls in ``image`` (registered only if new)."""
+        res = resource_requirements(task.options.resources, self.platform, task=task.name)
+        spec = DefinitionSpec(
+            image=image, resources=tuple((r["type"], r["value"]) for r in res), platform=self.platform,
+            timeout=attempt_seconds(task.options.timeout, chunk), attempts=1 + self.infra_retries,
+            job_role_arn=self.job_role_arn, execution_role_arn=self.execution_role_arn, log_group=self.log_group,
+            environment=tuple(sorted(self.environment.items())), secrets=tuple(sorted(self.secrets.items())),
+            assign_public_ip=self.assign_public_ip, tags=tuple(sorted(self.tags.items())))
+        digest = spec.digest()
+        name = definition_name(self.job_name_prefix, task.name, digest)
+        with self._lock:
+            arn = self._defs.get(name)
+            if arn is None:
+                found = self._call("describe_job_definitions", jobDefinitionName=name, status="ACTIVE")
+                active = [d for d in found.get("jobDefinitions", []) if d.get("status", "ACTIVE") == "ACTIVE"]
+                if active:
+                    arn = max(active, key=lambda d: d.get("revision", 0))["jobDefinitionArn"]
+                else:
+                    arn = self._call("register_job_definition", idempotent=False,
+                                     **spec.request(name, digest))["jobDefinitionArn"]
+                self._defs[name] = arn
+        return arn
+
+    # -- the executor interface ------------------------------------------------------------------------
+    def submit(self, calls: Sequence[Call]) -> list[Any]:
+        self.prepare()
+        arts = self._check_artifacts()
+        env = self.job_environment()
+        handles: dict[str, Handle] = {}
+        jobs: list[Job] = []
+        try:
+            for group in group_by_task(calls):
+                task = group[0].task
+                image = self._image_for(task)
+                if self.array and len(group) > 1:
+                    jobs += self._submit_arrays(group, image, env, arts, handles)
+                else:
+                    for c in group:
+                        jobs.append(self._submit_one(c, image, env, arts, handles))
+        except BaseException:
+            self._terminate([j for j in jobs], "gflow: the rest of its batch could not be submitted")
+            raise
+        self.submitted_at = time.perf_counter()
+        with self._lock:
+            self._in_flight += len(calls)
+        for j in jobs:
+            self.monitor.add(j)
+        self._start_monitor()
+        return [handles[c.id] for c in calls]
+
+    def _tags(self, call: Call) -> dict[str, str]:
+        return {**self.tags, "gflow:run": call.run_id, "gflow:task": call.task.name[:256]}
+
+    def _submit(self, req: dict[str, Any]) -> str:
+        """SubmitJob. An answer lost on the way (timeout, dropped connection) is ambiguous: the job is
+        looked up by its name (unique per submission) before submitting again, so none runs twice."""
+        for n in range(3):
+            try:
+                return str(self._call("submit_job", idempotent=False, **req)["jobId"])
+            except aws.AmbiguousRequest as e:
+                log.warning("%s; looking for job %s before submitting again", e, req["jobName"])
+                found = self._call("list_jobs", jobQueue=self.queue,
+                                   filters=[{"name": "JOB_NAME", "values": [req["jobName"]]}])["jobSummaryList"]
+                if found:
+                    return str(found[0]["jobId"])
+                if n == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _submit_one(self, call: Call, image: str, env: dict[str, str], arts: Any, handles: dict) -> Job:
+        from gflow.images.protocol import write_call_spec
+
+        spec = write_call_spec(arts, call, image=image)
+        name = job_name(self.job_name_prefix, call.task.name, call.run_id, spec)
+        req = submit_request(name=name, queue=self.queue, definition=self.definition(call.task, image, 1),
+                             command=["worker", spec], environment=env, size=0, tags=self._tags(call))
+        job = Job(self._submit(req), name, 0, image, None)
+        job.elements[0] = [h := Handle(call, job, 0, 0, spec)]
+        handles[call.id] = h
+        return job
+
+    def _submit_arrays(self, group: list[Call], image: str, env: dict[str, str], arts: Any, handles: dict) -> list[Job]:
+        k = self.chunk
+        jobs = []
+        start = 0
+        for size in split_sizes(-(-len(group) // k), self.max_array_size):
+            part = group[start * k:(start + size) * k]
+            start += size
+            m = write_paged_manifest(arts, part, image=image, chunk=k)
+            name = job_name(self.job_name_prefix, part[0].task.name, part[0].run_id, m.array)
+            command = ["worker", m.array] if m.elements >= 2 else ["worker", m.array, "--index", "0"]
+            req = submit_request(name=name, queue=self.queue, definition=self.definition(part[0].task, image, k),
+                                 command=command, environment=env, size=m.elements, tags=self._tags(part[0]))
+            job = Job(self._submit(req), name, m.elements if m.elements >= 2 else 0, image, m.array, k)
+            for pos, call in enumerate(part):
+                h = Handle(call, job, pos // k if job.size else 0, pos % k, m.specs[pos])
+                job.elements.setdefault(h.element, []).append(h)
+                handles[call.id] = h
+            jobs.append(job)
+        return jobs
+
+    def _emit(self, kind: str, h: Handle, payload: Any) -> None:
+        if kind == "done":
+            with self._lock:
+                self._in_flight -= 1
+        self._listener(kind, h.call.id, h.call.attempt, payload)
+
+    def _start_monitor(self) -> None:
+        self.cadence.reset()
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="gflow-aws-batch", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        errors = 0
+        while not self._stop.is_set():
+            self._wake.wait(self.cadence.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            changed = False
+            try:
+                changed = self.monitor.cycle()
+                errors = 0
+            except Exception as e:  # noqa: BLE001 - the loop must survive; repeated failures end the calls
+                errors += 1
+                log.warning("polling AWS Batch failed (%d in a row): %s", errors, e)
+                if isinstance(e, ConfigError) or errors >= self.max_poll_errors:
+                    self.monitor.fail_all(f"gflow lost track of the job ({e}); it may still be running: check with "
+                                          f"'aws batch describe-jobs --jobs JOB_ID'")
+                    errors = 0
+            self.cadence.next(changed)
+
+    def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
+        return [JobStatus(h.state) for h in handles]
+
+    def cancel(self, handles: Sequence[Any]) -> None:
+        by_job: dict[str, tuple[Job, list[Handle]]] = {}
+        with self.monitor.lock:
+            for h in handles:
+                if not isinstance(h, Handle) or h.cancelled or h.state.terminal:
+                    continue
+                h.cancelled = True
+                h.state = State.CANCELLED
+                by_job.setdefault(h.job.id, (h.job, []))[1].append(h)
+            whole, children = [], []
+            for job, hs in by_job.values():
+                gone = [el for el in {h.element for h in hs} if all(h.cancelled for h in job.elements[el])]
+                everything = all(h.cancelled for el in job.unfinished() for h in job.elements[el])
+                # a whole job in one call (Batch cancels what has not started and stops what runs); what is left
+                # of a partly finished array child by child when that is at most 100 calls
+                if everything and (not job.size or not job.finished or len(gone) > 100):
+                    whole.append(job)
+                    job.finished.update(job.elements)
+                else:
+                    children += [job.child_id(el) for el in gone]
+                    job.finished.update(gone)
+        with self._lock:
+            self._in_flight -= sum(len(hs) for _, hs in by_job.values())
+        self._terminate_ids([j.id for j in whole] + children, "gflow: cancelled")
+
+    def _terminate(self, jobs: list[Job], reason: str) -> None:
+        self._terminate_ids([j.id for j in jobs], reason)
+
+    def _terminate_ids(self, ids: list[str], reason: str) -> None:
+        for job_id in ids:
+            try:
+                self._call("terminate_job", jobId=job_id, reason=reason)
+            except GflowError as e:
+                log.warning("could not terminate AWS Batch job %s: %s", job_id, e)
+
+    def capacity(self) -> int:
+        return self.max_in_flight - self._in_flight
+
+    def describe_handle(self, handle: Any) -> str:
+        h: Handle = handle
+        return f"{h.job.image} job={h.job_id}" + (f" call={h.pos}" if h.job.chunk > 1 else "")
+
+    @classmethod
+    def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
+        """The CloudWatch log of a task run's Batch job (by its recorded log stream, or its job id)."""
+        from gflow.executors._aws_logs import fetch
+
+        kw = parse_url(spec, require_queue=False) if "://" in spec else {}
+        ex = cls(**{"queue": "-", **kw, "check": False})  # a run given an executor object records only its name
+        return fetch(ex, handle, info or {})
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        live = [h for j in self.monitor.active() for el in j.unfinished() for h in j.elements[el]
+                if not h.cancelled and not h.state.terminal]
+        if live:
+            log.warning("closing with %d AWS Batch calls unfinished: terminating their jobs", len(live))
+            self.cancel(live)
+        self.monitor.close()
