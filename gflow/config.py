@@ -105,6 +105,9 @@ def load_profile(name: str | None = None, **overrides: Any) -> Profile:
     backends = {t: values.pop(t) for t in _TABLES if t != "executors" and t in values}
     prof = Profile(name=name, source=str(path) if path else None, routes=parse_routes(routes), backends=backends,
                    **values)
+    if prof.image_registry:  # the profile's registry is where image backends push, unless their table says
+        for table, key in (("aws_batch", "image_registry"), ("volcano", "registry"), ("docker", "registry")):
+            prof.backends.setdefault(table, {}).setdefault(key, prof.image_registry)
     for f in fields(prof):
         if f.name in ("store", "artifacts") and isinstance(getattr(prof, f.name), str):
             setattr(prof, f.name, os.path.expandvars(getattr(prof, f.name)))

@@ -47,7 +47,8 @@ def open_run_context(profile: str | None = None, *, executor: Any = None, store:
     try:
         arts = open_artifacts(prof.artifacts)
         ex = prof.executor
-        desc = ex if isinstance(ex, str) else getattr(ex, "name", type(ex).__name__)
+        # what the run records: the URL (a backend object knows its own, with region, queue ...), else its name
+        desc = ex if isinstance(ex, str) else str(getattr(ex, "url", None) or getattr(ex, "name", type(ex).__name__))
         yield RunContext(st, arts, ex, desc, prof.routes, prof.backends, prof.name)
     finally:
         if owns_store:
