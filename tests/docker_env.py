@@ -232,3 +232,46 @@ def start_registry(env: DockerEnv) -> str:
 
 if __name__ == "__main__":
     print(ensure_base_rootfs())
+
+
+@dataclass
+class Engine:
+    """What a module of Docker tests shares: the daemon, the base image, a registry and a gflow wheel."""
+
+    env: DockerEnv
+    base: str
+    registry: str
+    wheel: str
+
+
+def engine_for_tests():
+    """Generator for a module-scoped pytest fixture: starts the engine (or skips), stops it after.
+
+    The wheel is a snapshot of gflow for the images: the tags stay put even if the checkout is edited
+    while the tests run.
+    """
+    import pytest
+
+    pytest.importorskip("docker", reason="the docker SDK is not installed (pip install 'gflow[docker]')")
+    try:
+        env = start_dockerd()
+    except Unavailable as e:
+        pytest.skip(f"cannot start dockerd here: {e}")
+    try:
+        base = import_base(env)
+        registry = start_registry(env)
+    except Unavailable as e:
+        env.stop()
+        pytest.skip(f"docker test environment incomplete: {e}")
+    except BaseException:
+        env.stop()
+        raise
+    from gflow.images.wheel import gflow_wheel
+
+    name, data = gflow_wheel()
+    wheel = env.root / name
+    wheel.write_bytes(data)
+    try:
+        yield Engine(env, base, registry, str(wheel))
+    finally:
+        env.stop()

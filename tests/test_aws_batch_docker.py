@@ -29,31 +29,14 @@ ARTS = f"s3://{BUCKET}/e2e"
 
 @pytest.fixture(scope="module")
 def engine():
-    pytest.importorskip("docker", reason="the docker SDK is not installed (pip install 'gflow[docker]')")
     pytest.importorskip("moto")
-    try:
-        env = docker_env.start_dockerd()
-    except docker_env.Unavailable as e:
-        pytest.skip(f"cannot start dockerd here: {e}")
-    try:
-        base = docker_env.import_base(env)
-        registry = docker_env.start_registry(env)
-    except docker_env.Unavailable as e:
-        env.stop()
-        pytest.skip(f"docker test environment incomplete: {e}")
-    except BaseException:
-        env.stop()
-        raise
-    from gflow.images.wheel import gflow_wheel
-
-    name, data = gflow_wheel()
-    wheel = env.root / name
-    wheel.write_bytes(data)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    moto = Moto()
-    yield env, base, registry, str(wheel), moto
-    moto.stop()
-    env.stop()
+    for eng in docker_env.engine_for_tests():
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        moto = Moto()
+        try:
+            yield eng.env, eng.base, eng.registry, eng.wheel, moto
+        finally:
+            moto.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import docker_env
@@ -24,38 +23,12 @@ from gflow.states import State
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@dataclass
-class Engine:
-    env: docker_env.DockerEnv
-    base: str
-    registry: str
-    wheel: str
+Engine = docker_env.Engine
 
 
 @pytest.fixture(scope="module")
 def engine():
-    pytest.importorskip("docker", reason="the docker SDK is not installed (pip install 'gflow[docker]')")
-    try:
-        env = docker_env.start_dockerd()
-    except docker_env.Unavailable as e:
-        pytest.skip(f"cannot start dockerd here: {e}")
-    try:
-        base = docker_env.import_base(env)
-        registry = docker_env.start_registry(env)
-    except docker_env.Unavailable as e:
-        env.stop()
-        pytest.skip(f"docker test environment incomplete: {e}")
-    except BaseException:
-        env.stop()
-        raise
-    # a snapshot of gflow for the images: the tags stay put even if the checkout is edited meanwhile
-    from gflow.images.wheel import gflow_wheel
-
-    name, data = gflow_wheel()
-    wheel = env.root / name
-    wheel.write_bytes(data)
-    yield Engine(env, base, registry, str(wheel))
-    env.stop()
+    yield from docker_env.engine_for_tests()
 
 
 @pytest.fixture

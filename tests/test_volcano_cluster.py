@@ -159,7 +159,9 @@ def test_a_task_error_comes_back_with_its_traceback_and_pod(cluster):
 def test_retries_are_new_attempts_in_new_jobs(cluster, tmp_path):
     res, _ = run(vf.retry_flow, str(tmp_path), cluster=cluster)
     assert res.state is State.SUCCEEDED and res.value == [100, 101]
-    assert created_jobs(cluster.kube) == 3  # the map, then one Job per retried call
+    # the map's Job, then the retries as new Jobs: one per retried call, or one for both when their
+    # retry timers fire in the same engine cycle (timing-dependent under load)
+    assert created_jobs(cluster.kube) in (2, 3)
 
 
 @pytest.mark.parametrize("queue, words", [

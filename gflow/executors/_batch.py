@@ -23,8 +23,37 @@ from typing import Any
 from gflow.executors.base import Call, Outcome
 from gflow.images.worker import INDEX_VARS
 
-__all__ = ["INDEX_VARS", "Manifest", "PagedManifest", "backend_failure", "child_outcome", "chunk",
+__all__ = ["INDEX_VARS", "Manifest", "RunArtifacts", "PagedManifest", "backend_failure", "child_outcome", "chunk",
            "group_by_task", "outcome_of", "split_sizes", "write_manifest", "write_paged_manifest"]
+
+
+class RunArtifacts:
+    """The artifact store a container backend (Docker, AWS Batch, Volcano) hands its workers.
+
+    ``artifacts=`` given to the executor (a store or a URL) wins; otherwise the engine attaches the
+    run's store; otherwise the profile's store is opened on first use.
+    """
+
+    _artifacts: Any = None
+    _artifacts_explicit: bool = False
+
+    @property
+    def artifacts(self) -> Any:
+        if self._artifacts is None or isinstance(self._artifacts, str):
+            from gflow.artifacts import open_artifacts
+            from gflow.config import load_profile
+
+            self._artifacts = open_artifacts(self._artifacts or load_profile().artifacts)
+        return self._artifacts
+
+    def attach_artifacts(self, artifacts: Any) -> None:
+        """Use the run's artifact store (the engine calls this; explicit ``artifacts=`` wins)."""
+        if not self._artifacts_explicit:
+            self._artifacts = artifacts
+            self._artifacts_attached()
+
+    def _artifacts_attached(self) -> None:
+        """Hook: the store changed (a backend that checked the old one forgets that check)."""
 
 
 def chunk(items: Sequence[Any], size: int) -> list[list[Any]]:

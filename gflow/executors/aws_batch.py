@@ -46,14 +46,14 @@ from gflow.executors._aws_jobs import (
 )
 from gflow.executors._aws_monitor import DEFAULT_LOG_GROUP, Cadence, Handle, Job, Monitor
 from gflow.executors._aws_options import check_keywords, merge, parse_url, render_url
-from gflow.executors._batch import group_by_task, split_sizes, write_paged_manifest
+from gflow.executors._batch import RunArtifacts, group_by_task, split_sizes, write_paged_manifest
 from gflow.executors.base import Call, Capabilities, Executor, JobStatus
 from gflow.states import State
 
 log = logging.getLogger("gflow.executors.aws_batch")
 
 
-class AwsBatchExecutor(Executor):
+class AwsBatchExecutor(RunArtifacts, Executor):
     """Runs calls as AWS Batch jobs (arrays for fan-outs). Arguments are described in docs/aws-batch.md.
 
     Args:
@@ -226,19 +226,8 @@ class AwsBatchExecutor(Executor):
                                                   "execution_role_arn": self.execution_role_arn})
             self._prepared = True
 
-    @property
-    def artifacts(self) -> Any:
-        if self._artifacts is None:
-            from gflow.artifacts import open_artifacts
-            from gflow.config import load_profile
-
-            self._artifacts = open_artifacts(load_profile().artifacts)
-        return self._artifacts
-
-    def attach_artifacts(self, artifacts: Any) -> None:
-        if not self._artifacts_explicit:
-            self._artifacts = artifacts
-            self._artifacts_ok = None
+    def _artifacts_attached(self) -> None:
+        self._artifacts_ok = None
 
     def _check_artifacts(self) -> Any:
         arts = self.artifacts

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gflow.errors import ConfigError, ExecutorError
+from gflow.executors._batch import RunArtifacts
 from gflow.executors.base import Call, Capabilities, Executor, JobStatus, Outcome
 from gflow.states import State
 
@@ -59,7 +60,7 @@ def _truthy(v: str | None) -> bool:
     return (v or "").lower() in ("1", "true", "yes", "on")
 
 
-class DockerExecutor(Executor):
+class DockerExecutor(RunArtifacts, Executor):
     """Runs calls as containers on one Docker Engine.
 
     Args:
@@ -149,20 +150,6 @@ class DockerExecutor(Executor):
 
             self._builder = DockerBuilder(self.client)
         return self._builder
-
-    @property
-    def artifacts(self) -> Any:
-        if self._artifacts is None:
-            from gflow.artifacts import open_artifacts
-            from gflow.config import load_profile
-
-            self._artifacts = open_artifacts(load_profile().artifacts)
-        return self._artifacts
-
-    def attach_artifacts(self, artifacts: Any) -> None:
-        """Use the run's artifact store (the engine calls this; explicit ``artifacts=`` wins)."""
-        if not self._artifacts_explicit:
-            self._artifacts = artifacts
 
     # -- images -------------------------------------------------------------------------------------
     def pin(self, image: str, bundle: str | None = None) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from gflow.errors import ConfigError, ExecutorError
 from gflow.executors import _volcano_manifest as vm
-from gflow.executors._batch import chunk, group_by_task, write_manifest
+from gflow.executors._batch import RunArtifacts, chunk, group_by_task, write_manifest
 from gflow.executors._k8s_client import ListWatch, is_status, k8s_error, load_api_client
 from gflow.executors._volcano_runtime import Handle, JobRec, Tracker
 from gflow.executors.base import Call, Capabilities, Executor, JobStatus
@@ -61,7 +61,7 @@ def _convert(spec: str, key: str, raw: str, kind: Any) -> Any:
         raise ConfigError(f"volcano executor {spec!r}: {key}={raw!r} is not a valid {kind.__name__}") from None
 
 
-class VolcanoExecutor(Executor):
+class VolcanoExecutor(RunArtifacts, Executor):
     """Runs calls as Volcano Jobs (one Job per fan-out). Keyword arguments are the profile keys too.
 
     Args:
@@ -211,20 +211,6 @@ class VolcanoExecutor(Executor):
             w.start()
         self.tracker.start()
         self._connected = True
-
-    @property
-    def artifacts(self) -> Any:
-        if self._artifacts is None or isinstance(self._artifacts, str):
-            from gflow.artifacts import open_artifacts
-            from gflow.config import load_profile
-
-            self._artifacts = open_artifacts(self._artifacts or load_profile().artifacts)
-        return self._artifacts
-
-    def attach_artifacts(self, artifacts: Any) -> None:
-        """Use the run's artifact store (the engine calls this; explicit ``artifacts=`` wins)."""
-        if not self._artifacts_explicit:
-            self._artifacts = artifacts
 
     def _pod_settings(self) -> vm.PodSettings:
         from gflow.artifacts import LocalArtifactStore

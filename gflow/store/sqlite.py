@@ -299,7 +299,11 @@ class SQLiteStore(Store):
         return self._tr_from_row(rows[0])
 
     def task_runs(self, run_id, *, state=None, task=None, limit=None, after=None):
-        sql = f"SELECT {TR_COLS} FROM task_runs WHERE run_id = ?"
+        return self._task_run_query(TR_COLS, run_id, state=state, task=task, limit=limit, after=after)
+
+    def _task_run_query(self, cols: str, run_id: str, *, state: Any = None, task: str | None = None,
+                        limit: int | None = None, after: str | None = None) -> list[TaskRunRecord]:
+        sql = f"SELECT {cols} FROM task_runs WHERE run_id = ?"
         args: list[Any] = [run_id]
         if state:
             sql += " AND state = ?"
@@ -423,17 +427,7 @@ class SQLiteStore(Store):
     def task_run_summaries(self, run_id: str, *, after: str | None = None,
                            limit: int | None = None) -> list[TaskRunRecord]:
         cols = TR_COLS.replace("traceback,", "NULL,").replace("result_inline,", "NULL,")
-        sql = f"SELECT {cols} FROM task_runs WHERE run_id = ?"
-        args: list[Any] = [run_id]
-        if after:
-            seq = _seq_of(after)
-            sql += " AND seq > ?"
-            args.append(seq if seq is not None else -1)
-        sql += " ORDER BY seq"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        return [self._tr_from_row(r) for r in self._read(sql, args, "list task runs")]
+        return self._task_run_query(cols, run_id, limit=limit, after=after)
 
     def derived_runs(self, run_id: str) -> list[RunRecord]:
         rows = self._read(f"SELECT {RUN_COLS} FROM runs WHERE parent_run = ?1 OR resumed_from = ?1 OR replay_of = ?1 "
