@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 distributed = pytest.importorskip("distributed")
+import dask  # noqa: E402
 
 sys.path.append(str(Path(__file__).parent / "resources"))  # workers import tasks from here (spawned later)
 
@@ -37,12 +38,18 @@ class _GPUOnFirst(distributed.Nanny):
 
 @pytest.fixture(scope="module")
 def cluster():
+    # LocalCluster forgets a nanny whose worker is absent from the scheduler when a timer set at each
+    # removal fires (``lost-worker-timeout``, 15 s); the kill loop below restarts workers every ~2 s, so
+    # that timer would often land inside a restart and drop the worker for good. Nannies restart here.
+    cfg = dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"})
+    cfg.__enter__()
     c = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                  worker_class=_GPUOnFirst, scheduler_kwargs={"allowed_failures": 0})
     try:
         yield c
     finally:
         c.close()
+        cfg.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")

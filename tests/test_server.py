@@ -477,6 +477,11 @@ def test_cancel_run_cancels_a_live_run(server, db, gate):
     th, box = run_in_thread(waiting, db, n=3)
     st = open_store(db)
     run = wait_for_run(st, "waiting", 3)
+    # the pending add_all is recorded within 0.5 s (a PENDING row waits that long to merge with the next)
+    deadline = time.monotonic() + 15
+    while sum(st.counts(run.id).values()) < 4:
+        assert time.monotonic() < deadline, st.counts(run.id)
+        time.sleep(0.02)
     out = c.data(CANCEL, WRITE, id=run.id)["cancelRun"]
     assert out["run"]["state"] == "CANCELLED" and "cancelRun" in out["run"]["error"] and "test" in out["run"]["error"]
     assert out["unfinishedTaskRuns"] == 4  # three gated + the pending add_all
