@@ -20,6 +20,18 @@ def median_time(fn: Callable[[], object], reps: int) -> tuple[float, list[float]
     return statistics.median(times), times
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median seconds of each function, run in rotation (one of each per round): a slow spell on a shared
+    machine then hits every side alike instead of whichever happened to be measured during it."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def peak_rss_subprocess(code: str, env: dict | None = None) -> dict:
     """Run ``code`` in a fresh interpreter; it must print one JSON line. Adds peak_rss_mb of that process."""
     # VmHWM, not ru_maxrss: on Linux ru_maxrss survives fork+exec and reports the parent's peak

@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import median_time, peak_rss_subprocess, table  # noqa: E402
+from _common import interleaved_medians, peak_rss_subprocess, table  # noqa: E402
 
 os.environ["GFLOW_HOME"] = tempfile.mkdtemp(prefix="gflow-bench-")
 
@@ -71,19 +71,20 @@ def main() -> None:
 
     rows = []
     expected = sum(range(1, n + 1))
-    t_tpe, _ = median_time(lambda: tpe_independent(n), reps)
-    for label, fl in (("map", g_map), ("loop of calls", g_loop)):
-        t_g, _ = median_time(lambda fl=fl: (fl.run(n, executor="local") == expected) or sys.exit("wrong result"),
-                             reps)
-        rows.append({"case": f"{n:,} independent tasks ({label}) + reduce", "gflow µs/task": f"{t_g / n * 1e6:.1f}",
-                     "baseline": "ThreadPoolExecutor", "baseline µs/task": f"{t_tpe / n * 1e6:.1f}",
-                     "ratio": f"{t_g / t_tpe:.2f}x"})
+
+    def check(fl):  # noqa: ANN001, ANN202
+        return lambda: (fl.run(n, executor="local") == expected) or sys.exit("wrong result")
+
+    t = interleaved_medians({"tpe": lambda: tpe_independent(n), "map": check(g_map), "loop": check(g_loop)}, reps)
+    for label, k in (("map", "map"), ("loop of calls", "loop")):
+        rows.append({"case": f"{n:,} independent tasks ({label}) + reduce", "gflow µs/task": f"{t[k] / n * 1e6:.1f}",
+                     "baseline": "ThreadPoolExecutor", "baseline µs/task": f"{t['tpe'] / n * 1e6:.1f}",
+                     "ratio": f"{t[k] / t['tpe']:.2f}x"})
     c = args.chain
-    t_gc, _ = median_time(lambda: g_chain.run(c, executor="local"), reps)
-    t_tc, _ = median_time(lambda: tpe_chain(c), reps)
-    rows.append({"case": f"chain of {c:,} dependent tasks", "gflow µs/task": f"{t_gc / c * 1e6:.1f}",
-                 "baseline": "ThreadPoolExecutor", "baseline µs/task": f"{t_tc / c * 1e6:.1f}",
-                 "ratio": f"{t_gc / t_tc:.2f}x"})
+    tc = interleaved_medians({"tpe": lambda: tpe_chain(c), "gflow": lambda: g_chain.run(c, executor="local")}, reps)
+    rows.append({"case": f"chain of {c:,} dependent tasks", "gflow µs/task": f"{tc['gflow'] / c * 1e6:.1f}",
+                 "baseline": "ThreadPoolExecutor", "baseline µs/task": f"{tc['tpe'] / c * 1e6:.1f}",
+                 "ratio": f"{tc['gflow'] / tc['tpe']:.2f}x"})
 
     rss = peak_rss_subprocess(
         "import os, tempfile, json; os.environ['GFLOW_HOME'] = tempfile.mkdtemp()\n"

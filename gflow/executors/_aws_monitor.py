@@ -145,6 +145,8 @@ class Monitor:
         self.jobs: dict[str, Job] = {}
         self.lock = threading.RLock()
         self.cycles = 0
+        #: one cycle at a time: the monitor thread's and one asked for from outside (tests, a final poll)
+        self._cycling = threading.Lock()
         self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="gflow-batch-outcomes")
 
     def add(self, job: Job) -> None:
@@ -159,6 +161,10 @@ class Monitor:
     # -- one cycle ---------------------------------------------------------------------------------
     def cycle(self) -> bool:
         """Poll once; returns whether anything changed."""
+        with self._cycling:
+            return self._cycle()
+
+    def _cycle(self) -> bool:
         jobs = self.active()
         if not jobs:
             return False

@@ -87,6 +87,13 @@ class Core(Attempts, RunEndings, Speculation):
         self._blobs: dict[str, bytes] = {}
         self._resolved: list[TaskState] = []
 
+    def release(self) -> None:
+        """Forget the calls (after the engine closed): their states, queues and cached results."""
+        for d in (self.tasks, self.ready, self.held, self.inflight, self.cache_mem):
+            d.clear()
+        self._resolved = []
+        self._out = []
+
     # -- the one entry point ---------------------------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Instruction]:
         """Apply ``event`` at time ``now``; return the instructions it causes (in order)."""

@@ -242,6 +242,10 @@ class Engine:
                     ex.close()
                 except Exception:  # noqa: BLE001 - closing is best effort; the run's state is written
                     log.warning("closing executor %s failed", ex.name, exc_info=True)
+            # futures point at this engine and it at them: drop its side so a finished run's calls are
+            # freed at once by reference counting, not left for a full garbage collection to find
+            self.futures.clear()
+            self.core.release()
 
     def _fail_held_back(self) -> None:
         """Calls whose results could not be stored end FAILED in the store (a resume computes them again)."""

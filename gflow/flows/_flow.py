@@ -20,6 +20,7 @@ from gflow.errors import InvalidArguments
 from gflow.flows._engine import Engine
 from gflow.flows._events import MAP, SUBFLOW, RunFinished, TaskState
 from gflow.flows._future import _LEAF, Future, find_futures, resolve
+from gflow.flows._gc import gc_tuned
 from gflow.flows._keys import compute_keys
 from gflow.flows._runs import open_run_context, prepare_resume
 from gflow.serialization import encode
@@ -49,6 +50,10 @@ def new_run_id() -> str:
 
 def _has_future(v: Any) -> bool:
     return type(v) is Future or (type(v) not in _LEAF and find_futures(v, []))
+
+
+#: calls of a map handed to a non-array executor at a time
+_MAP_STEP = 1024
 
 
 class FlowRun:
@@ -109,9 +114,15 @@ class FlowRun:
         engine = self.engine
         executor = engine.route(task)
         where = (executor, engine.image_key(executor, task))
-        tss = [self.task_state(task, row, common, i, where) for i, row in enumerate(rows)]
-        futs: list[Future] = [Future(ts.id, self.id, task.name, engine) for ts in tss]
-        engine.add(tss, futs)  # one batch: the executor sees the fan-out at once
+        # An array backend gets the fan-out as one batch (one array job); any other starts on the first
+        # calls while the rest are still being built (and the recorder starts writing sooner).
+        step = len(rows) if engine.executors[executor].capabilities.array_jobs else _MAP_STEP
+        futs: list[Future] = []
+        for lo in range(0, len(rows), step):
+            tss = [self.task_state(task, rows[i], common, i, where) for i in range(lo, min(lo + step, len(rows)))]
+            part: list[Future] = [Future(ts.id, self.id, task.name, engine) for ts in tss]
+            engine.add(tss, part)
+            futs += part
         return futs
 
     def _map_later(self, task: Any, iterables: Sequence[Any], common: dict, pending: list[Future]) -> Future:
@@ -263,7 +274,8 @@ class Flow(Generic[P, R]):
         arguments = self.validator.validate(self.validator.bind(args, kwargs))
         params_json = encode(arguments, where=f"flow '{self.name}' parameters").data.decode()
         run_id = run_id or new_run_id()
-        with open_run_context(profile, executor=executor, store=store, artifacts=artifacts, events=events) as rc:
+        with open_run_context(profile, executor=executor, store=store, artifacts=artifacts, events=events) as rc, \
+                gc_tuned():
             st = rc.store
             resume = prepare_resume(st, resume_from, run_id, force) if resume_from else None
             engine = Engine(st, rc.artifacts, executor=rc.executor, routes=rc.routes, backends=rc.backends,
