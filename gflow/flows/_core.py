@@ -91,6 +91,7 @@ class Core(Attempts, RunEndings, Speculation):
         """Forget the calls (after the engine closed): their states, queues and cached results."""
         for d in (self.tasks, self.ready, self.held, self.inflight, self.cache_mem):
             d.clear()
+        self.story_log.clear()
         self._resolved = []
         self._out = []
 
