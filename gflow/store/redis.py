@@ -358,7 +358,7 @@ class RedisLayer(Store):
                 self._degrade(e, "recent events")
             else:
                 if rows:
-                    return [_decode_stream(sid, f) for sid, f in reversed(rows)]
+                    return [_decode_stream(sid, f) for sid, f in reversed(rows)]  # type: ignore[arg-type,unused-ignore]  # decode_responses: str
         return [_event_from_store(e) for e in self.durable.events(run_id)[-count:]] if count > 0 else []
 
     def subscribe(self, run_id: str, *, timeout: float | None = None, until_done: bool = True,
