@@ -95,6 +95,8 @@ class Engine:
         self.finished: dict[str, RunFinished] = {}
         self._cond = threading.Condition()
         self._waiters = 0
+        #: future ids someone waits on (their counts); only their resolution wakes the waiters
+        self._watched: dict[str, int] = {}
         self._notify = False
         self._timers: list[tuple[float, int, str, int, str]] = []
         self._seq = itertools.count()
@@ -189,17 +191,23 @@ class Engine:
 
     def wait(self, future: Future, timeout: float | None = None) -> None:
         """Block until ``future`` is resolved (``TimeoutError`` after ``timeout`` seconds)."""
-        self._wait_for(lambda: future._done, timeout, repr(future))
+        self._wait_for(lambda: future._done, timeout, repr(future), watch=future.id)
 
     def wait_run(self, run_id: str, timeout: float | None = None) -> RunFinished:
         """Block until the run ended (its terminal state handed to the recorder)."""
         self._wait_for(lambda: run_id in self.finished, timeout, f"run {run_id}")
         return self.finished[run_id]
 
-    def _wait_for(self, cond: Any, timeout: float | None, what: str) -> None:
+    def _wait_for(self, cond: Any, timeout: float | None, what: str, watch: str | None = None) -> None:
+        """Wait under the engine's condition. A waiter on one future is woken when that future resolves (the
+        engine checks ``_watched`` after resolving), not at every resolution: a chain of calls would otherwise
+        wake the flow's thread once a link, to take the GIL from the engine and go back to sleep."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        watched = self._watched
         with self._cond:
             self._waiters += 1
+            if watch is not None:  # registered before the first check: a resolution after it will notify
+                watched[watch] = watched.get(watch, 0) + 1
             try:
                 while not cond():
                     if self._crashed is not None:
@@ -210,6 +218,12 @@ class Engine:
                     self._cond.wait(min(remaining, 1.0) if remaining is not None else 1.0)
             finally:
                 self._waiters -= 1
+                if watch is not None:
+                    left = watched[watch] - 1
+                    if left:
+                        watched[watch] = left
+                    else:
+                        del watched[watch]
 
     def snapshot(self) -> dict[str, Counter[str]]:
         """Live counts of task runs by task name and state (for progress displays; any thread)."""
@@ -489,6 +503,7 @@ class Engine:
     def _resolve(self, tasks: list[TaskState]) -> None:
         futures = self.futures
         core = self.core
+        watched = self._watched
         for ts in tasks:
             f = futures.pop(ts.id, None)
             if f is None:
@@ -498,7 +513,8 @@ class Engine:
                 f._set(True, ts.value, None)
             else:
                 f._set(False, None, core.error_of(ts))
-        self._notify = True
+            if watched and ts.id in watched:  # after _set: a waiter registered before it checks _done
+                self._notify = True
 
     def _lookup(self, ins: LookUp) -> list[Instruction]:
         hits: dict[str, CacheHit | None] = {}

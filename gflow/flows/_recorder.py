@@ -32,6 +32,9 @@ log = logging.getLogger("gflow.recorder")
 #: batches at least this large move the SQL work to the store's writer process where it has one
 #: (GFLOW_WRITER=thread: never, GFLOW_WRITER=process: from the first batch)
 PROCESS_WRITER_THRESHOLD = 2000
+#: ... or once this many rows were written in this thread: a long run of small batches (a chain of dependent
+#: calls) then stops spending the driver's GIL on SQL; the process starts in the background meanwhile
+PROCESS_WRITER_AFTER_ROWS = 1000
 #: how long a failing blob write is retried before the blobs count as lost (a tenth of it for a full disk)
 BLOB_RETRY_SECONDS = 5.0
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
@@ -51,6 +54,7 @@ class Recorder:
         mode = writer_mode or os.environ.get("GFLOW_WRITER", "auto")
         self._writer_mode = mode if store.can_offload else "thread"
         self._writer: Any = None
+        self._rows_here = 0  # rows this thread was asked to write before a writer process took over
         #: items in order: a list of Transitions, a dict of blobs, or a RecordRun
         self._items: deque[Any] = deque()
         self._wake = threading.Event()
@@ -302,7 +306,9 @@ class Recorder:
         mode = self._writer_mode
         if mode == "thread":
             return self.store
-        if self._writer is None and (mode == "process" or batch_size >= PROCESS_WRITER_THRESHOLD):
+        self._rows_here += batch_size
+        if self._writer is None and (mode == "process" or batch_size >= PROCESS_WRITER_THRESHOLD
+                                     or self._rows_here >= PROCESS_WRITER_AFTER_ROWS):
             try:
                 self._writer = self.store.offload_writer()
                 if self._writer is not None and mode == "process":
