@@ -395,3 +395,29 @@ def test_process_pool_refuses_unimportable_task_clearly(store):
     assert res.state is State.FAILED
     assert "defined inside a function" in str(res.error) and "module level" in str(res.error)
     assert fb.map_reduce.run(3, executor="local://processes?workers=1") == 6  # the pool was not broken
+
+
+def test_a_waiter_is_woken_by_its_own_future_not_by_every_resolution(monkeypatch, store):
+    """The flow's thread waiting for the end of a chain of 300 calls: woken when that future resolves (a few
+    times at most), not once per link (it then took the GIL from the engine at every step of the chain)."""
+    import threading
+
+    from gflow.flows import _engine
+
+    waits = {"n": 0}
+
+    class CountingCondition(threading.Condition):
+        def wait(self, timeout=None):
+            waits["n"] += 1
+            return super().wait(timeout)
+
+    orig = _engine.Engine.__init__
+
+    def init(self, *args, **kwargs):
+        orig(self, *args, **kwargs)
+        self._cond = CountingCondition()
+
+    monkeypatch.setattr(_engine.Engine, "__init__", init)
+    res = fb.chain.run(300, executor="local", return_run=True)
+    assert res.value == 300 and store.counts(res.id) == {"SUCCEEDED": 300}
+    assert waits["n"] <= 10, f"the waiting thread went to sleep {waits['n']} times for one result"

@@ -67,7 +67,9 @@ def test_runs_do_not_leak_file_descriptors():
     before = proc.num_fds()
     for _ in range(100):
         fb.map_reduce.run(2, executor="inline")
-    assert proc.num_fds() - before <= 3
+    # a leak grows with the runs (one store per run: 100+ here); a few may come from other tests' background
+    # threads finishing (a server, a browser) while this one runs
+    assert proc.num_fds() - before <= 10
 
 
 def test_process_pool_records_the_real_start(store):

@@ -65,3 +65,29 @@ def test_dead_writer_falls_back_without_loss(process_writer, store, work):
             per_task.setdefault(e.task_run_id, []).append(e.state)
     assert all(v == [State.PENDING, State.QUEUED, State.RUNNING, State.SUCCEEDED] for v in per_task.values())
     assert len(per_task) == 401
+
+
+@pytest.fixture
+def auto_writer(monkeypatch):
+    monkeypatch.delenv("GFLOW_WRITER", raising=False)
+    yield
+    for w in list(_writer._writers.values()):
+        w.close()
+    _writer._writers.clear()
+
+
+def test_a_long_run_of_small_batches_moves_to_the_writer_process(auto_writer, store):
+    """Automatic mode: a small run writes from the driver; a chain (small batches, one a link) hands its SQL to
+    the writer process once 1,000 rows were written from the driver, and every row arrives either way."""
+    small = fb.chain.run(20, executor="local", return_run=True)
+    assert small.value == 20 and (os.getpid(), store.path) not in _writer._writers
+    res = fb.chain.run(600, executor="local", return_run=True)
+    assert res.value == 600
+    assert (os.getpid(), store.path) in _writer._writers
+    assert store.counts(res.id) == {"SUCCEEDED": 600}
+    per_task: dict[str, list[State]] = {}
+    for e in store.events(res.id):
+        if e.task_run_id:
+            per_task.setdefault(e.task_run_id, []).append(e.state)
+    assert len(per_task) == 600
+    assert all(v == [State.PENDING, State.QUEUED, State.RUNNING, State.SUCCEEDED] for v in per_task.values())

@@ -45,6 +45,9 @@ export class RunPage {
     this.timers = [];
     this.fetchingRows = false;
     this.moreRows = false;
+    // events of task runs not known yet: replayed once fetchRows brings their rows (a row fetched while its
+    // later events were already on their way would otherwise keep the older state it was read in)
+    this.unknownEvents = [];
     this.shapeAt = 0;
     this.lastTimeline = 0;
     this.stats = window.__gflowStats || null;  // set by the benchmark: lag samples
@@ -161,6 +164,7 @@ export class RunPage {
         if (this.dead) return;
         const before = this.m.groups.length;
         this.m.addRows(d.taskRunRows.rows);
+        this.replayUnknown();
         if (this.m.groups.length !== before) { this.table.setGroups(this.m.groups); this.refreshShape(); }
         if (d.taskRunRows.hasMore) this.moreRows = true;
         this.mark("counts", "dag", "table", "timeline", "view");
@@ -168,6 +172,18 @@ export class RunPage {
     } catch { /* retried on the next unknown event */ } finally {
       this.fetchingRows = false;
     }
+  }
+
+  /** Apply the events that came before their rows did (states only move forward, so a replay is safe). */
+  replayUnknown() {
+    if (!this.unknownEvents.length) return;
+    const keep = [];
+    for (const ev of this.unknownEvents) {
+      const r = this.m.apply(ev);
+      if (r === null) keep.push(ev);
+      else if (r && ev.taskRunId === this.app.drawer.id) this.drawerStale = true;
+    }
+    this.unknownEvents = keep;
   }
 
   async refreshShape() {
@@ -232,7 +248,10 @@ export class RunPage {
         continue;
       }
       const r = this.m.apply(ev);
-      if (r === null) unknown = true;
+      if (r === null) {
+        unknown = true;
+        if (this.unknownEvents.length < 200000) this.unknownEvents.push(ev);
+      }
       if (r && ev.taskRunId === this.app.drawer.id) this.drawerStale = true;
       if (this.stats) this.stats.pending.push(ev.ts);
     }
