@@ -10,13 +10,17 @@ from gflow.states import State
 from gflow.store import _writer
 
 
+def _close_writers():
+    for w in list(_writer._writers.values()):
+        w.close()
+    _writer._writers.clear()
+
+
 @pytest.fixture
 def process_writer(monkeypatch):
     monkeypatch.setenv("GFLOW_WRITER", "process")
     yield
-    for w in list(_writer._writers.values()):
-        w.close()
-    _writer._writers.clear()
+    _close_writers()
 
 
 def test_process_writer_records_everything(process_writer, store):
@@ -71,9 +75,7 @@ def test_dead_writer_falls_back_without_loss(process_writer, store, work):
 def auto_writer(monkeypatch):
     monkeypatch.delenv("GFLOW_WRITER", raising=False)
     yield
-    for w in list(_writer._writers.values()):
-        w.close()
-    _writer._writers.clear()
+    _close_writers()
 
 
 def test_a_long_run_of_small_batches_moves_to_the_writer_process(auto_writer, store):

@@ -176,14 +176,14 @@ export class RunPage {
 
   /** Apply the events that came before their rows did (states only move forward, so a replay is safe). */
   replayUnknown() {
-    if (!this.unknownEvents.length) return;
-    const keep = [];
-    for (const ev of this.unknownEvents) {
-      const r = this.m.apply(ev);
-      if (r === null) keep.push(ev);
-      else if (r && ev.taskRunId === this.app.drawer.id) this.drawerStale = true;
-    }
-    this.unknownEvents = keep;
+    if (this.unknownEvents.length) this.unknownEvents = this.unknownEvents.filter((ev) => this.applyEvent(ev) === null);
+  }
+
+  /** Apply one task-run event to the model (see RunModel.apply); an open drawer on a moved row goes stale. */
+  applyEvent(ev) {
+    const r = this.m.apply(ev);
+    if (r && ev.taskRunId === this.app.drawer.id) this.drawerStale = true;
+    return r;
   }
 
   async refreshShape() {
@@ -247,12 +247,10 @@ export class RunPage {
         this.renderState();
         continue;
       }
-      const r = this.m.apply(ev);
-      if (r === null) {
+      if (this.applyEvent(ev) === null) {
         unknown = true;
         if (this.unknownEvents.length < 200000) this.unknownEvents.push(ev);
       }
-      if (r && ev.taskRunId === this.app.drawer.id) this.drawerStale = true;
       if (this.stats) this.stats.pending.push(ev.ts);
     }
     if (this.liveEl.textContent !== "live" && this.feed && this.feed.ws) this.liveEl.textContent = "live";
