@@ -54,7 +54,7 @@ class Recorder:
         mode = writer_mode or os.environ.get("GFLOW_WRITER", "auto")
         self._writer_mode = mode if store.can_offload else "thread"
         self._writer: Any = None
-        self._rows_here = 0  # rows this thread was asked to write before a writer process took over
+        self._rows_applied = 0  # rows handed to _apply so far (a writer process takes over after enough)
         #: items in order: a list of Transitions, a dict of blobs, or a RecordRun
         self._items: deque[Any] = deque()
         self._wake = threading.Event()
@@ -251,6 +251,7 @@ class Recorder:
     def _apply(self, batch: list[Row]) -> None:
         backoff = 0.1
         attempts = 0
+        self._rows_applied += len(batch)
         target = self._target(len(batch))
         while True:
             try:
@@ -306,9 +307,8 @@ class Recorder:
         mode = self._writer_mode
         if mode == "thread":
             return self.store
-        self._rows_here += batch_size
         if self._writer is None and (mode == "process" or batch_size >= PROCESS_WRITER_THRESHOLD
-                                     or self._rows_here >= PROCESS_WRITER_AFTER_ROWS):
+                                     or self._rows_applied >= PROCESS_WRITER_AFTER_ROWS):
             try:
                 self._writer = self.store.offload_writer()
                 if self._writer is not None and mode == "process":
