@@ -73,9 +73,9 @@ ROLE = "arn:aws:iam::123456789012:role/gflow-job"
 def test_profile_settings_are_keywords_and_unknown_ones_are_refused():
     from gflow.executors.aws_batch import AwsBatchExecutor
 
-    ex = AwsBatchExecutor.from_settings({"queue": "q", "region": "us-east-1", "platform": "FARGATE",
-                                         "execution_role_arn": "arn:aws:iam::123456789012:role/exec",
-                                         "tags": {"project": "p"}, "log_group": "/gflow/jobs"})
+    ex = AwsBatchExecutor.from_spec("aws-batch", **{"queue": "q", "region": "us-east-1", "platform": "FARGATE",
+                                                    "execution_role_arn": "arn:aws:iam::123456789012:role/exec",
+                                                    "tags": {"project": "p"}, "log_group": "/gflow/jobs"})
     assert ex.platform == "FARGATE" and ex.log_group == "/gflow/jobs"
     with pytest.raises(ConfigError, match="unknown keys \\['qeue'\\]"):
         check_keywords({"qeue": "q"})

@@ -146,7 +146,7 @@ class S3ArtifactStore(ArtifactStore):
         from gflow.executors._aws_client import error_code
 
         k = self.key(key)
-        meta = {_META: digest_of(data)}
+        meta = {_META: digest_of(data) if replace else key}  # a blob's key is its digest (put just hashed it)
         try:
             if len(data) >= self.multipart_threshold:
                 if not replace and self.exists(key):
@@ -173,9 +173,7 @@ class S3ArtifactStore(ArtifactStore):
                     self.client.put_object(**kw)
                     return
                 raise
-        except (bx.ClientError, bx.BotoCoreError) as e:
-            raise self._error(e, f"storing {key} in {self.url}") from None
-        except Exception as e:  # noqa: BLE001 - boto3's S3UploadFailedError wraps the ClientError
+        except Exception as e:  # noqa: BLE001 - botocore's errors, and boto3's S3UploadFailedError wrapping them
             raise self._error(e, f"storing {key} in {self.url}") from None
 
     def read(self, key: str) -> bytes:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gflow.errors import ConfigError, ExecutorError, GflowError
@@ -137,15 +137,12 @@ class Backoff:
     tries: int = 10
     sleep: Callable[[float], None] = time.sleep
     rand: Callable[[], float] = random.random
-    waited: list[float] = field(default_factory=list)
 
     def delay(self, n: int) -> float:
         return self.rand() * min(self.cap, self.base * (2 ** n))
 
     def wait(self, n: int) -> None:
-        d = self.delay(n)
-        self.waited.append(d)
-        self.sleep(d)
+        self.sleep(self.delay(n))
 
 
 def error_code(e: BaseException) -> tuple[str, int]:
@@ -158,9 +155,13 @@ def error_code(e: BaseException) -> tuple[str, int]:
     return code, status
 
 
-def is_throttle(e: BaseException) -> bool:
-    code, status = error_code(e)
+def throttled(code: str, status: int) -> bool:
+    """Whether an AWS answer with this error code and HTTP status means "slow down"."""
     return code in THROTTLE_CODES or status == 429
+
+
+def is_throttle(e: BaseException) -> bool:
+    return throttled(*error_code(e))
 
 
 def call(c: Any, op: str, backoff: Backoff, *, what: str, idempotent: bool = True, **kwargs: Any) -> Any:
@@ -181,7 +182,7 @@ def call(c: Any, op: str, backoff: Backoff, *, what: str, idempotent: bool = Tru
             return fn(**kwargs)
         except bx.ClientError as e:
             code, status = error_code(e)
-            if code in THROTTLE_CODES or status == 429 or (idempotent and status >= 500):
+            if throttled(code, status) or (idempotent and status >= 500):
                 last = e
                 log.debug("%s: %s (HTTP %s), retry %d", op, code, status, n + 1)
                 if n + 1 < backoff.tries:
@@ -232,7 +233,7 @@ def translate(e: BaseException, what: str) -> GflowError:
         if code in DENIED_CODES or status == 403:
             return ConfigError(f"{what}: access denied ({code}: {msg}); grant the permissions listed in "
                                f"docs/aws-batch.md (IAM policy)")
-        if code in THROTTLE_CODES or status == 429:
+        if throttled(code, status):
             return ExecutorError(f"{what}: throttled by AWS ({code}: {msg})")
         return ExecutorError(f"{what}: {code or 'HTTP ' + str(status)}: {msg}")
     return ExecutorError(f"{what}: {type(e).__name__}: {e}")

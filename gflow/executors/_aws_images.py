@@ -162,11 +162,10 @@ class Images:
             self.ecr.describe_images(repositoryName=repo, imageIds=[{"imageTag": version}])
             return True
         except bx.ClientError as e:
-            code = e.response.get("Error", {}).get("Code")
-            if code in ("ImageNotFoundException", "RepositoryNotFoundException"):
-                return False
-            from gflow.executors._aws_client import translate
+            from gflow.executors._aws_client import error_code, translate
 
+            if error_code(e)[0] in ("ImageNotFoundException", "RepositoryNotFoundException"):
+                return False
             raise translate(e, f"looking up {tag} in ECR {registry}") from None
 
     def prepare_push(self, tag: str) -> None:
@@ -187,8 +186,9 @@ class Images:
             self.ecr.create_repository(repositoryName=repo, imageTagMutability="IMMUTABLE")
             log.info("created ECR repository %s", repo)
         except bx.ClientError as e:
-            if e.response.get("Error", {}).get("Code") != "RepositoryAlreadyExistsException":
-                from gflow.executors._aws_client import translate
+            from gflow.executors._aws_client import error_code, translate
+
+            if error_code(e)[0] != "RepositoryAlreadyExistsException":
 
                 raise translate(e, f"creating ECR repository {repo}") from None
         return repo
@@ -220,12 +220,7 @@ class Images:
             return  # Docker Hub shorthand: nothing to ask without credentials
         path = repo[len(host) + 1:]
         try:
-            if is_ecr(host):
-                found = self.in_registry(f"{path}:{tag}", host)
-            else:
-                from gflow.images.builders import registry_has
-
-                found = registry_has(host, f"{path}:{tag}")
+            found = self.in_registry(f"{path}:{tag}", host)  # ECR through its API, any other over HTTP
         except (RegistryError, ConfigError) as e:
             log.warning("cannot check that %s exists (%s); submitting anyway", ref, e)
             return

@@ -21,11 +21,12 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gflow.errors import GflowError
+from gflow.executors._batch import chunk
 from gflow.executors.base import Call, Outcome
 from gflow.states import State
 
@@ -174,7 +175,7 @@ class Monitor:
         finished: list[tuple[Job, int, dict]] = []
         started: list[tuple[Job, int, float | None]] = []
         changed = False
-        for part in chunked(jobs, 100):
+        for part in chunk(jobs, 100):
             for d in self.api.describe([j.id for j in part]):
                 job = by_id.get(d.get("jobId", ""))
                 if job is None:
@@ -252,7 +253,7 @@ class Monitor:
         """Describe children (failed ones, or all with ``describe_all``) for attempts, reasons, log stream."""
         need = [k for k, (job, el, s) in enumerate(finished)
                 if job.size and (s.get("status") == "FAILED" or self.describe_all)]
-        for part in chunked(need, 100):
+        for part in chunk(need, 100):
             got = {d["jobId"]: d for d in self.api.describe([finished[k][0].child_id(finished[k][1]) for k in part])}
             for k in part:
                 job, el, s = finished[k]
@@ -288,18 +289,15 @@ class Monitor:
                    f"store; see the job's log (gflow logs RUN --task-run ID)")
             etype = "gflow.errors.ExecutorError"
         else:
-            etype, msg = self._failure(h, detail, where)
+            etype, msg = self._failure(h, info, where)
         return backend_failure(etype, msg, info=info, started=_ms(detail.get("startedAt")),
                                ended=_ms(detail.get("stoppedAt")))
 
-    def _failure(self, h: Handle, d: dict, where: str) -> tuple[str, str]:
-        """Why a job failed without an outcome record, and the fix."""
-        reason = d.get("statusReason") or ""
-        attempts = d.get("attempts") or []
-        last = (attempts[-1].get("container") if attempts else None) or {}
-        container = d.get("container") or {}
-        code = container.get("exitCode", last.get("exitCode"))
-        creason = container.get("reason") or last.get("reason") or ""
+    def _failure(self, h: Handle, info: dict[str, Any], where: str) -> tuple[str, str]:
+        """Why a job failed without an outcome record, and the fix (``info``: what ``info()`` read of the job)."""
+        reason = info.get("status_reason") or ""
+        code = info.get("exit_code")
+        creason = info.get("reason") or ""
         text = f"{reason} {creason}"
         etype = "gflow.errors.ExecutorError"
         if "CannotPullContainer" in text:
@@ -307,8 +305,8 @@ class Monitor:
                    f"instances reach (ECR in the same region) and give the execution role ecr:GetAuthorizationToken "
                    f"and ecr:BatchGetImage")
         elif "Host EC2" in text:
-            fix = (f"the instance was reclaimed or terminated (spot) in each of {len(attempts) or 1} attempt(s); "
-                   f"raise the executor's infra_retries or use an on-demand compute environment")
+            fix = (f"the instance was reclaimed or terminated (spot) in each of {info.get('attempts') or 1} "
+                   f"attempt(s); raise the executor's infra_retries or use an on-demand compute environment")
         elif "attempt duration exceeded" in text.lower() or "timeout" in reason.lower():
             etype = "gflow.errors.TaskTimeout"
             fix = "it exceeded its time limit (the task's timeout x chunk = attemptDurationSeconds)"
@@ -371,6 +369,3 @@ class Monitor:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-
-def chunked(seq: Sequence[Any], n: int) -> list[Sequence[Any]]:
-    return [seq[i:i + n] for i in range(0, len(seq), n)]

@@ -46,6 +46,11 @@ class RunArtifacts:
             self._artifacts = open_artifacts(self._artifacts or load_profile().artifacts)
         return self._artifacts
 
+    def _use_artifacts(self, artifacts: Any) -> None:
+        """The constructor's ``artifacts=`` (a store, a URL, or None for the run's or the profile's)."""
+        self._artifacts = artifacts
+        self._artifacts_explicit = artifacts is not None
+
     def attach_artifacts(self, artifacts: Any) -> None:
         """Use the run's artifact store (the engine calls this; explicit ``artifacts=`` wins)."""
         if not self._artifacts_explicit:

@@ -45,7 +45,7 @@ from gflow.executors._aws_jobs import (
     submit_request,
 )
 from gflow.executors._aws_monitor import DEFAULT_LOG_GROUP, Cadence, Handle, Job, Monitor
-from gflow.executors._aws_options import check_keywords, merge, parse_url, render_url
+from gflow.executors._aws_options import merge, parse_url, render_url
 from gflow.executors._batch import RunArtifacts, group_by_task, split_sizes, write_paged_manifest
 from gflow.executors.base import Call, Capabilities, Executor, JobStatus
 from gflow.states import State
@@ -130,8 +130,7 @@ class AwsBatchExecutor(RunArtifacts, Executor):
         self.counter = aws.ApiCounter()
         self.images = Images(registry=image_registry, build=build, docker_host=docker_host,
                              ecr=lambda: self._client("ecr"))
-        self._artifacts = artifacts
-        self._artifacts_explicit = artifacts is not None
+        self._use_artifacts(artifacts)
         self._artifacts_ok: Any = None
         self._session: Any = None
         self._clients: dict[str, Any] = {}
@@ -162,12 +161,6 @@ class AwsBatchExecutor(RunArtifacts, Executor):
     def url(self) -> str:
         """This executor as an ``aws-batch://`` URL (what a run records; environment values are left out)."""
         return render_url(self)
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> AwsBatchExecutor:
-        """From a profile's ``[profiles.NAME.aws_batch]`` table (unknown keys are refused)."""
-        check_keywords(settings)
-        return cls(**settings)
 
     # -- AWS plumbing ----------------------------------------------------------------------------------
     class _Api:
@@ -323,7 +316,7 @@ class AwsBatchExecutor(RunArtifacts, Executor):
                     for c in group:
                         jobs.append(self._submit_one(c, image, env, arts, handles))
         except BaseException:
-            self._terminate([j for j in jobs], "gflow: the rest of its batch could not be submitted")
+            self._terminate_ids([j.id for j in jobs], "gflow: the rest of its batch could not be submitted")
             raise
         self.submitted_at = time.perf_counter()
         with self._lock:
@@ -445,9 +438,6 @@ class AwsBatchExecutor(RunArtifacts, Executor):
         with self._lock:
             self._in_flight -= sum(len(hs) for _, hs in by_job.values())
         self._terminate_ids([j.id for j in whole] + children, "gflow: cancelled")
-
-    def _terminate(self, jobs: list[Job], reason: str) -> None:
-        self._terminate_ids([j.id for j in jobs], reason)
 
     def _terminate_ids(self, ids: list[str], reason: str) -> None:
         for job_id in ids:

@@ -96,8 +96,7 @@ class DockerExecutor(RunArtifacts, Executor):
         self.push = push
         self.max_containers = max_containers or os.cpu_count() or 1
         self.network = network
-        self._artifacts = artifacts
-        self._artifacts_explicit = artifacts is not None
+        self._use_artifacts(artifacts)
         self.task_images: dict[str, str] = dict(task_images or {})
         self.keep = keep
         self.refresh_lock = refresh_lock

@@ -140,8 +140,7 @@ class VolcanoExecutor(RunArtifacts, Executor):
             node_selector=dict(node_selector or {}), tolerations=vm.check_tolerations(tolerations),
             env=dict(env or {}), env_from_secrets=tuple(env_from_secrets), artifacts_pvc=artifacts_pvc,
             max_retry=max_retry, evict_action=evict_action, ttl=ttl)
-        self._artifacts = artifacts
-        self._artifacts_explicit = artifacts is not None
+        self._use_artifacts(artifacts)
         self._access: dict[str, Any] = {"kubeconfig": kubeconfig, "context": context, "in_cluster": in_cluster}
         self._api = api_client
         self._owns_api = api_client is None
