@@ -421,3 +421,19 @@ def test_a_waiter_is_woken_by_its_own_future_not_by_every_resolution(monkeypatch
     res = fb.chain.run(300, executor="local", return_run=True)
     assert res.value == 300 and store.counts(res.id) == {"SUCCEEDED": 300}
     assert waits["n"] <= 10, f"the waiting thread went to sleep {waits['n']} times for one result"
+
+
+def test_an_empty_map_on_an_array_backend_is_an_empty_list(store):
+    """An array backend gets a fan-out as one batch; a fan-out of nothing is no batch (it crashed the flow)."""
+    import dataclasses
+
+    from gflow.executors.local import LocalExecutor
+
+    @gflow.flow
+    def fan(xs: list[int]) -> list[int]:
+        return fb.inc.map(xs)
+
+    ex = LocalExecutor()
+    ex.capabilities = dataclasses.replace(ex.capabilities, array_jobs=True)
+    assert fan.run([], executor=ex) == []
+    assert fan.run([1, 2], executor=ex) == [2, 3]

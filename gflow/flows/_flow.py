@@ -116,7 +116,7 @@ class FlowRun:
         where = (executor, engine.image_key(executor, task))
         # An array backend gets the fan-out as one batch (one array job); any other starts on the first
         # calls while the rest are still being built (and the recorder starts writing sooner).
-        step = len(rows) if engine.executors[executor].capabilities.array_jobs else _MAP_STEP
+        step = (len(rows) or 1) if engine.executors[executor].capabilities.array_jobs else _MAP_STEP
         futs: list[Future] = []
         for lo in range(0, len(rows), step):
             tss = [self.task_state(task, rows[i], common, i, where) for i in range(lo, min(lo + step, len(rows)))]
