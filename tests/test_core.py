@@ -398,6 +398,54 @@ def test_a_speculative_call_without_its_input_runs_again_the_ordinary_way():
     assert call.id == b.id and call.args == (7,) and not call.refs
 
 
+def test_keys_of_a_call_with_inputs_are_recorded_whichever_attempt_first_knows_them():
+    """A speculative call seen starting, then without its input, runs again as attempt 2: that attempt's
+    rows must carry the keys computed once the input is known (resume and the cache look them up)."""
+    h = Harness(Capabilities(accepts_refs=True))
+    a = h.ts(inc, 1)
+    b = h.ts(inc, h.fut(a))
+    rows = []
+    rows += transitions(h.add(a, b))
+    (call_a,) = only(h.dispatch(), Submit).calls
+    (call_b,) = only(h.handle(Submitted("ok", "ex", [call_a], ["ha"])), Submit).calls
+    h.handle(Submitted("ok", "ex", [call_b], ["hb"]))
+    rows += transitions(h.handle(Started("s", b.id, 1, h.now)))
+    rows += transitions(h.handle(Finished("d", b.id, 1, Outcome(False, error_type=UPSTREAM_PENDING))))
+    assert b.attempt == 2
+    rows += transitions(h.finish(a, 2))
+    out = h.dispatch()
+    rows += transitions(out)
+    (call,) = only(out, Submit).calls
+    assert call.id == b.id and call.args == (2,)
+    h.handle(Submitted("ok", "ex", [call], ["hb2"]))
+    rows += transitions(h.finish(b, 3))
+    assert b.state is S and b.key is not None and b.ikey is not None
+    mine = [t for t in rows if t.task_run_id == b.id]
+    assert any(t.key == b.key for t in mine) and any(t.ikey == b.ikey for t in mine), mine
+
+
+def test_keys_of_a_speculative_call_that_failed_and_ran_again_are_recorded():
+    h = Harness(Capabilities(accepts_refs=True))
+    a = h.ts(inc, 1)
+    b = h.ts(flaky, h.fut(a))
+    rows = transitions(h.add(a, b))
+    (call_a,) = only(h.dispatch(), Submit).calls
+    (call_b,) = only(h.handle(Submitted("ok", "ex", [call_a], ["ha"])), Submit).calls
+    h.handle(Submitted("ok", "ex", [call_b], ["hb"]))
+    rows += transitions(h.finish(a, 2))
+    rows += transitions(h.finish(b, ok=False))  # its own error: retried after the back-off
+    h.now += 10
+    h.handle(TimerFired("t", b.id, 2, "retry"))
+    out = h.dispatch()
+    rows += transitions(out)
+    (call,) = only(out, Submit).calls
+    h.handle(Submitted("ok", "ex", [call], ["hb2"]))
+    rows += transitions(h.finish(b, 2))
+    assert b.state is S and b.attempt == 2 and b.key is not None
+    mine = [t for t in rows if t.task_run_id == b.id]
+    assert any(t.key == b.key for t in mine) and any(t.ikey == b.ikey for t in mine), mine
+
+
 def test_resume_reuses_finished_calls_even_if_their_code_changed_unless_asked():
     old = TaskRunRecord(id="old.1", run_id="old", task="t", name="inc", state=S, key="other-version",
                         result_ref="sha256:" + "b" * 64, result_inline="2")

@@ -91,7 +91,8 @@ class Attempts:
     def _succeed(self, ts: TaskState, out: Outcome) -> None:
         task = ts.task
         value = out.value
-        if ts.key is None and ts.arguments is not None:  # ran speculatively: key from the known inputs now
+        late = ts.key is None and ts.arguments is not None  # ran speculatively: keys from the known inputs now
+        if late:
             try:
                 args = task.validator.validate(resolve_values(ts.arguments, self.tasks))
                 ts.key, ts.ikey = compute_keys(task, args, ts.image)
@@ -114,7 +115,6 @@ class Attempts:
         ts.result_ref = ref
         ts.result_inline = inline
         objs = None if type(value) in SCALARS else object_ids(value) or None
-        late = ts.speculative  # its keys were computed only now (its inputs were references until it ran)
         self._rec.append(trow(ts.id, ts.run_id, SUCCEEDED, ts.attempt, out.ended or self.now,
                               key=ts.key if late else None, result_ref=ref, result_inline=inline, objects=objs,
                               info=out.info, ikey=ts.ikey if late else None))

@@ -240,9 +240,9 @@ class Core(Attempts, RunEndings, Speculation):
             ts.state = QUEUED
             args = ts.arguments
             objs = object_ids(args) if ts.attempt == 1 and not all_scalars(args) else None
-            # a call's keys are recorded once: with PENDING when known at the call, else here (computed when its
-            # inputs were known)
-            later = bool(ts.deps) and ts.attempt == 1
+            # a call's keys are recorded with PENDING when known at the call, else with QUEUED (computed when its
+            # inputs were known; again on a later attempt: a speculative first attempt ran without them)
+            later = bool(ts.deps)
             rec(trow(ts.id, ts.run_id, QUEUED, ts.attempt, now, key=ts.key if later else None,
                      objects=objs or None, ikey=ts.ikey if later else None, executor=ts.executor))
             call_args, call_kwargs = ts.task.validator.call_args(args)
