@@ -52,13 +52,12 @@ from gflow.flows._events import (
 )
 from gflow.flows._keys import compute_keys
 from gflow.flows._speculation import Speculation
-from gflow.flows._values import all_scalars, object_ids, resolve_values
+from gflow.flows._values import object_ids, resolve_values
 from gflow.states import State
 from gflow.store.base import Row, TaskRunRecord, trow
 
 PENDING, QUEUED, RUNNING, RETRYING = State.PENDING, State.QUEUED, State.RUNNING, State.RETRYING
 SUCCEEDED, FAILED, CANCELLED, CACHED = State.SUCCEEDED, State.FAILED, State.CANCELLED, State.CACHED
-INLINE_MAX = 16 * 1024
 
 
 class Core(Attempts, RunEndings, Speculation):
@@ -239,7 +238,7 @@ class Core(Attempts, RunEndings, Speculation):
             self._log(ts, QUEUED)
             ts.state = QUEUED
             args = ts.arguments
-            objs = object_ids(args) if ts.attempt == 1 and not all_scalars(args) else None
+            objs = object_ids(args) if ts.attempt == 1 else None
             # a call's keys are recorded with PENDING when known at the call, else with QUEUED (computed when its
             # inputs were known; again on a later attempt: a speculative first attempt ran without them)
             later = bool(ts.deps)

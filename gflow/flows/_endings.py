@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gflow.errors import Cancelled, FlowFailed, SerializationError, TaskFailed, UpstreamFailed
+from gflow.flows._attempts import INLINE_MAX
 from gflow.flows._events import (
     BodyReturned,
     CancelCalls,
@@ -22,8 +23,7 @@ from gflow.serialization import encode
 from gflow.states import State
 
 PENDING, QUEUED, RUNNING = State.PENDING, State.QUEUED, State.RUNNING
-SUCCEEDED, FAILED, CANCELLED, CACHED = State.SUCCEEDED, State.FAILED, State.CANCELLED, State.CACHED
-INLINE_MAX = 16 * 1024
+SUCCEEDED, FAILED, CANCELLED = State.SUCCEEDED, State.FAILED, State.CANCELLED
 
 
 class RunState:

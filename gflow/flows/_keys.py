@@ -61,9 +61,6 @@ def compute_keys(task: Any, arguments: dict[str, Any], image: str | None = None)
     return key, ikey
 
 
-_PLAIN = (int, str, bool, type(None))
-
-
 def _plain_json(arguments: dict[str, Any]) -> str | None:
     """The canonical JSON of arguments that are all strings, integers (JSON-safe), booleans or None, written
     directly (the same bytes ``gflow.serialization`` writes, without its tree walk); None for anything else."""

@@ -175,20 +175,14 @@ class Recorder:
         """Add a Record's rows to the batch, holding PENDING ones back for up to ``pending_hold`` seconds: a call
         that moves on meanwhile is then written once (one row insert) instead of inserted and updated."""
         held = self._held
-        if self.pending_hold <= 0 or self._flushing or self._closing:
-            if held:
-                for r in rows:
-                    h = held.pop(r[R_ID], None)
-                    if h is not None:
-                        batch.append(h)
-                    batch.append(r)
-            else:
-                batch.extend(rows)
+        hold = self.pending_hold > 0 and not self._flushing and not self._closing
+        if not hold and not held:
+            batch.extend(rows)
             return
-        now = self.clock()
+        now = self.clock() if hold else 0.0
         order = self._held_order
         for r in rows:
-            if r[R_STATE] == "PENDING":
+            if hold and r[R_STATE] == "PENDING":
                 held[r[R_ID]] = r
                 order.append((now, r[R_ID]))
                 continue

@@ -11,15 +11,7 @@ from gflow._walk import LEAF, substitute
 from gflow.executors.base import Ref
 from gflow.flows._future import Future
 
-_SCALARS = SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
-
-
-def all_scalars(args: dict[str, Any]) -> bool:
-    """True for bound arguments that are all plain scalars (no gflow objects to note for lineage)."""
-    for v in args.values():
-        if type(v) not in _SCALARS:
-            return False
-    return True
+SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
 
 
 def resolve_values(value: Any, tasks: Mapping[str, Any], refs: Mapping[str, Any] | None = None,
@@ -56,7 +48,7 @@ def object_ids(value: Any, out: list[str] | None = None, depth: int = 0) -> list
     if out is None:
         out = []
     t = type(value)
-    if t in _SCALARS or depth > 3:
+    if t in SCALARS or depth > 3:
         return out
     cid = getattr(value, "content_id", None) if isinstance(value, BaseModel) else None
     if isinstance(cid, str):
@@ -71,10 +63,10 @@ def object_ids(value: Any, out: list[str] | None = None, depth: int = 0) -> list
         return out
     if t is list or t is tuple:
         for v in value:
-            if type(v) not in _SCALARS:
+            if type(v) not in SCALARS:
                 object_ids(v, out, depth + 1)
     elif t is dict:
         for v in value.values():
-            if type(v) not in _SCALARS:
+            if type(v) not in SCALARS:
                 object_ids(v, out, depth + 1)
     return out
