@@ -106,8 +106,11 @@ def load_profile(name: str | None = None, **overrides: Any) -> Profile:
     prof = Profile(name=name, source=str(path) if path else None, routes=parse_routes(routes), backends=backends,
                    **values)
     if prof.image_registry:  # the profile's registry is where image backends push, unless their table says
-        for table, key in (("aws_batch", "image_registry"), ("volcano", "registry"), ("docker", "registry")):
-            prof.backends.setdefault(table, {}).setdefault(key, prof.image_registry)
+        for table, keys in (("aws_batch", ("image_registry", "registry")), ("volcano", ("registry",)),
+                            ("docker", ("registry",))):
+            settings = prof.backends.setdefault(table, {})
+            if not any(k in settings for k in keys):  # under any name the backend reads it by
+                settings[keys[0]] = prof.image_registry
     for f in fields(prof):
         if f.name in ("store", "artifacts") and isinstance(getattr(prof, f.name), str):
             setattr(prof, f.name, os.path.expandvars(getattr(prof, f.name)))

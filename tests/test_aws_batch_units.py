@@ -187,3 +187,16 @@ def test_child_index_from_array_properties_or_job_id():
     assert element_of({"jobId": "abc:7"}) == 7
     assert element_of({"jobId": "abc:7", "arrayProperties": {"index": 3}}) == 3
 
+
+
+def test_a_backend_table_registry_wins_over_the_profile_under_either_name(tmp_path, monkeypatch):
+    """``registry`` is AWS Batch's alias of ``image_registry``: the profile's default must not override it."""
+    from gflow.config import load_profile
+    from gflow.executors._aws_options import merge
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gflow.toml").write_text('[profiles.default]\nimage_registry = "profile.example.com"\n'
+                                         '[profiles.default.aws_batch]\nregistry = "table.example.com"\n')
+    prof = load_profile()
+    assert merge("aws-batch://q", prof.backends["aws_batch"])["image_registry"] == "table.example.com"
+    assert prof.backends["volcano"]["registry"] == "profile.example.com"  # no table of its own: the profile's
