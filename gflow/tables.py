@@ -45,7 +45,13 @@ def record(table: str, rows: Iterable[Any], *, key: Sequence[str]) -> int:
 def rows(table: str, where: dict[str, Any] | None = None, *, store: Any = None, limit: int = 100,
          after: str | None = None) -> list[dict[str, Any]]:
     """Rows of ``table`` whose fields equal ``where``'s (from the profile's store unless one is given)."""
-    from gflow.flows._runs import open_run_context
+    from gflow.config import load_profile
+    from gflow.store import open_store
 
-    with open_run_context(store=store) as rc:
-        return rc.store.get_rows(table, where, limit=limit, after=after)
+    given = load_profile(store=store).store
+    st = open_store(given)  # only the state store: reading rows needs no artifact store nor executor
+    try:
+        return st.get_rows(table, where, limit=limit, after=after)
+    finally:
+        if st is not given:
+            st.close()
