@@ -15,7 +15,6 @@ element. Formats: ``docs/images.md``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -23,6 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from gflow.artifacts.base import digest_of
 from gflow.errors import SerializationError
 from gflow.executors.base import Call, Outcome, _qualname
 from gflow.serialization import canonical_json, decode, encode
@@ -43,7 +43,7 @@ EXIT_OK, EXIT_TASK_FAILED, EXIT_WORKER_ERROR = 0, 1, 2
 
 def outcome_slot(spec_digest: str) -> str:
     """Where the outcome of the call spec ``spec_digest`` is written (a sha256-shaped key)."""
-    return "sha256:" + hashlib.sha256(f"{OUTCOME}\0{spec_digest}".encode()).hexdigest()
+    return digest_of(f"{OUTCOME}\0{spec_digest}".encode())
 
 
 def _put_json(artifacts: Any, obj: dict) -> str:
@@ -73,7 +73,7 @@ def encode_call_spec(call: Call, *, image: str | None = None,
 
 def spec_digest(spec: dict) -> str:
     """The digest of a spec document (what it is stored under, and what names its outcome slot)."""
-    return "sha256:" + hashlib.sha256(canonical_json(spec).encode()).hexdigest()
+    return digest_of(canonical_json(spec).encode())
 
 
 def write_call_spec(artifacts: Any, call: Call, *, image: str | None = None, bundle: str | None = None) -> str:
@@ -83,9 +83,7 @@ def write_call_spec(artifacts: Any, call: Call, *, image: str | None = None, bun
         SerializationError: naming the task when an input has no canonical form.
     """
     spec, blobs = encode_call_spec(call, image=image, bundle=bundle)
-    inputs = blobs.pop(spec["inputs"])
-    artifacts.put_many(blobs)
-    artifacts.put(inputs, spec["inputs"])
+    artifacts.put_many(blobs)  # the inputs among them; the spec after everything it refers to
     return _put_json(artifacts, spec)
 
 
@@ -124,12 +122,12 @@ def paged_array_blobs(specs: Sequence[dict], inline: dict[str, bytes], *, chunk:
         doc = {"kind": PAGE, "calls": list(part),
                "inputs": {s["inputs"]: inline[s["inputs"]].decode() for s in part if s["inputs"] in inline}}
         data = canonical_json(doc).encode()
-        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        d = digest_of(data)
         out[d] = data
         pages.append(d)
     array = {"kind": ARRAY_PAGED, "size": len(specs), "chunk": chunk, "page_size": page_size, "pages": pages}
     data = canonical_json(array).encode()
-    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    d = digest_of(data)
     out[d] = data
     return d, out
 
@@ -168,7 +166,7 @@ def element_calls(artifacts: Any, spec: dict, index: int) -> list[tuple[str, dic
         text = page["inputs"].get(call["inputs"])
         if text is not None:
             data = text.encode() if type(text) is str else b""
-            if "sha256:" + hashlib.sha256(data).hexdigest() != call["inputs"]:
+            if digest_of(data) != call["inputs"]:
                 raise SerializationError(f"inline inputs of call {j} do not match their digest {call['inputs']}")
             inline[call["inputs"]] = data
         out.append((spec_digest(call), call, inline))
@@ -256,7 +254,7 @@ def result_bytes(artifacts: Any, rec: dict) -> bytes:
     text = rec.get("result_data")
     if type(text) is str:
         data = text.encode()
-        if "sha256:" + hashlib.sha256(data).hexdigest() == rec["result"]:
+        if digest_of(data) == rec["result"]:
             return data
     return bytes(artifacts.get(rec["result"]))
 

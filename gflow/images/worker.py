@@ -78,7 +78,7 @@ def unpack_bundle(artifacts: Any, digest: str) -> list[str]:
     with open(os.path.join(dest, "gflow-bundle.json")) as f:
         manifest = json.load(f)
     paths = [os.path.join(dest, p) for p in manifest["pythonpath"]]
-    sys.path[:0] = paths
+    sys.path[:0] = [p for p in paths if p not in sys.path]  # calls of one array element share a bundle
     return paths
 
 

@@ -324,8 +324,7 @@ class Query:
         if where is not None and (not isinstance(where, dict) or not all(
                 isinstance(v, (str, int, float, bool)) for v in where.values())):
             raise gql_error("where must be an object of field names to strings or numbers", BAD_INPUT)
-        if not 1 <= first <= 1000:
-            raise gql_error(f"first must be between 1 and 1000 (got {first})", BAD_INPUT)
+        first = _page_size(info, first, 1000)
         got = await ctx.call(ctx.store.get_rows, table, where, limit=first + 1, after=after)
         more = len(got) > first
         got = got[:first]
@@ -339,8 +338,7 @@ class Query:
         check_text(model, "model", 1000)
         if keys is not None and len(keys) > 1000:
             raise gql_error("at most 1000 keys per query", BAD_INPUT)
-        if not 1 <= first <= 1000:
-            raise gql_error(f"first must be between 1 and 1000 (got {first})", BAD_INPUT)
+        first = _page_size(info, first, 1000)
 
         def fetch() -> list[dict[str, Any]]:
             if keys is None:

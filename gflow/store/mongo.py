@@ -384,9 +384,11 @@ class MongoStore(Store):
             return 0
         with self._errors("write table rows"):
             last = self._reserve(f"rows:{table}", len(rows))
-            ops = [UpdateOne({"_id": f"{table}\x00{table_key(r, key)}"},
-                             {"$set": {"tbl": table, "key": table_key(r, key), "run_id": run_id, "data": r,
-                                       "seq": last - len(rows) + 1 + i}}, upsert=True) for i, r in enumerate(rows)]
+            keys = [table_key(r, key) for r in rows]
+            ops = [UpdateOne({"_id": f"{table}\x00{k}"},
+                             {"$set": {"tbl": table, "key": k, "run_id": run_id, "data": r,
+                                       "seq": last - len(rows) + 1 + i}}, upsert=True)
+                   for i, (r, k) in enumerate(zip(rows, keys, strict=True))]
             self.table_rows.bulk_write(ops, ordered=True)
         return len(rows)
 

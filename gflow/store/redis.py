@@ -35,7 +35,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from gflow.states import RANK, State
-from gflow.store.base import Event, Row, RunRecord, Store, TaskRunRecord, Transition, transition_of
+from gflow.store.base import Event, Row, RunRecord, Store, TaskRunRecord, Transition
 
 log = logging.getLogger("gflow.store.redis")
 
@@ -490,9 +490,7 @@ class RedisLayer(Store):
         return self.durable.objects_of(task_run_id)
 
     def apply_rows(self, rows: Sequence[Row]) -> list[int]:
-        ts = [transition_of(r) for r in rows]  # through apply: Redis follows every transition the store took
-        refused = {id(t) for t in self.apply(ts)}
-        return [i for i, t in enumerate(ts) if id(t) in refused]
+        return Store.apply_rows(self, rows)  # through this layer's apply (not the durable store's rows): Redis follows
 
     def offload_writer(self) -> Any:
         return None  # writes must pass through this layer to keep Redis current
