@@ -200,3 +200,29 @@ def test_a_backend_table_registry_wins_over_the_profile_under_either_name(tmp_pa
     prof = load_profile()
     assert merge("aws-batch://q", prof.backends["aws_batch"])["image_registry"] == "table.example.com"
     assert prof.backends["volcano"]["registry"] == "profile.example.com"  # no table of its own: the profile's
+
+
+def test_server_errors_that_outlast_the_retries_are_not_called_throttling():
+    """A 5xx answered on every try is retried (idempotent calls), then reported as what it was."""
+    import botocore.exceptions as bx
+
+    from gflow.errors import ExecutorError
+    from gflow.executors._aws_client import call
+
+    class Client:
+        def __init__(self, code, status):
+            self.code, self.status, self.tries = code, status, 0
+
+        def describe_jobs(self, **_):
+            self.tries += 1
+            raise bx.ClientError({"Error": {"Code": self.code, "Message": "m"},
+                                  "ResponseMetadata": {"HTTPStatusCode": self.status}}, "DescribeJobs")
+
+    busy = Client("InternalError", 500)
+    with pytest.raises(ExecutorError, match="describe_jobs failed after 3 tries") as e:
+        call(busy, "describe_jobs", Backoff(tries=3, sleep=lambda s: None), what="polling", jobs=["j"])
+    assert busy.tries == 3 and "throttling" not in str(e.value)
+    slow = Client("TooManyRequestsException", 429)
+    with pytest.raises(ExecutorError, match="kept answering TooManyRequestsException.*throttling storm"):
+        call(slow, "describe_jobs", Backoff(tries=3, sleep=lambda s: None), what="polling", jobs=["j"])
+    assert slow.tries == 3

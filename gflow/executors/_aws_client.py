@@ -198,9 +198,9 @@ def call(c: Any, op: str, backoff: Backoff, *, what: str, idempotent: bool = Tru
                 backoff.wait(n)
         except bx.BotoCoreError as e:
             raise translate(e, what) from None
-    code, _ = error_code(last) if last is not None else ("", 0)
     waited = time.monotonic() - t0
-    if code or (last is not None and is_throttle(last)):
+    if last is not None and is_throttle(last):
+        code, _ = error_code(last)
         raise ExecutorError(
             f"{what}: AWS kept answering {code or 'HTTP 429'} to {op} after {backoff.tries} tries over {waited:.0f}s "
             f"(a throttling storm); slow down (a larger chunk per child, a longer poll interval) or ask AWS for a "
