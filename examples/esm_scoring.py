@@ -29,6 +29,7 @@ from typing import Any
 import gflow
 from gflow.models import materialize, resolve_model
 from gflow.objects import Model, Protein, Score
+from gflow.objects._deps import require
 from gflow.objects.fasta import read_fasta
 
 ESM_IMAGE = gflow.Image(packages=["torch==2.13.0", "transformers>=4.40", "numpy>=1.26"])
@@ -50,11 +51,18 @@ _loaded: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 _load_lock = threading.Lock()
 
 
+def _need_ml() -> None:
+    """A clear error (naming the extra) where torch or transformers is missing."""
+    require("torch", "ml", "ESM-2 scoring")
+    require("transformers", "ml", "ESM-2 scoring")
+
+
 def save_random_esm(path: str | os.PathLike[str], preset: str = "tiny", seed: int = 0) -> str:
     """Writes a randomly initialised ESM-2 (config, weights, tokenizer) with ``save_pretrained``.
 
     For tests and offline trials: the architecture is ESM-2's, the weights are noise.
     """
+    _need_ml()
     import torch
     from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
 
@@ -76,6 +84,7 @@ def save_random_esm(path: str | os.PathLike[str], preset: str = "tiny", seed: in
 
 def load_esm(model: Model) -> tuple[Any, Any, Any]:
     """Tokenizer, network and device for ``model``: materialized and loaded once per process."""
+    _need_ml()
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -211,6 +220,10 @@ if __name__ == "__main__":
     parser.add_argument("--model", default="facebook/esm2_t6_8M_UR50D")
     parser.add_argument("--random-model", metavar="DIR", help="write a random ESM-2 (8M shape) to DIR and use it")
     args = parser.parse_args()
+    try:
+        _need_ml()
+    except gflow.GflowError as e:
+        raise SystemExit(f"error: {e}") from None
     if args.random_model:
         args.model = save_random_esm(args.random_model, preset="8M")
     for s in score_fasta(args.fasta, model=args.model):
