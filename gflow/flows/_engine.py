@@ -3,9 +3,10 @@
 One engine thread owns the core. Flow bodies (any thread) and executors (through their listener) put
 messages on its queue; the loop turns them into events, hands them to the core in batches, and carries
 out the instructions that come back: submit batches to executors, cancel handles, hand transitions and
-run records to the recorder, look stored results up, keep timers, resolve futures and wake whoever
-waits. Several executors can serve one run (a task routed elsewhere than the flow's executor); each
-has its own batches, capacity and cancel.
+run records to the recorder, flush it (and report back), look stored results up, keep timers, resolve
+futures and wake whoever waits. It decides nothing about state: what the recorder learns (a lost
+artifact store, a flush done) comes back to the core as an event. Several executors can serve one run
+(a task routed elsewhere than the flow's executor); each has its own batches, capacity and cancel.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
-from gflow.errors import GflowError
+from gflow.errors import GflowError, StoreError
 from gflow.executors import get_executor, settings_key
 from gflow.executors.base import Executor, Outcome
 from gflow.flows._core import Core
 from gflow.flows._events import (
     ArmTimer,
+    ArtifactsLost,
     BodyReturned,
     CacheHit,
     CacheLookedUp,
@@ -37,6 +39,8 @@ from gflow.flows._events import (
     Event,
     ExecutorAdded,
     Finished,
+    Flush,
+    Flushed,
     Instruction,
     LookUp,
     Record,
@@ -82,7 +86,8 @@ class Engine:
         self.store = store
         self.artifacts = artifacts
         self.core = Core(resume=resume, rerun_changed=rerun_changed, use_cache=use_cache)
-        self.recorder = Recorder(store, artifacts)
+        self.recorder = Recorder(store, artifacts,
+                                 on_lost=lambda e: self.q.put(ArtifactsLost("artifact-store-failed", e)))
         self.q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.executors: dict[str, Executor] = {}
         self._owned: list[Executor] = []
@@ -93,6 +98,8 @@ class Engine:
         self.backends = dict(backends or {})
         self.futures: dict[str, Future] = {}
         self.finished: dict[str, RunFinished] = {}
+        #: top-level runs whose record was written (None) or could not be (the error)
+        self._created: dict[str, BaseException | None] = {}
         self._cond = threading.Condition()
         self._waiters = 0
         #: future ids someone waits on (their counts); only their resolution wakes the waiters
@@ -182,6 +189,19 @@ class Engine:
     def start_run(self, record: RunRecord, parent: str | None = None, create: bool = False) -> None:
         self.q.put(RunStarted("run-started", record, parent, create))
 
+    def create_run(self, record: RunRecord, timeout: float | None = 120.0) -> None:
+        """Start a top-level run the way a subflow starts (the core records it, created, then RUNNING); return
+        once its record is written.
+
+        Raises:
+            StoreError: if the record cannot be created.
+        """
+        self.start_run(record, create=True)
+        self._wait_for(lambda: record.id in self._created, timeout, f"the record of run {record.id}")
+        err = self._created.pop(record.id)
+        if err is not None:
+            raise StoreError(f"could not create run {record.id} in {self.store.url}: {err}") from err
+
     def body_returned(self, run_id: str, value: Any = None, error: BaseException | None = None,
                       traceback: str = "") -> None:
         self.q.put(BodyReturned("body-returned", run_id, value, error, traceback))
@@ -249,7 +269,6 @@ class Engine:
         self._thread.join(timeout=30)
         try:
             self.recorder.close()
-            self._fail_held_back()
         finally:
             for ex in self._owned:
                 try:
@@ -260,20 +279,6 @@ class Engine:
             # freed at once by reference counting, not left for a full garbage collection to find
             self.futures.clear()
             self.core.release()
-
-    def _fail_held_back(self) -> None:
-        """Calls whose results could not be stored end FAILED in the store (a resume computes them again)."""
-        held = self.recorder.held_back
-        if not held:
-            return
-        err = self.recorder.artifact_error
-        now = time.time()
-        from gflow.store import Transition
-        from gflow.store.base import R_ATTEMPT, R_ID, R_RUN
-
-        self.store.apply([Transition(t[R_ID], t[R_RUN], State.FAILED, t[R_ATTEMPT], now,
-                                     error=f"ArtifactStoreError: its result was computed but could not be stored "
-                                           f"({err})") for t in held])
 
     def __enter__(self) -> Engine:
         return self
@@ -316,8 +321,6 @@ class Engine:
                 if events:
                     self._execute(core.handle_many(events, now))
                 self._dispatch_all()
-                if self.recorder.artifact_error is not None and self.cancelled_by is None:
-                    self._artifact_failure()
                 if self._notify:
                     self._notify = False
                     if self._waiters:
@@ -427,13 +430,6 @@ class Engine:
             events.append(CancelRequested("cancelled-outside", None, f"run cancelled from outside "
                                                                        f"({self.cancelled_by})", True))
 
-    def _artifact_failure(self) -> None:
-        """Results cannot be stored: stop the run (FAILED, resumable) instead of computing what is lost."""
-        err = self.recorder.artifact_error
-        self.cancelled_by = str(err)
-        self._execute(self.core.handle(CancelRequested("artifact-store-failed", None, str(err), error=err),
-                                       time.time()))
-
     def _dispatch_all(self) -> None:
         core = self.core
         for name in core.ready_executors():
@@ -465,11 +461,34 @@ class Engine:
                 work.extend(self._lookup(ins))
             elif type(ins) is RecordRun:
                 rec.add_run(ins)
+                if ins.create is not None and ins.create.parent_run is None:
+                    rec.add_marker(self._created_marker(ins.run_id))
+            elif type(ins) is Flush:
+                rec.add_marker(self._flushed_marker(ins.run_id))
             elif type(ins) is RunFinished:
                 self.finished[ins.run_id] = ins
                 self._notify = True
             else:  # pragma: no cover - a new instruction type without a handler is a bug
                 raise GflowError(f"the engine cannot carry out {ins!r}")
+
+    def _flushed_marker(self, run_id: str) -> Any:
+        """What the recorder calls once everything before a ``Flush`` is written: the core hears it as ``Flushed``."""
+        rec = self.recorder
+
+        def flushed() -> None:
+            self.q.put(Flushed("flushed", run_id, rec.artifact_error, rec.take_held_back()))
+
+        return flushed
+
+    def _created_marker(self, run_id: str) -> Any:
+        rec = self.recorder
+
+        def created() -> None:
+            with self._cond:
+                self._created[run_id] = rec.create_errors.pop(run_id, None)
+                self._cond.notify_all()
+
+        return created
 
     def _submit(self, ins: Submit) -> list[Instruction]:
         ex = self.executors[ins.executor]
