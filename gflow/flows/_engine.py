@@ -319,7 +319,7 @@ class Engine:
                     self._due_timers(now, events)
                 self._periodic(events)
                 if events:
-                    self._execute(core.handle_many(events, now))
+                    self._execute(core.handle_many(self._with_dispatch(events), now))
                 self._dispatch_all()
                 if self._notify:
                     self._notify = False
@@ -429,6 +429,15 @@ class Engine:
             self.cancelled_by = rec.error or "Cancelled"
             events.append(CancelRequested("cancelled-outside", None, f"run cancelled from outside "
                                                                        f"({self.cancelled_by})", True))
+
+    def _with_dispatch(self, events: list[Event]) -> list[Event]:
+        """``events``, then a ``Dispatch`` per executor with room: the calls they make ready go out in the same
+        step (a chain then costs the core one step per link for the outcome and the next submit, not two)."""
+        for name, ex in list(self.executors.items()):
+            cap = ex.capacity()
+            if cap > 0:
+                events.append(Dispatch("capacity", name, min(cap, 10_000)))
+        return events
 
     def _dispatch_all(self) -> None:
         core = self.core
