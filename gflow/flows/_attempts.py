@@ -95,8 +95,9 @@ def succeed(core: Core, ts: TaskState, out: Outcome) -> None:
     if task.options.cache and ts.key is not None:
         core.cache_mem[ts.key] = CacheHit(value, ref, inline, "this run")
     objs = None if type(value) in SCALARS else object_ids(value) or None
-    core._end(ts, SUCCEEDED, at=out.ended or core.now, key=ts.key if late else None, result_ref=ref,
-              result_inline=inline, objects=objs, info=out.info, ikey=ts.ikey if late else None)
+    core._transition(ts, SUCCEEDED, out.ended or core.now, key=ts.key if late else None, result_ref=ref,
+                     result_inline=inline, objects=objs, info=out.info, ikey=ts.ikey if late else None)
+    core._finish(ts)
 
 
 def fail(core: Core, ts: TaskState, out: Outcome, retryable: bool = True) -> None:
@@ -123,7 +124,8 @@ def fail(core: Core, ts: TaskState, out: Outcome, retryable: bool = True) -> Non
     err.__cause__ = out.exc
     ts.error = err
     core.runs[ts.run_id].failures.append(ts)
-    core._end(ts, FAILED, error=error, traceback=out.traceback, info=out.info)
+    core._transition(ts, FAILED, error=error, traceback=out.traceback, info=out.info)
+    core._finish(ts)
 
 
 def release_twins(core: Core, first: TaskState, st: State) -> None:

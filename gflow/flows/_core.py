@@ -194,10 +194,14 @@ class Core:
         self.out.append(ins)
 
     # -- the one transition function -------------------------------------------------------------------------------
-    def _transition(self, ts: TaskState, finish: State, at: float | None = None, **row: Any) -> None:
+    def _transition(self, ts: TaskState, finish: State, at: float | None = None, *, key: str | None = None,
+                    ikey: str | None = None, error: str | None = None, traceback: str | None = None,
+                    result_ref: str | None = None, result_inline: str | None = None, handle: str | None = None,
+                    message: str | None = None, objects: list[str] | None = None, executor: str | None = None,
+                    info: dict[str, Any] | None = None) -> None:
         """Move ``ts`` to ``finish``: check the move against :data:`TRANSITIONS`, write its story line, its state
-        and its row (``row``: the row's other fields; ``at``: its time when not now). Subflow placeholders have
-        no row (their run record says how they ended).
+        and its row (the keywords: the row's fields; ``at``: its time when not now). Subflow placeholders have no
+        row (their run record says how they ended).
 
         Raises:
             InvalidTransition: for a move not in the table, with the call's story.
@@ -209,7 +213,10 @@ class Core:
         self.story_log.append((ts.id, start, finish, self.sid, now))
         ts.state = finish
         if ts.kind != SUBFLOW:
-            self.rows.append(trow(ts.id, ts.run_id, finish, ts.attempt, now if at is None else at, **row))
+            # positionally, in trow's order (task, name, upstream, map_index, cacheable: written only at creation)
+            self.rows.append(trow(ts.id, ts.run_id, finish, ts.attempt, now if at is None else at, None, None, key,
+                                  None, None, error, traceback, result_ref, result_inline, handle, message, None,
+                                  objects, ikey, executor, info))
 
     # -- queries -------------------------------------------------------------------------------------------------
     def has_ready(self, executor: str) -> bool:
@@ -503,8 +510,10 @@ class Core:
                 run.reused_changed.append(ts.name)
         if ts.task.options.cache and ts.key is not None and ts.key not in self.cache_mem:
             self.cache_mem[ts.key] = hit
-        self._end(ts, CACHED, key=ts.key, ikey=ts.ikey, result_ref=hit.result_ref, result_inline=hit.result_inline,
-                  objects=object_ids(hit.value) or None, message=f"from {hit.source}")
+        self._transition(ts, CACHED, key=ts.key, ikey=ts.ikey, result_ref=hit.result_ref,
+                         result_inline=hit.result_inline, objects=object_ids(hit.value) or None,
+                         message=f"from {hit.source}")
+        self._finish(ts)
 
     def _expand(self, ts: TaskState) -> None:
         """A map over futures: fan out once they resolved, then gather the results into a list."""
@@ -528,13 +537,14 @@ class Core:
         self._end(ts, SUCCEEDED)
 
     # -- endings ------------------------------------------------------------------------------------------------------
-    def _end(self, ts: TaskState, state: State, **row: Any) -> None:
-        """``ts`` ends in terminal ``state``: the transition, then what follows from it (``_finish``). A call ending
-        FAILED or CANCELLED without a row of its own (``row`` empty) ended without (further) running."""
+    def _end(self, ts: TaskState, state: State) -> None:
+        """``ts`` ends in terminal ``state`` without an outcome of its own (FAILED or CANCELLED: it will not run, or
+        not again; SUCCEEDED: a map gathered its elements, a subflow's run succeeded): the transition, then what
+        follows from it (``_finish``)."""
         if state is FAILED or state is CANCELLED:
-            if not row:
-                row = {"error": self._not_run(ts, state)}
-        self._transition(ts, state, **row)
+            self._transition(ts, state, error=self._not_run(ts, state))
+        else:
+            self._transition(ts, state)
         self._finish(ts)
 
     def _not_run(self, ts: TaskState, st: State) -> str:
