@@ -16,6 +16,7 @@ from gflow.flows._events import (
     SUBFLOW,
     ArtifactsLost,
     BodyReturned,
+    BodyStarted,
     CallsAdded,
     Dispatch,
     ExecutorAdded,
@@ -147,9 +148,14 @@ def test_an_artifact_store_lost_mid_run_is_an_event_that_stops_every_run_failed(
 
 def test_a_top_level_run_is_created_by_the_same_event_as_a_subflow():
     core = Core()
-    out = core.handle(RunStarted("start", RunRecord(id="top", flow="f"), None, create=True), 1.0)
+    out = core.handle(RunStarted("start", RunRecord(id="sub", flow="f"), None, create=True), 1.0)
     assert [(i.create is not None, i.state) for i in out if isinstance(i, RecordRun)] == \
         [(True, None), (False, State.RUNNING)]
+    # a top-level run: created first, RUNNING when its body starts (after an observer subscribed to it)
+    out = core.handle(RunStarted("start", RunRecord(id="top", flow="f"), None, create=True, running=False), 1.0)
+    assert [(i.create is not None, i.state) for i in out if isinstance(i, RecordRun)] == [(True, None)]
+    out = core.handle(BodyStarted("body", "top"), 2.0)
+    assert out == [RecordRun.match(run_id="top", state=State.RUNNING, ts=2.0)]
 
 
 # -- the core reads no files ------------------------------------------------------------------------------------------

@@ -48,8 +48,10 @@ results were lost in the artifact store, and which transitions it held back for 
 then does the core decide the run's terminal state, record the held-back calls FAILED, and emit the
 run's ``RecordRun`` and ``RunFinished``. A failing artifact store, learned by the recorder mid-run,
 comes in as ``ArtifactsLost``: every run stops and ends FAILED (resumable). Top-level runs and
-subflows are created the same way, by ``RunStarted(create=True)``. (``prepare_resume`` still records
-a *dead* driver's run FAILED before resuming it: that run has no core left to decide.)
+subflows are created the same way, by ``RunStarted(create=True)`` (a top-level run with
+``running=False``: it is RUNNING at ``BodyStarted``, once whoever watches it subscribed).
+(``prepare_resume`` still records a *dead* driver's run FAILED before resuming it: that run has no
+core left to decide.)
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from gflow.flows._events import (
     ArmTimer,
     ArtifactsLost,
     BodyReturned,
+    BodyStarted,
     CacheHit,
     CacheLookedUp,
     CallsAdded,
@@ -611,6 +614,7 @@ _HANDLERS: dict[type, Callable[[Core, Any], None]] = {
     TimerFired: Core._timer_fired,
     CancelRequested: _endings.cancel_requested,
     ArtifactsLost: _endings.artifacts_lost,
+    BodyStarted: _endings.body_started,
     BodyReturned: _endings.body_returned,
     Flushed: _endings.flushed,
 }

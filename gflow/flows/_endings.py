@@ -13,6 +13,7 @@ from gflow.flows._attempts import INLINE_MAX, release
 from gflow.flows._events import (
     ArtifactsLost,
     BodyReturned,
+    BodyStarted,
     CancelCalls,
     CancelRequested,
     Flush,
@@ -94,7 +95,14 @@ def run_started(core: Core, ev: RunStarted) -> None:
             run.cancelled = core.runs[parent.run_id].cancelled
     if ev.create:
         core.record_run(RecordRun(core.sid, rec.id, create=rec))
+    if ev.create and ev.running:
         core.record_run(RecordRun(core.sid, rec.id, RUNNING, core.now))
+
+
+def body_started(core: Core, ev: BodyStarted) -> None:
+    """A top-level run's body starts: the run is RUNNING (recorded before the calls its body makes)."""
+    if ev.run_id in core.runs:
+        core.record_run(RecordRun(core.sid, ev.run_id, RUNNING, core.now))
 
 
 def cancel_requested(core: Core, ev: CancelRequested) -> None:

@@ -30,6 +30,7 @@ from gflow.flows._events import (
     ArmTimer,
     ArtifactsLost,
     BodyReturned,
+    BodyStarted,
     CacheHit,
     CacheLookedUp,
     CallsAdded,
@@ -190,17 +191,20 @@ class Engine:
         self.q.put(RunStarted("run-started", record, parent, create))
 
     def create_run(self, record: RunRecord, timeout: float | None = 120.0) -> None:
-        """Start a top-level run the way a subflow starts (the core records it, created, then RUNNING); return
-        once its record is written.
+        """Start a top-level run the way a subflow starts (the core records it); return once its record is
+        written. It is RUNNING at :meth:`body_started`.
 
         Raises:
             StoreError: if the record cannot be created.
         """
-        self.start_run(record, create=True)
+        self.q.put(RunStarted("run-started", record, None, True, False))
         self._wait_for(lambda: record.id in self._created, timeout, f"the record of run {record.id}")
         err = self._created.pop(record.id)
         if err is not None:
             raise StoreError(f"could not create run {record.id} in {self.store.url}: {err}") from err
+
+    def body_started(self, run_id: str) -> None:
+        self.q.put(BodyStarted("body-started", run_id))
 
     def body_returned(self, run_id: str, value: Any = None, error: BaseException | None = None,
                       traceback: str = "") -> None:

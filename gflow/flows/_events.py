@@ -113,7 +113,8 @@ class RunStarted(Event):
 
     run: RunRecord | None = None
     parent: str | None = None
-    create: bool = False  # record the run (subflows); a top-level run is created before the engine starts
+    create: bool = False  # record the run (created, then RUNNING), in order with the task transitions
+    running: bool = True  # False: its body starts later (``BodyStarted``), after whoever watches it subscribed
 
 
 @dataclass(slots=True)
@@ -187,6 +188,13 @@ class CancelRequested(Event):
     reason: str = "cancelled"
     external: bool = False  # cancelled from outside (the store says so): the run record is already CANCELLED
     error: BaseException | None = None  # the runs end FAILED with this error instead of CANCELLED
+
+
+@dataclass(slots=True)
+class BodyStarted(Event):
+    """A top-level run's body starts now (its record was created by ``RunStarted(running=False)``)."""
+
+    run_id: str = ""
 
 
 @dataclass(slots=True)

@@ -303,6 +303,7 @@ class Flow(Generic[P, R]):
         """Run the body and wait for the run's end, as the scheduling core decided it (this reports it)."""
         run_id = record.id
         engine.watch = run_id
+        engine.body_started(run_id)
         ctx = FlowRun(self, run_id, engine)
         returned = interrupted = False
         try:
