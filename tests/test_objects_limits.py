@@ -208,3 +208,4 @@ def test_a_tampered_stored_molecule_gives_a_typed_error_not_a_crash(gflow_home, 
     new = store.list_runs(limit=1)[0]
     assert new.id != old.id and new.state.name == "SUCCEEDED"
     store.close()
+
