@@ -7,6 +7,7 @@ subprocess (a Python one, or the ``gflow`` CLI) and asserts it ends with a typed
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -89,6 +90,24 @@ def test_a_large_molecule_is_canonicalized_in_a_helper_process(monkeypatch):
         Molecule(smiles="C(C)(C)(C)(C)C")
     assert Molecule(smiles="c1ccccc1O").smiles == "Oc1ccccc1"
     assert rdkit_canon._HELPER.proc is helper  # reused
+
+
+def test_a_forked_child_starts_its_own_helper_even_while_the_parent_holds_the_lock(monkeypatch):
+    monkeypatch.setenv("GFLOW_SMILES_ISOLATE_ATOMS", "0")
+    Molecule(smiles="CCO")
+    parent_helper = rdkit_canon._HELPER.proc
+    assert parent_helper is not None
+    ctx = multiprocessing.get_context("fork")
+    with rdkit_canon._HELPER.lock, ctx.Pool(1) as pool:  # a thread of the parent is asking its helper
+        smiles, child_helper = pool.apply_async(_child_canonical, ("OCC",)).get(timeout=30)
+    assert smiles == "CCO" and child_helper not in (None, parent_helper.pid)
+    assert rdkit_canon._HELPER.proc is parent_helper and parent_helper.poll() is None
+
+
+def _child_canonical(smiles: str) -> tuple[str, int | None]:
+    value = Molecule(smiles=smiles).smiles
+    proc = rdkit_canon._HELPER.proc
+    return value, None if proc is None else proc.pid
 
 
 @pytest.fixture

@@ -76,20 +76,17 @@ class _Helper:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.owner = 0
         self.pending = b""
 
     def _start(self) -> subprocess.Popen[bytes]:
-        if self.proc is not None and self.owner == os.getpid() and self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             return self.proc
         boot = ("import runpy, sys; sys.path[:] = [p for p in sys.path if p]; "
                 f"runpy.run_path({__file__!r}, run_name='__main__')")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.proc = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, env=env, close_fds=True)
-        if not self.owner:
-            atexit.register(self._stop)
-        self.owner, self.pending = os.getpid(), b""
+        self.pending = b""
         return self.proc
 
     def _stop(self) -> int | None:
@@ -151,6 +148,10 @@ def _describe(code: int | None) -> str:
 
 
 _HELPER = _Helper()
+atexit.register(_HELPER._stop)
+# a forked child starts afresh: the parent's helper and lock (perhaps held by a thread that is not in
+# the child) are the parent's
+os.register_at_fork(after_in_child=_HELPER.__init__)
 
 
 def isolated_canonical(smiles: str, timeout: float) -> str:
