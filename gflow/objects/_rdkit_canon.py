@@ -78,6 +78,10 @@ class _Helper:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pending = b""
 
+    def forget(self) -> None:
+        """Drops the helper and the lock without touching them (in a forked child, they are the parent's)."""
+        self.lock, self.proc, self.pending = threading.Lock(), None, b""
+
     def _start(self) -> subprocess.Popen[bytes]:
         if self.proc is not None and self.proc.poll() is None:
             return self.proc
@@ -151,7 +155,7 @@ _HELPER = _Helper()
 atexit.register(_HELPER._stop)
 # a forked child starts afresh: the parent's helper and lock (perhaps held by a thread that is not in
 # the child) are the parent's
-os.register_at_fork(after_in_child=_HELPER.__init__)
+os.register_at_fork(after_in_child=_HELPER.forget)
 
 
 def isolated_canonical(smiles: str, timeout: float) -> str:
