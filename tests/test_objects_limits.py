@@ -110,6 +110,22 @@ def _child_canonical(smiles: str) -> tuple[str, int | None]:
     return value, None if proc is None else proc.pid
 
 
+def test_a_helper_that_cannot_start_or_answers_garbage_is_a_typed_error(monkeypatch):
+    monkeypatch.setenv("GFLOW_SMILES_ISOLATE_ATOMS", "0")
+    rdkit_canon._HELPER._stop()
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with pytest.raises(ValidationError, match="helper process for RDKit could not start"):
+        Molecule(smiles="OCC")
+    monkeypatch.undo()
+    monkeypatch.setenv("GFLOW_SMILES_ISOLATE_ATOMS", "0")
+    liar = "import sys; sys.stdin.readline(); print('not json', flush=True); sys.stdin.read()"
+    rdkit_canon._HELPER.proc = subprocess.Popen([sys.executable, "-c", liar], stdin=subprocess.PIPE,
+                                                stdout=subprocess.PIPE)
+    with pytest.raises(ValidationError, match="helper process for RDKit answered b'not json'"):
+        Molecule(smiles="OCC")
+    assert Molecule(smiles="OCC").smiles == "CCO"  # a new, real helper
+
+
 @pytest.fixture
 def big_chains(monkeypatch):
     """Limits raised so that a long chain (about a second in RDKit) reaches the helper."""
@@ -147,7 +163,7 @@ def test_rdkit_past_the_timeout_is_a_typed_error(big_chains, monkeypatch):
     with pytest.raises(ValidationError, match=r"RDKit took longer than 0.2 s on it \(GFLOW_SMILES_TIMEOUT\)"):
         Molecule(smiles=big_chains)
     assert helper is not None and helper.poll() is not None  # killed
-    assert Molecule(smiles="C" * 300).smiles == "C" * 300
+    assert Molecule(smiles="C" * 300).smiles == "C" * 300  # a new helper (starting it is not counted)
 
 
 def test_without_rdkit_errors_quote_a_prefix_and_the_length(monkeypatch):

@@ -29,6 +29,8 @@ from typing import IO, Any
 
 CANONICAL_PASSES = 4
 HELPER_STACK = 512 * 1024 * 1024
+STARTUP_TIMEOUT = 120.0
+READY = b'"ready"'
 
 
 def rdkit_error(chem: ModuleType, smiles: str) -> str:
@@ -88,9 +90,16 @@ class _Helper:
         boot = ("import runpy, sys; sys.path[:] = [p for p in sys.path if p]; "
                 f"runpy.run_path({__file__!r}, run_name='__main__')")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.proc = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, env=env, close_fds=True)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, env=env, close_fds=True)
+        except OSError as exc:
+            raise ValueError(f"gflow's helper process for RDKit could not start ({exc}); refused") from None
         self.pending = b""
+        assert self.proc.stdout is not None
+        # importing RDKit is not the molecule's time: wait for it apart (generously: a loaded host)
+        if self._read_line(self.proc.stdout, time.monotonic() + STARTUP_TIMEOUT) != READY:
+            raise ValueError(f"gflow's helper process for RDKit could not start ({_describe(self._stop())}); refused")
         return self.proc
 
     def _stop(self) -> int | None:
@@ -122,7 +131,13 @@ class _Helper:
             if not line:
                 code = self._stop()
                 raise ValueError(f"RDKit crashed on it ({_describe(code)}, in gflow's helper process); refused")
-            answer = json.loads(line)
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict) or not isinstance(answer.get("smiles", answer.get("error")), str):
+                self._stop()
+                raise ValueError(f"gflow's helper process for RDKit answered {line[:80]!r}; refused")
         if "error" in answer:
             raise ValueError(str(answer["error"]))
         return str(answer["smiles"])
@@ -174,6 +189,8 @@ def _serve() -> None:
             return {"error": str(exc)}
 
     def loop() -> None:
+        sys.stdout.write(READY.decode() + "\n")
+        sys.stdout.flush()
         for raw in sys.stdin.buffer:
             sys.stdout.write(json.dumps(answer(json.loads(raw))) + "\n")
             sys.stdout.flush()
