@@ -40,7 +40,14 @@ def configure(key: str | bytes | None) -> None:
         ConfigError: the key is shorter than :data:`MIN_KEY_CHARS`.
     """
     global _configured
-    _configured = None if key is None else _as_bytes(key, "profile setting signing_key")
+    if key is None:
+        _configured = None
+        return
+    # a profile's signing_key is GFLOW_SIGNING_KEY when that is set (the environment overrides the profile):
+    # name what the user actually set
+    env = os.environ.get(ENV)
+    from_env = bool(env) and (env == key or env.encode() == key)
+    _configured = _as_bytes(key, ENV if from_env else "profile setting signing_key")
 
 
 def _as_bytes(key: str | bytes, source: str) -> bytes:
