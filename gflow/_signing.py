@@ -46,7 +46,7 @@ def configure(key: str | bytes | None) -> None:
     # a profile's signing_key is GFLOW_SIGNING_KEY when that is set (the environment overrides the profile):
     # name what the user actually set
     env = os.environ.get(ENV)
-    from_env = bool(env) and (env == key or env.encode() == key)
+    from_env = env is not None and env != "" and (env == key or env.encode() == key)
     _configured = _as_bytes(key, ENV if from_env else "profile setting signing_key")
 
 

@@ -105,3 +105,170 @@ def test_a_short_signing_key_names_the_variable_the_user_set(tmp_path, pickle_fl
     r = cli("run", f"{tmp_path / 'rt_pickle_flow.py'}:boxed", "--no-progress", cwd=str(tmp_path),
             env={"PYTHONPATH": str(tmp_path)})
     assert r.returncode == 1 and "profile setting signing_key" in r.stderr, r.stderr
+
+
+# -- item 3: a full state disk: give up after a bounded time, resumable ------------------------------------
+class FakeClock:
+    """Time for the recorder's retries: its sleeps advance this clock instead of waiting."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        self.slept += seconds
+
+
+class FullStore:
+    """A real SQLite store whose disk reports full while ``full`` is set (a stand-in for the fault only)."""
+
+    def __init__(self, store, full: bool = True):
+        self.store = store
+        self.full = full
+        self.url = store.url
+        self.can_offload = False
+        self.tries = 0
+
+    def apply_rows(self, rows):
+        self.tries += 1
+        if self.full:
+            from gflow.errors import StoreFull
+
+            raise StoreFull(f"state store {self.store.path}: record transitions failed: the disk is full")
+        return self.store.apply_rows(rows)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def _full_recorder(tmp_path, *, full=True, retry=30.0):
+    from gflow.artifacts import open_artifacts
+    from gflow.flows._recorder import Recorder
+    from gflow.store import RunRecord, open_store
+
+    st = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    st.create_run(RunRecord(id="r", flow="f"))
+    clock = FakeClock()
+    calls: list[str] = []
+    rec = Recorder(FullStore(st, full), open_artifacts(str(tmp_path / "a")), interval=0.01, clock=clock,
+                   sleep=clock.sleep, writer_mode="thread", state_retry=retry,
+                   on_state_error=lambda: calls.append("gave up"))
+    return st, rec, clock, calls
+
+
+def test_the_recorder_gives_up_on_a_full_state_disk_after_the_bound(tmp_path):
+    import time
+
+    from gflow.errors import StoreFull
+    from gflow.flows._events import RecordRun
+    from gflow.store.base import trow
+
+    st, rec, clock, calls = _full_recorder(tmp_path)
+    t0 = time.monotonic()
+    rec.add_many([trow("r.1", "r", State.RUNNING, 1, 1.0, task="m:t", name="t")])
+    rec.add_run(RecordRun("x", "r", State.SUCCEEDED, 2.0))
+    rec.flush(timeout=10)  # returns: nothing waits forever
+    assert time.monotonic() - t0 < 5  # the 30 s bound passed on the fake clock only
+    assert isinstance(rec.state_error, StoreFull) and "after 30s" in str(rec.state_error)
+    assert "GFLOW_STATE_RETRY_SECONDS" in str(rec.state_error) and "disk is full" in str(rec.state_error)
+    assert 30 <= clock.slept < 36 and calls == ["gave up"]
+    assert rec.unrecorded == 1  # the transition; the run record still fits (a small write) ...
+    run = st.get_run("r")
+    assert run.state is State.FAILED and "StoreFull" in run.error  # ... and never claims SUCCEEDED
+    tries = rec.store.tries
+    rec.add_many([trow("r.2", "r", State.RUNNING, 1, 3.0, task="m:t", name="t")])
+    rec.flush(timeout=10)
+    assert rec.store.tries == tries + 1 and rec.unrecorded == 2  # after giving up: one try per write
+    rec.close()
+
+
+def test_the_recorder_keeps_retrying_within_the_bound_and_loses_nothing(tmp_path):
+
+    from gflow.store.base import trow
+
+    st, rec, clock, calls = _full_recorder(tmp_path)
+    base = FakeClock.sleep
+
+    def sleep(seconds):
+        base(clock, seconds)
+        if clock.slept >= 20:
+            rec.store.full = False  # space freed after 20 s (of fake time)
+
+    rec.sleep = sleep
+    rec.add_many([trow("r.1", "r", State.RUNNING, 1, 1.0, task="m:t", name="t")])
+    rec.flush(timeout=10)
+    assert rec.state_error is None and calls == [] and rec.unrecorded == 0
+    assert st.counts("r") == {"RUNNING": 1}
+    rec.close()
+
+
+def test_a_bad_state_retry_setting_is_one_line_before_anything_runs(store, monkeypatch):
+    import flows_basic as fb
+
+    monkeypatch.setenv("GFLOW_STATE_RETRY_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="GFLOW_STATE_RETRY_SECONDS='soon': must be a positive number"):
+        fb.map_reduce.run(3)
+    assert store.list_runs() == []
+
+
+@pytest.fixture
+def tiny_state_disk(tmp_path):
+    """A real 400 KiB tmpfs for the state database (root can mount one here and in CI)."""
+    import subprocess
+
+    mnt = tmp_path / "tiny-state"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_state_disk_ends_the_run_and_resume_completes_it(tiny_state_disk, gflow_home, monkeypatch):
+    import subprocess
+    import time
+
+    import flows_basic as fb
+
+    from gflow.errors import StoreFull
+    from gflow.store import open_store
+
+    monkeypatch.setenv("GFLOW_STATE_RETRY_SECONDS", "1")
+    url = f"sqlite:///{tiny_state_disk / 'gflow.db'}"
+    t0 = time.monotonic()
+    res = fb.map_reduce.run(3000, store=url, return_run=True)
+    took = time.monotonic() - t0
+    assert res.state is State.FAILED and isinstance(res.error, StoreFull), res.error
+    assert "disk is full" in str(res.error) and str(tiny_state_disk) in str(res.error)
+    assert took < 30
+    subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_state_disk)], check=True)
+    again = fb.map_reduce.run(3000, store=url, resume_from=res.id, return_run=True)
+    assert again.state is State.SUCCEEDED and again.value == sum(i + 1 for i in range(3000))
+    st = open_store(url)
+    try:
+        assert st.get_run(res.id).state is State.FAILED  # recorded (DriverLost or StoreFull), never RUNNING
+        assert st.counts(again.id).get("SUCCEEDED", 0) + st.counts(again.id).get("CACHED", 0) >= 3000
+    finally:
+        st.close()
+
+
+def test_sqlite_names_a_full_disk_not_a_failed_rollback(tiny_state_disk):
+    from gflow.errors import StoreFull
+    from gflow.store import RunRecord, open_store
+    from gflow.store.base import trow
+
+    st = open_store(f"sqlite:///{tiny_state_disk / 'gflow.db'}")
+    try:
+        st.create_run(RunRecord(id="r", flow="f"))
+        with pytest.raises(StoreFull, match="disk is full"):
+            for i in range(100):
+                st.apply_rows([trow(f"r.{i}.{j}", "r", State.RUNNING, 1, 1.0, task="m:t", name="t" * 500)
+                               for j in range(200)])
+    finally:
+        st.close()

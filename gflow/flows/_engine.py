@@ -82,7 +82,7 @@ class Engine:
         self.store = store
         self.artifacts = artifacts
         self.core = Core(resume=resume, rerun_changed=rerun_changed, use_cache=use_cache)
-        self.recorder = Recorder(store, artifacts)
+        self.recorder = Recorder(store, artifacts, on_state_error=lambda: self.q.put(("state-failed",)))
         self.q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.executors: dict[str, Executor] = {}
         self._owned: list[Executor] = []
@@ -321,6 +321,8 @@ class Engine:
                     self._gflow_error(e)
                 if self.recorder.artifact_error is not None and self.cancelled_by is None:
                     self._artifact_failure()
+                if self.recorder.state_error is not None and self.cancelled_by is None:
+                    self._gflow_error(self.recorder.state_error)  # nothing can be recorded: stop computing
                 if self._notify:
                     self._notify = False
                     if self._waiters:

@@ -11,7 +11,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from gflow.errors import InvalidTransition, RunNotFound, StoreError
+from gflow.errors import InvalidTransition, RunNotFound, StoreError, StoreFull
 from gflow.states import RANK, TERMINAL_RANK, State
 from gflow.store._sqlite_sql import (
     EVENT_INSERT,
@@ -120,6 +120,9 @@ class SQLiteStore(Store):
                     raise StoreError(
                         f"state store {store.path} is locked by another process (waited {store.timeout:g}s during "
                         f"{what})") from None
+                if _is_full(e):
+                    raise StoreFull(f"state store {store.path}: {what} failed: the disk is full ({msg}); free space, "
+                                    f"then resume the run") from None
                 if isinstance(e, sqlite3.DatabaseError) and ("not a database" in msg or "malformed" in msg):
                     raise StoreError(f"state store {store.path} is corrupt or not a SQLite database ({msg})") from None
                 raise StoreError(f"state store {store.path}: {what} failed: {msg}") from None
@@ -133,9 +136,15 @@ class SQLiteStore(Store):
             try:
                 out = fn(conn)
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite itself rolls back on a full disk: a second ROLLBACK would hide why
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
             return out
 
     def _read(self, sql: str, args: Sequence[Any] = (), what: str = "read") -> list[tuple]:
@@ -499,5 +508,9 @@ class SQLiteStore(Store):
             self._local.conn = None
 
 
+_SQLITE_FULL = 13  # the primary result code of "database or disk is full"
 
 
+def _is_full(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF == _SQLITE_FULL) or "database or disk is full" in str(e)
