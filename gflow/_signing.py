@@ -85,7 +85,9 @@ def _read_or_create(path: str) -> bytes:
         return _read_key_file(path)
     except FileNotFoundError:
         pass
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    from gflow.config import make_private_dirs
+
+    make_private_dirs(os.path.dirname(path))
     tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

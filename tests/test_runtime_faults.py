@@ -272,3 +272,68 @@ def test_sqlite_names_a_full_disk_not_a_failed_rollback(tiny_state_disk):
                                for j in range(200)])
     finally:
         st.close()
+
+
+# -- item 5: state is private under umask 022 -------------------------------------------------------------
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_a_new_home_and_its_state_are_private(gflow_home, umask_022, pickle_flow):
+    import flows_basic as fb
+
+    assert not gflow_home.exists()
+    assert "GFLOW_SIGNING_KEY" not in os.environ  # the home's key file is used (and created)
+    assert fb.map_reduce.run(5) == 15
+    assert pickle_flow.boxed.run(1).n == 2
+    assert _mode(gflow_home) == 0o700
+    made = {p.name: _mode(p) for p in gflow_home.iterdir()}
+    assert made["gflow.db"] == 0o600 and made["signing.key"] == 0o600 and made["artifacts"] == 0o700
+    for name in ("gflow.db-wal", "gflow.db-shm"):  # SQLite's own files follow the database's mode
+        if name in made:
+            assert made[name] == 0o600, name
+
+
+def test_a_new_sqlite_store_elsewhere_is_private_too(tmp_path, umask_022):
+    from gflow.store import RunRecord, open_store
+
+    st = open_store(f"sqlite:///{tmp_path / 'new' / 'deep' / 'state.db'}")
+    try:
+        st.create_run(RunRecord(id="r", flow="f"))
+        files = sorted((tmp_path / "new" / "deep").iterdir())
+        assert {p.name for p in files} >= {"state.db", "state.db-wal", "state.db-shm"}
+        assert all(_mode(p) == 0o600 for p in files), [(p.name, oct(_mode(p))) for p in files]
+        assert _mode(tmp_path / "new") == 0o700 and _mode(tmp_path / "new" / "deep") == 0o700
+    finally:
+        st.close()
+    # an existing store is opened as it is (its owner chose its mode)
+    os.chmod(tmp_path / "new" / "deep" / "state.db", 0o640)
+    open_store(f"sqlite:///{tmp_path / 'new' / 'deep' / 'state.db'}").close()
+    assert _mode(tmp_path / "new" / "deep" / "state.db") == 0o640
+
+
+def test_a_rollback_journal_is_private(tmp_path, umask_022):
+    import sqlite3
+
+    from gflow.store import open_store
+
+    path = tmp_path / "j" / "gflow.db"
+    open_store(f"sqlite:///{path}").close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+    conn.execute("PRAGMA journal_size_limit=-1")
+    conn.execute("PRAGMA journal_mode=PERSIST")  # the journal file stays, so its mode can be read
+    conn.execute("BEGIN")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("COMMIT")
+    journal = tmp_path / "j" / "gflow.db-journal"
+    assert journal.exists() and _mode(journal) == 0o600
+    conn.close()
