@@ -337,3 +337,61 @@ def test_a_rollback_journal_is_private(tmp_path, umask_022):
     journal = tmp_path / "j" / "gflow.db-journal"
     assert journal.exists() and _mode(journal) == 0o600
     conn.close()
+
+
+# -- item 7: pool workers die with the driver even while a task holds the GIL ------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie is dead for our purpose
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_pool_workers_die_with_the_driver_while_a_task_holds_the_gil(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import RESOURCES, ROOT
+
+    (tmp_path / "rt_gil_flow.py").write_text(textwrap.dedent("""
+        import os
+        import gflow
+
+        @gflow.task
+        def hog(folder: str) -> int:
+            open(os.path.join(folder, f"pid-{os.getpid()}"), "w").close()
+            return sum(range(10 ** 12))  # one C call that never lets go of the GIL
+
+        @gflow.flow
+        def hogs(folder: str) -> int:
+            return hog(folder)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(RESOURCES), str(ROOT)])}
+    driver = subprocess.Popen([sys.executable, "-m", "gflow", "run", f"{tmp_path / 'rt_gil_flow.py'}:hogs", "-p",
+                               f"folder={tmp_path}", "-e", "local://processes?workers=1", "--no-progress"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while worker is None and time.monotonic() < deadline:
+            pids = list(tmp_path.glob("pid-*"))
+            worker = int(pids[0].name.split("-")[1]) if pids else None
+            time.sleep(0.05)
+        assert worker is not None, "the task never started"
+        time.sleep(0.3)  # inside sum() now
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5 and _alive(worker):
+            time.sleep(0.01)
+        gone = time.monotonic() - t0
+        assert not _alive(worker), "the worker outlived the driver while its task held the GIL"
+        print(f"\nworker (task holding the GIL) gone {gone * 1000:.0f} ms after the driver's SIGKILL")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
