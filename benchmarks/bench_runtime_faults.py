@@ -34,7 +34,8 @@ def flood(base: str, seconds: float = 3.0) -> tuple[int, float | None]:
     """(bytes sent after the 413 arrived, seconds from the 413 to the close or None if still open)."""
     host, port = base.removeprefix("http://").split(":")
     s = socket.create_connection((host, int(port)), timeout=10)
-    s.sendall(b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    s.sendall(b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
     chunk = b"x" * 262144
     frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
     s.setblocking(False)
