@@ -332,6 +332,9 @@ class Flow(Generic[P, R]):
         lost = engine.recorder.artifact_error
         if lost is not None and fin.state is State.SUCCEEDED:  # results it claims could not all be stored
             fin = RunFinished(fin.stimulus_id, run_id, State.FAILED, None, lost, fin.reused_changed)
+        unrecorded = engine.recorder.state_error
+        if unrecorded is not None and fin.state is State.SUCCEEDED:  # the store does not know it succeeded
+            fin = RunFinished(fin.stimulus_id, run_id, State.FAILED, None, unrecorded, fin.reused_changed)
         if fin.state is State.SUCCEEDED:
             if return_run:
                 return RunResult(run_id, fin.state, fin.value, None, fin.reused_changed)
