@@ -67,8 +67,12 @@ class RoundRow(GflowObject):
     round: int = Field(ge=0)
     designs: int
     passed: int
-    best: float
-    mean: float
+    #: PLL per residue of the round's top elite design: the best design that passed the filters (the best
+    #: overall only when none passed)
+    elite_top: float
+    #: the best PLL per residue of any design of the round, passing or not
+    max_pll: float
+    mean_pll: float
     elite: tuple[str, ...] = ()
 
 
@@ -159,7 +163,7 @@ def summary_png(rows: list[RoundRow], points: list[tuple[int, float]], title: st
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.scatter([r for r, _ in points], [v for _, v in points], s=12, alpha=0.6, label="designs")
-    ax.plot([r.round for r in rows], [r.best for r in rows], "o-", color="C3", label="best passing")
+    ax.plot([r.round for r in rows], [r.elite_top for r in rows], "o-", color="C3", label="top elite (best passing)")
     ax.set_xticks(sorted({r.round for r in rows}))
     ax.set_xlabel("round")
     ax.set_ylabel("ESM-2 PLL per residue (nats)")
@@ -200,14 +204,16 @@ def design_loop(parent: Protein, rounds: int = 3, per_round: int = 32, model: st
         values = [_value(d, "esm2_pll_per_residue") for d in ranked]
         points.extend((r, v) for v in values)
         rows.append(RoundRow(round=r, designs=len(ranked), passed=sum(_value(d, "passed_filters") > 0 for d in ranked),
-                             best=_value(parents[0], "esm2_pll_per_residue"), mean=round(sum(values) / len(values), 6),
+                             elite_top=_value(parents[0], "esm2_pll_per_residue"), max_pll=max(values),
+                             mean_pll=round(sum(values) / len(values), 6),
                              elite=tuple(d.content_id for d in parents)))
     png = summary_png(rows, points, title=f"design loop from {root.protein.name} ({model_obj.name})").result()
     png_path = _save_png(png, out_dir)
-    measurements = tuple(Score(name=f"round{row.round}_best", value=row.best, units="nats") for row in rows)
-    table = "\n".join(f"{row.round}\t{row.designs}\t{row.passed}\t{row.best:.4f}\t{row.mean:.4f}" for row in rows)
+    measurements = tuple(Score(name=f"round{row.round}_elite_top", value=row.elite_top, units="nats") for row in rows)
+    table = "\n".join(f"{row.round}\t{row.designs}\t{row.passed}\t{row.elite_top:.4f}\t{row.max_pll:.4f}\t"
+                      f"{row.mean_pll:.4f}" for row in rows)
     return Experiment(name=f"design_loop:{root.protein.name}", designs=tuple(everything), measurements=measurements,
-                      description="round\tdesigns\tpassed\tbest\tmean\n" + table,
+                      description="round\tdesigns\tpassed\telite_top_pll\tmax_pll\tmean_pll\n" + table,
                       metadata={"summary_png": str(png_path), "model": model_obj.source, "rounds": rounds,
                                 "final_elite": ",".join(d.content_id for d in parents)})
 

@@ -22,6 +22,7 @@ import csv
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 from esm_scoring import ESM_IMAGE, esm_unmasked, load_esm
 from pydantic import Field
@@ -30,10 +31,11 @@ import gflow
 from gflow.models import resolve_model
 from gflow.objects import GflowObject, Model, Protein
 from gflow.objects._base import FiniteFloat
+from gflow.objects._files import read_utf8
 from gflow.objects.fasta import read_fasta
 
 
-class LibraryError(ValueError):
+class LibraryError(gflow.GflowError, ValueError):
     """A library file is malformed; the message names the file, the line and the fix."""
 
 
@@ -102,9 +104,16 @@ def read_library(path: str | os.PathLike[str]) -> list[Entry]:
         entries = [Entry(key=q.name or f"entry_{i + 1}", protein=q) for i, q in enumerate(proteins)]
         _check_unique(p, [(e.key, i + 1) for i, e in enumerate(entries)])
         return entries
-    text = p.read_text()
+    text = read_utf8(p, what="library", error=LibraryError)
     dialect = "excel-tab" if p.suffix.lower() == ".tsv" or "\t" in text.split("\n", 1)[0] else "excel"
     reader = csv.reader(io.StringIO(text), dialect=dialect)
+    try:
+        return _read_rows(p, reader)
+    except csv.Error as exc:  # a NUL byte, a quote left open at the end of the file
+        raise LibraryError(f"library {p} line {reader.line_num}: {exc}") from None
+
+
+def _read_rows(p: Path, reader: Any) -> list[Entry]:
     header = next(reader, None)
     if header is None:
         raise LibraryError(f"library {p} is empty")

@@ -10,7 +10,7 @@ Decisions, each with one clear error line (:class:`~gflow.errors.InvalidArgument
   rather than silently passed as text (quote it, ``'"[text"'``, to pass it as a string);
 - values nested deeper than :data:`gflow.serialization.MAX_DEPTH` levels are refused;
 - ``NaN``/``Infinity`` are accepted as floats (gflow stores them as tagged values);
-- a key that is not an identifier, or is given twice, is refused.
+- a key that is not an identifier, or is given twice, is refused; so is a JSON object with a repeated key.
 """
 
 from __future__ import annotations
@@ -39,6 +39,20 @@ def _parse_int(text: str) -> int:
 
 class _TooLong(Exception):
     pass
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict, refusing a key given twice (``json`` keeps the last silently)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(f"the JSON object has the key {k[:80]!r} twice")
+        out[k] = v
+    return out
 
 
 def _depth(value: Any) -> int:
@@ -71,10 +85,10 @@ def parse_param(item: str) -> tuple[str, Any]:
         raise InvalidArguments(f"--param {key}: the value is {len(raw):,} characters long; pass large inputs as a "
                                f"file path instead")
     try:
-        value = json.loads(raw, parse_int=_parse_int)
+        value = json.loads(raw, parse_int=_parse_int, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise InvalidArguments(f"--param {key}: nested more than {MAX_DEPTH} levels deep") from None
-    except _TooLong as e:
+    except (_TooLong, _DuplicateKey) as e:
         raise InvalidArguments(f"--param {key}: {e}") from None
     except ValueError as e:
         if raw.lstrip()[:1] in ("[", "{"):

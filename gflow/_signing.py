@@ -40,7 +40,14 @@ def configure(key: str | bytes | None) -> None:
         ConfigError: the key is shorter than :data:`MIN_KEY_CHARS`.
     """
     global _configured
-    _configured = None if key is None else _as_bytes(key, "profile setting signing_key")
+    if key is None:
+        _configured = None
+        return
+    # a profile's signing_key is GFLOW_SIGNING_KEY when that is set (the environment overrides the profile):
+    # name what the user actually set
+    env = os.environ.get(ENV)
+    from_env = env is not None and env != "" and (env == key or env.encode() == key)
+    _configured = _as_bytes(key, ENV if from_env else "profile setting signing_key")
 
 
 def _as_bytes(key: str | bytes, source: str) -> bytes:
@@ -78,7 +85,9 @@ def _read_or_create(path: str) -> bytes:
         return _read_key_file(path)
     except FileNotFoundError:
         pass
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    from gflow.config import make_private_dirs
+
+    make_private_dirs(os.path.dirname(path))
     tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

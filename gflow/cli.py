@@ -263,21 +263,39 @@ def _state_label(r: Any) -> str:
     return label
 
 
+def _run_json(r: Any, counts: dict[str, int]) -> dict[str, Any]:
+    """One run as ``gflow runs ls --output json`` prints it."""
+    return {"id": r.id, "flow": r.flow, "state": r.state.value, "created": r.created, "started": r.started,
+            "ended": r.ended, "duration": r.duration, "executor": r.executor, "image_tag": r.image_tag,
+            "tags": list(r.tags), "error": r.error, "parent_run": r.parent_run, "resumed_from": r.resumed_from,
+            "replay_of": r.replay_of, "tasks": sum(counts.values()), "counts": dict(counts)}
+
+
 @runs.command("ls")
 @click.option("--flow", default=None)
 @click.option("--state", default=None, type=click.Choice([s.value for s in State], case_sensitive=False))
 @click.option("--tag", default=None)
 @click.option("--limit", default=20, show_default=True)
+@click.option("--output", "output", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: one JSON array of runs (for scripts).")
+@click.option("-q", "--quiet", is_flag=True, help="Print run ids only, one per line.")
 @_common_store
-def runs_ls(flow: str | None, state: str | None, tag: str | None, limit: int, store: str | None,
-            profile: str | None) -> None:
+def runs_ls(flow: str | None, state: str | None, tag: str | None, limit: int, output: str, quiet: bool,
+            store: str | None, profile: str | None) -> None:
     """Newest runs first."""
     with _store(profile, store) as st:
+        rows = st.list_runs(flow=flow, state=state.upper() if state else None, tag=tag, limit=limit)
+        if quiet:
+            for r in rows:
+                click.echo(r.id)
+            return
+        counts = st.counts_many([r.id for r in rows])
+        if output == "json":
+            click.echo(json.dumps([_run_json(r, counts.get(r.id, {})) for r in rows], indent=2))
+            return
         table = Table()
         for col in ("run", "flow", "state", "started", "duration", "tasks", "executor", "tags"):
             table.add_column(col, no_wrap=col in ("run", "state", "started"))
-        rows = st.list_runs(flow=flow, state=state.upper() if state else None, tag=tag, limit=limit)
-        counts = st.counts_many([r.id for r in rows])
         for r in rows:
             table.add_row(escape(r.id), escape(r.flow), _state_label(r), _fmt_ts(r.started or r.created),
                           _fmt_dur(r.duration), str(sum(counts.get(r.id, {}).values())), escape(str(r.executor or "-")),

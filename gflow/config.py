@@ -26,6 +26,21 @@ def gflow_home() -> Path:
     return Path(os.environ.get("GFLOW_HOME") or Path.home() / ".gflow").expanduser()
 
 
+def make_private_dirs(path: str | os.PathLike[str]) -> None:
+    """Create the folder ``path`` and its missing parents readable by their owner only (0700, whatever the
+    umask): run state, parameters and results are research data. Folders that exist are left as they are."""
+    p = Path(path).expanduser().absolute()
+    missing: list[Path] = []
+    while not p.exists() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+
+
 @dataclass
 class Profile:
     name: str = "default"

@@ -27,6 +27,11 @@ class StoreError(GflowError):
     """The state store is unreachable, corrupt or locked."""
 
 
+class StoreFull(StoreError):
+    """The state store's disk (or quota) is full: nothing can be recorded until space is freed. A driver gives up
+    after ``GFLOW_STATE_RETRY_SECONDS`` (docs/RELIABILITY.md) and the run can be resumed once there is space."""
+
+
 class InvalidTransition(StoreError):
     """A state transition that would move a run or task run backwards was refused."""
 

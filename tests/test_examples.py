@@ -162,6 +162,10 @@ def test_design_loop_rounds_lineage_and_summary(tiny_esm: str, tmp_path: Path) -
     png = Path(str(exp.metadata["summary_png"]))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert exp.description and exp.description.count("\n") == 2
+    header, *rows = (line.split("\t") for line in exp.description.splitlines())
+    assert header == ["round", "designs", "passed", "elite_top_pll", "max_pll", "mean_pll"]
+    for row in rows:  # the columns hold what they are named for: the top elite never beats the round's best
+        assert float(row[3]) <= float(row[4]) and float(row[5]) <= float(row[4])
 
 
 def test_design_loop_stages_have_their_own_images() -> None:

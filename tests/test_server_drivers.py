@@ -43,7 +43,7 @@ def serve_app(db, tmp_path):
 
     def start(**driver):
         logs = tmp_path / "drivers"
-        cfg = DriverConfig(store=db, log_dir=str(logs), env=driver_env(), **driver)
+        cfg = DriverConfig(store=db, log_dir=str(logs), **{"env": driver_env(), **driver})
         cm = serve(create_app(open_store(db), auth=AuthConfig(write_tokens=(WRITE,)), drivers=cfg, close_store=True))
         url = cm.__enter__()
         stack.append(cm)
@@ -157,3 +157,25 @@ def test_retry_refuses_what_cannot_be_retried(serve_app, db, gflow_home):
               Transition("live-run.1", "live-run", State.FAILED, 1, time.time(), error="x")])
     err = post(RETRY, id="live-run.1")["errors"][0]
     assert err["extensions"]["code"] == "CONFLICT" and "still RUNNING" in err["message"]
+
+
+def test_a_gflow_folder_in_the_servers_working_folder_does_not_shadow_the_package(serve_app, db, gflow_home,
+                                                                                 tmp_path, monkeypatch):
+    """The server runs from the parent of a clone named gflow: its driver still imports the installed package."""
+    from server_support import RESOURCES
+
+    here = tmp_path / "lab"
+    (here / "gflow" / "gflow").mkdir(parents=True)
+    (here / "gflow" / "README.md").write_text("a clone of gflow\n")
+    monkeypatch.chdir(here)
+    r, bad, st = _failed_run(db)
+    (gflow_home / "fixed").touch()
+    post, _ = serve_app(env={"PYTHONPATH": str(RESOURCES)})  # gflow itself from the installed package only
+    x = post(RETRY, id=bad.id)
+    assert "errors" not in x, x
+    run_id = x["data"]["retryTask"]["runId"]
+    q = "query($id: ID!) { run(id: $id) { launches { exitCode logTail } } }"
+    _wait(lambda: post(q, id=r.id)["data"]["run"]["launches"][0]["exitCode"] is not None, what="the driver to exit")
+    launch = post(q, id=r.id)["data"]["run"]["launches"][0]
+    assert launch["exitCode"] == 0, launch["logTail"]
+    assert st.get_run(run_id).state is State.SUCCEEDED

@@ -6,6 +6,7 @@ import os
 import tempfile
 
 from gflow.artifacts.base import ArtifactStore, check_key
+from gflow.config import make_private_dirs
 from gflow.errors import ArtifactNotFound, ConfigError
 
 
@@ -15,7 +16,7 @@ class LocalArtifactStore(ArtifactStore):
     def __init__(self, root: str | os.PathLike):
         self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))
         self.url = "file://" + self.root
-        os.makedirs(self.root, exist_ok=True)
+        make_private_dirs(self.root)  # results are research data: a new folder (and GFLOW_HOME) is 0700
 
     @classmethod
     def from_url(cls, url: str) -> LocalArtifactStore:

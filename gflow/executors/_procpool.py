@@ -5,8 +5,12 @@ Unlike ``concurrent.futures.ProcessPoolExecutor``, the pool knows which call run
 - a worker that dies (SIGKILL, the OOM killer, a segfault) fails only the call it was running; that
   worker is replaced and every other call goes on;
 - a call can be stopped: cancelling a running call kills its worker (a timeout really stops the task);
-- workers exit as soon as the driver dies (each blocks on a lifeline pipe whose other end only the
-  driver holds), instead of finishing their task after the driver is gone and then hanging.
+- workers exit as soon as the driver dies, instead of finishing their task after the driver is gone and
+  then hanging. On Linux the kernel kills them (``PR_SET_PDEATHSIG``), which needs nothing from the worker:
+  a task holding the GIL in a long C call dies too. That signal fires when the *thread* that started the
+  worker ends, so workers are started only by the pool's own thread, which lives as long as the pool
+  (closing the pool ends its workers at once). Everywhere, each worker also blocks on a lifeline pipe whose
+  other end only the driver holds; that thread needs the GIL, so it alone can be late (a task in a C call).
 
 Workers are started with ``spawn`` and import tasks by ``module:qualname``; calls and outcomes cross
 the pipe pickled (values the engine already checked have a canonical form).
@@ -20,6 +24,7 @@ import multiprocessing.connection as mpc
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -48,8 +53,31 @@ def _watch_lifeline(lifeline: Any) -> None:
     os._exit(70)
 
 
-def _worker_main(conn: Any, lifeline: Any) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_driver(driver_pid: int) -> bool:
+    """Linux: have the kernel SIGKILL this worker when the driver's thread that started it ends. Returns
+    whether that is in place (False elsewhere, or when the worker was not started by the driver itself, as
+    with a forkserver: the lifeline alone then)."""
+    if not sys.platform.startswith("linux") or os.getppid() != driver_pid:
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != driver_pid:  # the driver died before the signal was armed
+        os._exit(70)
+    return True
+
+
+def _worker_main(conn: Any, lifeline: Any, driver_pid: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it cancels
+    _die_with_driver(driver_pid)
     threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="gflow-lifeline").start()
     while True:
         try:
@@ -113,9 +141,13 @@ class ProcessPool:
         self._thread.start()
 
     def _spawn(self) -> _Worker:
+        """Start a worker. Only on the pool's thread: a worker's PR_SET_PDEATHSIG fires when its starting thread
+        ends, and this one lives as long as the pool."""
+        assert threading.current_thread() is self._thread, "workers are started by the pool's thread only"
         parent, child = self._ctx.Pipe()
         life_r, life_w = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_worker_main, args=(child, life_r), daemon=True, name="gflow-worker")
+        proc = self._ctx.Process(target=_worker_main, args=(child, life_r, os.getpid()), daemon=True,
+                                 name="gflow-worker")
         proc.start()
         child.close()
         life_r.close()

@@ -88,7 +88,8 @@ class Engine:
         self.artifacts = artifacts
         self.core = Core(resume=resume, rerun_changed=rerun_changed, use_cache=use_cache)
         self.recorder = Recorder(store, artifacts,
-                                 on_lost=lambda e: self.q.put(ArtifactsLost("artifact-store-failed", e)))
+                                 on_lost=lambda e: self.q.put(ArtifactsLost("artifact-store-failed", e)),
+                                 on_state_error=lambda: self.q.put(("state-failed",)))
         self.q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.executors: dict[str, Executor] = {}
         self._owned: list[Executor] = []
@@ -322,9 +323,14 @@ class Engine:
                 if self._timers and self._timers[0][0] <= now:
                     self._due_timers(now, events)
                 self._periodic(events)
-                if events:
-                    self._execute(core.handle_many(self._with_dispatch(events), now))
-                self._dispatch_all()
+                try:
+                    if events:
+                        self._execute(core.handle_many(self._with_dispatch(events), now))
+                    self._dispatch_all()
+                except GflowError as e:  # a known fault (a bad setting found mid-run): fail the runs, not the engine
+                    self._gflow_error(e)
+                if self.recorder.state_error is not None and self.cancelled_by is None:
+                    self._gflow_error(self.recorder.state_error)  # nothing can be recorded: stop computing
                 if self._notify:
                     self._notify = False
                     if self._waiters:
@@ -443,6 +449,16 @@ class Engine:
                 events.append(Dispatch("capacity", name, min(cap, 10_000)))
         return events
 
+    def _gflow_error(self, err: GflowError) -> None:
+        """A gflow error raised while handling events (e.g. a signing key file other users can read, found when
+        a pickle task's result is signed): every run of this engine ends FAILED with its one-line message. A
+        second error while ending them is a bug and crashes the engine as before."""
+        log.debug("ending the runs after %s", type(err).__name__, exc_info=True)
+        if self.cancelled_by is None:
+            self.cancelled_by = str(err)
+        self._execute(self.core.handle(CancelRequested("engine-error", None, f"{type(err).__name__}: {err}",
+                                                       error=err), time.time()))
+
     def _dispatch_all(self) -> None:
         core = self.core
         for name in core.ready_executors():
@@ -489,7 +505,8 @@ class Engine:
         rec = self.recorder
 
         def flushed() -> None:
-            self.q.put(Flushed("flushed", run_id, rec.artifact_error, rec.take_held_back()))
+            lost = rec.artifact_error if rec.artifact_error is not None else rec.state_error
+            self.q.put(Flushed("flushed", run_id, lost, rec.take_held_back()))
 
         return flushed
 

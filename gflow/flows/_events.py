@@ -207,8 +207,9 @@ class ArtifactsLost(Event):
 
 @dataclass(slots=True)
 class Flushed(Event):
-    """Everything recorded before a ``Flush`` is written. ``lost``: the artifact store lost results (set once it
-    failed); ``held_back``: transitions the recorder did not write because a blob they reference was lost."""
+    """Everything recorded before a ``Flush`` is written, or given up on. ``lost``: why some of it is not stored
+    (the artifact store lost results, or the state store refused writes for too long; set once it happened);
+    ``held_back``: transitions the recorder did not write because a blob they reference was lost."""
 
     run_id: str = ""
     lost: BaseException | None = None

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gflow.artifacts import ArtifactStore
-from gflow.errors import ArtifactStoreError, GflowError, InvalidTransition, StoreError
+from gflow.errors import ArtifactStoreError, ConfigError, GflowError, InvalidTransition, StoreError, StoreFull
 from gflow.flows._events import RecordRun
 from gflow.store import Store
 from gflow.store.base import R_ID, R_RESULT_INLINE, R_RESULT_REF, R_STATE, Row
@@ -43,6 +43,29 @@ PROCESS_WRITER_AFTER_ROWS = 1000
 #: how long a failing blob write is retried before the blobs count as lost (a tenth of it for a full disk)
 BLOB_RETRY_SECONDS = 5.0
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+#: how long state writes may keep failing (a full disk, a store gone) before the driver gives up on recording
+#: and ends the run; ``GFLOW_STATE_RETRY_SECONDS`` sets it
+STATE_RETRY_SECONDS = 60.0
+
+
+def state_retry_seconds() -> float:
+    """``GFLOW_STATE_RETRY_SECONDS``, else :data:`STATE_RETRY_SECONDS`.
+
+    Raises:
+        ConfigError: the variable is not a positive number.
+    """
+    raw = os.environ.get("GFLOW_STATE_RETRY_SECONDS")
+    if not raw:
+        return STATE_RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"GFLOW_STATE_RETRY_SECONDS={raw[:40]!r}: must be a positive number of seconds")
+    return value
+
+
 #: tries of a run record's creation before it counts as failed (reported by ``create_errors``), not retried forever
 CREATE_TRIES = 5
 
@@ -61,6 +84,7 @@ class Recorder:
 
     def __init__(self, store: Store, artifacts: ArtifactStore, *, interval: float = 0.05, max_batch: int = 20000,
                  writer_mode: str | None = None, pending_hold: float = 0.5, clock: Any = time.monotonic,
+                 state_retry: float | None = None, sleep: Any = time.sleep, on_state_error: Any = None,
                  on_lost: Callable[[ArtifactStoreError], None] | None = None):
         self.store = store
         self.artifacts = artifacts
@@ -68,6 +92,15 @@ class Recorder:
         self.pending_hold = pending_hold
         self.clock = clock
         self.on_lost = on_lost
+        self.sleep = sleep
+        #: seconds state writes may keep failing before the recorder gives up (:func:`state_retry_seconds`)
+        self.state_retry = state_retry_seconds() if state_retry is None else state_retry
+        #: set once state writes failed for ``state_retry`` seconds: later writes are tried once, then dropped
+        self.state_error: StoreError | None = None
+        #: transitions and run records that could not be written after that
+        self.unrecorded = 0
+        self._on_state_error = on_state_error
+        self._failing_since: float | None = None
         self.max_batch = max_batch
         mode = writer_mode or os.environ.get("GFLOW_WRITER", "auto")
         self._writer_mode = mode if store.can_offload else "thread"
@@ -298,13 +331,16 @@ class Recorder:
                     log.error("dropping %d transitions after an unexpected error: %r", len(batch), e)
                     refused = []
                     break
+                if self._give_up(e, len(batch)):
+                    return
                 log.warning("state write failed (%s); retrying in %.1fs", e, backoff)
                 target = self._target(0)  # a dead writer process falls back to this thread
                 if self._closing and attempts > 50:
                     return
-                time.sleep(backoff)
+                self.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         self.error = None
+        self._failing_since = None
         if refused:
             log.error("store refused %d backward transition(s), e.g. %s", len(refused), refused[0])
             self.refused.extend(refused)
@@ -323,6 +359,7 @@ class Recorder:
                 elif ins.state is not None:
                     self.store.set_run_state(ins.run_id, ins.state, ins.ts, error=ins.error, traceback=ins.traceback,
                                              result_ref=ins.result_ref, result_inline=ins.result_inline)
+                self._failing_since = None
                 return
             except InvalidTransition as e:  # e.g. cancelled from outside first: that record stands
                 log.info("run %s: %s", ins.run_id, e)
@@ -330,16 +367,36 @@ class Recorder:
             except Exception as e:  # noqa: BLE001 - retried like transitions
                 self.error = e
                 tries += 1
-                if ins.create is not None and tries >= CREATE_TRIES:
+                give_up = self._closing or self._give_up(e, 1)
+                if ins.create is not None and (give_up or tries >= CREATE_TRIES):
                     log.error("could not create the record of run %s: %s", ins.run_id, e)
                     self.create_errors[ins.run_id] = e
                     self._not_created.add(ins.run_id)
                     return
-                if self._closing:
+                if give_up:
                     return
                 log.warning("run record write failed (%s); retrying in %.1fs", e, backoff)
-                time.sleep(backoff)
+                self.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _give_up(self, err: Exception, n: int) -> bool:
+        """Whether to stop retrying a failed state write (``n`` rows): once writes have failed for ``state_retry``
+        seconds (a full disk does not empty itself), and from then on at the first failure of each write. The
+        rows are lost from the store; the engine ends the run (:attr:`state_error`), which a resume completes."""
+        now = self.clock()
+        if self._failing_since is None:
+            self._failing_since = now
+        if self.state_error is None and now - self._failing_since < self.state_retry:
+            return False
+        self.unrecorded += n
+        if self.state_error is None:
+            cls = StoreFull if isinstance(err, StoreFull) else StoreError
+            self.state_error = cls(f"gave up recording state after {self.state_retry:g}s of failed writes "
+                                   f"(GFLOW_STATE_RETRY_SECONDS): {err}")
+            log.error("%s", self.state_error)
+            if self._on_state_error is not None:
+                self._on_state_error()
+        return True
 
     def _target(self, batch_size: int) -> Any:
         """Where this batch goes: the store's writer process once it is ready, else the store in this thread."""

@@ -7,6 +7,9 @@ It covers the OpenSMILES grammar plus RDKit's extensions (``%(NNN)`` ring labels
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
+
+from ._limits import quote
 
 _ORGANIC = ("Cl", "Br", "B", "C", "N", "O", "P", "S", "F", "I", "b", "c", "n", "o", "p", "s", "*")
 _BONDS = frozenset("-=#$:/\\")
@@ -21,8 +24,19 @@ _BRACKET_ATOM_RE = re.compile(
 _RING_PERCENT_RE = re.compile(r"%(?:[0-9]{2}|\([0-9]+\))", re.ASCII)
 
 
-def check_smiles_syntax(smiles: str) -> None:
+class SmilesStats(NamedTuple):
+    """What a syntax check counted: what the limits on SMILES bound (see ``gflow.objects._limits``)."""
+
+    atoms: int
+    branch_depth: int
+    ring_closures: int
+
+
+def check_smiles_syntax(smiles: str) -> SmilesStats:  # noqa: C901 - one scanner, one branch per token
     """Checks SMILES syntax without RDKit: characters, atoms, bonds, branches and ring closures.
+
+    Returns:
+        The atoms, the deepest branch nesting and the ring closures it counted.
 
     Raises:
         ValueError: Naming the first problem and its 1-based position.
@@ -33,7 +47,7 @@ def check_smiles_syntax(smiles: str) -> None:
     stack: list[int | None] = []  # the atom each open branch hangs from
     open_rings: dict[str, tuple[int, int | None]] = {}  # ring label -> (position, atom)
     bonds: set[tuple[int, int]] = set()
-    atoms = 0
+    atoms = depth = closures = 0
     current: int | None = None  # the atom the next atom, ring closure or branch attaches to
     previous = ""  # kind of the previous token: "", "atom", "bond", "(", ")", "ring", "."
     i = 0
@@ -47,7 +61,7 @@ def check_smiles_syntax(smiles: str) -> None:
             if end < 0:
                 raise ValueError(f"unclosed '[' {where}")
             if _BRACKET_ATOM_RE.fullmatch(smiles, i + 1, end) is None:
-                raise ValueError(f"invalid bracket atom {smiles[i : end + 1]!r} {where}")
+                raise ValueError(f"invalid bracket atom {quote(smiles[i : end + 1])} {where}")
             atom_end = end + 1
         else:
             organic = next((s for s in _ORGANIC if smiles.startswith(s, i)), None)
@@ -68,15 +82,16 @@ def check_smiles_syntax(smiles: str) -> None:
             else:
                 label = key = char
             if previous not in ("atom", "ring", "bond", ")") or current is None:
-                raise ValueError(f"ring closure {label!r} {where} does not follow an atom")
+                raise ValueError(f"ring closure {quote(label)} {where} does not follow an atom")
             if key in open_rings:
                 _, other = open_rings.pop(key)
                 pair = (min(current, other or 0), max(current, other or 0))
                 if other == current:
-                    raise ValueError(f"ring closure {label!r} {where} closes on the atom that opened it")
+                    raise ValueError(f"ring closure {quote(label)} {where} closes on the atom that opened it")
                 if pair in bonds:
-                    raise ValueError(f"ring closure {label!r} {where} duplicates a bond between the same atoms")
+                    raise ValueError(f"ring closure {quote(label)} {where} duplicates a bond between the same atoms")
                 bonds.add(pair)
+                closures += 1
             else:
                 open_rings[key] = (i + 1, current)
             previous, i = "ring", i + len(label)
@@ -94,6 +109,7 @@ def check_smiles_syntax(smiles: str) -> None:
             if previous in ("", ".", "(", "bond"):
                 raise ValueError(f"branch '(' {where} does not follow an atom")
             stack.append(current)
+            depth = max(depth, len(stack))
             previous = "("
         elif char == ")":
             if not stack:
@@ -110,13 +126,13 @@ def check_smiles_syntax(smiles: str) -> None:
         else:
             raise ValueError(f"unexpected character {char!r} {where}")
         i += 1
-    depth = len(stack)
-    if depth:
-        raise ValueError(f"{depth} unclosed '('")
+    if stack:
+        raise ValueError(f"{len(stack)} unclosed '('")
     if open_rings:
         label, (position, _) = next(iter(open_rings.items()))
-        raise ValueError(f"ring closure {label!r} opened at position {position} is never closed")
+        raise ValueError(f"ring closure {quote(label)} opened at position {position} is never closed")
     if atoms == 0:
         raise ValueError("no atoms")
     if previous in ("bond", "."):
         raise ValueError("ends with a dangling bond or '.'")
+    return SmilesStats(atoms, depth, closures)

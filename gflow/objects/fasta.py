@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from gflow.errors import GflowError
+
 from ._base import Metadata
+from ._files import read_utf8
 
 if TYPE_CHECKING:
     from .protein import Protein
@@ -17,17 +20,17 @@ if TYPE_CHECKING:
 __all__ = ["FastaError", "iter_fasta", "read_fasta", "write_fasta"]
 
 
-class FastaError(ValueError):
+class FastaError(GflowError, ValueError):
     """A FASTA text is malformed; the message names the record (number, name) and its line."""
 
 
 def _fasta_text(text_or_path: str | os.PathLike[str]) -> str:
     if isinstance(text_or_path, os.PathLike):
-        return Path(text_or_path).read_text()
+        return read_utf8(text_or_path, what="FASTA file", error=FastaError)
     if text_or_path.lstrip().startswith((">", ";")):
         return text_or_path
     if "\n" not in text_or_path and Path(text_or_path).is_file():
-        return Path(text_or_path).read_text()
+        return read_utf8(text_or_path, what="FASTA file", error=FastaError)
     raise FastaError("expected FASTA text starting with '>' or the path of an existing file")
 
 

@@ -7,6 +7,13 @@ spelling the caller gave is kept beside it, as ``given_smiles``, outside the ser
 read back from the store (or received by a remote task) has its canonical form as its spelling.
 Without RDKit (the ``chem`` extra) the SMILES is only syntax-checked, kept as given (stripped), and
 a warning says so once per process: equal molecules spelled differently are then different objects.
+
+Limits (docs/objects.md): a SMILES is refused before RDKit sees it past 20,000 characters, 1,000 atoms,
+200 nested branches or 300 ring closures (``GFLOW_SMILES_MAX_LENGTH``, ``_MAX_ATOMS``,
+``_MAX_BRANCH_DEPTH``, ``_MAX_RING_CLOSURES``); one of more than 200 atoms (``GFLOW_SMILES_ISOLATE_ATOMS``)
+is canonicalized in a helper process with a 30 s timeout (``GFLOW_SMILES_TIMEOUT``), so that no SMILES,
+given or read from a store, can crash or stall the process that validates it. Errors quote at most the
+first 40 characters of a long SMILES and its length.
 """
 
 from __future__ import annotations
@@ -19,61 +26,51 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from ._base import FiniteFloat, GflowObject, Metadata
 from ._deps import optional, require, warn_once
-from ._smiles import check_smiles_syntax
+from ._limits import InputTooLarge, limit_var, quote, smiles_limits
+from ._rdkit_canon import canonical, isolated_canonical
+from ._smiles import SmilesStats, check_smiles_syntax
 
 __all__ = ["Descriptors", "Molecule", "canonical_smiles", "check_smiles_syntax"]
-
-_CANONICAL_PASSES = 4
-
 
 def _rdkit_chem() -> ModuleType | None:
     """``rdkit.Chem``, or None where RDKit is not installed (tests replace this to simulate that)."""
     return optional("rdkit.Chem")
 
 
-def _rdkit_error(chem: ModuleType, smiles: str) -> str:
-    """Why RDKit refuses ``smiles``: its syntax error, or the sanitization (valence, aromaticity) problem."""
-    from rdkit import rdBase  # type: ignore[import-not-found, unused-ignore]
-
-    with rdBase.BlockLogs():
-        raw = chem.MolFromSmiles(smiles, sanitize=False)
-        if raw is None:
-            return "RDKit could not parse it"
-        try:
-            chem.SanitizeMol(raw)
-        except Exception as exc:  # noqa: BLE001 - RDKit raises its own exception types
-            return f"RDKit: {str(exc).strip() or type(exc).__name__}"
-    return "RDKit could not parse it"
-
-
 def canonical_smiles(smiles: str) -> str:
     """RDKit's canonical SMILES of ``smiles``, iterated to a fixed point so it is stable under re-reading.
 
+    The SMILES is checked against the limits first (see :class:`Molecule`), and a large one is
+    canonicalized in a helper process.
+
     Raises:
         MissingExtra: Without RDKit.
-        ValueError: If RDKit cannot parse or sanitize the SMILES, saying why.
+        ValueError: If the SMILES is past a limit, or RDKit cannot parse or sanitize it, saying why.
     """
     chem = require("rdkit.Chem", "chem", "canonical SMILES")
-    return _canonical(chem, smiles)
+    return _canonical(chem, smiles.strip(), _checked(smiles.strip()))
 
 
-def _canonical(chem: ModuleType, smiles: str) -> str:
-    from rdkit import rdBase  # type: ignore[import-not-found, unused-ignore]
+def _checked(smiles: str) -> SmilesStats:
+    """Syntax and size checks, before anything reaches RDKit (``InputTooLarge`` past a limit)."""
+    limits = smiles_limits()
+    if len(smiles) > limits.max_length:
+        raise InputTooLarge(f"{len(smiles):,} characters; at most {limits.max_length:,} "
+                            f"({limit_var('max_length')})")
+    stats = check_smiles_syntax(smiles)
+    for field, value, what in (("max_atoms", stats.atoms, "atoms"),
+                               ("max_branch_depth", stats.branch_depth, "nested branches"),
+                               ("max_ring_closures", stats.ring_closures, "ring closures")):
+        if value > getattr(limits, field):
+            raise InputTooLarge(f"{value:,} {what}; at most {getattr(limits, field):,} ({limit_var(field)})")
+    return stats
 
-    with rdBase.BlockLogs():
-        mol = chem.MolFromSmiles(smiles)
-        if mol is None:
-            raise ValueError(_rdkit_error(chem, smiles))
-        current = chem.MolToSmiles(mol)
-        for _ in range(_CANONICAL_PASSES):  # RDKit's output is canonical, but rarely not a fixed point
-            again = chem.MolFromSmiles(current)
-            if again is None:
-                break
-            following = chem.MolToSmiles(again)
-            if following == current:
-                break
-            current = following
-    return str(current)
+
+def _canonical(chem: ModuleType, smiles: str, stats: SmilesStats) -> str:
+    limits = smiles_limits()
+    if stats.atoms > limits.isolate_atoms:
+        return isolated_canonical(smiles, limits.timeout)
+    return canonical(chem, smiles)
 
 
 class Descriptors(GflowObject):
@@ -147,18 +144,17 @@ class Molecule(GflowObject):
         if not smiles:
             raise ValueError("SMILES is empty")
         try:
-            check_smiles_syntax(smiles)
+            stats = _checked(smiles)
+            chem = _rdkit_chem()
+            if chem is None:
+                warn_once("molecule-syntax-only", "RDKit is not installed: Molecule SMILES are only syntax-checked "
+                          "and not canonicalized (pip install 'gflow[chem]')")
+                return smiles
+            return _canonical(chem, smiles, stats)
+        except InputTooLarge as exc:
+            raise ValueError(f"SMILES {quote(smiles)} is too large: {exc}") from None
         except ValueError as exc:
-            raise ValueError(f"invalid SMILES {smiles!r}: {exc}") from None
-        chem = _rdkit_chem()
-        if chem is None:
-            warn_once("molecule-syntax-only", "RDKit is not installed: Molecule SMILES are only syntax-checked "
-                      "and not canonicalized (pip install 'gflow[chem]')")
-            return smiles
-        try:
-            return _canonical(chem, smiles)
-        except ValueError as exc:
-            raise ValueError(f"invalid SMILES {smiles!r}: {exc}") from None
+            raise ValueError(f"invalid SMILES {quote(smiles)}: {exc}") from None
 
     @property
     def given_smiles(self) -> str:

@@ -5,6 +5,10 @@ validated, and the parsed model is kept on the object for every property after t
 reads leniently is checked as well, so that what is accepted can be used: PDB ``MODEL`` records
 without ``ENDMDL`` or with repeated numbers, coordinates that are not numbers, mmCIF ``_atom_site``
 loops with missing columns or values. Errors name the line (or the ``_atom_site`` row).
+
+Limit: ``Structure.from_file`` refuses a file that holds, or inflates to, more than 512 MiB
+(``GFLOW_STRUCTURE_MAX_BYTES``); a ``.gz`` is inflated a megabyte at a time and refused as soon as it
+passes the limit (a 6 MB gzip bomb once took 4.1 GB of memory before an error).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -19,8 +24,11 @@ from typing import Any, Literal
 from pydantic import PrivateAttr, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from gflow.errors import GflowError
+
 from ._base import GflowObject
 from ._deps import require
+from ._limits import STRUCTURE_MAX_BYTES_VAR, InputTooLarge, structure_max_bytes
 
 StructureFormat = Literal["pdb", "mmcif"]
 
@@ -34,8 +42,38 @@ _NUMBER = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?(?:\([0-9]+\))?
 _CIF_NUMBERS_RE = re.compile(rf"(?:{_NUMBER}\n)*", re.ASCII)
 _CIF_ERROR_LINE_RE = re.compile(r"^string:(\d+):\d+(?:\(\d+\))?:\s*")
 _GEMMI_LINE_RE = re.compile(r"^Problem in line (\d+):\s*", re.I)
+_CHUNK = 1 << 20
 _CIF_REQUIRED = (("Cartn_x",), ("Cartn_y",), ("Cartn_z",), ("label_atom_id", "auth_atom_id"),
                  ("label_comp_id", "auth_comp_id"), ("label_asym_id", "auth_asym_id"))
+
+
+class StructureFileError(GflowError, ValueError):
+    """A structure file cannot be read: a damaged or truncated gzip stream (size limits raise InputTooLarge)."""
+
+
+def _read_bounded(path: Path, compressed: bool) -> bytearray:
+    """The bytes of ``path`` (inflated when ``compressed``), refused past :func:`structure_max_bytes`.
+
+    A gzip file is inflated a megabyte at a time and refused as soon as it passes the limit, so at most
+    the limit and one chunk are ever held, whatever the compression ratio.
+
+    Raises:
+        InputTooLarge: Past the limit (``GFLOW_STRUCTURE_MAX_BYTES``).
+        StructureFileError: A damaged gzip stream.
+    """
+    limit = structure_max_bytes()
+    data = bytearray()
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+            while chunk := stream.read(_CHUNK):
+                data += chunk
+                if len(data) > limit:
+                    what = "inflates to more than" if compressed else "holds more than"
+                    raise InputTooLarge(f"structure file {path} {what} {limit:,} bytes; refused "
+                                        f"(the limit is {STRUCTURE_MAX_BYTES_VAR})")
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise StructureFileError(f"structure file {path} is not a readable gzip file: {exc}") from None
+    return data
 
 
 def _first_content_line(text: str) -> str:
@@ -242,14 +280,18 @@ class Structure(GflowObject):
 
         Returns:
             The structure.
+
+        Raises:
+            InputTooLarge: If the file holds, or inflates to, more than ``GFLOW_STRUCTURE_MAX_BYTES``
+                (default 512 MiB); a ``.gz`` is refused while it is inflated, never inflated whole.
+            StructureFileError: If a ``.gz`` file is damaged or truncated.
         """
         path = Path(path)
         suffixes = [s.lower() for s in path.suffixes]
         compressed = bool(suffixes) and suffixes[-1] == ".gz"
         if compressed:
             suffixes = suffixes[:-1]
-        data = gzip.decompress(path.read_bytes()) if compressed else path.read_bytes()
-        text = data.decode("utf-8", errors="replace")
+        text = _read_bounded(path, compressed).decode("utf-8", errors="replace")
         fmt = format or (_SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None) or _sniff_format(text)
         return cls(format=fmt, text=text, name=name or path.name.split(".")[0])
 

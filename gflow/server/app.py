@@ -19,6 +19,7 @@ from typing import Any
 
 from graphql import GraphQLError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -40,6 +41,7 @@ from gflow.server import guard
 from gflow.server.auth import AuthConfig, InvalidToken, Role, connection_authorization
 from gflow.server.drivers import DriverConfig, Drivers, DriverStartFailed
 from gflow.server.events import EventHub
+from gflow.server.headers import SecurityHeaders
 from gflow.server.loaders import Loaders
 from gflow.server.schema import Limits, build_schema, gql_error
 from gflow.server.types import BAD_INPUT, CONFLICT, DRIVER_FAILED, NOT_FOUND
@@ -137,6 +139,11 @@ def _guarded_ws(receive: Any, send: Any) -> Any:
     return checked
 
 
+#: sent with a 413: the server answers before the body ended, and keeping the connection would mean reading
+#: (and dropping) the rest of an unbounded body; both uvicorn protocols close the socket after this response
+_CLOSE = {"Connection": "close"}
+
+
 def _error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status,
                         headers=headers)
@@ -173,7 +180,7 @@ class GflowGraphQL(GraphQL[Context, None]):
         request = Request(scope, receive)
         size = request.headers.get("content-length")
         if size and size.isdigit() and int(size) > limit:
-            return request, _error_response(413, f"request body over {limit} bytes", BAD_INPUT)
+            return request, _error_response(413, f"request body over {limit} bytes", BAD_INPUT, _CLOSE)
         refused = self._check_auth(request)
         if refused is not None:
             return request, refused
@@ -185,7 +192,7 @@ class GflowGraphQL(GraphQL[Context, None]):
             elif request.method == "GET":
                 guard.check_get(request.query_params)
         except guard.BodyTooLarge as e:
-            return request, _error_response(413, str(e), BAD_INPUT)
+            return request, _error_response(413, str(e), BAD_INPUT, _CLOSE)
         except guard.BadRequest as e:
             return request, _error_response(400, str(e), BAD_INPUT)
         return request, None
@@ -292,7 +299,7 @@ def create_app(store: Store, *, auth: AuthConfig | None = None, limits: Limits |
         Route("/healthz", healthz),
         Route("/graphql", graphql, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         WebSocketRoute("/graphql", graphql),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, middleware=[Middleware(SecurityHeaders)])
     app.mount("/static", _Static(directory=STATIC), name="static")
     app.state.gflow = state
     return app

@@ -156,6 +156,10 @@ class Drivers:
         if self.config.profile:
             env["GFLOW_PROFILE"] = self.config.profile
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # `python -m gflow` would put the server's working folder first on sys.path, and a `gflow/` folder
+        # there (the parent of a clone named gflow) would shadow the package: never prepend it (Python 3.11's
+        # -P; the flow itself is loaded by its recorded path)
+        env.setdefault("PYTHONSAFEPATH", "1")
         return env
 
     def start(self, kind: str, source_run: str, new_run: str, task_run: str | None = None) -> Launch:

@@ -17,11 +17,12 @@ from typing import Any
 
 
 @contextmanager
-def serve(app: Any, host: str = "127.0.0.1", timeout: float = 10.0, port: int = 0) -> Iterator[str]:
+def serve(app: Any, host: str = "127.0.0.1", timeout: float = 10.0, port: int = 0,
+          http: str = "auto") -> Iterator[str]:
     """Serve ``app`` until the block ends; yields its base URL (``http://127.0.0.1:PORT``).
 
     ``port`` 0 picks a free one; give the port of an earlier ``serve`` to restart a server where its
-    clients expect it."""
+    clients expect it. ``http``: uvicorn's HTTP protocol (``auto``, ``h11``, ``httptools``)."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -37,7 +38,7 @@ def serve(app: Any, host: str = "127.0.0.1", timeout: float = 10.0, port: int = 
                 raise
             time.sleep(0.05)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", http=http))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"gflow-server-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -18,7 +18,7 @@ import sys
 import threading
 from typing import Any
 
-from gflow.errors import StoreError
+from gflow.errors import StoreError, StoreFull
 from gflow.store.base import Row
 
 log = logging.getLogger("gflow.writer")
@@ -71,6 +71,8 @@ def _serve(path: str, timeout: float) -> None:  # the child: python -m gflow.sto
             return
         try:
             _send(wr, ("ok", store.apply_rows(msg)))  # transition rows: nothing to rebuild
+        except StoreFull as e:  # its type crosses the pipe: the driver gives up on a full disk after a while
+            _send(wr, ("full", str(e)))
         except Exception as e:  # noqa: BLE001 - reported to the driver, which retries
             _send(wr, ("error", f"{type(e).__name__}: {e}"))
 
@@ -118,6 +120,8 @@ class ProcessWriter:
             except (EOFError, OSError, ValueError) as e:
                 self._dead = True
                 raise StoreError(f"the gflow writer process for {self.path} died ({e})") from None
+        if kind == "full":
+            raise StoreFull(payload)
         if kind == "error":
             raise StoreError(payload)
         return list(payload)

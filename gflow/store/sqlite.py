@@ -11,7 +11,8 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from gflow.errors import InvalidTransition, RunNotFound, StoreError
+from gflow.config import make_private_dirs
+from gflow.errors import InvalidTransition, RunNotFound, StoreError, StoreFull
 from gflow.states import RANK, TERMINAL_RANK, State
 from gflow.store._sqlite_sql import (
     EVENT_INSERT,
@@ -52,8 +53,9 @@ class SQLiteStore(Store):
         self.timeout = timeout
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        make_private_dirs(os.path.dirname(self.path))
         refuse_empty_file(self.path)
+        _create_private(self.path)
         # Several threads or processes may create the same new file at once: setting WAL mode or
         # writing the schema can then report "locked" at once (no busy wait applies); retry briefly.
         delay = 0.01
@@ -120,6 +122,9 @@ class SQLiteStore(Store):
                     raise StoreError(
                         f"state store {store.path} is locked by another process (waited {store.timeout:g}s during "
                         f"{what})") from None
+                if _is_full(e):
+                    raise StoreFull(f"state store {store.path}: {what} failed: the disk is full ({msg}); free space, "
+                                    f"then resume the run") from None
                 if isinstance(e, sqlite3.DatabaseError) and ("not a database" in msg or "malformed" in msg):
                     raise StoreError(f"state store {store.path} is corrupt or not a SQLite database ({msg})") from None
                 raise StoreError(f"state store {store.path}: {what} failed: {msg}") from None
@@ -133,9 +138,15 @@ class SQLiteStore(Store):
             try:
                 out = fn(conn)
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite itself rolls back on a full disk: a second ROLLBACK would hide why
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
             return out
 
     def _read(self, sql: str, args: Sequence[Any] = (), what: str = "read") -> list[tuple]:
@@ -499,5 +510,21 @@ class SQLiteStore(Store):
             self._local.conn = None
 
 
+_SQLITE_FULL = 13  # the primary result code of "database or disk is full"
 
 
+def _is_full(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF == _SQLITE_FULL) or "database or disk is full" in str(e)
+
+
+def _create_private(path: str) -> None:
+    """Create a new database file with mode 0600: SQLite gives its -wal, -shm and -journal files the mode of the
+    database file, so the whole store stays private (SQLite itself would create it 0644 under umask 022)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise StoreError(f"state store {path}: cannot create the database file: {e.strerror or e}") from None
+    os.close(fd)

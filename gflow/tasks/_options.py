@@ -57,6 +57,12 @@ class Retry(BaseModel):
             return (v,)
         return tuple(v)
 
+    def __init__(self, count: int = 0, backoff: float = 0.0, factor: float = 2.0, max_backoff: float = 300.0,
+                 **options: Any) -> None:
+        """``Retry(3)``, ``Retry(3, 5.0)``: the count (and the backoff, factor, cap) may be given positionally,
+        as the README writes them; everything else by keyword."""
+        super().__init__(count=count, backoff=backoff, factor=factor, max_backoff=max_backoff, **options)
+
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
         return min(self.max_backoff, self.backoff * self.factor ** (attempt - 1))

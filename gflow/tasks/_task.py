@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import inspect
@@ -85,9 +86,23 @@ class ArgumentValidator:
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as e:
-            raise InvalidArguments(f"{self.label}: {e}") from None
+            raise InvalidArguments(f"{self.label}: {self._unknown_keyword(kwargs) or e}") from None
         bound.apply_defaults()
         return bound.arguments
+
+    def _unknown_keyword(self, kwargs: dict) -> str | None:
+        """'got an unexpected keyword argument X (did you mean Y?)' for a keyword the signature does not have,
+        said before the 'missing a required argument' that a misspelt keyword causes."""
+        params = self.signature.parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return None
+        names = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        for k in kwargs:
+            if k not in params:
+                close = difflib.get_close_matches(k, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (parameters: {', '.join(names) or 'none'})"
+                return f"got an unexpected keyword argument {k!r}{hint}"
+        return None
 
     def call_args(self, arguments: dict[str, Any]) -> tuple[tuple, dict]:
         """Positional and keyword arguments to call the function with, from bound ``arguments``."""

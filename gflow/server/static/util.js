@@ -18,6 +18,7 @@ export function el(tag, attrs, ...children) {
       else if (k === "data") Object.assign(e.dataset, v);
       else if (k === "on") for (const [ev, fn] of Object.entries(v)) e.addEventListener(ev, fn);
       else if (k === "text") e.textContent = v;
+      else if (k === "style") e.style.cssText = v;  // through the CSSOM: the CSP refuses style attributes
       else e.setAttribute(k, v === true ? "" : v);
     }
   }
