@@ -32,6 +32,18 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def shorten(text: str, width: int = 40) -> str:
+    """``text`` whole when it fits in ``width`` characters, else its start and its last 8 around ``...``."""
+    if len(text) <= width:
+        return text
+    return f"{text[: max(width - 11, 1)]}...{text[-8:]}"
+
+
+def number(value: float) -> str:
+    """A float for people: six significant digits, no exponent below a million."""
+    return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.4e}"
+
+
 class GflowObject(BaseModel):
     """Base of all gflow objects: frozen, strict about unknown fields, content-addressed.
 
@@ -58,7 +70,8 @@ class GflowObject(BaseModel):
         return None
 
     def summary(self) -> str:
-        """One short line for people (CLI output, tables); subclasses say what matters about them."""
+        """A short text for people (``gflow run --output short``, tables); subclasses say what matters about them:
+        sequences, SMILES, score values, file paths. One line, except an Experiment's table."""
         return f"{type(self).__name__} {self.content_id[7:19]}"
 
     def with_(self, **changes: Any) -> Self:
