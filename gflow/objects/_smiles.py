@@ -14,7 +14,7 @@ from ._limits import quote
 _ORGANIC = ("Cl", "Br", "B", "C", "N", "O", "P", "S", "F", "I", "b", "c", "n", "o", "p", "s", "*")
 _BONDS = frozenset("-=#$:/\\")
 _BRACKET_ATOM_RE = re.compile(
-    r"[0-9]*(?:[A-Z][a-z]?|[a-z][a-z]?|\*)"  # isotope, element or aromatic symbol, or *
+    r"[0-9]*(?:[A-Z][a-z]{0,2}|[a-z][a-z]?|\*)"  # isotope, element (RDKit reads Uuo, Uup) or aromatic symbol, or *
     r"(?:@(?:@|TH[12]|AL[12]|SP[1-3]|TB[0-9]{1,2}|OH[0-9]{1,2})?)?"  # chirality
     r"(?:H[0-9]*)?"  # hydrogens
     r"(?:[+-][0-9]*|\+\+|--)?"  # charge
