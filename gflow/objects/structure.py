@@ -373,9 +373,11 @@ class Structure(GflowObject):
     def sequences(self) -> dict[str, str]:
         """Each chain's polymer sequence, one letter per residue, chains in order.
 
-        Modified residues become their parent (MSE -> M, CSO -> C, as gemmi's residue table says),
-        unknown ones ``X``; waters, ions, ligands and caps are not residues of the sequence. A chain
-        with no polymer (only ligands or waters) maps to ``""``.
+        Modified residues become their parent (MSE -> M, CSO -> C, as gemmi's residue table says), and so
+        do force-field names (HSD -> H, CYX -> C); other residues count as ``X`` only with a backbone (a CA
+        beside N or C, a sugar's C1' and C4'), so waters, ions, lipids and ligands written inside a chain,
+        as MD outputs write them, and caps are not residues of the sequence (docs/objects.md). A chain with
+        no polymer (only ligands or waters) maps to ``""``.
         """
         return dict(self._state().sequences)
 
