@@ -29,6 +29,25 @@ def test_three_letter_element_symbols_pass_the_syntax_check(smiles: str) -> None
     assert Molecule(smiles=smiles).smiles == chem.MolToSmiles(chem.MolFromSmiles(smiles))
 
 
+@pytest.mark.parametrize(("smiles", "canonical"), [("[#6]", "[C]"), ("[#26+2]", "[Fe+2]"), ("[#118]", "[Og]"),
+                                                ("C~C", "C~C")])
+def test_atomic_numbers_and_any_bonds_that_rdkit_reads_are_accepted(smiles: str, canonical: str) -> None:
+    check_smiles_syntax(smiles)
+    pytest.importorskip("rdkit.Chem")
+    assert Molecule(smiles=smiles).smiles == canonical
+
+
+@pytest.mark.parametrize(("smiles", "message"), [
+    ("[#119]", "invalid bracket atom '[#119]' at position 1"),  # RDKit fails an assertion (a RuntimeError) on it
+    ("C1CC1 cyclopropane", "whitespace at position 6: a SMILES has none"),
+])
+def test_what_rdkit_cannot_take_safely_is_still_refused_first(smiles: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_smiles_syntax(smiles)
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Molecule(smiles=smiles)
+
+
 # item 10: no-op mutations and names
 
 def test_a_no_op_mutation_is_refused_in_one_line() -> None:
