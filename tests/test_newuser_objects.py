@@ -11,7 +11,7 @@ from conftest import RESOURCES, ROOT, cli
 from pydantic import ValidationError
 
 from gflow.cli import _short_text
-from gflow.objects import Design, Experiment, Model, Molecule, Mutation, Protein, Score, Structure
+from gflow.objects import Design, Experiment, GflowObject, Model, Molecule, Mutation, Protein, Score, Structure
 from gflow.objects._smiles import check_smiles_syntax
 from gflow.objects.model import FileEntry
 
@@ -131,3 +131,17 @@ def test_cli_short_output_shows_sequences_not_hashes(gflow_home) -> None:
     rows = r.stdout.splitlines()
     assert rows[0].startswith("  1. Score ") and "=" in rows[0], r.stdout
     assert not re.search(r"\bScore [0-9a-f]{12}$", r.stdout), r.stdout
+
+
+class _RoundRow(GflowObject):  # an object of a user's own, as the examples define them
+    round: int
+    mean_pll: float
+    elite: tuple[str, ...] = ()
+    parent: Protein | None = None
+    note: str | None = None
+
+
+def test_users_objects_summarise_their_fields_by_default() -> None:
+    row = _RoundRow(round=2, mean_pll=-3.14159265, elite=("a", "b"), parent=Protein(sequence="MKT", name="p"))
+    assert row.summary() == "_RoundRow round=2, mean_pll=-3.14159, elite=(2 items), parent=Protein p: MKT (3 aa)"
+    assert _RoundRow(round=1, mean_pll=2.0).summary() == "_RoundRow round=1, mean_pll=2"

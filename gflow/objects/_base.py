@@ -44,6 +44,16 @@ def number(value: float) -> str:
     return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.4e}"
 
 
+def _field_text(value: Any) -> str:
+    if isinstance(value, GflowObject):
+        return shorten(value.summary(), 40)
+    if isinstance(value, float):
+        return number(value)
+    if isinstance(value, (tuple, list, dict, set, frozenset)):
+        return f"({len(value)} items)"
+    return shorten(str(value), 40)
+
+
 class GflowObject(BaseModel):
     """Base of all gflow objects: frozen, strict about unknown fields, content-addressed.
 
@@ -71,8 +81,20 @@ class GflowObject(BaseModel):
 
     def summary(self) -> str:
         """A short text for people (``gflow run --output short``, tables); subclasses say what matters about them:
-        sequences, SMILES, score values, file paths. One line, except an Experiment's table."""
-        return f"{type(self).__name__} {self.content_id[7:19]}"
+        sequences, SMILES, score values, file paths. One line, except an Experiment's table.
+
+        This default (for subclasses of users' own) names the first five fields that are set: numbers and text
+        shortened, nested objects by their own summary, collections by their length.
+        """
+        parts: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None or (isinstance(value, (tuple, list, dict, set, frozenset)) and not value):
+                continue
+            parts.append(f"{name}={_field_text(value)}")
+            if len(parts) == 5:
+                break
+        return " ".join([type(self).__name__, ", ".join(parts)]) if parts else type(self).__name__
 
     def with_(self, **changes: Any) -> Self:
         """Returns a copy with ``changes`` applied, validated like a freshly built object.
