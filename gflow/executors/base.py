@@ -12,17 +12,23 @@ Lifecycle (a context manager)::
     ex.cancel(handles)              # queued calls never start; running ones stop where the backend can
     ex.close()                      # idempotent
 
-Reporting. A pushing executor calls ``listener(kind, call_id, attempt, payload)`` from any thread:
-``"started"`` with the start timestamp (seconds since the epoch, as the backend saw it), and
-``"done"`` with an :class:`Outcome`. A backend that learns what a call runs as only when it starts (a
-container id, a pod name) sends ``(timestamp, description)`` with ``"started"``; the description is
-recorded with RUNNING instead of :meth:`Executor.describe_handle`'s. An executor whose starts are cheaper
-to collect than to push
-(the local thread pool) sets ``capabilities.start_poll_interval`` and returns them from
-:meth:`Executor.poll_starts` instead. Every handle reaches exactly one ``"done"`` (or one terminal
-:class:`JobStatus` from ``poll``) unless it was cancelled. An outcome's ``started`` is the time the
-call really started: the engine records RUNNING with it, so durations are right even when the
-start is only learnt with the outcome.
+Reporting. An executor calls ``listener(event)`` from any thread with the typed events of
+:mod:`gflow.executors.events`: :class:`CallStarted` ``(call_id, attempt, ts, description=None)`` when a
+call starts (``ts`` in seconds since the epoch as the backend saw it; ``description``, what the call runs
+as when that is learnt only at the start, a container id or a pod name, is recorded with RUNNING instead
+of :meth:`Executor.describe_handle`'s), and :class:`CallDone` ``(call_id, attempt, outcome)``. Every
+handle reaches exactly one ``CallDone`` unless it was cancelled, and at most one ``CallStarted``. An
+outcome's ``started`` is the time the call really started: the engine records RUNNING with it, so
+durations are right even when the start is only learnt with the outcome. An executor whose starts are
+cheaper to collect than to push (the local thread pool) sets ``capabilities.start_poll_interval`` and
+returns them from :meth:`Executor.poll_starts` instead. Backends that must ask for their jobs' status
+(batch services) use the one polling monitor, :mod:`gflow.executors.polling`, with a small handler.
+
+Failures. A call that failed on the backend without an outcome record of its own (killed for memory,
+preempted, evicted, its image not pulled) ends with an outcome whose class is one of the
+:class:`~gflow.errors.ExecutorError` subclasses, mapped from the backend's own name in ONE table
+(:data:`gflow.errors.FAILURES`, :func:`gflow.executors.polling.failed`); ``Outcome.error_class`` gives the class,
+``error_type`` its qualified name for the records. Decisions compare classes, never strings.
 
 Capacity. :meth:`Executor.capacity` is the one question the engine asks before a batch: how many
 more calls the backend accepts now. The rest waits, ready, in the engine's core.
@@ -41,11 +47,16 @@ import pickle
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gflow.errors import error_class
+from gflow.executors.events import CallDone, CallEvent, CallStarted, Listener
 from gflow.states import State
+
+__all__ = ["UPSTREAM_PENDING", "Call", "CallDone", "CallEvent", "CallStarted", "Capabilities", "Executor", "JobStatus",
+           "Listener", "Outcome", "Ref", "StartReport", "importable_problem", "qualname", "run_task"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +133,27 @@ class Outcome:
 
     @classmethod
     def from_exception(cls, e: BaseException, tb: str, started: float | None, ended: float) -> Outcome:
-        return cls(ok=False, exc=e, error_type=_qualname(type(e)), error_message=str(e), traceback=tb,
+        return cls(ok=False, exc=e, error_type=qualname(type(e)), error_message=str(e), traceback=tb,
                    started=started, ended=ended)
 
+    @property
+    def error_class(self) -> type[BaseException] | None:
+        """The failure's class, for decisions by type (``issubclass(out.error_class, gflow.OutOfMemory)``):
+        the live exception's, else the class ``error_type`` names (gflow's and builtins only,
+        :func:`gflow.errors.error_class`); None for a success or an unknown name."""
+        if self.ok:
+            return None
+        if self.exc is not None:
+            return type(self.exc)
+        return error_class(self.error_type)
 
-def _qualname(t: type) -> str:
+
+def qualname(t: type) -> str:
+    """``module.QualName`` of a class (builtins by bare name): what ``error_type`` records."""
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+_qualname = qualname  # the old private name, kept for callers outside gflow
 
 
 def run_task(task: Any, args: tuple, kwargs: dict) -> Outcome:
@@ -208,9 +234,6 @@ class StartReport:
     ts: float
 
 
-#: listener(kind, call_id, attempt, payload): kind is "started" (payload = timestamp, or (timestamp, description))
-#: or "done" (an Outcome)
-Listener = Callable[[str, str, int, Any], None]
 
 
 class Executor(abc.ABC):
@@ -218,7 +241,7 @@ class Executor(abc.ABC):
 
     name: str = "executor"
     capabilities: Capabilities = Capabilities()
-    _listener: Listener
+    _listener: Any  # a Listener; executors not yet moved to the typed events still call it with 4 arguments
 
     @classmethod
     def from_spec(cls, spec: str, **settings: Any) -> Executor:

@@ -23,7 +23,7 @@ from typing import Any
 
 from gflow.errors import GflowError
 from gflow.executors import get_executor, settings_key
-from gflow.executors.base import Executor, Outcome
+from gflow.executors.base import CallDone, CallStarted, Executor, Outcome
 from gflow.flows._core import Core
 from gflow.flows._events import (
     ArmTimer,
@@ -282,8 +282,10 @@ class Engine:
         self.close()
 
     # -- executor listener (any thread) ----------------------------------------------------------------------
-    def _listen(self, kind: str, call_id: str, attempt: int, payload: Any) -> None:
-        self.q.put((kind, call_id, attempt, payload))
+    def _listen(self, event: Any, *legacy: Any) -> None:
+        """The executors' listener: a :class:`CallStarted` or :class:`CallDone` (or, from an executor not yet
+        moved to the typed events, ``(kind, call_id, attempt, payload)``)."""
+        self.q.put(event if not legacy else (event, *legacy))
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -330,7 +332,14 @@ class Engine:
                 self._cond.notify_all()
 
     def _convert(self, msg: Any, events: list[Event]) -> None:
-        if type(msg) is tuple:
+        t = type(msg)
+        if t is CallDone:
+            events.append(Finished("executor-done", msg.call_id, msg.attempt, msg.outcome))
+            return
+        if t is CallStarted:
+            events.append(Started("executor-started", msg.call_id, msg.attempt, msg.ts, msg.description))
+            return
+        if t is tuple:
             kind = msg[0]
             if kind == "done":
                 events.append(Finished("executor-done", msg[1], msg[2], msg[3]))
