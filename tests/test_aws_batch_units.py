@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 import gflow
+from gflow.clouds.aws import Backoff
 from gflow.errors import ConfigError
-from gflow.executors import _aws_jobs as jobs
-from gflow.executors._aws_client import Backoff
-from gflow.executors._aws_monitor import Cadence, element_of
-from gflow.executors._aws_options import check_keywords, parse_url
+from gflow.executors.aws_batch import _jobs as jobs
+from gflow.executors.aws_batch._monitor import Cadence, element_of
+from gflow.executors.aws_batch._options import check_keywords, parse_url
 
 pytest.importorskip("boto3")
 
@@ -192,7 +192,7 @@ def test_child_index_from_array_properties_or_job_id():
 def test_a_backend_table_registry_wins_over_the_profile_under_either_name(tmp_path, monkeypatch):
     """``registry`` is AWS Batch's alias of ``image_registry``: the profile's default must not override it."""
     from gflow.config import load_profile
-    from gflow.executors._aws_options import merge
+    from gflow.executors.aws_batch._options import merge
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "gflow.toml").write_text('[profiles.default]\nimage_registry = "profile.example.com"\n'
@@ -206,8 +206,8 @@ def test_server_errors_that_outlast_the_retries_are_not_called_throttling():
     """A 5xx answered on every try is retried (idempotent calls), then reported as what it was."""
     import botocore.exceptions as bx
 
+    from gflow.clouds.aws import call
     from gflow.errors import ExecutorError
-    from gflow.executors._aws_client import call
 
     class Client:
         def __init__(self, code, status):
