@@ -171,8 +171,9 @@ PartitionName=tiny Nodes={self.node} Default=NO MaxTime=1 State=UP
 
     def run(self, argv: list[str], *, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """Run a Slurm command against this cluster."""
-        return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **self.env}, check=check,
-                              timeout=timeout)
+        exe = _which(argv[0]) or argv[0]  # found even where a test emptied PATH
+        return subprocess.run([exe, *argv[1:]], capture_output=True, text=True, env={**os.environ, **self.env},
+                              check=check, timeout=timeout)
 
     def cancel_all(self) -> None:
         self.run(["scancel", "--full", "--partition", PARTITION], check=False)

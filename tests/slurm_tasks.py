@@ -77,10 +77,11 @@ def hogging(mib: int = 400) -> int:
 
 @gflow.task
 def touch_and_nap(x: int, marker_dir: str, seconds: float) -> int:
-    """Records that it ran (one file per attempt) and naps (the driver-kill test counts reruns)."""
+    """Records that it ran (one file per attempt) and, while ``marker_dir/slow`` exists, naps unless x is 0
+    (the driver-kill test counts reruns)."""
     with open(os.path.join(marker_dir, f"ran-{x}-{time.time_ns()}"), "w"):
         pass
-    if x:
+    if x and os.path.exists(os.path.join(marker_dir, "slow")):
         time.sleep(seconds)
     return x
 

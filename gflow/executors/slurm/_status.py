@@ -27,6 +27,9 @@ PENDING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"
 STARTED = ("RUNNING", "COMPLETING", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING")
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
             "DEADLINE", "REVOKED", "SPECIAL_EXIT")
+#: what slurmstepd writes to a job's stderr when it kills it for memory (jobacct_gather's OverMemoryKill ends the
+#: job FAILED or CANCELLED, not OUT_OF_MEMORY; the cgroup plugin says OUT_OF_MEMORY)
+OOM_SIGNS = ("exceeded job memory limit", "exceeded step memory limit", "oom-kill", "oom_kill")
 #: a job squeue and sacct no longer know (purged after MinJobAge, accounting off)
 GONE = "GONE"
 
@@ -67,8 +70,7 @@ def failure(state: str, row: Row, job: str, *, mem_mib: int | None, time_minutes
     record. TIMEOUT is :class:`gflow.errors.TaskTimeout`; the others go through the one map
     (:func:`gflow.errors.failure_class`)."""
     node = f" on node {row.nodes}" if row.nodes else ""
-    if state == "OUT_OF_MEMORY" or (state in ("CANCELLED", "FAILED") and "oom" in log_tail.lower()
-                                    and "memory" in log_tail.lower()):
+    if state == "OUT_OF_MEMORY" or (state in ("CANCELLED", "FAILED") and any(m in log_tail.lower() for m in OOM_SIGNS)):
         asked = f"--mem={mem_mib}M" if mem_mib else "its default memory (DefMemPerCPU)"
         msg = (f"Slurm killed job {job}{node}: it used more memory than {asked}; give the task more "
                f"(gflow.Resources(memory=...))")
