@@ -89,3 +89,13 @@ def touch_and_nap(x: int, marker_dir: str, seconds: float) -> int:
 @gflow.flow
 def resumable(n: int, marker_dir: str, seconds: float) -> list[int]:
     return touch_and_nap.map(range(n), marker_dir=marker_dir, seconds=seconds)
+
+
+@gflow.task(timeout=600)
+def patient(x: int) -> int:
+    return x
+
+
+@gflow.flow
+def patients(n: int = 2) -> list[int]:
+    return patient.map(range(n))

@@ -251,3 +251,37 @@ def test_driver_kill_and_resume(slurm, tmp_path):
     assert p.stdout.strip().splitlines()[-1] == "[0, 1, 2]"
     # element 0 finished before the kill: taken from the old run, not run again
     assert len(list(marks.glob("ran-0-*"))) == 1
+
+
+def test_maps_above_max_array_size_are_split(slurm):
+    ex = slurm.make(max_array_size=3)
+    assert slurm.run(slurm_tasks.squares, ex, n=7) == sum(i * i for i in range(7))
+    assert ex.submissions["array"] == 3
+    arrays = sorted(s.read_text().split("--array=")[1].split()[0]
+                    for s in slurm.logs.glob("gflow-square-*.sh"))
+    assert arrays == ["0-1", "0-1", "0-2"]  # 7 = 3 + 2 + 2, never 3 + 3 + 1
+
+
+def test_pending_reason_is_shown_in_words(slurm):
+    ex = slurm.make("tiny")  # MaxTime=1 minute: a task with a 600 s timeout asks for --time=11 and never starts
+    box: dict = {}
+
+    def go():
+        try:
+            box["result"] = slurm.run(slurm_tasks.patients, ex, n=2)
+        except BaseException as e:  # noqa: BLE001
+            box["error"] = e
+
+    th = threading.Thread(target=go)
+    th.start()
+    try:
+        reasons = wait_for(lambda: len(ex.pending_reasons()) == 2 and ex.pending_reasons(), 30, "pending reasons")
+        # Slurm 22.05 says PartitionConfig here (PartitionTimeLimit on some versions): both in words
+        assert all(r.split(":")[0] in ("PartitionConfig", "PartitionTimeLimit") and "will not start" in r
+                   for r in reasons.values()), reasons
+    finally:
+        from gflow.flows._flow import cancel_run
+
+        wait_for(lambda: ex.monitor.live(), 10, "calls live")
+        cancel_run(ex.monitor.live()[0].call.run_id, store=slurm.store)
+        th.join(60)
