@@ -95,11 +95,12 @@ FAILURES: dict[str, type[ExecutorError]] = {
     "ErrImagePull": ImagePullFailed, "ImagePullBackOff": ImagePullFailed, "InvalidImageName": ImagePullFailed,
     "NodeLost": NodeFailure,
     # AWS Batch (status reasons)
-    "CannotPullContainerError": ImagePullFailed, "OutOfMemoryError": OutOfMemory,
+    "CannotPullContainerError": ImagePullFailed, "OutOfMemoryError": OutOfMemory, "Host EC2": Preempted,
     # Slurm (job states)
     "OUT_OF_MEMORY": OutOfMemory, "PREEMPTED": Preempted, "NODE_FAIL": NodeFailure, "BOOT_FAIL": NodeFailure,
-    # gflow's own names
+    # gflow's own names (and those Volcano outcomes recorded before this map: gflow.ImagePullError ...)
     "OutOfMemory": OutOfMemory, "ImagePullFailed": ImagePullFailed, "NodeFailure": NodeFailure,
+    "ImagePullError": ImagePullFailed, "Unschedulable": ExecutorError,
 }
 
 
@@ -117,7 +118,9 @@ def error_class(error_type: str | None) -> type[BaseException] | None:
     mod, _, name = error_type.rpartition(".")
     if mod in ("gflow", "gflow.errors"):
         cls = globals().get(name)
-        return cls if isinstance(cls, type) and issubclass(cls, GflowError) else None
+        if isinstance(cls, type) and issubclass(cls, GflowError):
+            return cls
+        return FAILURES.get(name)
     if not mod:
         import builtins
 

@@ -268,6 +268,7 @@ def test_the_one_failure_map():
 def test_error_class_from_a_recorded_name_imports_nothing():
     assert error_class("gflow.errors.OutOfMemory") is OutOfMemory
     assert error_class("gflow.PodEvicted") is PodEvicted
+    assert error_class("gflow.ImagePullError") is ImagePullFailed  # names Volcano recorded before the map
     assert error_class("ValueError") is ValueError
     assert error_class("gflow.errors.error_class") is None  # a function, not a class
     assert error_class("os.system") is None and error_class("len") is None and error_class(None) is None
@@ -369,3 +370,13 @@ def test_a_polling_executor_runs_a_flow_through_typed_events(store):
     assert res.state is State.SUCCEEDED and res.value == sum(range(1, 6))
     assert store.counts(res.id) == {"SUCCEEDED": 6}
     assert all(t.started is not None for t in store.task_runs(res.id))
+
+
+def test_failed_carries_the_class_and_the_instance():
+    out = failed(OutOfMemory("killed at 3 GiB", requested=2 << 30, used=3 << 30), info={"job": "j"})
+    assert out.error_class is OutOfMemory and out.exc.used == 3 << 30 and out.error_message == "killed at 3 GiB"
+    assert out.error_type == "gflow.errors.OutOfMemory" and out.info == {"job": "j"}
+    out = failed("Evicted", "evicted by the kubelet", error_type="gflow.PodEvicted")
+    assert out.error_class is PodEvicted and out.error_type == "gflow.PodEvicted"
+    assert gflow.Retry(count=2, on=(Preempted,)).should_retry(1, failed("PREEMPTED", "spot").error_class)
+    assert not gflow.Retry(count=2, on=(Preempted,)).should_retry(1, failed("OOMKilled", "x").error_class)

@@ -8,7 +8,7 @@ Lifecycle (a context manager)::
     ex.attach_artifacts(store)      # the run's artifact store (remote backends pass values through it)
     ex.start(listener)              # once per run, before the first submit
     handles = ex.submit(calls)      # a batch: a fan-out arrives as one batch (one array job where possible)
-    ex.poll(handles)                # only for executors that do not push events (``capabilities.pushes_events``)
+    ex.poll(handles)                # a look at the handles' states (tools and tests; the engine hears only events)
     ex.cancel(handles)              # queued calls never start; running ones stop where the backend can
     ex.close()                      # idempotent
 
@@ -64,30 +64,22 @@ class Capabilities:
     """What a backend can do. Declared per executor class (or per instance, where it depends on options).
 
     Attributes:
-        pushes_events: Calls the listener with starts and outcomes; False: the engine polls
-            :meth:`Executor.poll` every ``poll_interval`` seconds.
         reports_start: A call's start is known before its outcome (pushed, or by ``poll_starts``).
             False: the start arrives with the outcome, so the engine counts a timeout from submit.
         start_poll_interval: If set, the engine calls :meth:`Executor.poll_starts` this often (seconds)
             while calls are in flight, instead of receiving a ``"started"`` event per call.
         accepts_refs: The backend can start a call before its inputs exist, given :class:`Ref`
             placeholders in the arguments and ``Call.refs``: dependent chains stay on the backend.
-        kills_on_timeout: ``cancel`` stops a running call (a process, a container, a job); False: a
-            timed-out attempt runs on and its late outcome is ignored.
-        needs_image: Calls run inside a container image (the run records its tag; the image is part
-            of the cache key).
         array_jobs: A batch of calls of one task becomes one backend job (an array).
-        poll_interval: Seconds between ``poll`` calls for executors that do not push.
+
+    Every executor reports through its listener (typed events); backends that must ask for their
+    jobs' status do it in their own :class:`~gflow.executors.polling.PollingMonitor`, not in the engine.
     """
 
-    pushes_events: bool = True
     reports_start: bool = True
     start_poll_interval: float | None = None
     accepts_refs: bool = False
-    kills_on_timeout: bool = False
-    needs_image: bool = False
     array_jobs: bool = False
-    poll_interval: float = 0.5
 
 
 @dataclass(slots=True)
@@ -241,7 +233,7 @@ class Executor(abc.ABC):
 
     name: str = "executor"
     capabilities: Capabilities = Capabilities()
-    _listener: Any  # a Listener; executors not yet moved to the typed events still call it with 4 arguments
+    _listener: Listener
 
     @classmethod
     def from_spec(cls, spec: str, **settings: Any) -> Executor:
@@ -262,9 +254,10 @@ class Executor(abc.ABC):
                 per its task's policy).
         """
 
-    @abc.abstractmethod
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
-        """Current state of each handle (and its outcome once finished)."""
+        """Each handle's state as the executor knows it now (for tools and tests: the engine hears only the
+        listener's events). The default reads a ``state`` attribute of the handle (QUEUED if it has none)."""
+        return [JobStatus(getattr(h, "state", State.QUEUED)) for h in handles]
 
     @abc.abstractmethod
     def cancel(self, handles: Sequence[Any]) -> None:
@@ -277,10 +270,6 @@ class Executor(abc.ABC):
     def attach_artifacts(self, artifacts: Any) -> None:
         """The engine hands over the run's artifact store before ``start`` (remote executors pass
         inputs and outcomes through it by reference); local executors ignore it."""
-
-    def can_submit(self, n: int = 1) -> bool:
-        """Whether ``n`` more calls can be accepted now (the same question as :meth:`capacity`)."""
-        return self.capacity() >= n
 
     def capacity(self) -> int:
         """How many more calls the backend accepts right now."""

@@ -96,14 +96,30 @@ class Tracked:
         return f"<{type(self).__name__} {self.call.id} {self.state.value}>"
 
 
-def failed(error: type[BaseException] | str, message: str, *, info: dict[str, Any] | None = None,
-           log_tail: str = "", started: float | None = None, ended: float | None = None) -> Outcome:
-    """The outcome of a call that ended without an outcome record. ``error``: a gflow class, or a
-    backend's own failure name mapped through :func:`gflow.errors.failure_class`. The outcome's
-    ``error_type`` is the class's qualified name (what the store records); ``error_class`` gives the class."""
-    cls = failure_class(error) if isinstance(error, str) else error
-    return Outcome(False, error_type=qualname(cls), error_message=message, traceback=log_tail, started=started,
-                   ended=ended if ended is not None else time.time(), info=dict(info or {}))
+def failed(error: type[BaseException] | BaseException | str, message: str = "", *,
+           info: dict[str, Any] | None = None, log_tail: str = "", started: float | None = None,
+           ended: float | None = None, error_type: str | None = None) -> Outcome:
+    """The outcome of a call that ended without an outcome record of its own.
+
+    Args:
+        error: A gflow class, an instance (``OutOfMemory(msg, requested=..., used=...)``), or the backend's
+            own failure name, mapped through :func:`gflow.errors.failure_class` (the one map).
+        message: One line naming what happened and the fix (an instance's own message if empty).
+        error_type: What the store records; default the class's qualified name (a backend keeps the
+            name it recorded before this map existed, e.g. ``gflow.PodEvicted``).
+
+    The outcome carries the live exception (``exc``), so retry policies (``Retry(on=(gflow.Preempted,))``)
+    and ``Outcome.error_class`` see the class.
+    """
+    if isinstance(error, BaseException):
+        exc = error
+        message = message or str(error)
+    else:
+        cls = failure_class(error) if isinstance(error, str) else error
+        exc = cls(message)
+    return Outcome(False, exc=exc, error_type=error_type or qualname(type(exc)), error_message=message,
+                   traceback=log_tail, started=started, ended=ended if ended is not None else time.time(),
+                   info=dict(info or {}))
 
 
 class PollingHandler(abc.ABC):
@@ -112,6 +128,8 @@ class PollingHandler(abc.ABC):
 
     #: names the backend in messages ("AWS Batch", "Slurm")
     name: str = "backend"
+    #: how a user checks a job by hand, added to the message when the monitor gives up on its calls
+    hint: str = ""
 
     def refresh(self, live: Sequence[Tracked], now: float) -> bool:
         """Ask the backend for the status of all ``live`` calls at once (one cycle's only status query).
@@ -258,7 +276,9 @@ class PollingMonitor:
             self.errors += 1
             log.warning("reading the status from %s failed (%d in a row): %s", h.name, self.errors, e)
             if self.errors >= self.max_errors or isinstance(e, self.fatal):
-                self.fail_all(f"gflow lost track of the job ({type(e).__name__}: {e}); it may still be running")
+                self.errors = 0
+                self.fail_all(f"gflow lost track of the job ({type(e).__name__}: {e}); it may still be running"
+                              + (f": {h.hint}" if h.hint else ""))
                 return True
             return False
         self.errors = 0
