@@ -99,3 +99,8 @@ def patient(x: int) -> int:
 @gflow.flow
 def patients(n: int = 2) -> list[int]:
     return patient.map(range(n))
+
+
+@gflow.task(resources=gflow.Resources(gpu=1))
+def on_gpu(x: int) -> int:
+    return x

@@ -285,3 +285,25 @@ def test_pending_reason_is_shown_in_words(slurm):
         wait_for(lambda: ex.monitor.live(), 10, "calls live")
         cancel_run(ex.monitor.live()[0].call.run_id, store=slurm.store)
         th.join(60)
+
+
+def test_a_batch_slurm_refuses_halfway_leaves_nothing_running(slurm):
+    from gflow.executors.base import Call
+
+    ex = slurm.make()
+    from gflow.artifacts import open_artifacts
+
+    ex.attach_artifacts(open_artifacts(slurm.arts))
+    events: list = []
+    ex.start(events.append)
+    calls = [Call("r.1", "r", slurm_tasks.nap, (60.0,), {}), Call("r.2", "r", slurm_tasks.on_gpu, (1,), {})]
+    with pytest.raises(ConfigError, match="(?i)gres|node configuration"):  # the node has no GPUs
+        ex.submit(calls)
+    job = next(slurm.logs.glob("gflow-nap-*.sh")).read_text()  # the first job was submitted ...
+    assert ex.submissions["job"] == 1
+    ids = [ln.split("|")[0] for ln in slurm.cluster.run(["squeue", "--noheader", "--states=all", "-o",
+                                                          "%i|%j|%T"]).stdout.split() if "|gflow-nap-r|" in ln]
+    assert ids and job
+    # ... and undone
+    wait_for(lambda: all("CANCELLED" in s for s in slurm.squeue(ids[0])), 20, "the first job cancelled")
+    assert not ex.monitor.live() and not events

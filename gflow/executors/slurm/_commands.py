@@ -192,7 +192,7 @@ def error_of(cmd: str, stderr: str, what: str = "") -> Exception:
                            f"controller)")
     low = stderr.lower()
     if any(s in low for s in ("invalid partition", "invalid account", "invalid qos", "invalid reservation",
-                              "invalid feature", "requested node configuration is not available",
-                              "job violates accounting", "time limit")):
+                              "invalid feature", "invalid generic resource", "job violates accounting", "time limit",
+                              "requested node configuration is not available")):
         return ConfigError(f"Slurm refused the job{what}: {msg}")
     return ExecutorError(f"{cmd} failed{what}: {msg}")

@@ -75,8 +75,7 @@ class SlurmExecutor(RunArtifacts, Executor):
     """
 
     name = "slurm"
-    capabilities = Capabilities(pushes_events=True, reports_start=True, kills_on_timeout=True, needs_image=False,
-                                array_jobs=True, poll_interval=1.0)
+    capabilities = Capabilities(reports_start=True, array_jobs=True)
 
     def __init__(self, partition: str, *, account: str | None = None, qos: str | None = None,
                  throttle: int | None = None, container: str | None = None, apptainer: str = "apptainer",
@@ -221,9 +220,13 @@ class SlurmExecutor(RunArtifacts, Executor):
                     tracked += self._submit_retry(group, retry, arts, env, log_dir, handles)
                 else:
                     tracked += self._submit_new(group, arts, env, log_dir, handles)
-        finally:
+        except BaseException:
+            # the engine fails the whole batch: what was submitted of it must not run on unseen
             if tracked:
-                self.monitor.track(tracked)
+                self.monitor.track(tracked, thread=False)
+                self.monitor.cancel(tracked)
+            raise
+        self.monitor.track(tracked)
         self.submitted_at = time.time()
         return [handles[c.id] for c in calls]
 
