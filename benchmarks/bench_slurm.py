@@ -68,17 +68,24 @@ def _indices(k: str) -> list[int]:
 
 
 def via_gflow(n: int, work: Path, rep: int) -> dict:
+    import resource
+
     from gflow.executors.slurm import SlurmExecutor
 
-    ex = SlurmExecutor("debug", log_dir=str(work / f"logs-{rep}"), poll_min=0.5, poll_max=2.0)
+    ex = SlurmExecutor("debug", log_dir=str(work / f"logs-{rep}"))  # the default cadence: 1 s, up to 15 s
+    cpu0 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     t0 = time.time()
     got = trivial_map.run(n=n, executor=ex, artifacts=str(work / "arts"), store=f"sqlite:///{work}/gflow-{rep}.db")
     wall = time.time() - t0
+    cpu1 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    driver_cpu = cpu1[0].ru_utime + cpu1[0].ru_stime - cpu0[0].ru_utime - cpu0[0].ru_stime
+    commands_cpu = cpu1[1].ru_utime + cpu1[1].ru_stime - cpu0[1].ru_utime - cpu0[1].ru_stime
     ex.close()
     assert got == n, got
     per_cycle = ex.handler.squeue_calls_per_cycle
     return {"wall": wall, "submitted": (ex.submitted_at or t0) - t0, "sbatch_map": ex.submissions["array"],
-            "sbatch_all": ex.slurm.calls["sbatch"], "squeue_per_cycle": max(per_cycle), "cycles": len(per_cycle)}
+            "sbatch_all": ex.slurm.calls["sbatch"], "squeue_per_cycle": max(per_cycle), "cycles": len(per_cycle),
+            "driver_cpu": driver_cpu, "commands_cpu": commands_cpu}
 
 
 def main() -> None:
@@ -98,7 +105,8 @@ def main() -> None:
             for rep in range(args.reps):
                 raws.append(raw(cluster, args.n, work))
                 runs.append(via_gflow(args.n, work, rep))
-                print(f"rep {rep}: raw {raws[-1]:.1f} s, gflow {runs[-1]}", flush=True)
+                print(f"rep {rep}: raw {raws[-1]:.1f} s, gflow {runs[-1]}, load average {os.getloadavg()}",
+                      flush=True)
         finally:
             cluster.stop()
     g = statistics.median(r["wall"] for r in runs)
@@ -110,6 +118,8 @@ def main() -> None:
           f"({runs[0]['cycles']} cycles)")
     print(f"  flow start -> all submitted: {statistics.median(x['submitted'] for x in runs):.2f} s")
     print(f"  wall: gflow {g:.1f} s, raw sbatch --array {r:.1f} s, ratio {g / r:.2f}x")
+    print(f"  driver CPU: {statistics.median(x['driver_cpu'] for x in runs):.1f} s in the driver process, "
+          f"{statistics.median(x['commands_cpu'] for x in runs):.1f} s in the Slurm commands it ran")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def test_array_script_and_its_sbatch_command():
             "--error=/shared/logs/%A_%a.err", "--mem=512M"} <= set(argv)
     text = s.render()
     assert "export GFLOW_ARTIFACTS='file:///shared/a b'" in text
-    assert text.rstrip().endswith(f"exec /opt/py/bin/python -m gflow worker sha256:{'a' * 64}")
+    assert text.rstrip().endswith(f"exec /opt/py/bin/python -m gflow.executors.slurm.element sha256:{'a' * 64}")
 
 
 def test_plain_job_script_runs_index_zero():
@@ -185,3 +185,21 @@ def test_registered_by_url_with_its_table():
 def test_bad_options_are_one_clear_line(kw, words):
     with pytest.raises(ConfigError, match=words):
         SlurmExecutor("debug", **kw)
+
+
+def test_element_entry_point_refuses_bad_arguments_in_one_line(capsys):
+    from gflow.executors.slurm.element import main
+
+    assert main([]) == 2 and main(["sha256:x", "--index", "one"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("usage: python -m gflow.executors.slurm.element SPEC_DIGEST [--index N]") == 2
+
+
+def test_element_entry_point_does_not_load_the_driver_side():
+    import subprocess
+    import sys
+
+    code = ("import sys, gflow.executors.slurm.element as e; "
+            "print(sorted(m for m in sys.modules if m.startswith(('gflow.executors.slurm.', 'click', 'rich'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['gflow.executors.slurm.element']"

@@ -1,6 +1,7 @@
 """sbatch submissions, as plain functions over plain data: resources, arrays, logs, the worker command.
 
-A fan-out is one job array. Element ``i`` runs ``gflow worker ARRAY_DIGEST`` and finds its call(s) by
+A fan-out is one job array. Element ``i`` runs ``gflow worker ARRAY_DIGEST`` (in the driver's environment:
+``python -m gflow.executors.slurm.element ARRAY_DIGEST``, the same worker) and finds its call(s) by
 ``SLURM_ARRAY_TASK_ID`` (``gflow.images.worker.INDEX_VARS``); a single call is a plain job run with
 ``--index 0``. Each element writes its stdout and stderr to its own files in the log folder
 (``%A_%a.out`` / ``.err`` for an array, ``%j.out`` / ``.err`` for a plain job).
@@ -141,7 +142,7 @@ class Script:
             return [self.apptainer, "exec", *gpu, *binds, ref, "gflow", *worker]
         if self.container not in (None, ""):
             raise ConfigError(f"slurm executor: container must be \"apptainer\" or unset, got {self.container!r}")
-        return [self.python, "-m", "gflow", *worker]
+        return [self.python, "-m", "gflow.executors.slurm.element", *worker[1:]]
 
     def render(self) -> str:
         """The script's text: the environment and the worker command (the directives go on sbatch's command
