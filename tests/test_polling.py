@@ -380,3 +380,56 @@ def test_failed_carries_the_class_and_the_instance():
     assert out.error_class is PodEvicted and out.error_type == "gflow.PodEvicted"
     assert gflow.Retry(count=2, on=(Preempted,)).should_retry(1, failed("PREEMPTED", "spot").error_class)
     assert not gflow.Retry(count=2, on=(Preempted,)).should_retry(1, failed("OOMKilled", "x").error_class)
+
+
+class PreemptingThreads(PollingThreads):
+    """Every call's first attempt is reclaimed by the 'backend' (no outcome record of its own)."""
+
+    name = "preempting-threads"
+
+    def submit(self, calls):
+        handles = [Polled(c) for c in calls]
+        for h in handles:
+            h.started = 1.0
+            if h.call.attempt == 1:
+                h.outcome = failed("PREEMPTED", f"call {h.call.id}: the node was reclaimed")
+            else:
+                from gflow.executors.base import run_task
+
+                h.outcome = run_task(h.call.task, h.call.args, h.call.kwargs)
+        self.monitor.track(handles)
+        return handles
+
+
+@gflow.task(retries=gflow.Retry(count=2, on=(Preempted,)))
+def retried_on_preemption(x: int) -> int:
+    return x + 1
+
+
+@gflow.task(retries=gflow.Retry(count=2, on=(OutOfMemory,)))
+def retried_on_oom_only(x: int) -> int:
+    return x + 1
+
+
+@gflow.flow
+def preempted_once(x: int) -> int:
+    return retried_on_preemption(x)
+
+
+@gflow.flow
+def preempted_oom_policy(x: int) -> int:
+    return retried_on_oom_only(x)
+
+
+def test_retry_policies_compare_the_class_of_a_remote_failure(store):
+    with PreemptingThreads() as ex:
+        res = preempted_once.run(1, executor=ex, return_run=True)
+    assert res.state is State.SUCCEEDED and res.value == 2
+    (tr,) = store.task_runs(res.id)
+    assert tr.attempt == 2
+    with PreemptingThreads() as ex:
+        res = preempted_oom_policy.run(1, executor=ex, return_run=True)
+    assert res.state is State.FAILED
+    err = res.error
+    assert err.error_type == "gflow.errors.Preempted" and err.attempts == 1
+    assert isinstance(err.__cause__, Preempted)
