@@ -20,6 +20,7 @@ _BUILTIN = {
     "volcano": "gflow.executors.volcano:VolcanoExecutor",
     "aws-batch": "gflow.executors.aws_batch:AwsBatchExecutor",
     "aws_batch": "gflow.executors.aws_batch:AwsBatchExecutor",
+    "slurm": "gflow.executors.slurm:SlurmExecutor",
 }
 _EXTRA = {"dask": "dask", "docker": "docker", "volcano": "k8s", "aws-batch": "aws", "aws_batch": "aws"}
 _registered: dict[str, Callable[[str], Executor]] = {}
