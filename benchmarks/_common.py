@@ -20,8 +20,8 @@ def median_time(fn: Callable[[], object], reps: int) -> tuple[float, list[float]
     return statistics.median(times), times
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Median seconds of each function, run in rotation (one of each per round): a slow spell on a shared
+def interleaved_times(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
+    """Seconds of each function per round, run in rotation (one of each per round): a slow spell on a shared
     machine then hits every side alike instead of whichever happened to be measured during it."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
@@ -29,7 +29,17 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int) -> dict
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median seconds of each function, run in rotation (see :func:`interleaved_times`)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, reps).items()}
+
+
+def round_ratios(times: dict[str, list[float]], num: str, den: str) -> list[float]:
+    """The ratio ``num / den`` of each round (the two ran back to back in it)."""
+    return [a / b for a, b in zip(times[num], times[den])]
 
 
 def peak_rss_subprocess(code: str, env: dict | None = None) -> dict:

@@ -22,7 +22,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import interleaved_medians, peak_rss_subprocess, table  # noqa: E402
+import statistics  # noqa: E402
+
+from _common import interleaved_times, peak_rss_subprocess, round_ratios, table  # noqa: E402
 
 os.environ["GFLOW_HOME"] = tempfile.mkdtemp(prefix="gflow-bench-")
 
@@ -75,16 +77,21 @@ def main() -> None:
     def check(fl):  # noqa: ANN001, ANN202
         return lambda: (fl.run(n, executor="local") == expected) or sys.exit("wrong result")
 
-    t = interleaved_medians({"tpe": lambda: tpe_independent(n), "map": check(g_map), "loop": check(g_loop)}, reps)
+    raw = interleaved_times({"tpe": lambda: tpe_independent(n), "map": check(g_map), "loop": check(g_loop)}, reps)
+    t = {k: statistics.median(v) for k, v in raw.items()}
+    each: dict[str, list[float]] = {}  # the ratio of every round (gflow and the bare pool ran back to back)
     for label, k in (("map", "map"), ("loop of calls", "loop")):
+        each[k] = round_ratios(raw, k, "tpe")
         rows.append({"case": f"{n:,} independent tasks ({label}) + reduce", "gflow µs/task": f"{t[k] / n * 1e6:.1f}",
                      "baseline": "ThreadPoolExecutor", "baseline µs/task": f"{t['tpe'] / n * 1e6:.1f}",
-                     "ratio": f"{t[k] / t['tpe']:.2f}x"})
+                     "ratio": f"{t[k] / t['tpe']:.2f}x", "worst round": f"{max(each[k]):.2f}x"})
     c = args.chain
-    tc = interleaved_medians({"tpe": lambda: tpe_chain(c), "gflow": lambda: g_chain.run(c, executor="local")}, reps)
+    rawc = interleaved_times({"tpe": lambda: tpe_chain(c), "gflow": lambda: g_chain.run(c, executor="local")}, reps)
+    tc = {k: statistics.median(v) for k, v in rawc.items()}
+    each["chain"] = round_ratios(rawc, "gflow", "tpe")
     rows.append({"case": f"chain of {c:,} dependent tasks", "gflow µs/task": f"{tc['gflow'] / c * 1e6:.1f}",
                  "baseline": "ThreadPoolExecutor", "baseline µs/task": f"{tc['tpe'] / c * 1e6:.1f}",
-                 "ratio": f"{tc['gflow'] / tc['tpe']:.2f}x"})
+                 "ratio": f"{tc['gflow'] / tc['tpe']:.2f}x", "worst round": f"{max(each['chain']):.2f}x"})
 
     rss = peak_rss_subprocess(
         "import os, tempfile, json; os.environ['GFLOW_HOME'] = tempfile.mkdtemp()\n"
@@ -124,13 +131,16 @@ def main() -> None:
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"medians of {reps}\n")
-    print(table(rows, ["case", "gflow µs/task", "baseline", "baseline µs/task", "ratio"]))
+    print(table(rows, ["case", "gflow µs/task", "baseline", "baseline µs/task", "ratio", "worst round"]))
+    for k, rs in each.items():
+        print(f"ratio per round, {k}: " + " ".join(f"{r:.2f}" for r in rs))
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"\ndriver peak RSS, {n:,}-task map + reduce: gflow {rss['peak_rss_mb']:.0f} MB "
           f"(bare ThreadPoolExecutor process: {rss_tpe['peak_rss_mb']:.0f} MB"
           + (f"; Prefect {pf['peak_rss_mb']:.0f} MB + server {pf.get('children_rss_mb', 0):.0f} MB)" if pf else ")"))
     if big:
         print(f"driver peak RSS, {args.big:,}-task map + reduce: gflow {big['peak_rss_mb']:.0f} MB")
-    print(json.dumps({"rows": rows, "rss_mb": rss["peak_rss_mb"], "rss_tpe_mb": rss_tpe["peak_rss_mb"],
+    print(json.dumps({"rows": rows, "each": each, "rss_mb": rss["peak_rss_mb"], "rss_tpe_mb": rss_tpe["peak_rss_mb"],
                       "big": big, "prefect": pf}))
 
 

@@ -164,20 +164,29 @@ def test_the_recorder_gives_up_on_a_full_state_disk_after_the_bound(tmp_path):
     import time
 
     from gflow.errors import StoreFull
-    from gflow.flows._events import RecordRun
+    from gflow.flows._core import Core
+    from gflow.flows._events import BodyReturned, Flush, Flushed, RecordRun, RunStarted
+    from gflow.store import RunRecord
     from gflow.store.base import trow
 
     st, rec, clock, calls = _full_recorder(tmp_path)
+    core = Core()  # decides how the run ends; the recorder only reports what it could not store
+    core.handle(RunStarted("start", RunRecord(id="r", flow="f")), 1.0)
     t0 = time.monotonic()
     rec.add_many([trow("r.1", "r", State.RUNNING, 1, 1.0, task="m:t", name="t")])
-    rec.add_run(RecordRun("x", "r", State.SUCCEEDED, 2.0))
+    (flush,) = [i for i in core.handle(BodyReturned("ret", "r", 5), 2.0) if isinstance(i, Flush)]
+    reported: list = []
+    rec.add_marker(lambda: reported.append(Flushed("flushed", flush.run_id, rec.state_error)))
     rec.flush(timeout=10)  # returns: nothing waits forever
     assert time.monotonic() - t0 < 5  # the 30 s bound passed on the fake clock only
     assert isinstance(rec.state_error, StoreFull) and "after 30s" in str(rec.state_error)
     assert "GFLOW_STATE_RETRY_SECONDS" in str(rec.state_error) and "disk is full" in str(rec.state_error)
     assert 30 <= clock.slept < 36 and calls == ["gave up"]
-    assert rec.unrecorded == 1  # the transition; the run record still fits (a small write) ...
-    run = st.get_run("r")
+    assert rec.unrecorded == 1  # the transition
+    (run_record,) = [i for i in core.handle(reported[0], 3.0) if isinstance(i, RecordRun)]
+    rec.add_run(run_record)
+    rec.flush(timeout=10)
+    run = st.get_run("r")  # the run record still fits (a small write) ...
     assert run.state is State.FAILED and "StoreFull" in run.error  # ... and never claims SUCCEEDED
     tries = rec.store.tries
     rec.add_many([trow("r.2", "r", State.RUNNING, 1, 3.0, task="m:t", name="t")])

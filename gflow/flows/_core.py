@@ -1,33 +1,77 @@
 """The scheduling core: the state machine of a flow run. No I/O, no threads, no clock.
 
-``Core.handle(event, now)`` is the only way task-run state changes in the driver; it returns the
-instructions the engine must carry out (see ``gflow.flows._events``). The core decides dependencies,
+``Core.handle(event, now)`` is the only way task-run and run state change in the driver; it returns
+the instructions the engine must carry out (``gflow.flows._events``). The core decides dependencies,
 readiness, per-task concurrency limits, cache and resume reuse, retries and backoff, timeouts, map
-expansion (also over a future of a list), speculative dispatch, subflows, cancellation and when a run
-ends and how. Time is passed in, so tests drive all of it with a fake clock.
+expansion (also over a future of a list), speculative dispatch, subflows, cancellation, and when a run
+ends and how. Time is passed in, so tests drive all of it with a fake clock; it reads no files (a
+call's code version comes in on its ``TaskState``, computed when the flow body made the call).
+
+**One transition function.** Every task-state change goes through ``Core._transition(ts, finish,
+...)``: it checks ``(ts.state, finish)`` against :data:`TRANSITIONS`, appends the story line
+``(task id, from, to, stimulus id, time)``, sets the state and builds the transition row the engine
+hands to the recorder. Anything not in the table raises ``InvalidTransition`` with the call's story.
+The table (start -> finish, and when it happens)::
+
+    PENDING  -> QUEUED     dispatched to its executor (a speculative call: seen starting or finishing)
+    PENDING  -> RUNNING    a map over a future fans out (the map's own state)
+    PENDING  -> SUCCEEDED  a subflow placeholder: its child run succeeded
+    PENDING  -> CACHED     a stored, in-run or twin result was taken (cache, resume)
+    PENDING  -> FAILED     an upstream call failed; its arguments or map inputs were invalid; a subflow failed
+    PENDING  -> CANCELLED  its run was cancelled, or an upstream call was
+    QUEUED   -> RUNNING    the executor reported the start (or the outcome, which implies it)
+    QUEUED   -> RETRYING   a speculative attempt lost its input: it runs again once the input is known
+    QUEUED   -> FAILED     an upstream call failed under a speculative call
+    QUEUED   -> CANCELLED  cancelled
+    RUNNING  -> SUCCEEDED  the outcome was a value (a map: every element finished)
+    RUNNING  -> FAILED     the outcome was an error, its retries spent (or a timeout); a map's element failed
+    RUNNING  -> RETRYING   the outcome was an error and the retry policy allows another attempt
+    RUNNING  -> CANCELLED  cancelled
+    RETRYING -> QUEUED     the next attempt is dispatched (after the backoff timer, if any)
+    RETRYING -> FAILED     an upstream call failed, or its keys cannot be computed, before the next attempt
+    RETRYING -> CANCELLED  cancelled between attempts
+
+Terminal states (SUCCEEDED, FAILED, CANCELLED, CACHED) have no way out; the store enforces the same
+forward-only rule on what is recorded.
+
+**How the work is split.** ``_core.py`` holds the ``Core``: its state, the entry point, the table, the
+transition function, linking calls to their inputs (one ``_link`` for calls and map elements),
+readiness, and the one place a call ends (``_finish``: resolve its future, release or end its
+dependents, end its run when it was the last). Plain functions over the core hold the rest:
+``_attempts.py`` (an attempt's start, success, failure, retry and backoff, concurrency slots, cacheable
+twins), ``_speculation.py`` (dependents of submitted calls started at once with references to their
+inputs) and ``_endings.py`` (runs: start, cancel, a body's return, and the one end-of-run path).
+
+**The core alone decides how a run ends.** When a run's body returned and its last call ended, the
+core asks the engine to ``Flush`` the recorder; the recorder reports back with ``Flushed`` (whether
+results were lost in the artifact store, and which transitions it held back for that reason). Only
+then does the core decide the run's terminal state, record the held-back calls FAILED, and emit the
+run's ``RecordRun`` and ``RunFinished``. A failing artifact store, learned by the recorder mid-run,
+comes in as ``ArtifactsLost``: every run stops and ends FAILED (resumable). Top-level runs and
+subflows are created the same way, by ``RunStarted(create=True)`` (a top-level run with
+``running=False``: it is RUNNING at ``BodyStarted``, once whoever watches it subscribed).
+(``prepare_resume`` still records a *dead* driver's run FAILED before resuming it: that run has no
+core left to decide.)
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from gflow.errors import (
-    Cancelled,
-    GflowError,
-    InvalidTransition,
-    TaskTimeout,
-)
+from gflow.errors import Cancelled, GflowError, InvalidTransition, TaskTimeout
 from gflow.executors.base import UPSTREAM_PENDING, Call, Capabilities, Outcome
-from gflow.flows._attempts import Attempts
-from gflow.flows._endings import RunEndings, RunState
+from gflow.flows import _attempts, _endings, _speculation
+from gflow.flows._endings import RunState
 from gflow.flows._events import (
     CALL,
     MAP,
     SUBFLOW,
     ArmTimer,
+    ArtifactsLost,
     BodyReturned,
+    BodyStarted,
     CacheHit,
     CacheLookedUp,
     CallsAdded,
@@ -37,6 +81,7 @@ from gflow.flows._events import (
     Event,
     ExecutorAdded,
     Finished,
+    Flushed,
     Instruction,
     LookUp,
     Record,
@@ -51,7 +96,6 @@ from gflow.flows._events import (
     TimerFired,
 )
 from gflow.flows._keys import compute_keys
-from gflow.flows._speculation import Speculation
 from gflow.flows._values import object_ids, resolve_values
 from gflow.states import State
 from gflow.store.base import Row, TaskRunRecord, trow
@@ -59,8 +103,29 @@ from gflow.store.base import Row, TaskRunRecord, trow
 PENDING, QUEUED, RUNNING, RETRYING = State.PENDING, State.QUEUED, State.RUNNING, State.RETRYING
 SUCCEEDED, FAILED, CANCELLED, CACHED = State.SUCCEEDED, State.FAILED, State.CANCELLED, State.CACHED
 
+#: the legal task-state moves, and when each happens (see the module docstring)
+TRANSITIONS: dict[tuple[State, State], str] = {
+    (PENDING, QUEUED): "dispatched to its executor (a speculative call: seen starting or finishing)",
+    (PENDING, RUNNING): "a map over a future fans out",
+    (PENDING, SUCCEEDED): "a subflow placeholder: its child run succeeded",
+    (PENDING, CACHED): "a stored, in-run or twin result was taken (cache, resume)",
+    (PENDING, FAILED): "an upstream call failed; invalid arguments or map inputs; a subflow failed",
+    (PENDING, CANCELLED): "its run was cancelled, or an upstream call was",
+    (QUEUED, RUNNING): "the executor reported the start (or the outcome)",
+    (QUEUED, RETRYING): "a speculative attempt lost its input",
+    (QUEUED, FAILED): "an upstream call failed under a speculative call",
+    (QUEUED, CANCELLED): "cancelled",
+    (RUNNING, SUCCEEDED): "the outcome was a value (a map: every element finished)",
+    (RUNNING, FAILED): "the outcome was an error and no retry is left (or a timeout); a map's element failed",
+    (RUNNING, RETRYING): "the outcome was an error and the retry policy allows another attempt",
+    (RUNNING, CANCELLED): "cancelled",
+    (RETRYING, QUEUED): "the next attempt is dispatched",
+    (RETRYING, FAILED): "an upstream call failed, or its keys cannot be computed, before the next attempt",
+    (RETRYING, CANCELLED): "cancelled between attempts",
+}
 
-class Core(Attempts, RunEndings, Speculation):
+
+class Core:
     """The state machine. ``resume``: finished calls of the resumed run by input key (reused whatever
     their code version unless ``rerun_changed``); ``use_cache``: False reads no cached results (replay)."""
 
@@ -79,11 +144,14 @@ class Core(Attempts, RunEndings, Speculation):
         self.rerun_changed = rerun_changed
         self.use_cache = use_cache
         self.story_log: deque[tuple[str, State, State, str, float]] = deque(maxlen=story_size)
+        #: set by ``ArtifactsLost``: results could not be stored, so no run of this engine succeeds
+        self.lost: BaseException | None = None
         self.now = 0.0
-        self._sid = ""
-        self._out: list[Instruction] = []
-        self._rec: list[Row] = []
-        self._blobs: dict[str, bytes] = {}
+        #: the stimulus being handled, and what it caused so far (instructions, transition rows, blobs)
+        self.sid = ""
+        self.out: list[Instruction] = []
+        self.rows: list[Row] = []
+        self.blobs: dict[str, bytes] = {}
         self._resolved: list[TaskState] = []
 
     def release(self) -> None:
@@ -92,7 +160,7 @@ class Core(Attempts, RunEndings, Speculation):
             d.clear()
         self.story_log.clear()
         self._resolved = []
-        self._out = []
+        self.out = []
 
     # -- the one entry point ---------------------------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Instruction]:
@@ -102,30 +170,56 @@ class Core(Attempts, RunEndings, Speculation):
     def handle_many(self, events: Iterable[Event], now: float) -> list[Instruction]:
         """Apply several events in order; their transitions are recorded by one ``Record``."""
         self.now = now
-        out = self._out = []
+        out = self.out = []
         for ev in events:
-            self._sid = ev.stimulus_id
+            self.sid = ev.stimulus_id
             _HANDLERS[type(ev)](self, ev)
         self._flush()
-        self._out = []
+        self.out = []
         return out
 
     def _flush(self) -> None:
-        self._flush_records()
+        self.flush_records()
         if self._resolved:
-            self._out.append(Resolve(self._sid, self._resolved))
+            self.out.append(Resolve(self.sid, self._resolved))
             self._resolved = []
 
-    def _flush_records(self) -> None:
-        if self._rec or self._blobs:
-            self._out.append(Record(self._sid, self._rec, self._blobs))
-            self._rec = []
-            self._blobs = {}
+    def flush_records(self) -> None:
+        """Emit the rows and blobs collected so far as one ``Record`` (before an instruction that must follow them)."""
+        if self.rows or self.blobs:
+            self.out.append(Record(self.sid, self.rows, self.blobs))
+            self.rows = []
+            self.blobs = {}
 
-    def _record_run(self, ins: RecordRun) -> None:
+    def record_run(self, ins: RecordRun) -> None:
         """Run records go in order with task transitions: everything recorded so far is written first."""
-        self._flush_records()
-        self._out.append(ins)
+        self.flush_records()
+        self.out.append(ins)
+
+    # -- the one transition function -------------------------------------------------------------------------------
+    def _transition(self, ts: TaskState, finish: State, at: float | None = None, *, key: str | None = None,
+                    ikey: str | None = None, error: str | None = None, traceback: str | None = None,
+                    result_ref: str | None = None, result_inline: str | None = None, handle: str | None = None,
+                    message: str | None = None, objects: list[str] | None = None, executor: str | None = None,
+                    info: dict[str, Any] | None = None) -> None:
+        """Move ``ts`` to ``finish``: check the move against :data:`TRANSITIONS`, write its story line, its state
+        and its row (the keywords: the row's fields; ``at``: its time when not now). Subflow placeholders have no
+        row (their run record says how they ended).
+
+        Raises:
+            InvalidTransition: for a move not in the table, with the call's story.
+        """
+        start = ts.state
+        if (start, finish) not in TRANSITIONS:
+            raise InvalidTransition(f"{ts!r}: {start} -> {finish} is not a legal move; story: {self.story(ts.id)}")
+        now = self.now
+        self.story_log.append((ts.id, start, finish, self.sid, now))
+        ts.state = finish
+        if ts.kind != SUBFLOW:
+            # positionally, in trow's order (task, name, upstream, map_index, cacheable: written only at creation)
+            self.rows.append(trow(ts.id, ts.run_id, finish, ts.attempt, now if at is None else at, None, None, key,
+                                  None, None, error, traceback, result_ref, result_inline, handle, message, None,
+                                  objects, ikey, executor, info))
 
     # -- queries -------------------------------------------------------------------------------------------------
     def has_ready(self, executor: str) -> bool:
@@ -144,6 +238,10 @@ class Core(Attempts, RunEndings, Speculation):
     def story(self, task_id: str) -> list[tuple[str, State, State, str, float]]:
         """The recorded transitions of one task state: (id, from, to, stimulus id, time)."""
         return [s for s in self.story_log if s[0] == task_id]
+
+    def error_of(self, ts: TaskState) -> BaseException:
+        """What ``future.result()`` raises for a failed or cancelled call."""
+        return _endings.error_of(ts)
 
     def validate_state(self) -> None:
         """Check the core's invariants (tests call this after each step)."""
@@ -171,46 +269,45 @@ class Core(Attempts, RunEndings, Speculation):
 
     def _calls_added(self, ev: CallsAdded) -> None:
         tasks = self.tasks
-        rec = self._rec.append
+        rows = self.rows
         now = self.now
         for ts in ev.tasks:
             tasks[ts.id] = ts
             run = self.runs[ts.run_id]
             run.active += 1
-            if ts.kind != SUBFLOW:
-                rec(trow(ts.id, ts.run_id, PENDING, 1, now, task=ts.task.identity, name=ts.task.name,
-                               key=ts.key, upstream=list(ts.deps) if ts.deps else None, map_index=ts.index,
-                               cacheable=1 if ts.task.options.cache else 0, ikey=ts.ikey))
-            deps = [tasks[d] for d in ts.deps]
-            ts.deps = deps
-            waiting = 0
-            bad = None
-            for dep in deps:
-                st = dep.state
-                if st is SUCCEEDED or st is CACHED:
-                    continue
-                if st is FAILED or st is CANCELLED:
-                    bad = dep
-                    break
-                waiting += 1
-                if dep.dependents is None:
-                    dep.dependents = [ts]
-                else:
-                    dep.dependents.append(ts)
-            if bad is not None:
-                ts.error = bad
-                st = CANCELLED if bad.state is CANCELLED else FAILED
-                self._record_not_run(ts, st)
-                self._finish(ts, st)
+            if ts.kind != SUBFLOW:  # the call's first row (it is created PENDING: not a transition)
+                rows.append(trow(ts.id, ts.run_id, PENDING, 1, now, task=ts.task.identity, name=ts.task.name,
+                                 key=ts.key, upstream=list(ts.deps) if ts.deps else None, map_index=ts.index,
+                                 cacheable=1 if ts.task.options.cache else 0, ikey=ts.ikey))
+            if self._link(ts, [tasks[d] for d in ts.deps]):
                 continue
             if run.cancelled is not None:
                 ts.error = Cancelled(f"{run.cancelled}: task run {ts.id}")
-                self._record_not_run(ts, CANCELLED)
-                self._finish(ts, CANCELLED)
+                self._end(ts, CANCELLED)
                 continue
-            ts.waiting = waiting
-            if waiting == 0:
+            if ts.waiting == 0:
                 self._ready(ts)
+
+    def _link(self, ts: TaskState, deps: list[TaskState]) -> bool:
+        """Make ``ts`` wait for its unfinished ``deps``. If one of them failed or was cancelled already, ``ts``
+        ends the same way and this returns True."""
+        ts.deps = deps
+        waiting = 0
+        for dep in deps:
+            st = dep.state
+            if st is SUCCEEDED or st is CACHED:
+                continue
+            if st is FAILED or st is CANCELLED:
+                ts.error = dep
+                self._end(ts, CANCELLED if st is CANCELLED else FAILED)
+                return True
+            waiting += 1
+            if dep.dependents is None:
+                dep.dependents = [ts]
+            else:
+                dep.dependents.append(ts)
+        ts.waiting = waiting
+        return False
 
     def _dispatch(self, ev: Dispatch) -> None:
         q = self.ready.get(ev.executor)
@@ -221,8 +318,8 @@ class Core(Attempts, RunEndings, Speculation):
         calls: list[Call] = []
         running = self.running
         held = self.held
-        rec = self._rec.append
-        now = self.now
+        out = self.out
+        transition = self._transition
         while q and len(calls) < cap:
             ts = q.popleft()
             if ts.state is not PENDING and ts.state is not RETRYING:
@@ -235,22 +332,20 @@ class Core(Attempts, RunEndings, Speculation):
                     held.setdefault(ident, deque()).append(ts)
                     continue
                 running[ident] = n + 1
-            self._log(ts, QUEUED)
-            ts.state = QUEUED
             args = ts.arguments
             objs = object_ids(args) if ts.attempt == 1 else None
             # a call's keys are recorded with PENDING when known at the call, else with QUEUED (computed when its
             # inputs were known; again on a later attempt: a speculative first attempt ran without them)
             later = bool(ts.deps)
-            rec(trow(ts.id, ts.run_id, QUEUED, ts.attempt, now, key=ts.key if later else None,
-                     objects=objs or None, ikey=ts.ikey if later else None, executor=ts.executor))
+            transition(ts, QUEUED, key=ts.key if later else None, objects=objs or None,
+                       ikey=ts.ikey if later else None, executor=ts.executor)
             call_args, call_kwargs = ts.task.validator.call_args(args)
             calls.append(Call(ts.id, ts.run_id, ts.task, call_args, call_kwargs, ts.attempt, ts.key, ts.index))
             timeout = ts.task.options.timeout
             if timeout and not caps.reports_start:
-                self._out.append(ArmTimer(self._sid, ts.id, ts.attempt, "timeout", now + timeout))
+                out.append(ArmTimer(self.sid, ts.id, ts.attempt, "timeout", self.now + timeout))
         if calls:
-            self._out.append(Submit(self._sid, ev.executor, calls))
+            out.append(Submit(self.sid, ev.executor, calls))
 
     def _submitted(self, ev: Submitted) -> None:
         tasks = self.tasks
@@ -269,10 +364,10 @@ class Core(Attempts, RunEndings, Speculation):
                 ts.desc = descs[i]
             fresh.append(ts)
         if stale:
-            self._out.append(CancelCalls(self._sid, ev.executor, stale))
+            self.out.append(CancelCalls(self.sid, ev.executor, stale))
         caps = self.caps.get(ev.executor)
         if caps is not None and caps.accepts_refs and not self.resume and fresh and ev.capacity > 0:
-            self._speculate(ev.executor, fresh, ev.capacity)
+            _speculation.speculate(self, ev.executor, fresh, ev.capacity)
 
     def _submit_failed(self, ev: SubmitFailed) -> None:
         err = ev.error if ev.error is not None else GflowError("the executor refused the batch")
@@ -280,11 +375,10 @@ class Core(Attempts, RunEndings, Speculation):
             ts = self.tasks.get(call.id)
             if ts is None or ts.attempt != call.attempt or ts.state.terminal:
                 continue
-            out = Outcome.from_exception(err, ev.traceback, None, self.now)
             if ts.state is PENDING:  # a speculative call: take the ordinary path
-                self._unspeculate(ts)
+                _speculation.unspeculate(self, ts)
                 continue
-            self._finished_attempt(ts, out)
+            _attempts.finished_attempt(self, ts, Outcome.from_exception(err, ev.traceback, None, self.now))
 
     def _started(self, ev: Started) -> None:
         ts = self.tasks.get(ev.id)
@@ -293,9 +387,9 @@ class Core(Attempts, RunEndings, Speculation):
         if ev.description is not None:
             ts.desc = ev.description
         if ts.state is PENDING and ts.speculative and ts.handle is not None:
-            self._queued_late(ts)
+            _attempts.queued_late(self, ts)
         if ts.state is QUEUED:
-            self._to_running(ts, ev.ts)
+            _attempts.to_running(self, ts, ev.ts)
 
     def _finished(self, ev: Finished) -> None:
         ts = self.tasks.get(ev.id)
@@ -306,16 +400,16 @@ class Core(Attempts, RunEndings, Speculation):
             if ts.handle is None:
                 return  # a speculative attempt already given up
             if not out.ok and out.error_type == UPSTREAM_PENDING:
-                self._unspeculate(ts)
+                _speculation.unspeculate(self, ts)
                 return
             if ts.waiting > 0:  # its inputs' own outcomes have not arrived yet
                 ts.stash = out
                 return
             if ts.state is PENDING:
-                self._queued_late(ts)
+                _attempts.queued_late(self, ts)
         elif ts.state is PENDING:
             return
-        self._finished_attempt(ts, out)
+        _attempts.finished_attempt(self, ts, out)
 
     def _cache_looked_up(self, ev: CacheLookedUp) -> None:
         for tid, hit in ev.hits.items():
@@ -338,10 +432,10 @@ class Core(Attempts, RunEndings, Speculation):
             self._enqueue(ts)
         elif ev.timer == "timeout" and ts.state in (QUEUED, RUNNING):
             if ts.handle is not None:
-                self._out.append(CancelCalls(self._sid, ts.executor, [ts.handle]))
+                self.out.append(CancelCalls(self.sid, ts.executor, [ts.handle]))
             opts = ts.task.options
             e = TaskTimeout(f"task '{ts.name}' exceeded its timeout of {opts.timeout:g}s (attempt {ts.attempt})")
-            self._finished_attempt(ts, Outcome.from_exception(e, "", ts.started, self.now))
+            _attempts.finished_attempt(self, ts, Outcome.from_exception(e, "", ts.started, self.now))
 
     # -- readiness -------------------------------------------------------------------------------------------------
     def _ready(self, ts: TaskState) -> None:
@@ -356,29 +450,25 @@ class Core(Attempts, RunEndings, Speculation):
             if ts.stash is not None:  # ran speculatively and finished before its inputs' outcomes came
                 out, ts.stash = ts.stash, None
                 if ts.state is PENDING:
-                    self._queued_late(ts)
-                self._finished_attempt(ts, out)
+                    _attempts.queued_late(self, ts)
+                _attempts.finished_attempt(self, ts, out)
             return
         if ts.state is not PENDING and ts.state is not RETRYING:
             return
         task = ts.task
         if ts.key is None:
             try:
-                args = resolve_values(ts.arguments, self.tasks)
-                args = task.validator.validate(args)
-                ts.key, ts.ikey = compute_keys(task, args, ts.image)
+                args = task.validator.validate(resolve_values(ts.arguments, self.tasks))
+                ts.key, ts.ikey = compute_keys(task, args, ts.image, ts.version)
             except (GflowError, TypeError, ValueError, RecursionError) as e:
-                import traceback as tb_mod
-
-                self._finished_attempt(ts, Outcome.from_exception(e, tb_mod.format_exc(), None, self.now),
-                                       retryable=False)
+                self._invalid(ts, e)
                 return
             ts.arguments = args
         if self.resume and ts.ikey is not None:
             rec = self.resume.get(ts.ikey)
             if rec is not None and not (self.rerun_changed and rec.key != ts.key):
                 ts.looking = True
-                self._out.append(LookUp(self._sid, [(ts.id, ts.key or "", rec)]))
+                self.out.append(LookUp(self.sid, [(ts.id, ts.key or "", rec)]))
                 return
         if task.options.cache and self.use_cache and ts.key is not None:
             hit = self.cache_mem.get(ts.key)
@@ -395,9 +485,17 @@ class Core(Attempts, RunEndings, Speculation):
                 return
             self.inflight[ts.key] = ts
             ts.looking = True
-            self._out.append(LookUp(self._sid, [(ts.id, ts.key, None)]))
+            self.out.append(LookUp(self.sid, [(ts.id, ts.key, None)]))
             return
         self._enqueue(ts)
+
+    def _invalid(self, ts: TaskState, e: BaseException) -> None:
+        """A call that cannot run as made (its inputs do not fit, a map over something not iterable): it fails
+        without a retry."""
+        import traceback as tb_mod
+
+        tb = "".join(tb_mod.format_exception(e))
+        _attempts.finished_attempt(self, ts, Outcome.from_exception(e, tb, None, self.now), retryable=False)
 
     def _enqueue(self, ts: TaskState) -> None:
         q = self.ready.get(ts.executor)
@@ -413,91 +511,69 @@ class Core(Attempts, RunEndings, Speculation):
             run = self.runs[ts.run_id]
             if ts.name not in run.reused_changed:
                 run.reused_changed.append(ts.name)
-        self._rec.append(trow(ts.id, ts.run_id, CACHED, ts.attempt, self.now, key=ts.key, ikey=ts.ikey,
-                              result_ref=hit.result_ref, result_inline=hit.result_inline,
-                              objects=object_ids(hit.value) or None, message=f"from {hit.source}"))
         if ts.task.options.cache and ts.key is not None and ts.key not in self.cache_mem:
             self.cache_mem[ts.key] = hit
-        self._finish(ts, CACHED)
+        self._transition(ts, CACHED, key=ts.key, ikey=ts.ikey, result_ref=hit.result_ref,
+                         result_inline=hit.result_inline, objects=object_ids(hit.value) or None,
+                         message=f"from {hit.source}")
+        self._finish(ts)
 
     def _expand(self, ts: TaskState) -> None:
         """A map over futures: fan out once they resolved, then gather the results into a list."""
         if ts.state is PENDING:  # phase 1: the iterables are known now
             task, iterables, common, new_child = ts.expand
+            new: Callable[..., TaskState] = new_child
             try:
                 values = [resolve_values(it, self.tasks) for it in iterables]
                 rows = list(zip(*values, strict=True)) if len(values) > 1 else [(x,) for x in values[0]]
-                children = [new_child(task, row, common, i) for i, row in enumerate(rows)]
-            except Exception as e:  # not iterable, mismatched lengths, invalid arguments
-                import traceback as tb_mod
-
-                self._finished_attempt(ts, Outcome.from_exception(e, tb_mod.format_exc(), None, self.now),
-                                       retryable=False)
+                children = [new(task, row, common, i) for i, row in enumerate(rows)]
+            except Exception as e:  # noqa: BLE001 - not iterable, mismatched lengths, invalid arguments
+                self._invalid(ts, e)
                 return
-            self._log(ts, RUNNING)
-            ts.state = RUNNING
-            self._rec.append(trow(ts.id, ts.run_id, RUNNING, 1, self.now,
-                                        message=f"fan-out of {len(children)} calls of '{task.name}'"))
+            self._transition(ts, RUNNING, message=f"fan-out of {len(children)} calls of '{task.name}'")
             ts.arguments = children
-            self._calls_added(CallsAdded(self._sid, children))
-            ts.deps = children
-            waiting = 0
-            for c in children:
-                st = c.state
-                if st is SUCCEEDED or st is CACHED:
-                    continue
-                if st is FAILED or st is CANCELLED:
-                    ts.error = c
-                    st = CANCELLED if st is CANCELLED else FAILED
-                    self._record_not_run(ts, st)
-                    self._finish(ts, st)
-                    return
-                waiting += 1
-                if c.dependents is None:
-                    c.dependents = [ts]
-                else:
-                    c.dependents.append(ts)
-            ts.waiting = waiting
-            if waiting:
+            self._calls_added(CallsAdded(self.sid, children))
+            if self._link(ts, children) or ts.waiting:
                 return
         ts.value = [c.value for c in ts.arguments]  # phase 2: every call finished
-        self._rec.append(trow(ts.id, ts.run_id, SUCCEEDED, 1, self.now))
         ts.arguments = None
-        self._finish(ts, SUCCEEDED)
+        self._end(ts, SUCCEEDED)
 
     # -- endings ------------------------------------------------------------------------------------------------------
-    def _record_not_run(self, ts: TaskState, st: State) -> None:
-        """Record a call that ends without (further) running: upstream failed, or cancelled."""
-        if ts.kind == SUBFLOW:
-            return  # a run, not a task run: its own record says how it ended
-        root = ts.error
-        if isinstance(root, TaskState):
-            msg = (f"Cancelled: upstream {root.id} was cancelled" if st is CANCELLED
-                   else f"UpstreamFailed: upstream task run {root.id} failed")
-        elif st is CANCELLED:
-            msg = f"Cancelled: {root}" if root is not None else "Cancelled"
+    def _end(self, ts: TaskState, state: State) -> None:
+        """``ts`` ends in terminal ``state`` without an outcome of its own (FAILED or CANCELLED: it will not run, or
+        not again; SUCCEEDED: a map gathered its elements, a subflow's run succeeded): the transition, then what
+        follows from it (``_finish``)."""
+        if state is FAILED or state is CANCELLED:
+            self._transition(ts, state, error=self._not_run(ts, state))
         else:
-            msg = "UpstreamFailed"
-        if ts.handle is not None and ts.speculative:  # its input will never come
-            self._out.append(CancelCalls(self._sid, ts.executor, [ts.handle]))
-        self._rec.append(trow(ts.id, ts.run_id, st, ts.attempt, self.now, error=msg))
+            self._transition(ts, state)
+        self._finish(ts)
 
-    def _finish(self, ts: TaskState, state: State) -> None:
-        """``ts`` reached a terminal state (already recorded): resolve its future, release or fail its
-        dependents (recording those that will never run), and end its run if that was the last call."""
-        stack = [(ts, state)]
+    def _not_run(self, ts: TaskState, st: State) -> str:
+        """The error recorded for a call that ends without (further) running: upstream failed, or cancelled."""
+        root = ts.error
+        if ts.handle is not None and ts.speculative:  # its input will never come
+            self.out.append(CancelCalls(self.sid, ts.executor, [ts.handle]))
+        if isinstance(root, TaskState):
+            return (f"Cancelled: upstream {root.id} was cancelled" if st is CANCELLED
+                    else f"UpstreamFailed: upstream task run {root.id} failed")
+        if st is CANCELLED:
+            return f"Cancelled: {root}" if root is not None else "Cancelled"
+        return "UpstreamFailed"
+
+    def _finish(self, ts: TaskState) -> None:
+        """``ts`` reached a terminal state: resolve its future, release or end its dependents (those that will
+        never run end FAILED or CANCELLED), and end its run if that was the last call."""
+        stack = [ts]
         runs = self.runs
+        inflight = self.inflight
         touched: list[RunState] = []
         while stack:
-            n, st = stack.pop()
-            if n.state.terminal:
-                continue
-            if n is not ts:
-                self._record_not_run(n, st)
-            self._log(n, st)
-            n.state = st
-            if n.twins is not None or (n.key is not None and self.inflight.get(n.key) is n):
-                self._release_twins(n, st)
+            n = stack.pop()
+            st = n.state
+            if n.twins is not None or (n.key is not None and inflight.get(n.key) is n):
+                _attempts.release_twins(self, n, st)
             if n.kind == CALL or st is not SUCCEEDED:
                 n.arguments = None
             self._resolved.append(n)
@@ -519,22 +595,15 @@ class Core(Attempts, RunEndings, Speculation):
                 for d in deps:
                     if not d.state.terminal:
                         d.error = n
-                        stack.append((d, follow))
+                        self._transition(d, follow, error=self._not_run(d, follow))
+                        stack.append(d)
         for run in touched:
-            self._maybe_finish_run(run)
-
-    def _log(self, ts: TaskState, new: State) -> None:
-        old = ts.state
-        if old.terminal:
-            raise InvalidTransition(f"{ts!r}: {old} -> {new} after a terminal state; story: {self.story(ts.id)}")
-        self.story_log.append((ts.id, old, new, self._sid, self.now))
+            _endings.maybe_finish_run(self, run)
 
 
-
-
-_HANDLERS: dict[type, Any] = {
+_HANDLERS: dict[type, Callable[[Core, Any], None]] = {
     ExecutorAdded: Core._executor_added,
-    RunStarted: Core._run_started,
+    RunStarted: _endings.run_started,
     CallsAdded: Core._calls_added,
     Dispatch: Core._dispatch,
     Submitted: Core._submitted,
@@ -543,6 +612,9 @@ _HANDLERS: dict[type, Any] = {
     Finished: Core._finished,
     CacheLookedUp: Core._cache_looked_up,
     TimerFired: Core._timer_fired,
-    CancelRequested: Core._cancel_requested,
-    BodyReturned: Core._body_returned,
+    CancelRequested: _endings.cancel_requested,
+    ArtifactsLost: _endings.artifacts_lost,
+    BodyStarted: _endings.body_started,
+    BodyReturned: _endings.body_returned,
+    Flushed: _endings.flushed,
 }

@@ -3,9 +3,10 @@
 One engine thread owns the core. Flow bodies (any thread) and executors (through their listener) put
 messages on its queue; the loop turns them into events, hands them to the core in batches, and carries
 out the instructions that come back: submit batches to executors, cancel handles, hand transitions and
-run records to the recorder, look stored results up, keep timers, resolve futures and wake whoever
-waits. Several executors can serve one run (a task routed elsewhere than the flow's executor); each
-has its own batches, capacity and cancel.
+run records to the recorder, flush it (and report back), look stored results up, keep timers, resolve
+futures and wake whoever waits. It decides nothing about state: what the recorder learns (a lost
+artifact store, a flush done) comes back to the core as an event. Several executors can serve one run
+(a task routed elsewhere than the flow's executor); each has its own batches, capacity and cancel.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
-from gflow.errors import GflowError
+from gflow.errors import GflowError, StoreError
 from gflow.executors import get_executor, settings_key
 from gflow.executors.base import CallDone, CallEvent, CallStarted, Executor
 from gflow.flows._core import Core
 from gflow.flows._events import (
     ArmTimer,
+    ArtifactsLost,
     BodyReturned,
+    BodyStarted,
     CacheHit,
     CacheLookedUp,
     CallsAdded,
@@ -37,6 +40,8 @@ from gflow.flows._events import (
     Event,
     ExecutorAdded,
     Finished,
+    Flush,
+    Flushed,
     Instruction,
     LookUp,
     Record,
@@ -82,7 +87,9 @@ class Engine:
         self.store = store
         self.artifacts = artifacts
         self.core = Core(resume=resume, rerun_changed=rerun_changed, use_cache=use_cache)
-        self.recorder = Recorder(store, artifacts, on_state_error=lambda: self.q.put(("state-failed",)))
+        self.recorder = Recorder(store, artifacts,
+                                 on_lost=lambda e: self.q.put(ArtifactsLost("artifact-store-failed", e)),
+                                 on_state_error=lambda: self.q.put(("state-failed",)))
         self.q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.executors: dict[str, Executor] = {}
         self._owned: list[Executor] = []
@@ -93,6 +100,8 @@ class Engine:
         self.backends = dict(backends or {})
         self.futures: dict[str, Future] = {}
         self.finished: dict[str, RunFinished] = {}
+        #: top-level runs whose record was written (None) or could not be (the error)
+        self._created: dict[str, BaseException | None] = {}
         self._cond = threading.Condition()
         self._waiters = 0
         #: future ids someone waits on (their counts); only their resolution wakes the waiters
@@ -174,6 +183,22 @@ class Engine:
     def start_run(self, record: RunRecord, parent: str | None = None, create: bool = False) -> None:
         self.q.put(RunStarted("run-started", record, parent, create))
 
+    def create_run(self, record: RunRecord, timeout: float | None = 120.0) -> None:
+        """Start a top-level run the way a subflow starts (the core records it); return once its record is
+        written. It is RUNNING at :meth:`body_started`.
+
+        Raises:
+            StoreError: if the record cannot be created.
+        """
+        self.q.put(RunStarted("run-started", record, None, True, False))
+        self._wait_for(lambda: record.id in self._created, timeout, f"the record of run {record.id}")
+        err = self._created.pop(record.id)
+        if err is not None:
+            raise StoreError(f"could not create run {record.id} in {self.store.url}: {err}") from err
+
+    def body_started(self, run_id: str) -> None:
+        self.q.put(BodyStarted("body-started", run_id))
+
     def body_returned(self, run_id: str, value: Any = None, error: BaseException | None = None,
                       traceback: str = "") -> None:
         self.q.put(BodyReturned("body-returned", run_id, value, error, traceback))
@@ -241,7 +266,6 @@ class Engine:
         self._thread.join(timeout=30)
         try:
             self.recorder.close()
-            self._fail_held_back()
         finally:
             for ex in self._owned:
                 try:
@@ -252,20 +276,6 @@ class Engine:
             # freed at once by reference counting, not left for a full garbage collection to find
             self.futures.clear()
             self.core.release()
-
-    def _fail_held_back(self) -> None:
-        """Calls whose results could not be stored end FAILED in the store (a resume computes them again)."""
-        held = self.recorder.held_back
-        if not held:
-            return
-        err = self.recorder.artifact_error
-        now = time.time()
-        from gflow.store import Transition
-        from gflow.store.base import R_ATTEMPT, R_ID, R_RUN
-
-        self.store.apply([Transition(t[R_ID], t[R_RUN], State.FAILED, t[R_ATTEMPT], now,
-                                     error=f"ArtifactStoreError: its result was computed but could not be stored "
-                                           f"({err})") for t in held])
 
     def __enter__(self) -> Engine:
         return self
@@ -308,12 +318,10 @@ class Engine:
                 self._periodic(events)
                 try:
                     if events:
-                        self._execute(core.handle_many(events, now))
+                        self._execute(core.handle_many(self._with_dispatch(events), now))
                     self._dispatch_all()
                 except GflowError as e:  # a known fault (a bad setting found mid-run): fail the runs, not the engine
                     self._gflow_error(e)
-                if self.recorder.artifact_error is not None and self.cancelled_by is None:
-                    self._artifact_failure()
                 if self.recorder.state_error is not None and self.cancelled_by is None:
                     self._gflow_error(self.recorder.state_error)  # nothing can be recorded: stop computing
                 if self._notify:
@@ -390,12 +398,14 @@ class Engine:
             events.append(CancelRequested("cancelled-outside", None, f"run cancelled from outside "
                                                                        f"({self.cancelled_by})", True))
 
-    def _artifact_failure(self) -> None:
-        """Results cannot be stored: stop the run (FAILED, resumable) instead of computing what is lost."""
-        err = self.recorder.artifact_error
-        self.cancelled_by = str(err)
-        self._execute(self.core.handle(CancelRequested("artifact-store-failed", None, str(err), error=err),
-                                       time.time()))
+    def _with_dispatch(self, events: list[Event]) -> list[Event]:
+        """``events``, then a ``Dispatch`` per executor with room: the calls they make ready go out in the same
+        step (a chain then costs the core one step per link for the outcome and the next submit, not two)."""
+        for name, ex in list(self.executors.items()):
+            cap = ex.capacity()
+            if cap > 0:
+                events.append(Dispatch("capacity", name, min(cap, 10_000)))
+        return events
 
     def _gflow_error(self, err: GflowError) -> None:
         """A gflow error raised while handling events (e.g. a signing key file other users can read, found when
@@ -438,11 +448,35 @@ class Engine:
                 work.extend(self._lookup(ins))
             elif type(ins) is RecordRun:
                 rec.add_run(ins)
+                if ins.create is not None and ins.create.parent_run is None:
+                    rec.add_marker(self._created_marker(ins.run_id))
+            elif type(ins) is Flush:
+                rec.add_marker(self._flushed_marker(ins.run_id))
             elif type(ins) is RunFinished:
                 self.finished[ins.run_id] = ins
                 self._notify = True
             else:  # pragma: no cover - a new instruction type without a handler is a bug
                 raise GflowError(f"the engine cannot carry out {ins!r}")
+
+    def _flushed_marker(self, run_id: str) -> Any:
+        """What the recorder calls once everything before a ``Flush`` is written: the core hears it as ``Flushed``."""
+        rec = self.recorder
+
+        def flushed() -> None:
+            lost = rec.artifact_error if rec.artifact_error is not None else rec.state_error
+            self.q.put(Flushed("flushed", run_id, lost, rec.take_held_back()))
+
+        return flushed
+
+    def _created_marker(self, run_id: str) -> Any:
+        rec = self.recorder
+
+        def created() -> None:
+            with self._cond:
+                self._created[run_id] = rec.create_errors.pop(run_id, None)
+                self._cond.notify_all()
+
+        return created
 
     def _submit(self, ins: Submit) -> list[Instruction]:
         ex = self.executors[ins.executor]

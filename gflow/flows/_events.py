@@ -29,11 +29,11 @@ class TaskState:
 
     __slots__ = ("id", "run_id", "task", "kind", "arguments", "deps", "waiting", "dependents", "state", "attempt",
                  "value", "error", "key", "ikey", "image", "handle", "desc", "index", "executor", "expand", "stash",
-                 "looking", "result_ref", "result_inline", "started", "speculative", "twins")
+                 "looking", "result_ref", "result_inline", "started", "speculative", "twins", "version")
 
     def __init__(self, id: str, run_id: str, task: Any, arguments: Any, deps: list[Any], *, kind: str = CALL,
                  key: str | None = None, ikey: str | None = None, index: int | None = None, executor: str = "",
-                 expand: Any = None, image: str | None = None):
+                 expand: Any = None, image: str | None = None, version: str | None = None):
         self.id = id
         self.run_id = run_id
         self.task = task
@@ -52,6 +52,8 @@ class TaskState:
         self.ikey = ikey
         #: the image its calls run in (part of the cache key), from the executor
         self.image = image
+        #: the task's code version (part of the cache key), computed outside the core: the core reads no files
+        self.version = version
         self.handle: Any = None
         #: the executor's description of the handle (job id, container, ...), recorded with RUNNING
         self.desc: str | None = None
@@ -111,7 +113,8 @@ class RunStarted(Event):
 
     run: RunRecord | None = None
     parent: str | None = None
-    create: bool = False  # record the run (subflows); a top-level run is created before the engine starts
+    create: bool = False  # record the run (created, then RUNNING), in order with the task transitions
+    running: bool = True  # False: its body starts later (``BodyStarted``), after whoever watches it subscribed
 
 
 @dataclass(slots=True)
@@ -188,6 +191,32 @@ class CancelRequested(Event):
 
 
 @dataclass(slots=True)
+class BodyStarted(Event):
+    """A top-level run's body starts now (its record was created by ``RunStarted(running=False)``)."""
+
+    run_id: str = ""
+
+
+@dataclass(slots=True)
+class ArtifactsLost(Event):
+    """The recorder could not write results to the artifact store: every run of the engine ends FAILED with
+    ``error`` (resumable), and no more work starts."""
+
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class Flushed(Event):
+    """Everything recorded before a ``Flush`` is written, or given up on. ``lost``: why some of it is not stored
+    (the artifact store lost results, or the state store refused writes for too long; set once it happened);
+    ``held_back``: transitions the recorder did not write because a blob they reference was lost."""
+
+    run_id: str = ""
+    lost: BaseException | None = None
+    held_back: list[Row] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class BodyReturned(Event):
     """A flow body returned ``value`` (which may hold futures) or raised ``error``."""
 
@@ -255,6 +284,14 @@ class RecordRun(Instruction):
     result_ref: str | None = None
     result_inline: str | None = None
     blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Flush(Instruction):
+    """Write everything recorded so far, then report back with ``Flushed`` (a run's work is done: the core
+    decides how it ends once it knows its results are stored)."""
+
+    run_id: str = ""
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from gflow._context import current_flow
 from gflow.errors import InvalidArguments
 from gflow.flows._engine import Engine
-from gflow.flows._events import MAP, SUBFLOW, RunFinished, TaskState
+from gflow.flows._events import MAP, SUBFLOW, TaskState
 from gflow.flows._future import _LEAF, Future, find_futures, resolve
 from gflow.flows._gc import gc_tuned
 from gflow.flows._keys import compute_keys
@@ -26,7 +26,7 @@ from gflow.flows._runs import open_run_context, prepare_resume
 from gflow.serialization import encode
 from gflow.states import State
 from gflow.store import RunRecord
-from gflow.tasks import ArgumentValidator
+from gflow.tasks import ArgumentValidator, code_version
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -87,6 +87,7 @@ class FlowRun:
         else:
             executor, image = where
         key = ikey = None
+        version = code_version(task)  # here, in the flow's thread: the scheduling core reads no files
         deps: list[str] = []
         if futs:
             for f in futs:
@@ -96,9 +97,9 @@ class FlowRun:
             deps = list(dict.fromkeys(f.id for f in futs))
         else:
             arguments = validator.validate(arguments)
-            key, ikey = compute_keys(task, arguments, image)
+            key, ikey = compute_keys(task, arguments, image, version)
         return TaskState(self.next_id(), self.id, task, arguments, deps, key=key, ikey=ikey, index=index,
-                         executor=executor, image=image)
+                         executor=executor, image=image, version=version)
 
     def call(self, task: Any, args: tuple, kwargs: dict) -> Future:
         ts = self.task_state(task, args, kwargs)
@@ -288,10 +289,9 @@ class Flow(Generic[P, R]):
                                    host=socket.gethostname(), pid=os.getpid(),
                                    resumed_from=resume.run.id if resume else None, image_tag=image_tag,
                                    extra={"profile": rc.profile_name})
-                st.create_run(record)
+                engine.create_run(record)  # through the core, like a subflow; written before the body starts
                 stop_observer = observer(run_id, engine) if observer else None
                 try:
-                    st.set_run_state(run_id, State.RUNNING, time.time())
                     return self._drive(engine, record, arguments, return_run)
                 finally:
                     if stop_observer:
@@ -300,9 +300,10 @@ class Flow(Generic[P, R]):
                 engine.close()
 
     def _drive(self, engine: Engine, record: RunRecord, arguments: dict[str, Any], return_run: bool) -> Any:
+        """Run the body and wait for the run's end, as the scheduling core decided it (this reports it)."""
         run_id = record.id
         engine.watch = run_id
-        engine.start_run(record)
+        engine.body_started(run_id)
         ctx = FlowRun(self, run_id, engine)
         returned = interrupted = False
         try:
@@ -329,12 +330,6 @@ class Flow(Generic[P, R]):
         engine.close()  # every transition and the run's terminal state are written before we return
         if interrupted:
             raise KeyboardInterrupt
-        lost = engine.recorder.artifact_error
-        if lost is not None and fin.state is State.SUCCEEDED:  # results it claims could not all be stored
-            fin = RunFinished(fin.stimulus_id, run_id, State.FAILED, None, lost, fin.reused_changed)
-        unrecorded = engine.recorder.state_error
-        if unrecorded is not None and fin.state is State.SUCCEEDED:  # the store does not know it succeeded
-            fin = RunFinished(fin.stimulus_id, run_id, State.FAILED, None, unrecorded, fin.reused_changed)
         if fin.state is State.SUCCEEDED:
             if return_run:
                 return RunResult(run_id, fin.state, fin.value, None, fin.reused_changed)

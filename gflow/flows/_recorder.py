@@ -7,7 +7,12 @@ state) is written only after every transition appended before it. A failed state
 with backoff rather than dropped. A failed *blob* write (the artifact store is full or gone) is not
 retried forever: the transitions that reference the missing blob are held back (their task runs stay
 unfinished in the store, so a resume computes them again), everything else is still recorded, and
-:attr:`Recorder.artifact_error` tells the engine, which ends the run FAILED naming the artifact store.
+``on_lost`` tells the engine, which hands it to the scheduling core as an event (``ArtifactsLost``).
+
+The recorder decides nothing about state: it writes what it is given. A *marker* (``add_marker``) is
+called back once everything added before it is written; the engine uses one per ``Flush`` so that the
+core learns, before it decides how a run ends, whether that run's results are stored and which
+transitions were held back (``take_held_back``).
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from gflow.artifacts import ArtifactStore
 from gflow.errors import ArtifactStoreError, ConfigError, GflowError, InvalidTransition, StoreError, StoreFull
 from gflow.flows._events import RecordRun
-from gflow.states import State
 from gflow.store import Store
 from gflow.store.base import R_ID, R_RESULT_INLINE, R_RESULT_REF, R_STATE, Row
 
@@ -61,17 +66,32 @@ def state_retry_seconds() -> float:
     return value
 
 
+#: tries of a run record's creation before it counts as failed (reported by ``create_errors``), not retried forever
+CREATE_TRIES = 5
+
+
+class _Marker:
+    """Called back from the writer thread once everything added before it is written."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]):
+        self.fn = fn
+
+
 class Recorder:
     """The engine's recorder; a context manager (``close`` flushes)."""
 
     def __init__(self, store: Store, artifacts: ArtifactStore, *, interval: float = 0.05, max_batch: int = 20000,
                  writer_mode: str | None = None, pending_hold: float = 0.5, clock: Any = time.monotonic,
-                 state_retry: float | None = None, sleep: Any = time.sleep, on_state_error: Any = None):
+                 state_retry: float | None = None, sleep: Any = time.sleep, on_state_error: Any = None,
+                 on_lost: Callable[[ArtifactStoreError], None] | None = None):
         self.store = store
         self.artifacts = artifacts
         self.interval = interval
         self.pending_hold = pending_hold
         self.clock = clock
+        self.on_lost = on_lost
         self.sleep = sleep
         #: seconds state writes may keep failing before the recorder gives up (:func:`state_retry_seconds`)
         self.state_retry = state_retry_seconds() if state_retry is None else state_retry
@@ -97,7 +117,11 @@ class Recorder:
         #: set when blobs could not be written: the run cannot keep its results
         self.artifact_error: ArtifactStoreError | None = None
         self.lost_blobs: set[str] = set()
+        #: transitions not written because a blob they reference was lost (see ``take_held_back``)
         self.held_back: list[Row] = []
+        #: run records whose creation failed, by run id (taken by the engine); later records of them are not written
+        self.create_errors: dict[str, BaseException] = {}
+        self._not_created: set[str] = set()
         #: PENDING rows waiting to be written with their call's next transition (``pending_hold``)
         self._held: dict[str, Row] = {}
         self._held_order: deque[tuple[float, str]] = deque()
@@ -122,6 +146,17 @@ class Recorder:
         self._items.append(ins)
         self.enqueued += 1
         self._wake.set()
+
+    def add_marker(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (from the writer thread) once everything added so far is written (or given up on)."""
+        self._items.append(_Marker(fn))
+        self.enqueued += 1
+        self._wake.set()
+
+    def take_held_back(self) -> list[Row]:
+        """The transitions held back since the last call (a blob they reference was lost)."""
+        out, self.held_back = self.held_back, []
+        return out
 
     def flush(self, timeout: float | None = 120.0) -> None:
         """Block until everything added so far is written; raise StoreError if it cannot be."""
@@ -167,11 +202,11 @@ class Recorder:
             while items or self._held:
                 blobs: dict[str, bytes] = {}
                 batch: list[Row] = []
-                run_ins: RecordRun | None = None
+                run_ins: RecordRun | _Marker | None = None
                 n = 0
                 while items and len(batch) < self.max_batch:
                     item = items[0]
-                    if isinstance(item, RecordRun):
+                    if isinstance(item, (RecordRun, _Marker)):
                         if batch or blobs:
                             break  # write what comes before it first
                         run_ins = items.popleft()
@@ -192,7 +227,12 @@ class Recorder:
                     if self.lost_blobs:
                         batch = self._hold_back(batch)
                     self._apply(batch)
-                if run_ins is not None:
+                if isinstance(run_ins, _Marker):
+                    try:
+                        run_ins.fn()
+                    except Exception:  # noqa: BLE001 - a callback's failure must not stop recording
+                        log.exception("a recorder marker failed")
+                elif run_ins is not None:
                     self._apply_run(run_ins)
                 with self._cond:
                     self.written += n
@@ -257,6 +297,8 @@ class Recorder:
                             f"could not write results to the artifact store {self.artifacts.url}: "
                             f"{type(e).__name__}: {e}")
                         log.error("%s", self.artifact_error)
+                        if self.on_lost is not None:
+                            self.on_lost(self.artifact_error)
                     return
                 log.warning("artifact write to %s failed (%s); retrying", self.artifacts.url, e)
                 time.sleep(backoff)
@@ -306,15 +348,10 @@ class Recorder:
     def _apply_run(self, ins: RecordRun) -> None:
         if ins.result_ref is not None and ins.result_inline is None and ins.result_ref in self.lost_blobs:
             ins.result_ref = None  # never claim a result that cannot be read
-        if self.artifact_error is not None and ins.state is State.SUCCEEDED:
-            # some results of this run could not be stored: it did not succeed (and can be resumed)
-            ins.state, ins.error = State.FAILED, f"ArtifactStoreError: {self.artifact_error}"
-            ins.result_ref = ins.result_inline = None
-        if self.state_error is not None and ins.state is State.SUCCEEDED:
-            # transitions of this run were not recorded: the store must not say it succeeded (a resume completes it)
-            ins.state, ins.error = State.FAILED, f"{type(self.state_error).__name__}: {self.state_error}"
-            ins.result_ref = ins.result_inline = None
+        if ins.run_id in self._not_created:
+            return  # its record is someone else's (the id was taken): leave it alone
         backoff = 0.1
+        tries = 0
         while True:
             try:
                 if ins.create is not None:
@@ -329,7 +366,14 @@ class Recorder:
                 return
             except Exception as e:  # noqa: BLE001 - retried like transitions
                 self.error = e
-                if self._closing or self._give_up(e, 1):
+                tries += 1
+                give_up = self._closing or self._give_up(e, 1)
+                if ins.create is not None and (give_up or tries >= CREATE_TRIES):
+                    log.error("could not create the record of run %s: %s", ins.run_id, e)
+                    self.create_errors[ins.run_id] = e
+                    self._not_created.add(ins.run_id)
+                    return
+                if give_up:
                     return
                 log.warning("run record write failed (%s); retrying in %.1fs", e, backoff)
                 self.sleep(backoff)

@@ -65,9 +65,10 @@ def prepare_resume(store: Store, run_id: str, new_run_id: str, force: bool = Fal
     """Claim ``run_id`` for a resume by ``new_run_id`` and collect what it finished.
 
     A run still marked RUNNING whose driver is gone is first recorded FAILED (``DriverLost``), with its
-    unfinished task runs. The claim is atomic in the store: of two drivers resuming one run at once,
-    one wins and the other is refused. A run whose earlier resume SUCCEEDED, or is still being driven,
-    is refused naming that resume, unless ``force``.
+    unfinished task runs: the one run state written outside a scheduling core, because that run's core died
+    with its driver (a live run's end is decided only by its core, see ``gflow.flows._core``). The claim is
+    atomic in the store: of two drivers resuming one run at once, one wins and the other is refused. A run
+    whose earlier resume SUCCEEDED, or is still being driven, is refused naming that resume, unless ``force``.
 
     Raises:
         RunNotFound, ResumeRefused.

@@ -17,6 +17,7 @@ from gflow import _context
 from gflow._context import current_flow
 from gflow.errors import InvalidArguments
 from gflow.tasks._options import TaskOptions
+from gflow.tasks._version import code_version
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -160,6 +161,13 @@ class Task(Generic[P, R]):
         self.version = options.version or source_hash(fn)
         self.validator = ArgumentValidator(fn, f"task '{self.name}'")
         functools.update_wrapper(self, fn)
+
+    @property
+    def code_version(self) -> str:
+        """The version of the code this task runs (part of its calls' cache keys): its pinned ``version``, else a
+        hash of its source and the project code it references. Computed on first use (it reads source files)
+        and cached on the task, so the scheduling core, which reads no files, gets it with each call."""
+        return code_version(self)
 
     # -- calling -----------------------------------------------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
