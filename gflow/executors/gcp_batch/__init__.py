@@ -1,0 +1,1 @@
+"""Google Cloud Batch (``gcp-batch://PROJECT/REGION``): see docs/gcp-batch.md."""
