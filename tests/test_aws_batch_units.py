@@ -47,7 +47,7 @@ def test_registry_finds_the_executor_by_both_schemes_and_round_trips_its_url():
     assert {"aws-batch", "aws_batch"} <= set(known_executors())
     ex = get_executor("aws-batch://research-gpu?region=us-east-1&chunk=2&tag.team=x")
     assert isinstance(ex, AwsBatchExecutor) and ex.queue == "research-gpu" and ex.chunk == 2
-    assert ex.capabilities.array_jobs and ex.capabilities.needs_image and ex.capabilities.kills_on_timeout
+    assert ex.capabilities.array_jobs and ex.capabilities.reports_start
     again = get_executor(ex.url)
     assert (again.queue, again.region, again.chunk, again.tags) == ("research-gpu", "us-east-1", 2, {"team": "x"})
     assert isinstance(get_executor("aws_batch://q?region=eu-west-1"), AwsBatchExecutor)

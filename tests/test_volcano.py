@@ -157,7 +157,7 @@ def test_resource_quantities():
 
 def test_capabilities_are_declared():
     caps = VolcanoExecutor.capabilities
-    assert caps.array_jobs and caps.needs_image and caps.kills_on_timeout and caps.pushes_events
+    assert caps.array_jobs and caps.reports_start
     assert caps.reports_start and not caps.accepts_refs
 
 

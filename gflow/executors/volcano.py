@@ -88,8 +88,7 @@ class VolcanoExecutor(RunArtifacts, Executor):
     """
 
     name = "volcano"
-    capabilities = Capabilities(pushes_events=True, reports_start=True, kills_on_timeout=True, needs_image=True,
-                                array_jobs=True)
+    capabilities = Capabilities(reports_start=True, array_jobs=True)
 
     def __init__(self, namespace: str | None = None, *, queue: str = "default", image: str | None = None,
                  bundle: str | None = None, registry: str | None = None, build: bool = True,
