@@ -93,7 +93,7 @@ class GcsArtifactStore(ArtifactStore):
         return self._client
 
     def _make_client(self) -> Any:
-        from google.cloud import storage
+        from google.cloud import storage  # type: ignore[attr-defined]
 
         from gflow.executors.gcp_batch._google import emulator_host, translate
 

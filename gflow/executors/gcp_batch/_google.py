@@ -115,9 +115,10 @@ def translate(e: BaseException, what: str, *, project: str | None = None,
 
 
 def call(fn: Callable[..., Any], backoff: Backoff, *, what: str, op: str, counter: ApiCounter | None = None,
-         idempotent: bool = True, project: str | None = None, **kw: Any) -> Any:
+         idempotent: bool = True, project: str | None = None, passthrough: tuple[int, ...] = (), **kw: Any) -> Any:
     """``fn(**kw)``, retried with ``backoff`` on 429 (and, when ``idempotent``, on server errors and
-    dropped connections); other errors translated by :func:`translate`. Each try is counted under ``op``."""
+    dropped connections); other errors translated by :func:`translate`. Each try is counted under ``op``.
+    Errors with an HTTP status in ``passthrough`` are raised as they are (the caller handles them)."""
     n = 0
     while True:
         if counter is not None:
@@ -127,6 +128,8 @@ def call(fn: Callable[..., Any], backoff: Backoff, *, what: str, op: str, counte
         except GflowError:
             raise
         except Exception as e:  # noqa: BLE001 - every Google error is translated here, at the boundary
+            if passthrough and status_of(e)[0] in passthrough:
+                raise
             again = throttled(e) or (idempotent and transient(e))
             if not again or n + 1 >= backoff.tries:
                 raise translate(e, what, project=project) from None
