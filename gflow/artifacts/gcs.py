@@ -101,8 +101,15 @@ class GcsArtifactStore(ArtifactStore):
             if emulator_host():
                 from google.auth.credentials import AnonymousCredentials
 
-                return storage.Client(project=self.project or "gflow-emulator", credentials=AnonymousCredentials())
-            return storage.Client(project=self.project)
+                client = storage.Client(project=self.project or "gflow-emulator", credentials=AnonymousCredentials())
+            else:
+                client = storage.Client(project=self.project)
+            import requests.adapters
+
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, self.max_workers))
+            for prefix in ("https://", "http://"):  # one connection per parallel request in put_many/get_many
+                client._http.mount(prefix, adapter)
+            return client
         except Exception as e:  # noqa: BLE001 - no credentials, no project
             raise translate(e, f"artifact store {self.url}", project=self.project, error=ConfigError) from None
 

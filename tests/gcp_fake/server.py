@@ -70,13 +70,15 @@ class ApiError(Exception):
 @dataclass
 class Fault:
     """Answer ``times`` requests of operation ``op`` (``create``, ``get``, ``list``, ``delete``, ``tasks.list``,
-    ``tasks.get``) with ``code`` (None: every one)."""
+    ``tasks.get``) with ``code`` (``times`` None: every one). ``after``: do the work first, then answer with
+    the error (an answer lost on the way)."""
 
     op: str
     code: int
     message: str = "injected"
     reason: str = ""
     times: int | None = 1
+    after: bool = False
 
 
 def schema_errors(body: Any) -> list[str]:
@@ -234,13 +236,16 @@ class FakeBatch:
         self.server.server_close()
 
     # -- requests ----------------------------------------------------------------------------------------
-    def _count(self, op: str, kind: str) -> None:
+    def _count(self, op: str, kind: str) -> Fault | None:
+        """Count a request; raise an injected fault or 429 past the quota; return a fault to raise after the work."""
         with self.lock:
             self.requests[op] += 1
             for f in self.faults:
                 if f.op == op and (f.times is None or f.times > 0):
                     if f.times is not None:
                         f.times -= 1
+                    if f.after:
+                        return f
                     raise ApiError(f.code, f.message, f.reason)
             now = self.clock()
             w = self._window[kind]
@@ -252,6 +257,7 @@ class FakeBatch:
                                     f"'{kind} requests per minute per region' of service 'batch.googleapis.com'",
                                "RATE_LIMIT_EXCEEDED")
             w.append(now)
+        return None
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], raw: bytes) -> tuple[int, dict]:
         m = _TASKS.match(path)
@@ -274,9 +280,12 @@ class FakeBatch:
             raise ApiError(404, f"no such method: {method} {path}")
         project, region, job_id = m.groups()
         if method == "POST" and not job_id:
-            self._count("create", "mutation")
+            lost = self._count("create", "mutation")
             self._location(project, region)
-            return 200, self._create(project, region, (query.get("jobId") or [""])[0], raw)
+            out = self._create(project, region, (query.get("jobId") or [""])[0], raw)
+            if lost is not None:
+                raise ApiError(lost.code, lost.message, lost.reason)
+            return 200, out
         if method == "GET" and job_id:
             self._count("get", "read")
             self._location(project, region)

@@ -42,10 +42,10 @@ def parse_url(spec: str) -> dict[str, Any]:
     if scheme not in ("gcp-batch", "gcp_batch") or (not sep and rest):
         raise ConfigError(f"{spec!r} is not a Google Cloud Batch executor URL: use {EXAMPLE}")
     where, _, query = rest.partition("?")
-    parts = [urllib.parse.unquote(p) for p in where.strip("/").split("/")] if where.strip("/") else []
+    parts = [urllib.parse.unquote(p) for p in where.rstrip("/").split("/")] if where.rstrip("/") else []
     if len(parts) > 2:
         raise ConfigError(f"gcp-batch executor {spec!r}: expected {EXAMPLE}, got {len(parts)} path parts")
-    kw: dict[str, Any] = dict(zip(("project", "region"), parts))
+    kw: dict[str, Any] = {k: v for k, v in zip(("project", "region"), parts) if v}
     for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         head, dot, sub = key.partition(".")
         if dot and head in DICTS:
