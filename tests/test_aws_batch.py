@@ -243,7 +243,7 @@ def test_status_costs_one_describe_per_100_jobs_and_nothing_more_while_quiet(aws
 
 # -- throttling ------------------------------------------------------------------------------------------
 def test_throttled_submissions_are_retried_with_jittered_backoff(aws):
-    from gflow.executors._aws_client import Backoff
+    from gflow.clouds.aws import Backoff
 
     proxy = aws.proxy(Fault("submitjob", times=3))
     slept: list[float] = []
@@ -263,7 +263,7 @@ def test_a_lost_submit_answer_is_looked_up_not_submitted_twice(aws):
 
 
 def test_a_throttling_storm_is_one_clear_error_and_stored_inputs_stay(aws):
-    from gflow.executors._aws_client import Backoff
+    from gflow.clouds.aws import Backoff
 
     proxy = aws.proxy(Fault("submitjob", times=None))
     ex = aws.executor(backoff=Backoff(tries=5, sleep=lambda s: None))
@@ -275,7 +275,7 @@ def test_a_throttling_storm_is_one_clear_error_and_stored_inputs_stay(aws):
 
 
 def test_throttled_polling_still_completes(aws):
-    from gflow.executors._aws_client import Backoff
+    from gflow.clouds.aws import Backoff
 
     proxy = aws.proxy(Fault("describejobs", times=4), Fault("listjobs", times=2))
     ex = aws.executor(backoff=Backoff(base=0.01))
@@ -367,7 +367,7 @@ def test_a_plain_image_missing_from_its_registry_is_refused_up_front(aws, store)
 
 
 def test_ecr_images_are_looked_up_and_repositories_created_through_the_ecr_api(aws):
-    from gflow.executors._aws_images import Images, is_ecr
+    from gflow.executors.aws_batch._images import Images, is_ecr
 
     registry = "123456789012.dkr.ecr.us-east-1.amazonaws.com/team"
     assert is_ecr(registry) and not is_ecr("127.0.0.1:5000") and not is_ecr("ghcr.io/org")

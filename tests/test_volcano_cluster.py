@@ -444,7 +444,7 @@ tolerations = ["nvidia.com/gpu:NoSchedule"]
 def test_an_invalid_object_is_translated_into_one_line(cluster):
     from kubernetes import client
 
-    from gflow.executors._k8s_client import k8s_error, load_api_client
+    from gflow.executors.volcano._k8s import k8s_error, load_api_client
 
     api, ns = load_api_client(kubeconfig=cluster.kubeconfig)
     body = {"apiVersion": "batch.volcano.sh/v1alpha1", "kind": "Job", "metadata": {"name": "Bad_Name"},

@@ -54,6 +54,7 @@ from typing import Any
 from gflow.errors import error_class
 from gflow.executors.events import CallDone, CallEvent, CallStarted, Listener
 from gflow.states import State
+from gflow.tasks import Task
 
 __all__ = ["UPSTREAM_PENDING", "Call", "CallDone", "CallEvent", "CallStarted", "Capabilities", "Executor", "JobStatus",
            "Listener", "Outcome", "Ref", "StartReport", "importable_problem", "qualname", "run_task"]
@@ -168,8 +169,6 @@ def importable_problem(task: Any) -> str | None:
     """Why another process (a pool worker, a Dask worker, a container) could not import ``task`` by
     its ``module:qualname``; None if it can, as far as this process can tell (the module must also be
     installed or on the path there)."""
-    from gflow.tasks import Task
-
     mod_name, _, qual = task.identity.partition(":")
     if "<locals>" in qual:
         return (f"task '{task.name}' is defined inside a function ({task.identity}); other processes import "

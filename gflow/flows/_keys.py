@@ -32,7 +32,7 @@ import types
 from typing import Any
 
 from gflow.errors import SerializationError
-from gflow.serialization import _dumps, to_jsonable
+from gflow.serialization import canonical_json, to_jsonable
 
 _encode_str = json.encoder.encode_basestring  # what the canonical encoder writes strings with (ensure_ascii=False)
 
@@ -54,7 +54,7 @@ def compute_keys(task: Any, arguments: dict[str, Any], image: str | None = None)
         except SerializationError:  # again, naming the argument (not formatted on the common path)
             tree = {k: to_jsonable(v, blobs, allow, f"task '{task.name}' argument '{k}'")
                     for k, v in arguments.items()}
-        inputs = _dumps(tree)
+        inputs = canonical_json(tree)
     ident = task.identity
     ikey = hashlib.sha256(f"{ident}\0{inputs}".encode()).hexdigest()
     key = hashlib.sha256(f"{ident}\0{code_version(task)}\0{image or ''}\0{inputs}".encode()).hexdigest()

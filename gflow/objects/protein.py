@@ -8,6 +8,7 @@ from typing import Any, Self
 
 from pydantic import Field, field_validator, model_validator
 
+from . import fasta as _fasta
 from ._base import GflowObject, Metadata
 
 STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
@@ -176,9 +177,7 @@ class Protein(GflowObject):
             ValueError: If the input is neither FASTA text nor an existing file, or is malformed (naming the
                 record, its number and line).
         """
-        from .fasta import iter_fasta
-
-        return list(iter_fasta(text_or_path, cls))
+        return list(_fasta.iter_fasta(text_or_path, cls))
 
     def to_fasta(self, width: int = 60) -> str:
         """Renders this protein as a FASTA record (``from_fasta`` reads it back).
@@ -198,3 +197,4 @@ class Protein(GflowObject):
         return "\n".join([f">{header}", *lines]) + "\n"
 
 
+_fasta.default_record_class = Protein

@@ -24,11 +24,11 @@ from functools import partial
 from typing import Any
 
 from gflow.errors import ConfigError, ExecutorError
-from gflow.executors import _volcano_manifest as vm
 from gflow.executors._batch import RunArtifacts, chunk, group_by_task, write_manifest
-from gflow.executors._k8s_client import ListWatch, is_status, k8s_error, load_api_client
-from gflow.executors._volcano_runtime import Handle, JobRec, Tracker
 from gflow.executors.base import Call, Capabilities, Executor, JobStatus
+from gflow.executors.volcano import _manifest as vm
+from gflow.executors.volcano._k8s import ListWatch, is_status, k8s_error, load_api_client
+from gflow.executors.volcano._runtime import Handle, JobRec, Tracker
 
 log = logging.getLogger("gflow.executors.volcano")
 BUNDLE_SEP = "#bundle="

@@ -13,7 +13,7 @@ targets AWS, moto or LocalStack. Guide: ``docs/aws-batch.md``.
   image/resources/timeout/retry policy, found again by its hashed name), one paged array manifest in
   the S3 artifact store (``gflow.executors._batch``), one SubmitJob per 10,000 children. Child ``i``
   runs ``gflow worker MANIFEST`` and finds its call(s) by its array index.
-- Status and outcomes: :mod:`gflow.executors._aws_monitor` (DescribeJobs in batches of 100, array
+- Status and outcomes: :mod:`gflow.executors.aws_batch._monitor` (DescribeJobs in batches of 100, array
   summaries, children listed only when they changed, adaptive polling, backoff with jitter on
   throttling). Outcomes carry ``result_ref`` and ``info`` (job id, array index, attempts, exit code,
   status reason, log stream).
@@ -29,11 +29,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from gflow.clouds import aws
 from gflow.errors import ConfigError, ExecutorError, GflowError
-from gflow.executors import _aws_client as aws
-from gflow.executors._aws_checks import check_queue, check_roles
-from gflow.executors._aws_images import Images
-from gflow.executors._aws_jobs import (
+from gflow.executors._batch import RunArtifacts, group_by_task, split_sizes, write_paged_manifest
+from gflow.executors.aws_batch._checks import check_queue, check_roles
+from gflow.executors.aws_batch._images import Images
+from gflow.executors.aws_batch._jobs import (
     DefinitionSpec,
     attempt_seconds,
     check_env,
@@ -44,9 +45,8 @@ from gflow.executors._aws_jobs import (
     resource_requirements,
     submit_request,
 )
-from gflow.executors._aws_monitor import DEFAULT_LOG_GROUP, BatchHandler, BatchMonitor, Handle, Job
-from gflow.executors._aws_options import merge, parse_url, render_url
-from gflow.executors._batch import RunArtifacts, group_by_task, split_sizes, write_paged_manifest
+from gflow.executors.aws_batch._monitor import DEFAULT_LOG_GROUP, BatchHandler, BatchMonitor, Handle, Job
+from gflow.executors.aws_batch._options import merge, parse_url, render_url
 from gflow.executors.base import Call, CallDone, CallEvent, Capabilities, Executor, JobStatus, Listener
 from gflow.executors.polling import Cadence
 
@@ -412,7 +412,7 @@ class AwsBatchExecutor(RunArtifacts, Executor):
     @classmethod
     def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
         """The CloudWatch log of a task run's Batch job (by its recorded log stream, or its job id)."""
-        from gflow.executors._aws_logs import fetch
+        from gflow.executors.aws_batch._logs import fetch
 
         kw = parse_url(spec, require_queue=False) if "://" in spec else {}
         ex = cls(**{"queue": "-", **kw, "check": False})  # a run given an executor object records only its name

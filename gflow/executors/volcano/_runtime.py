@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gflow.executors import _volcano_manifest as vm
-from gflow.executors import _volcano_status as vs
 from gflow.executors._batch import backend_failure, child_outcome
 from gflow.executors.base import Call, CallDone, CallEvent, CallStarted, Outcome
+from gflow.executors.volcano import _manifest as vm
+from gflow.executors.volcano import _status as vs
 from gflow.states import State
 
 
