@@ -172,3 +172,15 @@ def test_server_errors_become_artifact_store_errors(proxy):
     with pytest.raises(ArtifactStoreError, match=f"reading {d} from gs://{BUCKET}/x"):
         store.get(d)
     assert digest_of(b"data") == d
+
+
+@pytest.mark.parametrize("module, floor", [
+    ("gflow.artifacts.gcs", {"gflow.executors", "gflow.flows", "gflow.store", "gflow.images"}),
+    ("gflow.clouds.gcp", {"gflow.executors", "gflow.artifacts", "gflow.flows", "gflow.store"}),
+    ("gflow.executors.gcp_batch", {"gflow.store", "gflow.flows", "gflow.server"}),
+])
+def test_the_google_modules_stay_on_their_floors(module, floor):
+    from tests.test_layers import _loaded
+
+    loaded = _loaded(module)
+    assert not loaded & floor, f"{module} pulls in {sorted(loaded & floor)}"

@@ -95,7 +95,7 @@ class GcsArtifactStore(ArtifactStore):
     def _make_client(self) -> Any:
         from google.cloud import storage  # type: ignore[attr-defined]
 
-        from gflow.executors.gcp_batch._google import emulator_host, translate
+        from gflow.clouds.gcp import emulator_host, translate
 
         try:
             if emulator_host():
@@ -125,7 +125,7 @@ class GcsArtifactStore(ArtifactStore):
         return f"{self.prefix}/{rest}" if self.prefix else rest
 
     def _error(self, e: BaseException, what: str) -> GflowError:
-        from gflow.executors.gcp_batch._google import status_of, translate
+        from gflow.clouds.gcp import status_of, translate
 
         status, _, _ = status_of(e)
         if status == 404:

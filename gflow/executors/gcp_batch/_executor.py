@@ -29,11 +29,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from gflow.clouds import gcp as g
 from gflow.errors import ConfigError, ExecutorError, GflowError
 from gflow.executors._batch import RunArtifacts, group_by_task, split_sizes, write_paged_manifest
 from gflow.executors.base import Call, Capabilities, Executor, JobStatus, Listener
 from gflow.executors.events import CallDone, CallEvent
-from gflow.executors.gcp_batch import _google as g
 from gflow.executors.gcp_batch._images import Images
 from gflow.executors.gcp_batch._jobs import (
     MAX_TASKS,

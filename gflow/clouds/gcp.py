@@ -1,5 +1,6 @@
-"""What the Google Cloud Batch executor and the ``gs://`` artifact store share: credentials, endpoints,
-backoff on throttling, request counting, and one table from Google API errors to gflow errors.
+"""Google Cloud helpers shared by the Batch executor (``executors.gcp_batch``) and the ``gs://`` artifact store
+(``artifacts.gcs``): credentials, endpoints, backoff on throttling, request counting, and one table from Google
+API errors to gflow errors.
 
 Nothing here imports a Google library at module level: the ``gcp`` extra costs nothing until used.
 """
