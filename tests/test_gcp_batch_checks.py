@@ -182,7 +182,7 @@ def test_a_definition_over_1_mb_is_refused_before_it_is_sent(fake):
 
 
 def test_429_is_backed_off_with_jitter_and_counted(fake):
-    from gflow.executors.gcp_batch._google import Backoff
+    from gflow.clouds.gcp import Backoff
 
     now = [0.0]
     fake.clock = lambda: now[0]
@@ -203,7 +203,7 @@ def test_429_is_backed_off_with_jitter_and_counted(fake):
 
 
 def test_a_throttling_storm_is_one_clear_error_and_no_job_is_left(fake):
-    from gflow.executors.gcp_batch._google import Backoff
+    from gflow.clouds.gcp import Backoff
 
     fake.faults.append(Fault("create", 429, "Quota exceeded", "RATE_LIMIT_EXCEEDED", times=None))
     ex = executor(fake, backoff=Backoff(sleep=lambda s: None, tries=4))
@@ -214,7 +214,7 @@ def test_a_throttling_storm_is_one_clear_error_and_no_job_is_left(fake):
 
 
 def test_a_create_whose_answer_was_lost_is_not_made_twice(fake):
-    from gflow.executors.gcp_batch._google import Backoff
+    from gflow.clouds.gcp import Backoff
 
     fake.faults.append(Fault("create", 503, "backend unavailable", after=True))
     ex = executor(fake, backoff=Backoff(sleep=lambda s: None))
