@@ -232,3 +232,29 @@ def test_threads_do_not_leak(gcp):
     ex = executor(gcp)
     ex.close()
     assert threading.active_count() <= before + 1
+
+
+def test_dev_mode_ships_the_code_as_a_bundle_with_a_prebuilt_deps_image(gcp, store):
+    from gflow.artifacts import open_artifacts
+    from gflow.executors.docker import split_image_record
+
+    ex = executor(gcp, dev=True)
+    r = tasks.squares.run(2, executor=ex, artifacts=ARTS, return_run=True)
+    assert r.state is State.SUCCEEDED and r.value == 1
+    tag, bundle = split_image_record(store.get_run(r.id).image_tag)
+    assert tag == IMAGE and bundle and bundle.startswith("sha256:")
+    assert open_artifacts(ARTS).exists(bundle)  # the workers fetched their code from it
+    ex2 = executor(gcp)
+    ex2.pin(IMAGE, bundle)  # what replay does: the recorded image and bundle, nothing rebuilt
+    assert tasks.squares.run(2, executor=ex2, artifacts=ARTS) == 1
+
+
+def test_logs_are_looked_up_by_job_uid_and_task(gcp):
+    from gflow.executors.gcp_batch import GcpBatchExecutor
+    from gflow.executors.gcp_batch._logs import log_filter
+
+    assert log_filter("p", {"job_uid": "gflow-square-1", "task_index": 3}) == (
+        'logName="projects/p/logs/batch_task_logs" AND labels.job_uid="gflow-square-1" AND '
+        'labels.task_id:"task/gflow-square-1-group0-3/"')
+    assert log_filter("p", {}) is None
+    assert GcpBatchExecutor.fetch_logs(f"gcp-batch://{PROJECT}/{REGION}", "h", {}) is None

@@ -260,6 +260,16 @@ class FakeBatch:
         return None
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], raw: bytes) -> tuple[int, dict]:
+        if path == "/_fake/move" and method == "POST":  # benchmarks move tasks in a fake run in another process
+            req = json.loads(raw)
+            with self.lock:
+                job = self.jobs[req["job"]]
+                for i in range(req["start"], req["stop"]):
+                    job.move(job.task(i), req["state"], "", req.get("exitCode"))
+            return 200, {}
+        if path == "/_fake/requests":
+            with self.lock:
+                return 200, dict(self.requests)
         m = _TASKS.match(path)
         if m:
             project, region, job_id, group, index = m.groups()

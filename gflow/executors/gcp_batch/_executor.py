@@ -298,6 +298,11 @@ class GcpBatchExecutor(RunArtifacts, Executor):
         ref: str = self._flow_ref  # type: ignore[assignment]  # given, or just built
         return ref + (f"{BUNDLE_SEP}{self.bundle}" if self.bundle else "")
 
+    def pin(self, image: str, bundle: str | None = None) -> None:
+        """Run this image reference (and code bundle) for every flow instead of building (replay)."""
+        self.image = self._flow_ref = self._flow_tag = image
+        self.bundle = bundle
+
     def image_key(self, task: Any) -> str | None:
         got = self.images.task_ref(task, self._flow_name)
         return got[0] if got else self._flow_tag

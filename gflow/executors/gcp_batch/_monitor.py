@@ -162,9 +162,12 @@ class BatchHandler(PollingHandler):
 
     def _list(self, job: Job, now: float) -> None:
         ended = job.state in ENDED
-        for state in ("RUNNING", *DONE):
+        for state in (*DONE, "RUNNING"):  # ends first: a start is news only if it is not known to have ended
             n = job.counts.get(state, 0)
-            if n == job.seen.get(state, 0) or (state == "RUNNING" and ended):
+            if state == "RUNNING":
+                if ended or n <= len(job.started - job.finished):
+                    continue  # no task started that gflow has not seen start (fewer running is no news)
+            elif n == job.seen.get(state, 0):
                 continue
             due = (ended or n <= PAGE or abs(n - job.moved_at.get(state, 0)) >= max(1, job.count // 10)
                    or now - job.listed.get(state, -1e18) >= self.list_gap)
