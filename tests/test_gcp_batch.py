@@ -258,3 +258,14 @@ def test_logs_are_looked_up_by_job_uid_and_task(gcp):
         'labels.task_id:"task/gflow-square-1-group0-3/"')
     assert log_filter("p", {}) is None
     assert GcpBatchExecutor.fetch_logs(f"gcp-batch://{PROJECT}/{REGION}", "h", {}) is None
+
+
+def test_chunks_run_several_calls_per_task(gcp, store):
+    ex = executor(gcp, chunk=3)
+    r = tasks.squares.run(7, executor=ex, artifacts=ARTS, return_run=True)
+    assert r.value == sum(i * i for i in range(7))
+    big = max(gcp.jobs.values(), key=lambda j: j.count)
+    assert big.count == 3 and big.body["taskGroups"][0]["taskCount"] == "3"  # 7 calls in tasks of 3, 3, 1
+    trs = sorted((t for t in store.task_runs(r.id) if t.name == "square"), key=lambda t: t.map_index)
+    assert [t.info["task_index"] for t in trs] == [0, 0, 0, 1, 1, 1, 2]
+    assert [t.info["call_in_chunk"] for t in trs[:3]] == [0, 1, 2]
