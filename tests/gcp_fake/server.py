@@ -10,7 +10,7 @@ Batch emulator). It speaks the REST paths and JSON the official ``google-cloud-b
 - ``GET    .../jobs``                                    jobs.list (pages)
 - ``DELETE .../jobs/ID``                                 jobs.delete (a long-running operation; the job's
   running tasks are killed and the job disappears)
-- ``GET    .../jobs/ID/taskGroups/group0/tasks``         tasks.list (pages; ``filter=status.state="S"``)
+- ``GET    .../jobs/ID/taskGroups/group0/tasks``         tasks.list (pages; ``filter=State=S`` as v1 documents it)
 - ``GET    .../jobs/ID/taskGroups/group0/tasks/N``       tasks.get
 
 Errors have Google's JSON shape (``{"error": {"code", "message", "status", "details": [ErrorInfo]}}``), so
@@ -385,7 +385,7 @@ class FakeBatch:
         flt = (query.get("filter") or [""])[0]
         want = None
         if flt:
-            m = re.match(r'^status\.state\s*=\s*"?([A-Z_]+)"?$', flt.strip())
+            m = re.match(r'^(?:State|status\.state)\s*=\s*"?([A-Z_]+)"?$', flt.strip())  # v1's documented form
             if not m:
                 raise ApiError(400, f"unsupported filter {flt!r}")
             want = m.group(1)

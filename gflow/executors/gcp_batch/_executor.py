@@ -206,7 +206,7 @@ class GcpBatchExecutor(RunArtifacts, Executor):
             token = ""
             while True:
                 page = self.ex._call("list_tasks", "tasks.list", request={
-                    "parent": f"{name}/taskGroups/group0", "filter": f'status.state="{state}"', "page_size": 1000,
+                    "parent": f"{name}/taskGroups/group0", "filter": f"State={state}", "page_size": 1000,
                     "page_token": token})
                 out += [batch_v1.Task.to_dict(t, preserving_proto_field_name=False, use_integers_for_enums=False)
                         for t in page.tasks]

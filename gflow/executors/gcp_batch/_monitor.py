@@ -2,8 +2,8 @@
 :class:`~gflow.executors.polling.PollingMonitor`.
 
 One refresh: ``jobs.get`` for every unfinished job (one read per fan-out per cycle), whose
-``status.taskGroups.group0.counts`` say how many tasks are in each state. Tasks are listed
-(``tasks.list`` with ``filter=status.state="S"``, pages of 1,000) only for a state whose count changed;
+``status.taskGroups.group0.counts`` say how many tasks are in each state. Tasks are listed (``tasks.list``
+with ``filter=State=S``, the API's documented form, pages of 1,000) only for a state whose count changed;
 a listing longer than one page is repeated at most every ``list_gap`` seconds unless a tenth of the job
 moved meanwhile or the job ended, so a 100,000-task job costs a few hundred list pages over its life, not a
 listing per poll. When a job ends, what it still owes is listed once more.
