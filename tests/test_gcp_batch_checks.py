@@ -163,6 +163,9 @@ def test_fan_outs_past_max_tasks_are_split_evenly_and_parallelism_is_capped(fake
     assert all(j.body["taskGroups"][0]["parallelism"] == str(j.count) for j in fake.jobs.values())
     assert len({h.job.name for h in hs}) == 3
     ex.close()
+    assert executor(fake, parallelism=50).parallelism_for(tasks.square.with_options(max_concurrency=20)) == 20
+    assert executor(fake).parallelism_for(tasks.square.with_options(max_concurrency=20)) == 20
+    assert executor(fake, parallelism=50).parallelism_for(tasks.square) == 50
     from gflow.executors.gcp_batch._jobs import Placement, job_request
 
     body = job_request(task=tasks.square, image=IMAGE, commands=["worker", "x"], count=100_000, parallelism=9000,

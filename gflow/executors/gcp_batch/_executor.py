@@ -362,7 +362,7 @@ class GcpBatchExecutor(RunArtifacts, Executor):
             start += size
             m = write_paged_manifest(arts, part, image=image, bundle=self.bundle, chunk=k)
             body = job_request(task=task, image=image, commands=["worker", m.array], count=m.elements,
-                               parallelism=self.parallelism, environment=env, labels=labels,
+                               parallelism=self.parallelism_for(task), environment=env, labels=labels,
                                placement=self.placement, chunk=k, infra_retries=self.infra_retries)
             name = self._create(job_id(self.job_prefix, task.name, m.array), body)
             job = Job(name, m.elements, image, m.array, k)
@@ -372,6 +372,12 @@ class GcpBatchExecutor(RunArtifacts, Executor):
                 handles[call.id] = h
             jobs.append(job)
         return jobs
+
+    def parallelism_for(self, task: Any) -> int | None:
+        """Tasks of one job running at once: the executor's ``parallelism`` and the task's ``max_concurrency``,
+        whichever is lower (None: as many as the job has, up to Batch's 5,000)."""
+        limits = [x for x in (self.parallelism, task.options.max_concurrency) if x]
+        return min(limits) if limits else None
 
     def _create(self, jid: str, body: dict[str, Any]) -> str:
         """jobs.create. The id is the submission's own, so a create whose answer was lost (a dropped
