@@ -291,3 +291,18 @@ def test_the_fake_refuses_fields_the_v1_api_does_not_have(fake):
     assert _post(fake, huge)[1]["error"]["message"].startswith("task_count 100001 exceeds the limit")
     assert _post(fake, good, job_id="Bad_Id")[0] == 400
     assert _post(fake, good)[0] == 200 and _post(fake, good)[0] == 409
+
+
+def test_missing_credentials_are_one_line_naming_the_fix(monkeypatch, tmp_path):
+    from gflow.artifacts.gcs import GcsArtifactStore
+    from gflow.executors.gcp_batch import GcpBatchExecutor
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
+    with pytest.raises(ConfigError, match="no usable Google credentials .*; run 'gcloud auth application-default "
+                                          "login' or set GOOGLE_APPLICATION_CREDENTIALS") as e:
+        GcpBatchExecutor(PROJECT, REGION).prepare()  # the real endpoint: nothing is sent without credentials
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="artifact store gs://gflow-test/x\\?project=gflow-test: no usable Google "
+                                          "credentials"):
+        GcsArtifactStore(BUCKET, "x", project=PROJECT).check()
