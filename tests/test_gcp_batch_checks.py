@@ -306,3 +306,25 @@ def test_missing_credentials_are_one_line_naming_the_fix(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="artifact store gs://gflow-test/x\\?project=gflow-test: no usable Google "
                                           "credentials"):
         GcsArtifactStore(BUCKET, "x", project=PROJECT).check()
+
+
+def test_a_gpu_on_a_machine_family_it_does_not_run_on_is_refused_before_the_job(fake):
+    from gflow.executors.gcp_batch._jobs import Placement, job_request
+
+    def body(**kw):
+        return job_request(task=tasks.on_gpu, image=IMAGE, commands=["worker", "x"], count=1, parallelism=None,
+                           environment={}, labels={}, placement=Placement(REGION, **kw))
+
+    assert body(machine_type="g2-standard-8", gpu_type="nvidia-l4")["allocationPolicy"]["instances"][0]["policy"][
+        "accelerators"] == [{"type": "nvidia-l4", "count": "2"}]
+    body()  # a T4 on the N1 machine Batch picks
+    with pytest.raises(ConfigError, match="GPU type 'nvidia-l4' runs on g2 machines, not the machine Batch would "
+                                          "pick; set machine_type to a g2 type"):
+        body(gpu_type="nvidia-l4")
+    with pytest.raises(ConfigError, match="GPU type 'nvidia-tesla-t4' runs on n1 machines, not e2-standard-4"):
+        body(machine_type="e2-standard-4")
+    ex = executor(fake, machine_type="e2-standard-4")
+    started(ex)
+    with pytest.raises(ConfigError, match="runs on n1 machines"):
+        ex.submit(calls(1, task=tasks.on_gpu))
+    assert fake.requests["create"] == 0

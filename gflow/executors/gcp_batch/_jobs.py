@@ -36,6 +36,9 @@ _MACHINE = re.compile(
 ACCELERATORS = ("nvidia-tesla-t4", "nvidia-tesla-v100", "nvidia-tesla-p100", "nvidia-tesla-p4", "nvidia-tesla-a100",
                 "nvidia-a100-80gb", "nvidia-l4", "nvidia-h100-80gb", "nvidia-h100-mega-80gb", "nvidia-h200-141gb",
                 "nvidia-b200")
+#: GPUs that come built into a machine family (the others attach to N1 machines)
+GPU_FAMILY = {"nvidia-l4": "g2", "nvidia-tesla-a100": "a2", "nvidia-a100-80gb": "a2", "nvidia-h100-80gb": "a3",
+              "nvidia-h100-mega-80gb": "a3", "nvidia-h200-141gb": "a3", "nvidia-b200": "a4"}
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
 _JOB_BAD = re.compile(r"[^a-z0-9-]+")
 
@@ -52,6 +55,17 @@ def check_accelerator(gpu_type: str) -> None:
     if gpu_type not in ACCELERATORS:
         raise ConfigError(f"gcp-batch executor: unknown GPU type {gpu_type!r}; use one of {', '.join(ACCELERATORS)} "
                           f"(gcloud compute accelerator-types list)")
+
+
+def check_gpu_machine(gpu_type: str, machine_type: str | None) -> None:
+    """Refuse a GPU type on a machine family it does not run on (Batch would refuse the job)."""
+    family = GPU_FAMILY.get(gpu_type, "n1")
+    if machine_type is None and family == "n1":
+        return
+    if machine_type is None or not machine_type.startswith(f"{family}-"):
+        raise ConfigError(f"gcp-batch executor: GPU type {gpu_type!r} runs on {family} machines, not "
+                          f"{machine_type or 'the machine Batch would pick'}; set machine_type to a {family} type "
+                          f"(e.g. {family}-{'standard-8' if family in ('n1', 'g2') else 'highgpu-1g'})")
 
 
 def label(value: str, *, key: bool = False) -> str:
@@ -106,6 +120,7 @@ class Placement:
         if self.spot:
             policy["provisioningModel"] = "SPOT"
         if gpus:
+            check_gpu_machine(self.gpu_type, self.machine_type)
             policy["accelerators"] = [{"type": self.gpu_type, "count": str(gpus)}]
         if self.boot_disk_gb:
             policy["bootDisk"] = {"sizeGb": str(self.boot_disk_gb)}
