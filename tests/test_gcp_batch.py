@@ -68,6 +68,7 @@ def test_map_and_reduce_run_by_url_one_job_per_fan_out(gcp, store):
     assert [j.count for j in jobs] == [5, 1]
     big = jobs[0].body
     assert big["labels"] == {"team": "binders", "gflow-run": r.id.lower(), "gflow-task": "square"}
+    assert big["allocationPolicy"]["labels"] == big["labels"]  # the VMs carry them too (billing by run)
     group = big["taskGroups"][0]
     assert group["parallelism"] == "3" and group["taskSpec"]["computeResource"] == {"cpuMilli": "500",
                                                                                     "memoryMib": "256"}

@@ -167,7 +167,10 @@ def job_request(*, task: Any, image: str, commands: list[str], count: int, paral
     group: dict[str, Any] = {"taskSpec": spec, "taskCount": str(count)}
     par = min(parallelism or count, count, MAX_PARALLEL)
     group["parallelism"] = str(par)
-    body = {"taskGroups": [group], "allocationPolicy": placement.allocation(res.gpu), "labels": labels,
+    alloc = placement.allocation(res.gpu)
+    if labels:
+        alloc["labels"] = dict(labels)  # on the VMs too: billing reports by run and task
+    body = {"taskGroups": [group], "allocationPolicy": alloc, "labels": labels,
             "logsPolicy": {"destination": "CLOUD_LOGGING"}}
     size = len(json.dumps(body))
     if size > MAX_JOB_BYTES:
