@@ -103,6 +103,8 @@ FAILURES: dict[str, type[ExecutorError]] = {
     "CannotPullContainerError": ImagePullFailed, "OutOfMemoryError": OutOfMemory, "Host EC2": Preempted,
     # Slurm (job states)
     "OUT_OF_MEMORY": OutOfMemory, "PREEMPTED": Preempted, "NODE_FAIL": NodeFailure, "BOOT_FAIL": NodeFailure,
+    # Google Cloud Batch (a task's exit code: Spot VM preempted, VM lost, rebooted, unresponsive, recreated)
+    "50001": Preempted, "50002": NodeFailure, "50003": NodeFailure, "50004": NodeFailure, "50006": NodeFailure,
     # gflow's own names (and those Volcano outcomes recorded before this map: gflow.ImagePullError ...)
     "OutOfMemory": OutOfMemory, "ImagePullFailed": ImagePullFailed, "NodeFailure": NodeFailure,
     "ImagePullError": ImagePullFailed, "Unschedulable": ExecutorError,

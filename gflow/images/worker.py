@@ -38,7 +38,7 @@ from gflow.images.protocol import (
     write_outcome,
 )
 
-INDEX_VARS = ("AWS_BATCH_JOB_ARRAY_INDEX", "VC_TASK_INDEX", "SLURM_ARRAY_TASK_ID")
+INDEX_VARS = ("AWS_BATCH_JOB_ARRAY_INDEX", "VC_TASK_INDEX", "SLURM_ARRAY_TASK_ID", "BATCH_TASK_INDEX")
 #: an array child's job id is ``<array job id>:<index>`` (moto sets only this, not the index variable)
 _CHILD_JOB_ID = re.compile(r"^[^:]+:(\d+)$")
 
