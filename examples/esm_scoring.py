@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import gflow
+from gflow.extras import require
 from gflow.models import materialize, resolve_model
 from gflow.objects import Model, Protein, Score
-from gflow.objects._deps import require
 from gflow.objects.fasta import read_fasta
 
 ESM_IMAGE = gflow.Image(packages=["torch==2.13.0", "transformers>=4.40", "numpy>=1.26"])

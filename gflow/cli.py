@@ -105,14 +105,17 @@ def json_text(value: Any, indent: int | None = 2) -> str:
 
 
 def _short_text(value: Any, lines: int = 12, width: int = 110) -> str:
-    """A few lines for people: one per element of a list (each shortened), else the compact JSON."""
-    items = value if isinstance(value, (list, tuple)) else [value]
+    """A few lines for people: one per element of a list, each the object's ``summary()`` (sequences, SMILES,
+    scores, file paths; an Experiment's table on lines of its own) or else its compact JSON, lines shortened."""
+    listed = isinstance(value, (list, tuple))
+    items = value if listed else [value]
     rows = []
     for i, v in enumerate(items[:lines]):
         summary = getattr(v, "summary", None)
-        text = summary() if callable(summary) else json_text(v, indent=None)
-        text = text if len(text) <= width else text[: width - 3] + "..."
-        rows.append(f"{i + 1:>3}. {text}" if isinstance(value, (list, tuple)) else text)
+        text = summary() if callable(summary) and not isinstance(v, type) else json_text(v, indent=None)
+        for n, line in enumerate(str(text).splitlines() or [""]):
+            line = line if len(line) <= width else line[: width - 3] + "..."
+            rows.append((f"{i + 1:>3}. " if n == 0 else "     ") + line if listed else line)
     if len(items) > lines:
         rows.append(f"     ... {len(items) - lines} more")
     return "\n".join(rows)

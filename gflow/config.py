@@ -19,7 +19,7 @@ from gflow.errors import ConfigError
 _KEYS = ("executor", "store", "artifacts", "events", "image_registry", "signing_key", "base_image")
 #: tables a profile may hold: ``executors`` routes tasks to other executors; the others are settings of
 #: one executor backend, passed to it as keyword arguments
-_TABLES = ("executors", "local", "dask", "docker", "aws_batch", "volcano")
+_TABLES = ("executors", "local", "dask", "docker", "aws_batch", "volcano", "slurm", "gcp_batch")
 
 
 def gflow_home() -> Path:

@@ -58,6 +58,84 @@ class ExecutorError(GflowError):
     """An executor backend failed (translated from the backend's own exception)."""
 
 
+class OutOfMemory(ExecutorError):
+    """The backend killed the call for using more memory than it was given.
+
+    Attributes:
+        requested: Bytes the call asked for (its ``Resources.memory``), where known.
+        used: Bytes it reached when it was killed, where the backend says.
+    """
+
+    def __init__(self, message: str = "", *, requested: int | None = None, used: int | None = None):
+        super().__init__(message)
+        self.requested = requested
+        self.used = used
+
+    def __reduce__(self):  # keyword attributes survive pickling (process pools, Dask)
+        return (_rebuild_oom, (type(self), str(self), self.requested, self.used))
+
+
+class Preempted(ExecutorError):
+    """The machine running the call was taken back (a spot or preemptible instance, a higher-priority job)."""
+
+
+class PodEvicted(ExecutorError):
+    """Kubernetes evicted the call's pod (node pressure, a drain)."""
+
+
+class ImagePullFailed(ExecutorError):
+    """The backend could not pull the call's container image."""
+
+
+class NodeFailure(ExecutorError):
+    """The node running the call failed or stopped answering."""
+
+
+#: THE map at the executor boundary: a backend's own name for why a job ended (Kubernetes reasons, AWS
+#: Batch status reasons, Slurm job states, GCP Batch event types) -> the gflow class the outcome carries.
+#: Backends look names up with :func:`failure_class`; add a backend's names here, nowhere else.
+FAILURES: dict[str, type[ExecutorError]] = {
+    # Kubernetes / Volcano
+    "OOMKilled": OutOfMemory, "Evicted": PodEvicted, "PodEvicted": PodEvicted, "Preempted": Preempted,
+    "ErrImagePull": ImagePullFailed, "ImagePullBackOff": ImagePullFailed, "InvalidImageName": ImagePullFailed,
+    "NodeLost": NodeFailure,
+    # AWS Batch (status reasons)
+    "CannotPullContainerError": ImagePullFailed, "OutOfMemoryError": OutOfMemory, "Host EC2": Preempted,
+    # Slurm (job states)
+    "OUT_OF_MEMORY": OutOfMemory, "PREEMPTED": Preempted, "NODE_FAIL": NodeFailure, "BOOT_FAIL": NodeFailure,
+    # Google Cloud Batch (a task's exit code: Spot VM preempted, VM lost, rebooted, unresponsive, recreated)
+    "50001": Preempted, "50002": NodeFailure, "50003": NodeFailure, "50004": NodeFailure, "50006": NodeFailure,
+    # gflow's own names (and those Volcano outcomes recorded before this map: gflow.ImagePullError ...)
+    "OutOfMemory": OutOfMemory, "ImagePullFailed": ImagePullFailed, "NodeFailure": NodeFailure,
+    "ImagePullError": ImagePullFailed, "Unschedulable": ExecutorError,
+}
+
+
+def failure_class(name: str | None) -> type[ExecutorError]:
+    """The gflow class for a backend's failure ``name`` (:data:`FAILURES`); :class:`ExecutorError` if unknown."""
+    return FAILURES.get(name or "", ExecutorError)
+
+
+def error_class(error_type: str | None) -> type[BaseException] | None:
+    """The class a recorded ``error_type`` names (``gflow.errors.OutOfMemory``, ``gflow.PodEvicted``,
+    ``ValueError``), for decisions by type: gflow's own classes and builtin exceptions only (stored names
+    are untrusted, so nothing is imported); None for anything else."""
+    if not error_type:
+        return None
+    mod, _, name = error_type.rpartition(".")
+    if mod in ("gflow", "gflow.errors"):
+        cls = globals().get(name)
+        if isinstance(cls, type) and issubclass(cls, GflowError):
+            return cls
+        return FAILURES.get(name)
+    if not mod:
+        import builtins
+
+        cls = getattr(builtins, name, None)
+        return cls if isinstance(cls, type) and issubclass(cls, BaseException) else None
+    return None
+
+
 class FlowFailed(GflowError):
     """A flow run ended FAILED.
 
@@ -126,3 +204,7 @@ class Cancelled(GflowError):
 def _rebuild_task_failed(cls, task, task_run_id, run_id, error_type, error_message, traceback, attempts):
     return cls(task, task_run_id=task_run_id, run_id=run_id, error_type=error_type,
                error_message=error_message, traceback=traceback, attempts=attempts)
+
+
+def _rebuild_oom(cls, message, requested, used):
+    return cls(message, requested=requested, used=used)

@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 
 from gflow.artifacts import ArtifactStore, open_artifacts
 from gflow.errors import ArtifactCorrupt, ArtifactNotFound, GflowError
+from gflow.extras import optional
 from gflow.objects import Dataset, Model
-from gflow.objects._deps import optional
 from gflow.objects.model import FileEntry, manifest_digest
 
 __all__ = [

@@ -23,7 +23,7 @@ fi
 # object and example tests that use them take seconds (tiny random ESM-2 models, no weights downloaded)
 log=$(mktemp)
 if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-       .venv/bin/python -m pip install -q -e ".[test,dask,server,redis,mongo,docker,k8s,aws,chem,structure,ml]"; } \
+       .venv/bin/python -m pip install -q -e ".[test,dask,server,redis,mongo,docker,k8s,aws,gcp,chem,structure,ml]"; } \
      >"$log" 2>&1; then
   cat "$log" >&2; echo "test.sh: installing the test dependencies failed (log above)" >&2; exit 1
 fi

@@ -51,3 +51,19 @@ def cli(*args, env=None, timeout=120, cwd=None):
     full_env["PYTHONPATH"] = os.pathsep.join([str(RESOURCES), str(ROOT), full_env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "gflow", *args], capture_output=True, text=True, env=full_env,
                           timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node Slurm cluster (munged, slurmctld, slurmd) for the session (tests/slurm_env.py);
+    skipped, with the reason, only where slurm-wlm/munge are not installed."""
+    import slurm_env
+
+    gone = slurm_env.missing()
+    if gone:
+        pytest.skip(f"Slurm is not installed (missing {', '.join(gone)}): apt-get install slurm-wlm munge")
+    cluster = slurm_env.SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -21,7 +21,7 @@ from aws_env import BUCKET, CREDS, QUEUE, REGION, Fault, Moto, Proxy, Runtime, s
 from conftest import cli
 
 from gflow.errors import ConfigError, TaskFailed
-from gflow.executors.base import Call
+from gflow.executors.base import Call, CallStarted
 from gflow.states import State
 
 pytestmark = pytest.mark.integration
@@ -172,11 +172,11 @@ def test_direct_use_reports_result_refs_and_per_child_info(aws):
     started: set[str] = set()
     ev = threading.Event()
 
-    def listener(kind, call_id, attempt, payload):
-        if kind == "started":
-            started.add(call_id)
+    def listener(event):
+        if isinstance(event, CallStarted):
+            started.add(event.call_id)
         else:
-            done[call_id] = payload
+            done[event.call_id] = event.outcome
             if len(done) == 5:
                 ev.set()
 
@@ -217,7 +217,7 @@ def test_status_costs_one_describe_per_100_jobs_and_nothing_more_while_quiet(aws
         ex = aws.executor(array=array, poll_min=3600, poll_max=3600)
         ex.attach_artifacts(open_artifacts(ARTS))
         starts: list[str] = []
-        ex.start(lambda kind, call_id, *a, starts=starts: starts.append(call_id) if kind == "started" else None)
+        ex.start(lambda ev, starts=starts: starts.append(ev.call_id) if isinstance(ev, CallStarted) else None)
         ex.submit([Call(f"r{array}.{i}", "r", aws_tasks.square, (i,), {}, 1, None, i) for i in range(205)])
         assert ex.api_calls["SubmitJob"] == (1 if array else 205)
         wait_for(lambda: len(batch.list_jobs(jobQueue=QUEUE, jobStatus="RUNNING")["jobSummaryList"]) >= 205,
@@ -243,7 +243,7 @@ def test_status_costs_one_describe_per_100_jobs_and_nothing_more_while_quiet(aws
 
 # -- throttling ------------------------------------------------------------------------------------------
 def test_throttled_submissions_are_retried_with_jittered_backoff(aws):
-    from gflow.executors._aws_client import Backoff
+    from gflow.clouds.aws import Backoff
 
     proxy = aws.proxy(Fault("submitjob", times=3))
     slept: list[float] = []
@@ -263,7 +263,7 @@ def test_a_lost_submit_answer_is_looked_up_not_submitted_twice(aws):
 
 
 def test_a_throttling_storm_is_one_clear_error_and_stored_inputs_stay(aws):
-    from gflow.executors._aws_client import Backoff
+    from gflow.clouds.aws import Backoff
 
     proxy = aws.proxy(Fault("submitjob", times=None))
     ex = aws.executor(backoff=Backoff(tries=5, sleep=lambda s: None))
@@ -275,7 +275,7 @@ def test_a_throttling_storm_is_one_clear_error_and_stored_inputs_stay(aws):
 
 
 def test_throttled_polling_still_completes(aws):
-    from gflow.executors._aws_client import Backoff
+    from gflow.clouds.aws import Backoff
 
     proxy = aws.proxy(Fault("describejobs", times=4), Fault("listjobs", times=2))
     ex = aws.executor(backoff=Backoff(base=0.01))
@@ -367,7 +367,7 @@ def test_a_plain_image_missing_from_its_registry_is_refused_up_front(aws, store)
 
 
 def test_ecr_images_are_looked_up_and_repositories_created_through_the_ecr_api(aws):
-    from gflow.executors._aws_images import Images, is_ecr
+    from gflow.executors.aws_batch._images import Images, is_ecr
 
     registry = "123456789012.dkr.ecr.us-east-1.amazonaws.com/team"
     assert is_ecr(registry) and not is_ecr("127.0.0.1:5000") and not is_ecr("ghcr.io/org")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 import gflow
+from gflow.clouds.aws import Backoff
 from gflow.errors import ConfigError
-from gflow.executors import _aws_jobs as jobs
-from gflow.executors._aws_client import Backoff
-from gflow.executors._aws_monitor import Cadence, element_of
-from gflow.executors._aws_options import check_keywords, parse_url
+from gflow.executors.aws_batch import _jobs as jobs
+from gflow.executors.aws_batch._monitor import Cadence, element_of
+from gflow.executors.aws_batch._options import check_keywords, parse_url
 
 pytest.importorskip("boto3")
 
@@ -47,7 +47,7 @@ def test_registry_finds_the_executor_by_both_schemes_and_round_trips_its_url():
     assert {"aws-batch", "aws_batch"} <= set(known_executors())
     ex = get_executor("aws-batch://research-gpu?region=us-east-1&chunk=2&tag.team=x")
     assert isinstance(ex, AwsBatchExecutor) and ex.queue == "research-gpu" and ex.chunk == 2
-    assert ex.capabilities.array_jobs and ex.capabilities.needs_image and ex.capabilities.kills_on_timeout
+    assert ex.capabilities.array_jobs and ex.capabilities.reports_start
     again = get_executor(ex.url)
     assert (again.queue, again.region, again.chunk, again.tags) == ("research-gpu", "us-east-1", 2, {"team": "x"})
     assert isinstance(get_executor("aws_batch://q?region=eu-west-1"), AwsBatchExecutor)
@@ -192,7 +192,7 @@ def test_child_index_from_array_properties_or_job_id():
 def test_a_backend_table_registry_wins_over_the_profile_under_either_name(tmp_path, monkeypatch):
     """``registry`` is AWS Batch's alias of ``image_registry``: the profile's default must not override it."""
     from gflow.config import load_profile
-    from gflow.executors._aws_options import merge
+    from gflow.executors.aws_batch._options import merge
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "gflow.toml").write_text('[profiles.default]\nimage_registry = "profile.example.com"\n'
@@ -206,8 +206,8 @@ def test_server_errors_that_outlast_the_retries_are_not_called_throttling():
     """A 5xx answered on every try is retried (idempotent calls), then reported as what it was."""
     import botocore.exceptions as bx
 
+    from gflow.clouds.aws import call
     from gflow.errors import ExecutorError
-    from gflow.executors._aws_client import call
 
     class Client:
         def __init__(self, code, status):
@@ -226,3 +226,71 @@ def test_server_errors_that_outlast_the_retries_are_not_called_throttling():
     with pytest.raises(ExecutorError, match="kept answering TooManyRequestsException.*throttling storm"):
         call(slow, "describe_jobs", Backoff(tries=3, sleep=lambda s: None), what="polling", jobs=["j"])
     assert slow.tries == 3
+
+
+class _FakeBatch:
+    """DescribeJobs answers set by the test (the real API is exercised against moto in test_aws_batch.py)."""
+
+    def __init__(self):
+        self.jobs = {}
+        self.describes = 0
+        self.terminated = []
+
+    def describe(self, ids):
+        self.describes += 1
+        return [self.jobs[i] for i in ids if i in self.jobs]
+
+    def children(self, array_id, status):
+        return []
+
+    def terminate(self, ids, reason):
+        self.terminated += ids
+
+
+@pytest.mark.parametrize("detail, cls, etype", [
+    ({"statusReason": "CannotPullContainerError: pull access denied"}, gflow.errors.ImagePullFailed,
+     "gflow.errors.ImagePullFailed"),
+    ({"statusReason": "Host EC2 (instance i-0abc) terminated."}, gflow.Preempted, "gflow.errors.Preempted"),
+    ({"statusReason": "Essential container in task exited",
+      "container": {"exitCode": 137, "reason": "OutOfMemoryError: Container killed due to memory usage"}},
+     gflow.OutOfMemory, "gflow.errors.OutOfMemory"),
+    ({"statusReason": "Job attempt duration exceeded timeout"}, gflow.TaskTimeout, "gflow.errors.TaskTimeout"),
+    ({"statusReason": "Essential container in task exited", "container": {"exitCode": 1}}, gflow.ExecutorError,
+     "gflow.errors.ExecutorError"),
+])
+def test_batch_failures_without_a_record_carry_their_class(tmp_path, detail, cls, etype):
+    """The AWS Batch handler on the shared monitor, cycled by hand with a fake clock: a job that FAILED
+    without an outcome record is reported once, with the class of the one failure map."""
+    import flows_basic as fb
+
+    from gflow.artifacts import open_artifacts
+    from gflow.executors.aws_batch._monitor import BatchHandler, BatchMonitor, Handle, Job
+    from gflow.executors.base import Call, CallDone, CallStarted
+
+    api = _FakeBatch()
+    handler = BatchHandler(api, open_artifacts(str(tmp_path / "arts")), log_group="/aws/batch/job", queue="q")
+    now = [100.0]
+    mon = BatchMonitor(handler, clock=lambda: now[0])
+    events = []
+    mon.start(events.append)
+    task = fb.inc.with_options(resources=gflow.Resources(memory="2Gi"))
+    job = Job("job-1", "gflow-inc", 0, "img:1", None)
+    h = Handle(Call("c1", "r1", task, (1,), {}), job, 0, 0, "sha256:" + "0" * 64)
+    job.elements[0] = [h]
+    mon.add(job)
+    mon.track([h], thread=False)
+    api.jobs["job-1"] = {"jobId": "job-1", "status": "RUNNING", "startedAt": 5000}
+    mon.cycle()
+    assert events == [CallStarted("c1", 1, 5.0, None)]
+    api.jobs["job-1"] = {"jobId": "job-1", "status": "FAILED", "startedAt": 5000, "stoppedAt": 9000, **detail}
+    now[0] += 10
+    mon.cycle()
+    mon.cycle()
+    assert len(events) == 2 and isinstance(events[1], CallDone)
+    out = events[1].outcome
+    assert not out.ok and out.error_class is cls and out.error_type == etype
+    assert out.info["job_id"] == "job-1" and out.started == 5.0 and out.ended == 9.0
+    if cls is gflow.OutOfMemory:
+        assert out.exc.requested == 2 << 30
+    assert api.describes == 2  # nothing left to ask about after the outcome
+    mon.close()

@@ -20,6 +20,7 @@ import dask_tasks as T  # noqa: E402
 import gflow  # noqa: E402
 from gflow.errors import ConfigError, ExecutorError, TaskFailed, TaskTimeout  # noqa: E402
 from gflow.executors import get_executor  # noqa: E402
+from gflow.executors.base import CallDone  # noqa: E402
 from gflow.executors.dask import DaskExecutor, parse_spec  # noqa: E402
 from gflow.states import State  # noqa: E402
 from gflow.store import open_store  # noqa: E402
@@ -308,16 +309,16 @@ def test_own_cluster_declares_memory_fails_fast_on_missing_gpu_and_closes():
         (w,) = ex.client.scheduler_info(n_workers=-1)["workers"].values()
         assert w["resources"] == {"MEMORY": 2**30}
         events = []
-        ex.start(lambda *e: events.append(e))
+        ex.start(events.append)
         from gflow.executors.base import Call
 
         gpu_task = T.where.with_options(resources=gflow.Resources(gpu=1))
         big = T.where.with_options(resources=gflow.Resources(memory="512Mi"))
         ex.submit([Call("r.1", "r", gpu_task, (0,), {}), Call("r.2", "r", big, (0,), {})])
         deadline = time.monotonic() + 20
-        while len([e for e in events if e[0] == "done"]) < 2 and time.monotonic() < deadline:
+        while len([e for e in events if isinstance(e, CallDone)]) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        done = {e[1]: e[3] for e in events if e[0] == "done"}
+        done = {e.call_id: e.outcome for e in events if isinstance(e, CallDone)}
         assert not done["r.1"].ok and done["r.1"].error_type == "gflow.errors.ExecutorError"
         assert "no Dask worker offers resources {'GPU': 1}" in done["r.1"].error_message
         assert done["r.2"].ok and done["r.2"].value.startswith("tcp://")
@@ -389,7 +390,7 @@ def test_executor_cancel_on_handles(ctx, client):
 
     ex = DaskExecutor(client=client)
     events = []
-    ex.start(lambda *e: events.append(e))
+    ex.start(events.append)
     calls = [Call(f"c.{i}", "c", T.sleepy, (1.0,), {}) for i in range(6)]
     handles = ex.submit(calls)
     assert ex.capacity() == 1000 - 6
@@ -398,7 +399,7 @@ def test_executor_cancel_on_handles(ctx, client):
     assert all(s.state is State.CANCELLED for s in ex.poll(handles))
     assert ex.capacity() == 1000
     time.sleep(1.5)
-    assert not [e for e in events if e[0] == "done"]  # cancelled calls are not reported as done
+    assert not [e for e in events if isinstance(e, CallDone)]  # cancelled calls are not reported as done
     ex.close()
     assert client.status == "running"  # a client we were given is never closed
 

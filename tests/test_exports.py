@@ -6,7 +6,8 @@ def test_public_api_pinned():
     assert sorted(gflow.__all__) == sorted([
         "ArtifactCorrupt", "ArtifactNotFound", "ArtifactStoreError", "Cancelled", "ConfigError", "Executor",
         "ExecutorError", "Flow",
-        "FlowFailed", "Future", "GflowError", "Image", "InvalidArguments", "InvalidTransition", "Resources",
+        "FlowFailed", "Future", "GflowError", "Image", "InvalidArguments", "InvalidTransition", "OutOfMemory",
+        "Preempted", "Resources",
         "ResumeRefused", "Retry", "RunNotFound", "RunResult",
         "SerializationError", "State", "StoreError", "Task", "TaskFailed", "TaskTimeout", "UpstreamFailed",
         "__version__", "cancel_run", "flow", "get_executor", "register_executor", "task",

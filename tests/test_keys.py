@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gflow.flows._keys import _plain_json
-from gflow.serialization import _dumps, to_jsonable
+from gflow.serialization import canonical_json, to_jsonable
 
 plain = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1), st.text())
 
@@ -12,7 +12,7 @@ plain = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**53) + 1, 
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(st.text(), plain, max_size=5))
 def test_plain_arguments_encode_exactly_as_the_canonical_serializer(args):
-    assert _plain_json(args) == _dumps({k: to_jsonable(v, {}, False, "") for k, v in args.items()})
+    assert _plain_json(args) == canonical_json({k: to_jsonable(v, {}, False, "") for k, v in args.items()})
 
 
 @given(st.dictionaries(st.text(), st.one_of(st.floats(), st.lists(st.integers()), st.integers(min_value=2**53)),

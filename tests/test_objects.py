@@ -330,7 +330,7 @@ def test_molecule_accepts_valid_smiles(smiles: str) -> None:
     [
         ("", "SMILES is empty"),
         ("CCX", "unexpected character 'X' at position 3"),
-        ("CC C", "unexpected character ' ' at position 3"),
+        ("CC C", "whitespace at position 3: a SMILES has none"),
         ("C1CC", "ring closure '1' opened at position 2 is never closed"),
         ("C(C", "1 unclosed '('"),
         ("CC)", "unbalanced ')' at position 3"),

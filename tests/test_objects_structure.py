@@ -96,9 +96,9 @@ def test_mmcif_multiline_fields_validate_and_work() -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("MODEL        1\n{a}\nMODEL        2\n{a}\nENDMDL\n", "line 13: MODEL, but the MODEL at line 1 has no ENDMDL"),
-    ("MODEL        1\n{a}\n", "line 1: MODEL without ENDMDL"),
+    ("MODEL        1\n{a}\nENDMDL\nMODEL        2\n{a}\n", "line 14: MODEL without ENDMDL"),
     ("MODEL        1\n{a}\nENDMDL\nMODEL        1\n{a}\nENDMDL\n", "line 14: duplicate MODEL number 1"),
-    ("{a}\nENDMDL\n", "line 12: ENDMDL without a MODEL"),
+    ("MODEL        1\n{a}\nENDMDL\n{a}\nENDMDL\n", "line 25: ENDMDL without a MODEL"),
     ("{bad}\n", "line 2: x, y, z (columns 31-54) are not numbers"),
     ("{short}\n", "line 7"),
 ])

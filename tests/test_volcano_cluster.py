@@ -18,7 +18,7 @@ pytest.importorskip("jsonschema")
 import volcano_flows as vf  # noqa: E402
 
 from gflow.errors import ConfigError, ExecutorError, TaskFailed  # noqa: E402
-from gflow.executors.base import Call  # noqa: E402
+from gflow.executors.base import Call, CallStarted  # noqa: E402
 from gflow.executors.volcano import VolcanoExecutor  # noqa: E402
 from gflow.states import State  # noqa: E402
 from tests.conftest import RESOURCES, ROOT  # noqa: E402
@@ -121,13 +121,12 @@ def test_outcomes_carry_result_ref_and_pod_info(cluster, gflow_home):
     started: list[str] = []
     ev = threading.Event()
 
-    def listener(kind, call_id, attempt, payload):
-        if kind == "started":
-            ts, where = payload
-            assert ts > 0 and "pod=" in where and "node=node-1" in where
-            started.append(call_id)
+    def listener(event):
+        if isinstance(event, CallStarted):
+            assert event.ts > 0 and "pod=" in event.description and "node=node-1" in event.description
+            started.append(event.call_id)
         else:
-            done[call_id] = payload
+            done[event.call_id] = event.outcome
             if len(done) == 3:
                 ev.set()
 
@@ -444,7 +443,7 @@ tolerations = ["nvidia.com/gpu:NoSchedule"]
 def test_an_invalid_object_is_translated_into_one_line(cluster):
     from kubernetes import client
 
-    from gflow.executors._k8s_client import k8s_error, load_api_client
+    from gflow.executors.volcano._k8s import k8s_error, load_api_client
 
     api, ns = load_api_client(kubeconfig=cluster.kubeconfig)
     body = {"apiVersion": "batch.volcano.sh/v1alpha1", "kind": "Job", "metadata": {"name": "Bad_Name"},

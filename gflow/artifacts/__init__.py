@@ -15,6 +15,10 @@ def open_artifacts(url: str | ArtifactStore) -> ArtifactStore:
         from gflow.artifacts.s3 import S3ArtifactStore  # boto3 is imported only when used
 
         return S3ArtifactStore.from_url(url)
+    if url.startswith("gs://"):
+        from gflow.artifacts.gcs import GcsArtifactStore  # google-cloud-storage is imported only when used
+
+        return GcsArtifactStore.from_url(url)
     if "://" in url and not url.startswith("file://"):
         raise ConfigError(f"unknown artifact store URL {url!r}; use a folder, file:///path or s3://bucket/prefix")
     return LocalArtifactStore.from_url(url)

@@ -87,7 +87,7 @@ class S3ArtifactStore(ArtifactStore):
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    from gflow.executors._aws_client import client, session
+                    from gflow.clouds.aws import client, session
 
                     self._client = client(session(self.region, self.profile), "s3", endpoint_url=self.endpoint_url,
                                           pool=max(10, self.max_workers))
@@ -104,7 +104,7 @@ class S3ArtifactStore(ArtifactStore):
         return f"{self.prefix}/{rest}" if self.prefix else rest
 
     def _error(self, e: BaseException, what: str) -> GflowError:
-        from gflow.executors._aws_client import error_code, translate
+        from gflow.clouds.aws import error_code, translate
 
         code, status = error_code(e)
         if code == "NoSuchBucket":
@@ -120,7 +120,7 @@ class S3ArtifactStore(ArtifactStore):
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except bx.ClientError as e:
-            from gflow.executors._aws_client import error_code
+            from gflow.clouds.aws import error_code
 
             code, status = error_code(e)
             if status == 404 or code in ("404", "NoSuchBucket", "NotFound"):
@@ -143,7 +143,7 @@ class S3ArtifactStore(ArtifactStore):
         replaced. Large blobs: multipart, after a HEAD."""
         import botocore.exceptions as bx
 
-        from gflow.executors._aws_client import error_code
+        from gflow.clouds.aws import error_code
 
         k = self.key(key)
         meta = {_META: digest_of(data) if replace else key}  # a blob's key is its digest (put just hashed it)
@@ -181,7 +181,7 @@ class S3ArtifactStore(ArtifactStore):
         against that hash; blobs are checked against their key by the base class."""
         import botocore.exceptions as bx
 
-        from gflow.executors._aws_client import error_code
+        from gflow.clouds.aws import error_code
 
         k = self.key(key)
         try:
@@ -203,7 +203,7 @@ class S3ArtifactStore(ArtifactStore):
     def exists(self, key: str) -> bool:
         import botocore.exceptions as bx
 
-        from gflow.executors._aws_client import error_code
+        from gflow.clouds.aws import error_code
 
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.key(key))

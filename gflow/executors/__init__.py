@@ -20,8 +20,12 @@ _BUILTIN = {
     "volcano": "gflow.executors.volcano:VolcanoExecutor",
     "aws-batch": "gflow.executors.aws_batch:AwsBatchExecutor",
     "aws_batch": "gflow.executors.aws_batch:AwsBatchExecutor",
+    "slurm": "gflow.executors.slurm:SlurmExecutor",
+    "gcp-batch": "gflow.executors.gcp_batch:GcpBatchExecutor",
+    "gcp_batch": "gflow.executors.gcp_batch:GcpBatchExecutor",
 }
-_EXTRA = {"dask": "dask", "docker": "docker", "volcano": "k8s", "aws-batch": "aws", "aws_batch": "aws"}
+_EXTRA = {"dask": "dask", "docker": "docker", "volcano": "k8s", "aws-batch": "aws", "aws_batch": "aws",
+          "gcp-batch": "gcp", "gcp_batch": "gcp"}
 _registered: dict[str, Callable[[str], Executor]] = {}
 
 

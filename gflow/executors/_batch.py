@@ -126,11 +126,15 @@ def backend_failure(error_type: str, message: str, *, info: dict[str, Any] | Non
                     started: float | None = None, ended: float | None = None) -> Outcome:
     """The outcome of a child that ended (or was given up) without an outcome record: the backend's reason
     (evicted, unschedulable, image pull, out of memory, deleted) as one line naming the fix; ``log_tail``,
-    the end of the child's log where the backend kept it, stands in for the traceback."""
-    import time
+    the end of the child's log where the backend kept it, stands in for the traceback. ``error_type`` is
+    recorded as given; the outcome's class is the one it names (:func:`gflow.errors.error_class`, which
+    knows the backends' names through the one map), else :class:`~gflow.errors.ExecutorError`."""
+    from gflow.errors import ExecutorError, error_class
+    from gflow.executors.polling import failed
 
-    return Outcome(False, error_type=error_type, error_message=message, traceback=log_tail, started=started,
-                   ended=ended if ended is not None else time.time(), info=dict(info or {}))
+    cls = error_class(error_type)
+    return failed(cls if cls is not None else ExecutorError, message, info=info, log_tail=log_tail, started=started,
+                  ended=ended, error_type=error_type)
 
 
 def split_sizes(n: int, max_size: int) -> list[int]:

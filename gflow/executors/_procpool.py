@@ -29,11 +29,10 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from gflow.errors import ExecutorError
-from gflow.executors.base import Call, Outcome
+from gflow.executors.base import Call, CallDone, CallStarted, Listener, Outcome
 
 log = logging.getLogger("gflow.executors.processes")
 
@@ -122,10 +121,10 @@ class _Worker:
 
 
 class ProcessPool:
-    """``workers`` processes, started at the first call; ``report(kind, call_id, attempt, payload)`` is called
-    from the pool's thread."""
+    """``workers`` processes, started at the first call; ``report(event)`` (a :class:`CallStarted` or
+    :class:`CallDone`) is called from the pool's thread. Workers send plain tuples over their pipe."""
 
-    def __init__(self, workers: int, report: Callable[[str, str, int, Any], None], mp_context: str = "spawn"):
+    def __init__(self, workers: int, report: Listener, mp_context: str = "spawn"):
         self.size = workers
         self._report = report
         self._ctx: Any = multiprocessing.get_context(mp_context)
@@ -259,9 +258,9 @@ class ProcessPool:
                 try:
                     blob = pickle.dumps((call.task, call.args, call.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
                 except Exception as e:  # noqa: BLE001 - an argument that does not pickle: this call fails
-                    self._report("done", call.id, call.attempt, Outcome.from_exception(
+                    self._report(CallDone(call.id, call.attempt, Outcome.from_exception(
                         ExecutorError(f"task '{call.task.name}': its arguments cannot be sent to a worker process: "
-                                      f"{type(e).__name__}: {e}"), traceback.format_exc(), None, time.time()))
+                                      f"{type(e).__name__}: {e}"), traceback.format_exc(), None, time.time())))
                     continue
                 try:
                     w.conn.send((call.id, call.attempt, blob, self.artifacts_url))
@@ -295,7 +294,10 @@ class ProcessPool:
                 self._cancelled.discard((call_id, attempt))
         if stopped:
             return
-        self._report(kind, call_id, attempt, payload)
+        if kind == "done":
+            self._report(CallDone(call_id, attempt, payload))
+        else:
+            self._report(CallStarted(call_id, attempt, payload[0], payload[1]))
         if kind == "done" and call is not None:
             self._wake()
 
@@ -318,4 +320,4 @@ class ProcessPool:
         how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
         err = WorkerDied(f"the worker process (pid {w.proc.pid}) running task '{call.task.name}' died ({how}); "
                          f"the call is retried per the task's retries")
-        self._report("done", call.id, call.attempt, Outcome.from_exception(err, "", None, time.time()))
+        self._report(CallDone(call.id, call.attempt, Outcome.from_exception(err, "", None, time.time())))

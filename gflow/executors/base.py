@@ -8,21 +8,27 @@ Lifecycle (a context manager)::
     ex.attach_artifacts(store)      # the run's artifact store (remote backends pass values through it)
     ex.start(listener)              # once per run, before the first submit
     handles = ex.submit(calls)      # a batch: a fan-out arrives as one batch (one array job where possible)
-    ex.poll(handles)                # only for executors that do not push events (``capabilities.pushes_events``)
+    ex.poll(handles)                # a look at the handles' states (tools and tests; the engine hears only events)
     ex.cancel(handles)              # queued calls never start; running ones stop where the backend can
     ex.close()                      # idempotent
 
-Reporting. A pushing executor calls ``listener(kind, call_id, attempt, payload)`` from any thread:
-``"started"`` with the start timestamp (seconds since the epoch, as the backend saw it), and
-``"done"`` with an :class:`Outcome`. A backend that learns what a call runs as only when it starts (a
-container id, a pod name) sends ``(timestamp, description)`` with ``"started"``; the description is
-recorded with RUNNING instead of :meth:`Executor.describe_handle`'s. An executor whose starts are cheaper
-to collect than to push
-(the local thread pool) sets ``capabilities.start_poll_interval`` and returns them from
-:meth:`Executor.poll_starts` instead. Every handle reaches exactly one ``"done"`` (or one terminal
-:class:`JobStatus` from ``poll``) unless it was cancelled. An outcome's ``started`` is the time the
-call really started: the engine records RUNNING with it, so durations are right even when the
-start is only learnt with the outcome.
+Reporting. An executor calls ``listener(event)`` from any thread with the typed events of
+:mod:`gflow.executors.events`: :class:`CallStarted` ``(call_id, attempt, ts, description=None)`` when a
+call starts (``ts`` in seconds since the epoch as the backend saw it; ``description``, what the call runs
+as when that is learnt only at the start, a container id or a pod name, is recorded with RUNNING instead
+of :meth:`Executor.describe_handle`'s), and :class:`CallDone` ``(call_id, attempt, outcome)``. Every
+handle reaches exactly one ``CallDone`` unless it was cancelled, and at most one ``CallStarted``. An
+outcome's ``started`` is the time the call really started: the engine records RUNNING with it, so
+durations are right even when the start is only learnt with the outcome. An executor whose starts are
+cheaper to collect than to push (the local thread pool) sets ``capabilities.start_poll_interval`` and
+returns them from :meth:`Executor.poll_starts` instead. Backends that must ask for their jobs' status
+(batch services) use the one polling monitor, :mod:`gflow.executors.polling`, with a small handler.
+
+Failures. A call that failed on the backend without an outcome record of its own (killed for memory,
+preempted, evicted, its image not pulled) ends with an outcome whose class is one of the
+:class:`~gflow.errors.ExecutorError` subclasses, mapped from the backend's own name in ONE table
+(:data:`gflow.errors.FAILURES`, :func:`gflow.executors.polling.failed`); ``Outcome.error_class`` gives the class,
+``error_type`` its qualified name for the records. Decisions compare classes, never strings.
 
 Capacity. :meth:`Executor.capacity` is the one question the engine asks before a batch: how many
 more calls the backend accepts now. The rest waits, ready, in the engine's core.
@@ -41,11 +47,17 @@ import pickle
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gflow.errors import error_class
+from gflow.executors.events import CallDone, CallEvent, CallStarted, Listener
 from gflow.states import State
+from gflow.tasks import Task
+
+__all__ = ["UPSTREAM_PENDING", "Call", "CallDone", "CallEvent", "CallStarted", "Capabilities", "Executor", "JobStatus",
+           "Listener", "Outcome", "Ref", "StartReport", "importable_problem", "qualname", "run_task"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,30 +65,22 @@ class Capabilities:
     """What a backend can do. Declared per executor class (or per instance, where it depends on options).
 
     Attributes:
-        pushes_events: Calls the listener with starts and outcomes; False: the engine polls
-            :meth:`Executor.poll` every ``poll_interval`` seconds.
         reports_start: A call's start is known before its outcome (pushed, or by ``poll_starts``).
             False: the start arrives with the outcome, so the engine counts a timeout from submit.
         start_poll_interval: If set, the engine calls :meth:`Executor.poll_starts` this often (seconds)
             while calls are in flight, instead of receiving a ``"started"`` event per call.
         accepts_refs: The backend can start a call before its inputs exist, given :class:`Ref`
             placeholders in the arguments and ``Call.refs``: dependent chains stay on the backend.
-        kills_on_timeout: ``cancel`` stops a running call (a process, a container, a job); False: a
-            timed-out attempt runs on and its late outcome is ignored.
-        needs_image: Calls run inside a container image (the run records its tag; the image is part
-            of the cache key).
         array_jobs: A batch of calls of one task becomes one backend job (an array).
-        poll_interval: Seconds between ``poll`` calls for executors that do not push.
+
+    Every executor reports through its listener (typed events); backends that must ask for their
+    jobs' status do it in their own :class:`~gflow.executors.polling.PollingMonitor`, not in the engine.
     """
 
-    pushes_events: bool = True
     reports_start: bool = True
     start_poll_interval: float | None = None
     accepts_refs: bool = False
-    kills_on_timeout: bool = False
-    needs_image: bool = False
     array_jobs: bool = False
-    poll_interval: float = 0.5
 
 
 @dataclass(slots=True)
@@ -122,12 +126,27 @@ class Outcome:
 
     @classmethod
     def from_exception(cls, e: BaseException, tb: str, started: float | None, ended: float) -> Outcome:
-        return cls(ok=False, exc=e, error_type=_qualname(type(e)), error_message=str(e), traceback=tb,
+        return cls(ok=False, exc=e, error_type=qualname(type(e)), error_message=str(e), traceback=tb,
                    started=started, ended=ended)
 
+    @property
+    def error_class(self) -> type[BaseException] | None:
+        """The failure's class, for decisions by type (``issubclass(out.error_class, gflow.OutOfMemory)``):
+        the live exception's, else the class ``error_type`` names (gflow's and builtins only,
+        :func:`gflow.errors.error_class`); None for a success or an unknown name."""
+        if self.ok:
+            return None
+        if self.exc is not None:
+            return type(self.exc)
+        return error_class(self.error_type)
 
-def _qualname(t: type) -> str:
+
+def qualname(t: type) -> str:
+    """``module.QualName`` of a class (builtins by bare name): what ``error_type`` records."""
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+_qualname = qualname  # the old private name, kept for callers outside gflow
 
 
 def run_task(task: Any, args: tuple, kwargs: dict) -> Outcome:
@@ -150,8 +169,6 @@ def importable_problem(task: Any) -> str | None:
     """Why another process (a pool worker, a Dask worker, a container) could not import ``task`` by
     its ``module:qualname``; None if it can, as far as this process can tell (the module must also be
     installed or on the path there)."""
-    from gflow.tasks import Task
-
     mod_name, _, qual = task.identity.partition(":")
     if "<locals>" in qual:
         return (f"task '{task.name}' is defined inside a function ({task.identity}); other processes import "
@@ -208,9 +225,6 @@ class StartReport:
     ts: float
 
 
-#: listener(kind, call_id, attempt, payload): kind is "started" (payload = timestamp, or (timestamp, description))
-#: or "done" (an Outcome)
-Listener = Callable[[str, str, int, Any], None]
 
 
 class Executor(abc.ABC):
@@ -239,9 +253,10 @@ class Executor(abc.ABC):
                 per its task's policy).
         """
 
-    @abc.abstractmethod
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
-        """Current state of each handle (and its outcome once finished)."""
+        """Each handle's state as the executor knows it now (for tools and tests: the engine hears only the
+        listener's events). The default reads a ``state`` attribute of the handle (QUEUED if it has none)."""
+        return [JobStatus(getattr(h, "state", State.QUEUED)) for h in handles]
 
     @abc.abstractmethod
     def cancel(self, handles: Sequence[Any]) -> None:
@@ -254,10 +269,6 @@ class Executor(abc.ABC):
     def attach_artifacts(self, artifacts: Any) -> None:
         """The engine hands over the run's artifact store before ``start`` (remote executors pass
         inputs and outcomes through it by reference); local executors ignore it."""
-
-    def can_submit(self, n: int = 1) -> bool:
-        """Whether ``n`` more calls can be accepted now (the same question as :meth:`capacity`)."""
-        return self.capacity() >= n
 
     def capacity(self) -> int:
         """How many more calls the backend accepts right now."""

@@ -34,6 +34,8 @@ from gflow.errors import ConfigError, ExecutorError
 from gflow.executors.base import (
     UPSTREAM_PENDING,
     Call,
+    CallDone,
+    CallStarted,
     Capabilities,
     Executor,
     JobStatus,
@@ -191,7 +193,7 @@ class DaskExecutor(Executor):
     name = "dask"
     # dependent calls start with Dask futures of their inputs (chains stay on the cluster); starts are
     # reported from the worker for calls with a timeout, by a once-a-second watcher for the others
-    capabilities = Capabilities(accepts_refs=True, kills_on_timeout=True)
+    capabilities = Capabilities(accepts_refs=True)
 
     def __init__(self, address: str | None = None, *, client: Any = None, timeout: float = 5.0,
                  n_workers: int | None = None, threads_per_worker: int = 1, memory_limit: str | int = "auto",
@@ -266,7 +268,7 @@ class DaskExecutor(Executor):
                     h = self._live.get(key)
                     if h is not None and not h.started and not h.state.terminal:
                         h.started = True
-                        self._listener("started", h.call_id, h.attempt, now)
+                        self._listener(CallStarted(h.call_id, h.attempt, now))
 
     def close(self) -> None:
         if self._closed:
@@ -379,7 +381,7 @@ class DaskExecutor(Executor):
         return self._importable_cache[task.identity]
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
-        """States only: outcomes reach the engine through the listener (``pushes_events``)."""
+        """States only: outcomes reach the engine through the listener."""
         out = []
         for h in handles:
             f = h.future
@@ -423,7 +425,7 @@ class DaskExecutor(Executor):
 
     def _on_started_event(self, event: tuple) -> None:
         call_id, attempt, ts = event[1]
-        self._listener("started", call_id, attempt, ts)
+        self._listener(CallStarted(call_id, attempt, ts))
 
     def _gather_loop(self) -> None:
         q = self._done_q
@@ -491,9 +493,11 @@ class DaskExecutor(Executor):
             h.future = None  # releases the key on the cluster
             self._live.pop(h.key, None)
             self._in_flight -= 1
+            started, h.started = h.started, True
         listener = self._listener
-        listener("started", h.call_id, h.attempt, out.started or out.ended or time.time())
-        listener("done", h.call_id, h.attempt, out)
+        if not started:  # the outcome's start, where neither the watcher nor the worker's event told it
+            listener(CallStarted(h.call_id, h.attempt, out.started or out.ended or time.time()))
+        listener(CallDone(h.call_id, h.attempt, out))
 
     def _fail_now(self, calls: list[Call], handles: list[_Handle], e: BaseException, tb: str = "") -> None:
         for h in handles:

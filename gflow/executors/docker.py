@@ -25,9 +25,10 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from gflow.errors import ConfigError, ExecutorError
+from gflow.errors import ConfigError, ExecutorError, OutOfMemory
 from gflow.executors._batch import RunArtifacts
-from gflow.executors.base import Call, Capabilities, Executor, JobStatus, Outcome
+from gflow.executors.base import Call, CallDone, CallStarted, Capabilities, Executor, JobStatus, Outcome
+from gflow.executors.polling import failed
 from gflow.states import State
 
 log = logging.getLogger("gflow.executors.docker")
@@ -78,7 +79,7 @@ class DockerExecutor(RunArtifacts, Executor):
     """
 
     name = "docker"
-    capabilities = Capabilities(kills_on_timeout=True, needs_image=True)
+    capabilities = Capabilities()
 
     def __init__(self, image: str | None = None, *, bundle: str | None = None, base_url: str | None = None,
                  client: Any = None, dev: bool = False, build: bool = True, registry: str | None = None,
@@ -272,7 +273,7 @@ class DockerExecutor(RunArtifacts, Executor):
                 self._running.add(h)
             h.container.start()
             h.state = State.RUNNING
-            self._listener("started", call.id, call.attempt, (time.time(), self.describe_handle(h)))
+            self._listener(CallStarted(call.id, call.attempt, time.time(), self.describe_handle(h)))
             status = self._wait(h.container)
             rec = read_outcome(arts, spec)
             if rec is not None:
@@ -295,7 +296,7 @@ class DockerExecutor(RunArtifacts, Executor):
             h.state = State.CANCELLED
             return
         h.state = State.SUCCEEDED if outcome.ok else State.FAILED
-        self._listener("done", call.id, call.attempt, outcome)
+        self._listener(CallDone(call.id, call.attempt, outcome))
 
     def _environment(self, call: Call) -> dict[str, str]:
         env = {"HOME": "/tmp"}
@@ -328,8 +329,9 @@ class DockerExecutor(RunArtifacts, Executor):
         why = "killed: out of memory (raise the task's Resources.memory)" if oom else f"exit code {code}"
         msg = (f"container of image {h.tag} ended without an outcome record ({why}); the image's gflow may be "
                f"unable to run this call")
-        return Outcome(False, error_type="gflow.ExecutorError", error_message=msg, traceback=tail,
-                       ended=time.time())
+        if oom:
+            return failed(OutOfMemory(msg, requested=h.call.task.options.resources.memory), log_tail=tail)
+        return failed(ExecutorError, msg, log_tail=tail, error_type="gflow.ExecutorError")
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
         return [JobStatus(h.state) for h in handles]

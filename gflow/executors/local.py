@@ -16,9 +16,13 @@ from gflow.errors import ExecutorError
 from gflow.executors._procpool import ProcessPool
 from gflow.executors.base import (
     Call,
+    CallDone,
+    CallEvent,
+    CallStarted,
     Capabilities,
     Executor,
     JobStatus,
+    Listener,
     Outcome,
     StartReport,
     importable_problem,
@@ -26,7 +30,7 @@ from gflow.executors.base import (
 from gflow.states import State
 
 
-def _run_here(call: Call, listener: Any, board: dict | None = None, artifacts: Any = None) -> None:
+def _run_here(call: Call, listener: Listener, board: dict | None = None, artifacts: Any = None) -> None:
     """Run one call in this thread, reporting start and outcome to the engine.
 
     With a ``board``, the start is written there instead of sent: the engine reads the board a few
@@ -34,19 +38,19 @@ def _run_here(call: Call, listener: Any, board: dict | None = None, artifacts: A
     """
     t0 = time.time()
     if board is None:
-        listener("started", call.id, call.attempt, t0)
+        listener(CallStarted(call.id, call.attempt, t0))
     else:
         board[call.id] = (call.attempt, t0)
     token = run_artifacts.set(artifacts) if artifacts is not None else None
     try:
         value = call.task.fn(*call.args, **call.kwargs)
     except BaseException as e:  # noqa: BLE001 - reported, not swallowed
-        listener("done", call.id, call.attempt, Outcome.from_exception(e, traceback.format_exc(), t0, time.time()))
+        listener(CallDone(call.id, call.attempt, Outcome.from_exception(e, traceback.format_exc(), t0, time.time())))
         return
     finally:
         if token is not None:
             run_artifacts.reset(token)
-    listener("done", call.id, call.attempt, Outcome(True, value, started=t0, ended=time.time()))
+    listener(CallDone(call.id, call.attempt, Outcome(True, value, started=t0, ended=time.time())))
 
 
 class _ThreadPool:
@@ -94,8 +98,8 @@ class LocalExecutor(Executor):
     def __init__(self, workers: int | None = None, processes: bool = False, max_in_flight: int | None = None,
                  mp_context: str = "spawn"):
         self.processes = processes
-        if processes:  # workers push their starts; a running call can be killed
-            self.capabilities = Capabilities(kills_on_timeout=True)
+        if processes:  # workers push their starts (and a running call can be killed)
+            self.capabilities = Capabilities()
         cpu = os.cpu_count() or 1
         self.workers = workers or (cpu if processes else min(32, cpu + 4))
         self.max_in_flight = max_in_flight or max(256, self.workers * 64)
@@ -137,11 +141,11 @@ class LocalExecutor(Executor):
             raise ConfigError(f"local executor {spec!r}: workers must be an integer") from None
         return cls(workers=workers, processes=kind == "processes", max_in_flight=settings.get("max_in_flight"))
 
-    def _listen(self, kind: str, call_id: str, attempt: int, payload: Any) -> None:
-        if kind == "done":
+    def _listen(self, event: CallEvent) -> None:
+        if type(event) is CallDone:
             with self._lock:
                 self._in_flight -= 1
-        self._listener(kind, call_id, attempt, payload)
+        self._listener(event)
 
     def submit(self, calls: Sequence[Call]) -> list[Any]:
         with self._lock:
@@ -154,8 +158,8 @@ class LocalExecutor(Executor):
         for c in calls:
             problem = importable_problem(c.task)
             if problem is not None:  # the worker could not import it: fail this call clearly instead
-                self._listen("done", c.id, c.attempt, Outcome.from_exception(ExecutorError(problem), "", None,
-                                                                             time.time()))
+                self._listen(CallDone(c.id, c.attempt, Outcome.from_exception(ExecutorError(problem), "", None,
+                                                                              time.time())))
                 continue
             self._procs.submit(c)
         return list(calls)

@@ -24,7 +24,7 @@ from typing import Any
 
 from gflow.errors import GflowError, StoreError
 from gflow.executors import get_executor, settings_key
-from gflow.executors.base import Executor, Outcome
+from gflow.executors.base import CallDone, CallEvent, CallStarted, Executor
 from gflow.flows._core import Core
 from gflow.flows._events import (
     ArmTimer,
@@ -109,8 +109,6 @@ class Engine:
         self._notify = False
         self._timers: list[tuple[float, int, str, int, str]] = []
         self._seq = itertools.count()
-        self._polled: dict[str, dict[str, tuple[int, Any]]] = {}
-        self._last_poll: dict[str, float] = {}
         self._last_starts = 0.0
         self._start_pollers: list[str] = []
         #: the run whose record the engine watches for a cancel from outside (gflow runs cancel, the server)
@@ -146,9 +144,6 @@ class Engine:
             caps = ex.capabilities
             if caps.start_poll_interval:
                 self._start_pollers.append(name)
-            if not caps.pushes_events:
-                self._polled[name] = {}
-                self._last_poll[name] = 0.0
             self.q.put(ExecutorAdded("executor-opened", name, caps))
             return name
 
@@ -180,9 +175,6 @@ class Engine:
         image = self.executors[executor].image_key(task)
         self._images[k] = (task, image)
         return image
-
-    def executor_description(self) -> str:
-        return self.default
 
     # -- API for flow threads --------------------------------------------------------------------------------
     def add(self, tasks: list[TaskState], futures: list[Future]) -> None:
@@ -292,8 +284,9 @@ class Engine:
         self.close()
 
     # -- executor listener (any thread) ----------------------------------------------------------------------
-    def _listen(self, kind: str, call_id: str, attempt: int, payload: Any) -> None:
-        self.q.put((kind, call_id, attempt, payload))
+    def _listen(self, event: CallEvent) -> None:
+        """The executors' listener: a :class:`CallStarted` or :class:`CallDone`, handed to the loop as is."""
+        self.q.put(event)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -343,17 +336,15 @@ class Engine:
                 self._cond.notify_all()
 
     def _convert(self, msg: Any, events: list[Event]) -> None:
-        if type(msg) is tuple:
-            kind = msg[0]
-            if kind == "done":
-                events.append(Finished("executor-done", msg[1], msg[2], msg[3]))
-            elif kind == "started":
-                p = msg[3]
-                if type(p) is tuple:
-                    events.append(Started("executor-started", msg[1], msg[2], p[0], p[1]))
-                else:
-                    events.append(Started("executor-started", msg[1], msg[2], p))
-            elif kind == "add":
+        t = type(msg)
+        if t is CallDone:
+            events.append(Finished("executor-done", msg.call_id, msg.attempt, msg.outcome))
+            return
+        if t is CallStarted:
+            events.append(Started("executor-started", msg.call_id, msg.attempt, msg.ts, msg.description))
+            return
+        if t is tuple:  # ("add", tasks, futures) from a flow's thread, or ("state-failed",): only a wake-up
+            if msg[0] == "add":
                 for f in msg[2]:
                     self.futures[f.id] = f
                 events.append(CallsAdded("calls-added", msg[1]))
@@ -371,11 +362,6 @@ class Engine:
                 iv = self.executors[name].capabilities.start_poll_interval or 0.02
                 w = max(0.0, self._last_starts + iv - now_m)
                 t = w if t is None else min(t, w)
-            for name, tracked in list(self._polled.items()):
-                if tracked:
-                    iv = self.executors[name].capabilities.poll_interval
-                    w = max(0.0, self._last_poll[name] + iv - now_m)
-                    t = w if t is None else min(t, w)
             if any(self.core.has_ready(name) for name in list(self.executors)):
                 t = 0.05 if t is None else min(t, 0.05)
         if self.watch is not None and self.cancelled_by is None:
@@ -396,36 +382,9 @@ class Engine:
             for name in self._start_pollers:
                 for rep in self.executors[name].poll_starts():
                     events.append(Started("executor-started", rep.call_id, rep.attempt, rep.ts))
-        for name, tracked in list(self._polled.items()):
-            ex = self.executors[name]
-            if tracked and now_m - self._last_poll[name] >= ex.capabilities.poll_interval:
-                self._last_poll[name] = now_m
-                self._poll(name, ex, tracked, events)
         if self.watch is not None and self.cancelled_by is None and now_m - self._last_watch >= self.watch_interval:
             self._last_watch = now_m
             self._check_cancelled(events)
-
-    def _poll(self, name: str, ex: Executor, tracked: dict[str, tuple[int, Any]], events: list[Event]) -> None:
-        ids = list(tracked)
-        try:
-            statuses = ex.poll([tracked[i][1] for i in ids])
-        except Exception:  # noqa: BLE001 - polled again next time
-            log.warning("polling %s failed; will retry", name, exc_info=True)
-            return
-        for cid, st in zip(ids, statuses):
-            attempt = tracked[cid][0]
-            if st.state is State.RUNNING:
-                events.append(Started("executor-polled", cid, attempt, time.time()))
-            elif st.state.terminal:
-                out = st.outcome
-                if out is None:
-                    from gflow.errors import Cancelled, ExecutorError
-
-                    err = Cancelled("the backend cancelled the job") if st.state is State.CANCELLED else \
-                        ExecutorError(f"the backend reported {st.state.value} without an outcome")
-                    out = Outcome.from_exception(err, "", None, time.time())
-                del tracked[cid]
-                events.append(Finished("executor-polled", cid, attempt, out))
 
     def _check_cancelled(self, events: list[Event]) -> None:
         """Cancel everything if someone else marked the watched run CANCELLED in the store."""
@@ -527,10 +486,6 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - translated: the backend refused the batch
             return self.core.handle(SubmitFailed("submit-failed", ins.executor, ins.calls, e, tb_mod.format_exc()),
                                     time.time())
-        tracked = self._polled.get(ins.executor)
-        if tracked is not None:
-            for c, h in zip(ins.calls, handles):
-                tracked[c.id] = (c.attempt, h)
         descs = [ex.describe_handle(h) for h in handles]
         cap = ex.capacity() if ex.capabilities.accepts_refs else 0
         return self.core.handle(Submitted("submitted", ins.executor, ins.calls, handles, descs, cap), time.time())
@@ -539,11 +494,6 @@ class Engine:
         ex = self.executors.get(ins.executor)
         if ex is None:
             return
-        tracked = self._polled.get(ins.executor)
-        if tracked:
-            gone = {id(h) for h in ins.handles}
-            for cid in [c for c, (_, h) in tracked.items() if id(h) in gone]:
-                del tracked[cid]
         try:
             ex.cancel(ins.handles)
         except Exception:  # noqa: BLE001 - best effort: late outcomes are ignored anyway

@@ -26,7 +26,7 @@ import json
 from typing import Any
 
 from gflow.errors import SerializationError
-from gflow.serialization import _dumps, to_jsonable
+from gflow.serialization import canonical_json, to_jsonable
 from gflow.tasks import code_version, project_file
 
 __all__ = ["code_version", "compute_key", "compute_keys", "project_file"]
@@ -52,7 +52,7 @@ def compute_keys(task: Any, arguments: dict[str, Any], image: str | None = None,
         except SerializationError:  # again, naming the argument (not formatted on the common path)
             tree = {k: to_jsonable(v, blobs, allow, f"task '{task.name}' argument '{k}'")
                     for k, v in arguments.items()}
-        inputs = _dumps(tree)
+        inputs = canonical_json(tree)
     ident = task.identity
     ikey = hashlib.sha256(f"{ident}\0{inputs}".encode()).hexdigest()
     if version is None:

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from gflow._walk import LEAF, substitute
 from gflow.executors.base import Ref
 from gflow.flows._future import Future
+from gflow.store.base import registry_id
 
 SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
 
@@ -36,11 +37,6 @@ def resolve_values(value: Any, tasks: Mapping[str, Any], refs: Mapping[str, Any]
     if t is dict:
         return {k: substitute(v, Future, get) for k, v in value.items()}
     return substitute(value, Future, get)
-
-
-def registry_id(kind: str, key: str) -> str:
-    """The lineage id under which objects of ``kind`` (a class name, any case) with ``key`` are recorded."""
-    return f"key:{kind.lower()}:{key}"
 
 
 def object_ids(value: Any, out: list[str] | None = None, depth: int = 0) -> list[str]:

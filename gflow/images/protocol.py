@@ -24,7 +24,7 @@ from typing import Any
 
 from gflow.artifacts.base import digest_of
 from gflow.errors import SerializationError
-from gflow.executors.base import Call, Outcome, _qualname
+from gflow.executors.base import Call, Outcome, qualname
 from gflow.serialization import canonical_json, decode, encode
 
 CALL = "gflow.call/v1"
@@ -272,7 +272,7 @@ def to_outcome(artifacts: Any, rec: dict, *, allow_pickle: bool = False) -> Outc
         try:
             value = decode(result_bytes(artifacts, rec), artifacts.get, allow_pickle=allow_pickle, where=where)
         except Exception as e:  # noqa: BLE001 - reported as the call's failure
-            return Outcome(False, error_type=_qualname(type(e)), error_message=f"cannot read the result: {e}",
+            return Outcome(False, error_type=qualname(type(e)), error_message=f"cannot read the result: {e}",
                            traceback="", started=started, ended=ended or time.time())
         return Outcome(True, value, started=started, ended=ended, result_ref=rec["result"])
     return Outcome(False, error_type=_text(rec.get("error_type"), "Error") or "Error",

@@ -38,7 +38,7 @@ from gflow.images.protocol import (
     write_outcome,
 )
 
-INDEX_VARS = ("AWS_BATCH_JOB_ARRAY_INDEX", "VC_TASK_INDEX")
+INDEX_VARS = ("AWS_BATCH_JOB_ARRAY_INDEX", "VC_TASK_INDEX", "SLURM_ARRAY_TASK_ID", "BATCH_TASK_INDEX")
 #: an array child's job id is ``<array job id>:<index>`` (moto sets only this, not the index variable)
 _CHILD_JOB_ID = re.compile(r"^[^:]+:(\d+)$")
 
@@ -204,10 +204,10 @@ def _where(spec: dict) -> dict:
 
 
 def _fail(artifacts: Any, spec_digest: str, spec: dict, stage: str, e: BaseException, started: float) -> None:
-    from gflow.executors.base import _qualname
+    from gflow.executors.base import qualname
 
     tb = traceback.format_exc()
-    record = {"ok": False, "stage": stage, "error_type": _qualname(type(e)), "error_message": str(e),
+    record = {"ok": False, "stage": stage, "error_type": qualname(type(e)), "error_message": str(e),
               "traceback": tb, "started": started, "ended": time.time(), **_where(spec)}
     print(f"gflow worker: {stage} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
     print(tb, file=sys.stderr, flush=True)

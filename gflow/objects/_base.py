@@ -32,6 +32,28 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def shorten(text: str, width: int = 40) -> str:
+    """``text`` whole when it fits in ``width`` characters, else its start and its last 8 around ``...``."""
+    if len(text) <= width:
+        return text
+    return f"{text[: max(width - 11, 1)]}...{text[-8:]}"
+
+
+def number(value: float) -> str:
+    """A float for people: six significant digits, no exponent below a million."""
+    return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.4e}"
+
+
+def _field_text(value: Any) -> str:
+    if isinstance(value, GflowObject):
+        return shorten(value.summary(), 40)
+    if isinstance(value, float):
+        return number(value)
+    if isinstance(value, (tuple, list, dict, set, frozenset)):
+        return f"({len(value)} items)"
+    return shorten(str(value), 40)
+
+
 class GflowObject(BaseModel):
     """Base of all gflow objects: frozen, strict about unknown fields, content-addressed.
 
@@ -58,8 +80,21 @@ class GflowObject(BaseModel):
         return None
 
     def summary(self) -> str:
-        """One short line for people (CLI output, tables); subclasses say what matters about them."""
-        return f"{type(self).__name__} {self.content_id[7:19]}"
+        """A short text for people (``gflow run --output short``, tables); subclasses say what matters about them:
+        sequences, SMILES, score values, file paths. One line, except an Experiment's table.
+
+        This default (for subclasses of users' own) names the first five fields that are set: numbers and text
+        shortened, nested objects by their own summary, collections by their length.
+        """
+        parts: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None or (isinstance(value, (tuple, list, dict, set, frozenset)) and not value):
+                continue
+            parts.append(f"{name}={_field_text(value)}")
+            if len(parts) == 5:
+                break
+        return " ".join([type(self).__name__, ", ".join(parts)]) if parts else type(self).__name__
 
     def with_(self, **changes: Any) -> Self:
         """Returns a copy with ``changes`` applied, validated like a freshly built object.

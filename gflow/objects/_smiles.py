@@ -12,9 +12,10 @@ from typing import NamedTuple
 from ._limits import quote
 
 _ORGANIC = ("Cl", "Br", "B", "C", "N", "O", "P", "S", "F", "I", "b", "c", "n", "o", "p", "s", "*")
-_BONDS = frozenset("-=#$:/\\")
+_BONDS = frozenset("-=#$:/\\~")  # RDKit reads ~ (any bond) too
 _BRACKET_ATOM_RE = re.compile(
-    r"[0-9]*(?:[A-Z][a-z]?|[a-z][a-z]?|\*)"  # isotope, element or aromatic symbol, or *
+    r"[0-9]*(?:[A-Z][a-z]{0,2}|[a-z][a-z]?|\*|#(?:11[0-8]|10[0-9]|[1-9]?[0-9]))"  # isotope; element (RDKit reads
+    # Uuo, Uup), aromatic symbol, * or an atomic number up to 118 (RDKit fails an assertion past it)
     r"(?:@(?:@|TH[12]|AL[12]|SP[1-3]|TB[0-9]{1,2}|OH[0-9]{1,2})?)?"  # chirality
     r"(?:H[0-9]*)?"  # hydrogens
     r"(?:[+-][0-9]*|\+\+|--)?"  # charge
@@ -123,6 +124,9 @@ def check_smiles_syntax(smiles: str) -> SmilesStats:  # noqa: C901 - one scanner
             current, previous = None, "."
         elif char == "]":
             raise ValueError(f"unbalanced ']' {where}")
+        elif char.isspace():
+            raise ValueError(f"whitespace {where}: a SMILES has none (give a name as the molecule's name; "
+                             f"CXSMILES extensions are not read)")
         else:
             raise ValueError(f"unexpected character {char!r} {where}")
         i += 1

@@ -7,12 +7,13 @@ from typing import Annotated, Self
 
 from pydantic import Field, StringConstraints, field_validator
 
-from ._base import CONTENT_ID_PATTERN, GflowObject, Metadata
+from ._base import CONTENT_ID_PATTERN, GflowObject, Metadata, number, shorten
 from .molecule import Molecule
 from .protein import Protein
 from .score import Score
 from .structure import Structure
 
+_PATH_KEYS = ("_png", "_path", "_file", "_dir", "_pdf", "_csv", "_html")
 ContentId = Annotated[str, StringConstraints(pattern=CONTENT_ID_PATTERN)]
 """``"sha256:"`` followed by 64 lowercase hex digits."""
 
@@ -31,6 +32,10 @@ class Provenance(GflowObject):
     run_id: str | None = None
     task_run_id: str | None = None
     inputs: tuple[ContentId, ...] = ()
+
+    def summary(self) -> str:
+        run = f" in run {self.run_id}" if self.run_id else ""
+        return f"Provenance {self.task}{run}"
 
 
 def _unique_score_names(scores: tuple[Score, ...]) -> tuple[Score, ...]:
@@ -60,13 +65,16 @@ class Design(GflowObject):
     scores: tuple[Score, ...] = ()
     parents: tuple[ContentId, ...] = ()
     produced_by: Provenance | None = None
-
-
     def summary(self) -> str:
-        p = self.protein
-        who = p.name or (p.sequence[:12] + "...")
-        scores = " ".join(f"{sc.name}={sc.value:+.4g}" for sc in self.scores)
-        return f"{who} ({len(p.sequence)} aa) {scores}".rstrip()
+        """``Design parent_K2E: MKTAYIAK...(22 aa); esm2_pll=-1.2345; molecule CCO; structure 4ake``."""
+        parts = [f"Design {self.protein.summary().removeprefix('Protein ')}"]
+        parts += [f"{s.name}={number(s.value)}" for s in self.scores]
+        if self.molecule is not None:
+            parts.append(f"molecule {shorten(self.molecule.smiles)}")
+        if self.structure is not None:
+            parts.append(f"structure {self.structure.name or self.structure.format}")
+        return "; ".join(parts)
+
     @field_validator("scores")
     @classmethod
     def _distinct_scores(cls, scores: tuple[Score, ...]) -> tuple[Score, ...]:
@@ -107,6 +115,22 @@ class Experiment(GflowObject):
     measurements: tuple[Score, ...] = ()
     description: str | None = None
     metadata: Metadata = Field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The name and counts, the measurements, the description (a summary table, at most 20 lines) and the
+        metadata that name files (keys ending in ``_png``, ``_path``, ``_file``, ``_dir``, or absolute paths)."""
+        lines = [f"Experiment {self.name}: {len(self.designs)} designs, {len(self.measurements)} measurements"]
+        if self.measurements:
+            lines.append("  " + ", ".join(f"{s.name}={number(s.value)}" for s in self.measurements[:8])
+                         + (f", ... {len(self.measurements) - 8} more" if len(self.measurements) > 8 else ""))
+        if self.description:
+            described = self.description.splitlines()
+            lines += ["  " + line for line in described[:20]]
+            if len(described) > 20:
+                lines.append(f"  ... {len(described) - 20} more lines")
+        lines += [f"  {key}: {value}" for key, value in self.metadata.items()
+                  if isinstance(value, str) and (key.endswith(_PATH_KEYS) or value.startswith("/"))]
+        return "\n".join(lines)
 
     def with_designs(self, designs: Iterable[Design]) -> Self:
         """Returns a copy with ``designs`` appended."""

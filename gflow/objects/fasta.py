@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 __all__ = ["FastaError", "iter_fasta", "read_fasta", "write_fasta"]
 
 
+#: What records become when no ``cls`` is given: ``Protein``, set by ``gflow.objects.protein`` on import.
+#: (fasta sits below protein, which reads and writes FASTA: fasta never imports protein.)
+default_record_class: type[Protein] | None = None
+
+
 class FastaError(GflowError, ValueError):
     """A FASTA text is malformed; the message names the record (number, name) and its line."""
 
@@ -66,9 +71,9 @@ def iter_fasta(text_or_path: str | os.PathLike[str], cls: type[Protein] | None =
         FastaError: (a ValueError) naming the record number, its name and line, and what is wrong.
     """
     if cls is None:
-        from .protein import Protein
-
-        cls = Protein
+        if default_record_class is None:  # pragma: no cover - gflow.objects always imports protein first
+            raise TypeError("iter_fasta: give cls (no default record class is registered)")
+        cls = default_record_class
     for count, line, header, chunks in _records(_fasta_text(text_or_path)):
         name, description = [*header.split(maxsplit=1), "", ""][:2]
         metadata: Metadata = {"description": description} if description else {}

@@ -50,6 +50,9 @@ class FileEntry(GflowObject):
             raise ValueError(f"file path {value!r} must be relative, with '/' separators and no '..'")
         return value
 
+    def summary(self) -> str:
+        return f"FileEntry {self.path} ({_size(self.size)})"
+
 
 def manifest_digest(files: tuple[FileEntry, ...] | list[FileEntry]) -> str:
     """``sha256:`` of the canonical list of (path, digest, size), sorted by path: an artifact's source."""
@@ -65,6 +68,13 @@ def source_kind(source: str) -> SourceKind:
     if source.startswith("/"):
         return "dir"
     return "hub"
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 class _FileSet(GflowObject):
@@ -120,6 +130,14 @@ class _FileSet(GflowObject):
     def file(self, path: str) -> FileEntry | None:
         """The entry for ``path``, or None."""
         return next((f for f in self.files if f.path == path), None)
+
+    def summary(self) -> str:
+        """``Model esm2_t6_8M: dir /models/esm2 (3 files, 31.4 MB: config.json, model.safetensors, ...)``."""
+        source = self.source[:19] if self.kind == "artifact" else self.source
+        where = {"artifact": "artifact", "dir": "dir", "hub": "hub id"}[self.kind]
+        names = ", ".join(f.path for f in self.files[:3]) + (", ..." if len(self.files) > 3 else "")
+        files = f" ({len(self.files)} files, {_size(self.size)}: {names})" if self.files else ""
+        return f"{type(self).__name__} {self.name}: {where} {source}{files}"
 
 
 class Model(_FileSet):

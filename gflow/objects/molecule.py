@@ -24,7 +24,8 @@ from typing import Any, Self
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from ._base import FiniteFloat, GflowObject, Metadata
+from ._base import FiniteFloat, GflowObject, Metadata, shorten
+from ._base import number as _number
 from ._deps import optional, require, warn_once
 from ._limits import InputTooLarge, limit_var, quote, smiles_limits
 from ._rdkit_canon import canonical, isolated_canonical
@@ -102,6 +103,10 @@ class Descriptors(GflowObject):
     aromatic_rings: int
     formal_charge: int
 
+    def summary(self) -> str:
+        return (f"MW {_number(self.molecular_weight)}, logP {_number(self.logp)}, HBD {self.hbd}, HBA {self.hba}, "
+                f"TPSA {_number(self.tpsa)}, QED {_number(self.qed)}")
+
     def lipinski_violations(self) -> int:
         """How many of Lipinski's rule-of-five limits are exceeded (MW 500, logP 5, HBD 5, HBA 10)."""
         return sum((self.molecular_weight > 500, self.logp > 5, self.hbd > 5, self.hba > 10))
@@ -125,6 +130,11 @@ class Molecule(GflowObject):
 
     def registry_key(self) -> str | None:
         return self.smiles
+
+    def summary(self) -> str:
+        """``Molecule aspirin: CC(=O)Oc1ccccc1C(=O)O`` (a long SMILES shortened)."""
+        who = f"Molecule {self.name}:" if self.name else "Molecule"
+        return f"{who} {shorten(self.smiles, 60)}"
 
     @model_validator(mode="wrap")
     @classmethod

@@ -6,9 +6,10 @@ import os
 import re
 from typing import Any, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ._base import GflowObject, Metadata
+from . import fasta as _fasta
+from ._base import GflowObject, Metadata, shorten
 
 STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 AMBIGUOUS_RESIDUES = "XUOBZJ"
@@ -16,6 +17,7 @@ ALLOWED_RESIDUES = STANDARD_RESIDUES + AMBIGUOUS_RESIDUES
 _ALLOWED_SET = frozenset(ALLOWED_RESIDUES)
 _MUTATION_RE = re.compile(r"^\s*([A-Za-z])(\d+)([A-Za-z])\s*$")
 _WHITESPACE_RE = re.compile(r"\s+")
+_RECORD_RE = re.compile(r"([A-Z])(\d+)([A-Z])")  # a mutation as a name records it
 
 
 def _check_residue(value: str) -> str:
@@ -64,8 +66,53 @@ class Mutation(GflowObject):
         """
         return cls.model_validate(text)
 
+    @model_validator(mode="after")
+    def _changes_something(self) -> Mutation:
+        if self.wt == self.mt:
+            raise ValueError(f"mutation {self} changes nothing ({self.wt} stays {self.mt} at position "
+                             f"{self.position}); pick another residue")
+        return self
+
     def __str__(self) -> str:
         return f"{self.wt}{self.position}{self.mt}"
+
+    def summary(self) -> str:
+        return f"Mutation {self}"
+
+
+def _parse_mutation(text: str) -> Mutation:
+    """Mutation.parse, its error as one line (``mutation A4A changes nothing ...``)."""
+    try:
+        return Mutation.parse(text)
+    except ValidationError as exc:
+        raise ValueError("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())) from None
+
+
+def _mutated_name(name: str, sequence: str, mutations: list[Mutation]) -> str:
+    """``name`` with ``mutations`` recorded: a position its trailing ``_A23G`` parts already hold is rewritten
+    there (from the first wild type), or dropped when it returns to it; other mutations are appended.
+
+    A trailing part counts as a record only where ``sequence`` holds its mutant residue (a name such as
+    ``T4L`` before the first ``_`` is never read as one).
+    """
+    base, *parts = name.split("_")
+    records: list[tuple[int, str, str]] = []  # (position, first wild type, mutant), in name order
+    while parts:
+        match = _RECORD_RE.fullmatch(parts[-1])
+        if match is None or not 1 <= int(match.group(2)) <= len(sequence) or \
+                sequence[int(match.group(2)) - 1] != match.group(3):
+            break
+        records.insert(0, (int(match.group(2)), match.group(1), match.group(3)))
+        parts.pop()
+    recorded = {position: (wt, mt) for position, wt, mt in records}
+    if len(recorded) != len(records):  # a position twice: not a record gflow wrote, leave the name as it is
+        parts, recorded = parts + [f"{wt}{pos}{mt}" for pos, wt, mt in records], {}
+    for mutation in mutations:
+        first = recorded[mutation.position][0] if mutation.position in recorded else mutation.wt
+        recorded.pop(mutation.position, None)
+        if first != mutation.mt:
+            recorded[mutation.position] = (first, mutation.mt)
+    return "_".join([base, *parts, *(f"{wt}{pos}{mt}" for pos, (wt, mt) in recorded.items())])
 
 
 class Protein(GflowObject):
@@ -112,6 +159,11 @@ class Protein(GflowObject):
     def __len__(self) -> int:
         return len(self.sequence)
 
+    def summary(self) -> str:
+        """``Protein NAME: MKTAYIAKQRQISF...VAGLNGAK (214 aa)``."""
+        who = f"Protein {self.name}:" if self.name else "Protein"
+        return f"{who} {shorten(self.sequence)} ({len(self.sequence)} aa)"
+
     def mutate(self, *mutations: str | Mutation) -> Self:
         """Applies point mutations, checking each wild-type residue.
 
@@ -119,12 +171,15 @@ class Protein(GflowObject):
             *mutations: ``"A23G"``-style strings or Mutation objects, at distinct positions.
 
         Returns:
-            A new Protein; its name (when set) gets the mutations appended, e.g. ``"parent_A23G"``.
+            A new Protein; its name (when set) gets the mutations appended, e.g. ``"parent_A23G"``. A position
+            that the name already records as mutated is rewritten there: ``parent_V196W`` mutated ``W196E`` is
+            ``parent_V196E``, and mutated back (``W196V``) is ``parent``.
 
         Raises:
-            ValueError: If a position is out of range, repeated, or holds a different residue.
+            ValueError: If a position is out of range, repeated, or holds a different residue; a mutation that
+                changes nothing (``A4A``) is refused when it is parsed.
         """
-        parsed = [m if isinstance(m, Mutation) else Mutation.parse(m) for m in mutations]
+        parsed = [m if isinstance(m, Mutation) else _parse_mutation(m) for m in mutations]
         residues = list(self.sequence)
         seen: set[int] = set()
         for mutation in parsed:
@@ -143,7 +198,7 @@ class Protein(GflowObject):
             residues[mutation.position - 1] = mutation.mt
         name = self.name
         if name is not None and parsed:
-            name = "_".join([name, *(str(m) for m in parsed)])
+            name = _mutated_name(name, self.sequence, parsed)
         return self.with_(sequence="".join(residues), name=name)
 
     def mutations_from(self, parent: Protein) -> list[Mutation]:
@@ -176,9 +231,7 @@ class Protein(GflowObject):
             ValueError: If the input is neither FASTA text nor an existing file, or is malformed (naming the
                 record, its number and line).
         """
-        from .fasta import iter_fasta
-
-        return list(iter_fasta(text_or_path, cls))
+        return list(_fasta.iter_fasta(text_or_path, cls))
 
     def to_fasta(self, width: int = 60) -> str:
         """Renders this protein as a FASTA record (``from_fasta`` reads it back).
@@ -198,3 +251,4 @@ class Protein(GflowObject):
         return "\n".join([f">{header}", *lines]) + "\n"
 
 
+_fasta.default_record_class = Protein

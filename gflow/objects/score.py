@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ._base import FiniteFloat, GflowObject
+from ._base import FiniteFloat, GflowObject, number
 
 
 class Score(GflowObject):
@@ -23,6 +23,12 @@ class Score(GflowObject):
     units: str | None = None
     higher_is_better: bool = True
     provenance: dict[str, str] = Field(default_factory=dict)
+
+    def summary(self) -> str:
+        """``Score esm2_pll=-12.3457 nats`` (``, lower is better`` where it is)."""
+        units = f" {self.units}" if self.units else ""
+        direction = "" if self.higher_is_better else ", lower is better"
+        return f"Score {self.name}={number(self.value)}{units}{direction}"
 
     def is_better_than(self, other: Score) -> bool:
         """Whether this score beats ``other`` in this score's direction (ties are not better)."""

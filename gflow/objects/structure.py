@@ -26,7 +26,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gflow.errors import GflowError
 
-from ._base import GflowObject
+from ._base import GflowObject, shorten
 from ._deps import require
 from ._limits import STRUCTURE_MAX_BYTES_VAR, InputTooLarge, structure_max_bytes
 
@@ -37,7 +37,7 @@ _SUFFIX_FORMATS: dict[str, StructureFormat] = {".pdb": "pdb", ".ent": "pdb", ".c
 # patterns start at a newline (a literal prefix the regex engine scans for fast), the text gets one prepended
 _PDB_BAD_COORDS_RE = re.compile(r"\n(?:ATOM  |HETATM)(?![^\n]{24}[ 0-9.+\-]{24})[^\n]*", re.ASCII)
 _PDB_ATOM_RE = re.compile(r"\n(?:ATOM  |HETATM)")
-_PDB_MODEL_RE = re.compile(r"\n(MODEL |ENDMDL)([^\n]*)")
+_PDB_MODEL_RE = re.compile(r"\n(MODEL(?=[ \r\n]|$)|ENDMDL)([^\n]*)")
 _NUMBER = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?(?:\([0-9]+\))?"
 _CIF_NUMBERS_RE = re.compile(rf"(?:{_NUMBER}\n)*", re.ASCII)
 _CIF_ERROR_LINE_RE = re.compile(r"^string:(\d+):\d+(?:\(\d+\))?:\s*")
@@ -111,17 +111,18 @@ def _check_pdb_records(text: str) -> None:
     for match in _PDB_MODEL_RE.finditer(text):
         line = _line_of(text, match.start())
         if match.group(1) == "ENDMDL":
-            if open_at is None:
+            if open_at is None and seen:
                 raise ValueError(f"line {line}: ENDMDL without a MODEL")
-            open_at = None
+            open_at = None  # with no MODEL record before it, ENDMDL ends a model (as gemmi reads such frames)
             continue
         if open_at is not None:
             raise ValueError(f"line {line}: MODEL, but the MODEL at line {open_at} has no ENDMDL")
-        number = match.group(2).strip() or "1"
+        number = match.group(2).strip()
+        number = str(int(number)) if number.isdigit() else number or "0"  # gemmi's reading: a blank MODEL is 0
         if number in seen:
             raise ValueError(f"line {line}: duplicate MODEL number {number} (first at line {seen[number]})")
         seen[number], open_at = line, line
-    if open_at is not None:
+    if open_at is not None and len(seen) > 1:  # a lone MODEL header with no ENDMDL is one model (MDAnalysis writes so)
         raise ValueError(f"line {open_at}: MODEL without ENDMDL")
 
 
@@ -149,17 +150,61 @@ def _gemmi_message(exc: Exception) -> str:
     return message
 
 
-def _residue_letter(gemmi: Any, name: str) -> str | None:
-    """One letter of a polymer residue, modified residues as their parent (gemmi's table); None for caps."""
+_STANDARD_3 = {"ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
+               "HIS": "H", "ILE": "I", "LEU": "L", "LYS": "K", "MET": "M", "PHE": "F", "PRO": "P", "SER": "S",
+               "THR": "T", "TRP": "W", "TYR": "Y", "VAL": "V"}
+FORCE_FIELD_RESIDUES: dict[str, str] = {
+    # protonation and disulfide states as AMBER, CHARMM, GROMOS and OPLS name them (gemmi's table says X)
+    **dict.fromkeys(("HID", "HIE", "HIP", "HSD", "HSE", "HSP", "HISA", "HISB", "HISD", "HISE", "HISH", "HIS1",
+                     "HIS2"), "H"),
+    **dict.fromkeys(("CYX", "CYM", "CYN", "CYS1", "CYS2", "CYSH"), "C"),
+    **dict.fromkeys(("ASH", "ASPH", "ASPP"), "D"), **dict.fromkeys(("GLH", "GLUH", "GLUP"), "E"),
+    **dict.fromkeys(("LYN", "LSN", "LYSH", "LYP"), "K"), "ARGN": "R",
+    "ADE": "A", "CYT": "C", "GUA": "G", "THY": "T", "URA": "U",  # CHARMM's nucleotides
+}
+_FORCE_FIELD_CAPS = frozenset(("NME", "NMA", "NHE", "NHH", "CT3"))  # C-terminal caps that gemmi's table lacks
+_NUCLEIC_FF_RE = re.compile(r"[DR]?([ACGTU])[35N]?")
+"""Residue names of MD force fields that are a standard amino acid in another state, and its letter; AMBER's
+terminal names (``NALA``, ``CGLY``: N or C before a standard name) are read the same way, and nucleotides as
+AMBER (``DA5``, ``RU3``) and CHARMM (``ADE``, ``CYT``) name them."""
+
+
+def _force_field_letter(name: str) -> str | None:
+    letter = FORCE_FIELD_RESIDUES.get(name)
+    if letter is None and len(name) == 4 and name[0] in "NC":
+        letter = _STANDARD_3.get(name[1:])
+    if letter is None:
+        match = _NUCLEIC_FF_RE.fullmatch(name)
+        letter = match.group(1) if match else None
+    return letter
+
+
+def _has_backbone(residue: Any) -> bool:
+    """A peptide's CA beside its N or C, or a nucleotide's C1' and C4' (names only: MD files often have no element
+    column, and gemmi then reads a left-aligned CA as calcium)."""
+    names = {atom.name for atom in residue}
+    return ("CA" in names and bool(names & {"N", "C"})) or {"C1'", "C4'"} <= names or {"C1*", "C4*"} <= names
+
+
+def _residue_letter(gemmi: Any, residue: Any) -> str | None:
+    """One letter of a polymer residue, or None for what is not part of the polymer's sequence.
+
+    Amino acids and nucleotides by gemmi's table (modified ones as their parent, MSE -> M) or by their force-field
+    name (HSD -> H); caps (ACE, NH2: gemmi's ELS kind) are left out. Anything else counts only with a backbone,
+    as ``X``: waters, ions, lipids and solvent written as ATOM records inside a protein's chain (MD outputs) are
+    not residues of the sequence.
+    """
+    name = residue.name
     info = gemmi.find_tabulated_residue(name)
-    if info is None:
-        return "X"
-    code = info.one_letter_code
-    if code.isalpha():
-        return str(code.upper())
-    if info.kind == gemmi.ResidueKind.ELS:  # caps and other small groups inside a polymer (ACE, NH2)
+    if info is not None and (info.is_amino_acid() or info.is_nucleic_acid()):
+        code = info.one_letter_code
+        return str(code.upper()) if code.isalpha() else "X"
+    letter = _force_field_letter(name)
+    if letter is not None and _has_backbone(residue):
+        return letter
+    if name in _FORCE_FIELD_CAPS or info is not None and info.kind == gemmi.ResidueKind.ELS:  # caps (ACE, NH2)
         return None
-    return "X"
+    return "X" if _has_backbone(residue) else None
 
 
 class _Parsed:
@@ -191,7 +236,7 @@ class _Parsed:
                     continue
                 letters = parts[chain.name]
                 for residue in polymer.first_conformer():
-                    letter = _residue_letter(gemmi, residue.name)
+                    letter = _residue_letter(gemmi, residue)
                     if letter is not None:
                         letters.append(letter)
             self._sequences = {name: "".join(letters) for name, letters in parts.items()}
@@ -328,9 +373,11 @@ class Structure(GflowObject):
     def sequences(self) -> dict[str, str]:
         """Each chain's polymer sequence, one letter per residue, chains in order.
 
-        Modified residues become their parent (MSE -> M, CSO -> C, as gemmi's residue table says),
-        unknown ones ``X``; waters, ions, ligands and caps are not residues of the sequence. A chain
-        with no polymer (only ligands or waters) maps to ``""``.
+        Modified residues become their parent (MSE -> M, CSO -> C, as gemmi's residue table says), and so
+        do force-field names (HSD -> H, CYX -> C); other residues count as ``X`` only with a backbone (a CA
+        beside N or C, a sugar's C1' and C4'), so waters, ions, lipids and ligands written inside a chain,
+        as MD outputs write them, and caps are not residues of the sequence (docs/objects.md). A chain with
+        no polymer (only ligands or waters) maps to ``""``.
         """
         return dict(self._state().sequences)
 
@@ -346,6 +393,14 @@ class Structure(GflowObject):
         if chain not in sequences:
             raise ValueError(f"no chain {chain!r} in structure (chains: {self.chains})")
         return sequences[chain]
+
+    def summary(self) -> str:
+        """``Structure 4ake (pdb): 1 model, 2 chains, 428 residues, 3,341 atoms; MRIILLGAPGAGKGTQ...KILG``."""
+        models = f"{self.num_models} model{'s' if self.num_models != 1 else ''}"
+        chains = f"{len(self.chains)} chain{'s' if len(self.chains) != 1 else ''}"
+        who = f"Structure {self.name} ({self.format})" if self.name else f"Structure ({self.format})"
+        return (f"{who}: {models}, {chains}, {self.num_residues:,} residues, {self.num_atoms:,} atoms; "
+                f"{shorten(self.sequence())}").removesuffix("; ")
 
     def to_file(self, path: str | os.PathLike[str]) -> Path:
         """Writes the text verbatim (gzip-compressed when ``path`` ends in ``.gz``); returns the path."""

@@ -374,7 +374,7 @@ class Query:
 
 
 def _registry(store: Any, kind: str, key: str) -> tuple[str, list[tuple[TaskRunRecord, RunRecord | None, str]]]:
-    from gflow.flows._values import registry_id
+    from gflow.store import registry_id
 
     if kind.lower() == "molecule":  # the same molecule however it was spelled
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gflow.errors import ConfigError
-from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition
+from gflow.store.base import Event, RunRecord, Store, TaskRunRecord, Transition, registry_id
 
 _SCHEMES = {
     "sqlite": "gflow.store.sqlite:SQLiteStore",
@@ -103,4 +103,4 @@ def cancel_run(store: Store, run_id: str, reason: str = "cancelled by user") -> 
 
 
 __all__ = ["Event", "RunRecord", "Store", "TaskRunRecord", "Transition", "cancel_run", "driver_alive", "end_unfinished",
-           "open_store", "register_store"]
+           "open_store", "register_store", "registry_id"]

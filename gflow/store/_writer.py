@@ -55,30 +55,8 @@ def _widen(pipe: Any) -> None:
         pass  # not Linux, or not allowed: the default pipe works, only slower
 
 
-def _serve(path: str, timeout: float) -> None:  # the child: python -m gflow.store._writer PATH TIMEOUT
-    from gflow.store.sqlite import SQLiteStore
-
-    rd, wr = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing else may write to the protocol pipe
-    store = SQLiteStore(path, timeout=timeout)
-    _send(wr, ("ready", os.getpid()))
-    while True:
-        try:
-            msg = _recv(rd)
-        except (EOFError, OSError):
-            return  # the driver is gone
-        if msg is None:
-            return
-        try:
-            _send(wr, ("ok", store.apply_rows(msg)))  # transition rows: nothing to rebuild
-        except StoreFull as e:  # its type crosses the pipe: the driver gives up on a full disk after a while
-            _send(wr, ("full", str(e)))
-        except Exception as e:  # noqa: BLE001 - reported to the driver, which retries
-            _send(wr, ("error", f"{type(e).__name__}: {e}"))
-
-
 class ProcessWriter:
-    """A child process (``python -m gflow.store._writer``) applying batches to one SQLite file.
+    """A child process (``python -m gflow.store._writer_child``) applying batches to one SQLite file.
 
     A plain subprocess rather than multiprocessing: spawn would re-run the user's ``__main__``.
     """
@@ -86,7 +64,7 @@ class ProcessWriter:
     def __init__(self, path: str, timeout: float):
         self.path = path
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self._proc = subprocess.Popen([sys.executable, "-m", "gflow.store._writer", path, str(timeout)],
+        self._proc = subprocess.Popen([sys.executable, "-m", "gflow.store._writer_child", path, str(timeout)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         for pipe in (self._proc.stdin, self._proc.stdout):
             _widen(pipe)
@@ -158,7 +136,3 @@ def writer_for(path: str, timeout: float) -> ProcessWriter:
 def _close_all() -> None:
     for w in list(_writers.values()):
         w.close()
-
-
-if __name__ == "__main__":
-    _serve(sys.argv[1], float(sys.argv[2]))

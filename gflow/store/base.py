@@ -43,6 +43,12 @@ def check_run_id(run_id: str, url: str) -> None:
         raise RunNotFound(f"no run {shown!r} in {url} (a run id has 1 to {MAX_RUN_ID} characters)")
 
 
+def registry_id(kind: str, key: str) -> str:
+    """The lineage id under which objects of ``kind`` (a class name, any case) with ``key`` are recorded
+    (what the engine records and :meth:`Store.lineage` is asked for by the server)."""
+    return f"key:{kind.lower()}:{key}"
+
+
 def table_key(row: dict[str, Any], key: Sequence[str]) -> str:
     """A row's key in a named table (:meth:`Store.put_rows`): the canonical JSON of its key fields' values.
 

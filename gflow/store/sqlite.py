@@ -29,6 +29,7 @@ from gflow.store._sqlite_sql import (
     refuse_empty_file,
     update_many,
 )
+from gflow.store._writer import writer_for
 from gflow.store.base import (
     Event,
     RunRecord,
@@ -79,8 +80,6 @@ class SQLiteStore(Store):
     can_offload = True
 
     def offload_writer(self) -> Any:
-        from gflow.store._writer import writer_for
-
         return writer_for(self.path, self.timeout)
 
     @classmethod

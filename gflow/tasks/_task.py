@@ -13,6 +13,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from pydantic import TypeAdapter, ValidationError
 
+from gflow import _context
 from gflow._context import current_flow
 from gflow.errors import InvalidArguments
 from gflow.tasks._options import TaskOptions
@@ -200,9 +201,10 @@ class Task(Generic[P, R]):
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run one call of this task as a run of its own (recorded, cached and resumable like a flow's),
         with the keyword options of ``Flow.run`` (``executor=``, ``store=``, ``return_run=`` ...)."""
-        from gflow.flows import task_flow
-
-        return task_flow(self).run(*args, **kwargs)
+        make = _context.one_call_flow
+        if make is None:  # pragma: no cover - importing gflow.tasks imports gflow, which imports gflow.flows
+            raise RuntimeError("Task.run needs gflow.flows (import gflow)")
+        return make(self).run(*args, **kwargs)
 
     # -- options -----------------------------------------------------------------------------------
     def with_options(self, **changes: Any) -> Task[P, R]:

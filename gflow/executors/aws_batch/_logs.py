@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gflow.clouds.aws import error_code, translate
 from gflow.errors import ExecutorError
-from gflow.executors._aws_client import error_code, translate
-from gflow.executors._aws_monitor import DEFAULT_LOG_GROUP
+from gflow.executors.aws_batch._monitor import DEFAULT_LOG_GROUP
 
 _JOB = re.compile(r"(?:^|\s)job=(\S+)")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gflow.executors._k8s_client import parse_time
+from gflow.executors.volcano._k8s import parse_time
 
 #: Job phases after which Volcano starts no more pods
 JOB_FINAL = frozenset({"Completed", "Failed", "Aborted", "Terminated"})

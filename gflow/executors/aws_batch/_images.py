@@ -162,7 +162,7 @@ class Images:
             self.ecr.describe_images(repositoryName=repo, imageIds=[{"imageTag": version}])
             return True
         except bx.ClientError as e:
-            from gflow.executors._aws_client import error_code, translate
+            from gflow.clouds.aws import error_code, translate
 
             if error_code(e)[0] in ("ImageNotFoundException", "RepositoryNotFoundException"):
                 return False
@@ -186,7 +186,7 @@ class Images:
             self.ecr.create_repository(repositoryName=repo, imageTagMutability="IMMUTABLE")
             log.info("created ECR repository %s", repo)
         except bx.ClientError as e:
-            from gflow.executors._aws_client import error_code, translate
+            from gflow.clouds.aws import error_code, translate
 
             if error_code(e)[0] != "RepositoryAlreadyExistsException":
 
@@ -196,7 +196,7 @@ class Images:
     def login(self) -> None:
         if self._logged_in or not is_ecr(self.registry):
             return
-        from gflow.executors._aws_client import translate
+        from gflow.clouds.aws import translate
 
         try:
             auth = self.ecr.get_authorization_token()["authorizationData"][0]

@@ -24,11 +24,11 @@ from functools import partial
 from typing import Any
 
 from gflow.errors import ConfigError, ExecutorError
-from gflow.executors import _volcano_manifest as vm
 from gflow.executors._batch import RunArtifacts, chunk, group_by_task, write_manifest
-from gflow.executors._k8s_client import ListWatch, is_status, k8s_error, load_api_client
-from gflow.executors._volcano_runtime import Handle, JobRec, Tracker
 from gflow.executors.base import Call, Capabilities, Executor, JobStatus
+from gflow.executors.volcano import _manifest as vm
+from gflow.executors.volcano._k8s import ListWatch, is_status, k8s_error, load_api_client
+from gflow.executors.volcano._runtime import Handle, JobRec, Tracker
 
 log = logging.getLogger("gflow.executors.volcano")
 BUNDLE_SEP = "#bundle="
@@ -88,8 +88,7 @@ class VolcanoExecutor(RunArtifacts, Executor):
     """
 
     name = "volcano"
-    capabilities = Capabilities(pushes_events=True, reports_start=True, kills_on_timeout=True, needs_image=True,
-                                array_jobs=True)
+    capabilities = Capabilities(reports_start=True, array_jobs=True)
 
     def __init__(self, namespace: str | None = None, *, queue: str = "default", image: str | None = None,
                  bundle: str | None = None, registry: str | None = None, build: bool = True,

@@ -1,6 +1,7 @@
-"""Status of AWS Batch jobs at scale, and their outcomes.
+"""Status of AWS Batch jobs at scale, and their outcomes: the AWS Batch handler of the shared polling
+monitor (:mod:`gflow.executors.polling`), which runs the cycles, claims and reports.
 
-One poll cycle: DescribeJobs for every unfinished job (plain jobs and array parents) in batches of
+One refresh (once per cycle): DescribeJobs for every unfinished job (plain jobs and array parents) in batches of
 100. An array parent is read through ``arrayProperties.statusSummary``; its children are listed
 (ListJobs by ``arrayJobId`` and status) only when the summary shows more finished, failed or running
 children than gflow knows of, when the parent itself ended, or on a slow sweep (the summary can lag).
@@ -8,8 +9,8 @@ A listing that takes more than one page (over 1,000 children) is repeated at mos
 seconds unless a tenth of the array finished meanwhile, so a 10,000-child array costs tens of
 ListJobs calls over its life, not one listing per poll.
 Failed children are described (batches of 100) for their attempts, exit code, reasons and log stream.
-The interval adapts (:class:`Cadence`): back to the minimum when something changed, growing while
-nothing did.
+The interval adapts (the monitor's :class:`~gflow.executors.polling.Cadence`): back to the minimum when
+something changed, growing while nothing did.
 
 A call is never reported SUCCEEDED without its outcome record: Batch saying SUCCEEDED with no
 record is a failure that names the job, the child index and the fix.
@@ -17,18 +18,18 @@ record is a failure that names the job, the child index and the fix.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from gflow.errors import GflowError
+from gflow.errors import ExecutorError, GflowError, OutOfMemory, TaskTimeout, failure_class
 from gflow.executors._batch import chunk
 from gflow.executors.base import Call, Outcome
-from gflow.states import State
+from gflow.executors.polling import Cadence, PollingHandler, PollingMonitor, Tracked, failed
+
+__all__ = ["DEFAULT_LOG_GROUP", "BatchHandler", "BatchMonitor", "Cadence", "Handle", "Job", "element_of"]
 
 log = logging.getLogger("gflow.executors.aws_batch")
 TERMINAL = ("SUCCEEDED", "FAILED")
@@ -36,19 +37,17 @@ STARTED = ("STARTING", "RUNNING")
 DEFAULT_LOG_GROUP = "/aws/batch/job"
 
 
-class Handle:
+class Handle(Tracked):
     """One call on AWS Batch: the job (and array element, and position in the element's chunk) that runs it."""
 
-    __slots__ = ("call", "cancelled", "element", "job", "pos", "spec", "state")
+    __slots__ = ("element", "job", "pos", "spec")
 
     def __init__(self, call: Call, job: Job, element: int, pos: int, spec: str):
-        self.call = call
+        super().__init__(call)
         self.job = job
         self.element = element
         self.pos = pos
         self.spec = spec
-        self.state = State.QUEUED
-        self.cancelled = False
 
     @property
     def job_id(self) -> str:
@@ -88,26 +87,6 @@ class Job:
         return [e for e in self.elements if e not in self.finished]
 
 
-@dataclass
-class Cadence:
-    """The adaptive poll interval: ``low`` after a change, times ``factor`` per quiet cycle, up to ``high``."""
-
-    low: float = 1.0
-    high: float = 30.0
-    factor: float = 2.0
-    interval: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.interval = self.low
-
-    def next(self, changed: bool) -> float:
-        self.interval = self.low if changed else min(self.high, self.interval * self.factor)
-        return self.interval
-
-    def reset(self) -> None:
-        self.interval = self.low
-
-
 def element_of(summary: dict) -> int:
     """A child's array index (``arrayProperties.index``, else the ``:N`` suffix of its job id)."""
     idx = (summary.get("arrayProperties") or {}).get("index")
@@ -120,57 +99,44 @@ def _ms(v: Any) -> float | None:
     return v / 1000.0 if isinstance(v, int | float) and v > 0 else None
 
 
-class Monitor:
-    """Polls Batch for the jobs it tracks and reports starts and outcomes through ``emit``.
+class BatchHandler(PollingHandler):
+    """AWS Batch's side of the polling monitor: one refresh describes every unfinished job (and lists the
+    children of arrays that changed); outcomes are read from the artifact store.
 
     Args:
-        api: ``describe(ids) -> [job]`` (at most 100 ids) and ``children(array_id, status) -> [summary]``.
-        artifacts: Where the outcome records are.
-        emit: ``emit(kind, handle, payload)``: ``"started"`` (a timestamp) or ``"done"`` (an Outcome).
+        api: ``describe(ids) -> [job]`` (at most 100 ids), ``children(array_id, status) -> [summary]`` and
+            ``terminate(ids, reason)`` (TerminateJob each, best effort).
+        artifacts: Where the outcome records are (set by the executor once the run's store is known).
         sweep: Seconds after which an array whose summary did not change is listed anyway.
         describe_all: Describe succeeded children too (attempts and log stream on every task run).
     """
 
-    def __init__(self, api: Any, artifacts: Any, emit: Callable[[str, Handle, Any], None], *, log_group: str,
-                 queue: str, sweep: float = 60.0, list_gap: float = 15.0, describe_all: bool = False,
-                 clock: Callable[[], float] = time.monotonic, workers: int = 16):
+    name = "AWS Batch"
+    hint = "check with 'aws batch describe-jobs --jobs JOB_ID'"
+
+    def __init__(self, api: Any, artifacts: Any, *, log_group: str, queue: str, sweep: float = 60.0,
+                 list_gap: float = 15.0, describe_all: bool = False):
         self.api = api
         self.artifacts = artifacts
-        self.emit = emit
         self.log_group = log_group
         self.queue = queue
         self.sweep = sweep
         self.list_gap = list_gap
         self.describe_all = describe_all
-        self.clock = clock
+        #: every job submitted, by id
         self.jobs: dict[str, Job] = {}
-        self.lock = threading.RLock()
-        self.cycles = 0
-        #: one cycle at a time: the monitor thread's and one asked for from outside (tests, a final poll)
-        self._cycling = threading.Lock()
-        self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="gflow-batch-outcomes")
+        self._running: dict[tuple[str, int], float] = {}
+        self._done: dict[tuple[str, int], dict] = {}
+        self._lock = threading.Lock()  # job.finished: the cycle's thread and cancel's
 
-    def add(self, job: Job) -> None:
-        job.last_change = self.clock()
-        with self.lock:
-            self.jobs[job.id] = job
+    def add(self, job: Job, now: float) -> None:
+        job.last_change = now
+        self.jobs[job.id] = job
 
-    def active(self) -> list[Job]:
-        with self.lock:
-            return [j for j in self.jobs.values() if not j.done]
-
-    # -- one cycle ---------------------------------------------------------------------------------
-    def cycle(self) -> bool:
-        """Poll once; returns whether anything changed."""
-        with self._cycling:
-            return self._cycle()
-
-    def _cycle(self) -> bool:
-        jobs = self.active()
-        if not jobs:
-            return False
-        self.cycles += 1
-        now = self.clock()
+    # -- one refresh -------------------------------------------------------------------------------------
+    def refresh(self, live: Sequence[Tracked], now: float) -> bool:
+        jobs = list({id(h.job): h.job for h in live if isinstance(h, Handle)}.values())
+        self._running, self._done = {}, {}
         by_id = {j.id: j for j in jobs}
         finished: list[tuple[Job, int, dict]] = []
         started: list[tuple[Job, int, float | None]] = []
@@ -193,26 +159,21 @@ class Monitor:
         self._details(finished)
         for job, el, ts in started:
             job.started.add(el)
-            for h in job.elements.get(el, ()):
-                if self._claim(h, State.RUNNING):
-                    self.emit("started", h, ts or time.time())
-        items: list[tuple[Handle, dict]] = []
-        for job, el, detail in finished:
-            if el in job.finished:
-                continue
-            job.finished.add(el)
-            items.extend((h, detail) for h in job.elements.get(el, ()) if not h.cancelled)
-        for h, out in zip([h for h, _ in items], self._pool.map(self._outcome, items)):
-            if self._claim(h, State.SUCCEEDED if out.ok else State.FAILED):
-                self.emit("done", h, out)
-        return changed or bool(started) or bool(finished)
+            self._running[(job.id, el)] = ts or time.time()
+        with self._lock:
+            for job, el, detail in finished:
+                if el not in job.finished:
+                    job.finished.add(el)
+                    self._done[(job.id, el)] = detail
+        return changed
 
-    def _claim(self, h: Handle, state: State) -> bool:
-        with self.lock:
-            if h.cancelled or h.state.terminal or h.state is state:
-                return False
-            h.state = state
-            return True
+    def check_if_running(self, t: Tracked) -> float | None:
+        h: Handle = t  # type: ignore[assignment]
+        return self._running.get((h.job.id, h.element))
+
+    def check_if_completed(self, t: Tracked) -> dict | None:
+        h: Handle = t  # type: ignore[assignment]
+        return self._done.get((h.job.id, h.element))
 
     def _array(self, job: Job, d: dict, now: float, finished: list, started: list) -> bool:
         summary = {k: int(v) for k, v in ((d.get("arrayProperties") or {}).get("statusSummary") or {}).items()}
@@ -262,18 +223,39 @@ class Monitor:
                     container = {**(s.get("container") or {}), **(d.get("container") or {})}
                     finished[k] = (job, el, {**s, **d, "container": container})
 
+    def kill(self, tracked: Sequence[Tracked]) -> None:
+        """TerminateJob for cancelled calls: a whole job in one call (Batch cancels what has not started and
+        stops what runs); what is left of a partly finished array child by child when that is at most 100."""
+        by_job: dict[str, tuple[Job, list[Handle]]] = {}
+        for h in tracked:
+            if isinstance(h, Handle):
+                by_job.setdefault(h.job.id, (h.job, []))[1].append(h)
+        whole, children = [], []
+        with self._lock:
+            for job, hs in by_job.values():
+                gone = [el for el in {h.element for h in hs} if all(h.cancelled for h in job.elements[el])]
+                everything = all(h.cancelled for el in job.unfinished() for h in job.elements[el])
+                if everything and (not job.size or not job.finished or len(gone) > 100):
+                    whole.append(job)
+                    job.finished.update(job.elements)
+                else:
+                    children += [job.child_id(el) for el in gone]
+                    job.finished.update(gone)
+        self.api.terminate([j.id for j in whole] + children, "gflow: cancelled")
+
     # -- outcomes ----------------------------------------------------------------------------------
-    def _outcome(self, item: tuple[Handle, dict]) -> Outcome:
-        h, detail = item
-        try:
-            return self._outcome_of(h, detail)
-        except Exception as e:  # noqa: BLE001 - never lose a call: report why it could not be read
-            return Outcome(False, error_type="gflow.errors.ExecutorError",
-                           error_message=f"AWS Batch job {h.job_id}: cannot read the outcome of call {h.call.id}: {e}",
-                           ended=time.time(), info=self.info(h, detail))
+    def outcome(self, t: Tracked, detail: Any) -> Outcome:
+        h: Handle = t  # type: ignore[assignment]
+        return self._outcome_of(h, detail)
+
+    def lost(self, t: Tracked, message: str) -> Outcome:
+        h: Handle = t  # type: ignore[assignment]
+        h.job.finished.add(h.element)
+        return failed(ExecutorError, f"AWS Batch job {h.job_id}: {message}", info={"job_id": h.job_id},
+                      error_type="gflow.errors.ExecutorError")
 
     def _outcome_of(self, h: Handle, detail: dict) -> Outcome:
-        from gflow.executors._batch import backend_failure, child_outcome
+        from gflow.executors._batch import child_outcome
         from gflow.images.protocol import outcome_slot
 
         info = self.info(h, detail)
@@ -287,30 +269,36 @@ class Monitor:
                    f"{self.artifacts.url}): the container exited 0 without gflow recording a result. Fix: run an image "
                    f"whose entrypoint is 'gflow' (the job's command is 'worker ...') and that reaches the artifact "
                    f"store; see the job's log (gflow logs RUN --task-run ID)")
-            etype = "gflow.errors.ExecutorError"
+            error: type[ExecutorError] | ExecutorError = ExecutorError
         else:
-            etype, msg = self._failure(h, info, where)
-        return backend_failure(etype, msg, info=info, started=_ms(detail.get("startedAt")),
-                               ended=_ms(detail.get("stoppedAt")))
+            error, msg = self._failure(h, info, where)
+            if error is OutOfMemory:
+                error = OutOfMemory(msg, requested=h.call.task.options.resources.memory)
+        return failed(error, msg, info=info, started=_ms(detail.get("startedAt")), ended=_ms(detail.get("stoppedAt")))
 
-    def _failure(self, h: Handle, info: dict[str, Any], where: str) -> tuple[str, str]:
+    def _failure(self, h: Handle, info: dict[str, Any], where: str) -> tuple[Any, str]:
         """Why a job failed without an outcome record, and the fix (``info``: what ``info()`` read of the job)."""
         reason = info.get("status_reason") or ""
         code = info.get("exit_code")
         creason = info.get("reason") or ""
         text = f"{reason} {creason}"
-        etype = "gflow.errors.ExecutorError"
+        # the class comes from the one map (gflow.errors.FAILURES) by Batch's own reason names
+        etype: type[GflowError] = ExecutorError
         if "CannotPullContainer" in text:
+            etype = failure_class("CannotPullContainerError")
             fix = (f"the queue's compute environment cannot pull image {h.job.image}: push it to a registry its "
                    f"instances reach (ECR in the same region) and give the execution role ecr:GetAuthorizationToken "
                    f"and ecr:BatchGetImage")
         elif "Host EC2" in text:
+            etype = failure_class("Host EC2")
             fix = (f"the instance was reclaimed or terminated (spot) in each of {info.get('attempts') or 1} "
                    f"attempt(s); raise the executor's infra_retries or use an on-demand compute environment")
         elif "attempt duration exceeded" in text.lower() or "timeout" in reason.lower():
-            etype = "gflow.errors.TaskTimeout"
+            etype = TaskTimeout
             fix = "it exceeded its time limit (the task's timeout x chunk = attemptDurationSeconds)"
         elif code == 137 or "OutOfMemory" in text:
+            if "OutOfMemory" in text:
+                etype = failure_class("OutOfMemoryError")
             fix = "it was killed (exit code 137: out of memory or SIGKILL); raise the task's Resources.memory"
         elif code == 2:
             fix = self._worker_error(h)
@@ -355,17 +343,16 @@ class Monitor:
         }
         return {k: v for k, v in info.items() if v is not None}
 
-    def fail_all(self, message: str) -> None:
-        """Give up on every unfinished call (the backend cannot be followed any more)."""
-        for job in self.active():
-            for el in job.unfinished():
-                job.finished.add(el)
-                for h in job.elements[el]:
-                    if self._claim(h, State.FAILED):
-                        self.emit("done", h, Outcome(False, error_type="gflow.errors.ExecutorError",
-                                                     error_message=f"AWS Batch job {h.job_id}: {message}",
-                                                     ended=time.time(), info={"job_id": h.job_id}))
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+class BatchMonitor(PollingMonitor):
+    """The polling monitor with AWS Batch's handler (``jobs``: every job submitted, by id)."""
 
+    handler: BatchHandler
+
+    @property
+    def jobs(self) -> dict[str, Job]:
+        return self.handler.jobs
+
+    def add(self, job: Job) -> None:
+        """Follow ``job``'s calls (just submitted), without waking the thread (``track`` wakes it)."""
+        self.handler.add(job, self.clock())

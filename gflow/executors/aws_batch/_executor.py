@@ -13,7 +13,7 @@ targets AWS, moto or LocalStack. Guide: ``docs/aws-batch.md``.
   image/resources/timeout/retry policy, found again by its hashed name), one paged array manifest in
   the S3 artifact store (``gflow.executors._batch``), one SubmitJob per 10,000 children. Child ``i``
   runs ``gflow worker MANIFEST`` and finds its call(s) by its array index.
-- Status and outcomes: :mod:`gflow.executors._aws_monitor` (DescribeJobs in batches of 100, array
+- Status and outcomes: :mod:`gflow.executors.aws_batch._monitor` (DescribeJobs in batches of 100, array
   summaries, children listed only when they changed, adaptive polling, backoff with jitter on
   throttling). Outcomes carry ``result_ref`` and ``info`` (job id, array index, attempts, exit code,
   status reason, log stream).
@@ -29,11 +29,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from gflow.clouds import aws
 from gflow.errors import ConfigError, ExecutorError, GflowError
-from gflow.executors import _aws_client as aws
-from gflow.executors._aws_checks import check_queue, check_roles
-from gflow.executors._aws_images import Images
-from gflow.executors._aws_jobs import (
+from gflow.executors._batch import RunArtifacts, group_by_task, split_sizes, write_paged_manifest
+from gflow.executors.aws_batch._checks import check_queue, check_roles
+from gflow.executors.aws_batch._images import Images
+from gflow.executors.aws_batch._jobs import (
     DefinitionSpec,
     attempt_seconds,
     check_env,
@@ -44,11 +45,10 @@ from gflow.executors._aws_jobs import (
     resource_requirements,
     submit_request,
 )
-from gflow.executors._aws_monitor import DEFAULT_LOG_GROUP, Cadence, Handle, Job, Monitor
-from gflow.executors._aws_options import merge, parse_url, render_url
-from gflow.executors._batch import RunArtifacts, group_by_task, split_sizes, write_paged_manifest
-from gflow.executors.base import Call, Capabilities, Executor, JobStatus
-from gflow.states import State
+from gflow.executors.aws_batch._monitor import DEFAULT_LOG_GROUP, BatchHandler, BatchMonitor, Handle, Job
+from gflow.executors.aws_batch._options import merge, parse_url, render_url
+from gflow.executors.base import Call, CallDone, CallEvent, Capabilities, Executor, JobStatus, Listener
+from gflow.executors.polling import Cadence
 
 log = logging.getLogger("gflow.executors.aws_batch")
 
@@ -75,8 +75,7 @@ class AwsBatchExecutor(RunArtifacts, Executor):
     """
 
     name = "aws-batch"
-    capabilities = Capabilities(pushes_events=True, reports_start=True, kills_on_timeout=True, needs_image=True,
-                                array_jobs=True, poll_interval=1.0)
+    capabilities = Capabilities(reports_start=True, array_jobs=True)
 
     def __init__(self, queue: str, *, region: str | None = None, profile: str | None = None,
                  endpoint_url: str | None = None, job_role_arn: str | None = None,
@@ -142,12 +141,10 @@ class AwsBatchExecutor(RunArtifacts, Executor):
         self._lock = threading.RLock()
         self._in_flight = 0
         self.cadence = Cadence(poll_min, poll_max)
-        self.monitor = Monitor(self._Api(self), None, self._emit, log_group=log_group or DEFAULT_LOG_GROUP,
-                               queue=queue, sweep=sweep, list_gap=list_gap, describe_all=describe == "all",
-                               **({"clock": clock} if clock else {}))
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+        self.handler = BatchHandler(self._Api(self), None, log_group=log_group or DEFAULT_LOG_GROUP, queue=queue,
+                                    sweep=sweep, list_gap=list_gap, describe_all=describe == "all")
+        self.monitor = BatchMonitor(self.handler, cadence=self.cadence, max_errors=max_poll_errors,
+                                    fatal=(ConfigError,), **({"clock": clock} if clock else {}))
         self.submitted_at: float | None = None  # when the last SubmitJob of the last batch returned (benchmarks)
         self._closed = False
 
@@ -182,6 +179,9 @@ class AwsBatchExecutor(RunArtifacts, Executor):
                 if not token:
                     return out
                 kw["nextToken"] = token
+
+        def terminate(self, ids: list[str], reason: str) -> None:
+            self.ex._terminate_ids(ids, reason)
 
     @property
     def session(self) -> Any:
@@ -230,7 +230,7 @@ class AwsBatchExecutor(RunArtifacts, Executor):
             raise ConfigError(f"the aws-batch executor needs an S3 artifact store (artifacts='s3://BUCKET/PREFIX' or "
                               f"GFLOW_ARTIFACTS): Batch jobs cannot reach {getattr(arts, 'url', arts)}")
         arts.check()
-        self.monitor.artifacts = arts
+        self.handler.artifacts = arts
         self._artifacts_ok = arts
         return arts
 
@@ -323,7 +323,7 @@ class AwsBatchExecutor(RunArtifacts, Executor):
             self._in_flight += len(calls)
         for j in jobs:
             self.monitor.add(j)
-        self._start_monitor()
+        self.monitor.track([handles[c.id] for c in calls])
         return [handles[c.id] for c in calls]
 
     def _tags(self, call: Call) -> dict[str, str]:
@@ -377,67 +377,23 @@ class AwsBatchExecutor(RunArtifacts, Executor):
             jobs.append(job)
         return jobs
 
-    def _emit(self, kind: str, h: Handle, payload: Any) -> None:
-        if kind == "done":
+    def start(self, listener: Listener) -> None:
+        super().start(listener)
+        self.monitor.start(self._report)
+
+    def _report(self, event: CallEvent) -> None:
+        if type(event) is CallDone:
             with self._lock:
                 self._in_flight -= 1
-        self._listener(kind, h.call.id, h.call.attempt, payload)
-
-    def _start_monitor(self) -> None:
-        self.cadence.reset()
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="gflow-aws-batch", daemon=True)
-            self._thread.start()
-        self._wake.set()
-
-    def _loop(self) -> None:
-        errors = 0
-        while not self._stop.is_set():
-            self._wake.wait(self.cadence.interval)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            changed = False
-            try:
-                changed = self.monitor.cycle()
-                errors = 0
-            except Exception as e:  # noqa: BLE001 - the loop must survive; repeated failures end the calls
-                errors += 1
-                log.warning("polling AWS Batch failed (%d in a row): %s", errors, e)
-                if isinstance(e, ConfigError) or errors >= self.max_poll_errors:
-                    self.monitor.fail_all(f"gflow lost track of the job ({e}); it may still be running: check with "
-                                          f"'aws batch describe-jobs --jobs JOB_ID'")
-                    errors = 0
-            self.cadence.next(changed)
+        self._listener(event)
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
         return [JobStatus(h.state) for h in handles]
 
     def cancel(self, handles: Sequence[Any]) -> None:
-        by_job: dict[str, tuple[Job, list[Handle]]] = {}
-        with self.monitor.lock:
-            for h in handles:
-                if not isinstance(h, Handle) or h.cancelled or h.state.terminal:
-                    continue
-                h.cancelled = True
-                h.state = State.CANCELLED
-                by_job.setdefault(h.job.id, (h.job, []))[1].append(h)
-            whole, children = [], []
-            for job, hs in by_job.values():
-                gone = [el for el in {h.element for h in hs} if all(h.cancelled for h in job.elements[el])]
-                everything = all(h.cancelled for el in job.unfinished() for h in job.elements[el])
-                # a whole job in one call (Batch cancels what has not started and stops what runs); what is left
-                # of a partly finished array child by child when that is at most 100 calls
-                if everything and (not job.size or not job.finished or len(gone) > 100):
-                    whole.append(job)
-                    job.finished.update(job.elements)
-                else:
-                    children += [job.child_id(el) for el in gone]
-                    job.finished.update(gone)
+        gone = self.monitor.cancel([h for h in handles if isinstance(h, Handle)])
         with self._lock:
-            self._in_flight -= sum(len(hs) for _, hs in by_job.values())
-        self._terminate_ids([j.id for j in whole] + children, "gflow: cancelled")
+            self._in_flight -= len(gone)
 
     def _terminate_ids(self, ids: list[str], reason: str) -> None:
         for job_id in ids:
@@ -456,7 +412,7 @@ class AwsBatchExecutor(RunArtifacts, Executor):
     @classmethod
     def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
         """The CloudWatch log of a task run's Batch job (by its recorded log stream, or its job id)."""
-        from gflow.executors._aws_logs import fetch
+        from gflow.executors.aws_batch._logs import fetch
 
         kw = parse_url(spec, require_queue=False) if "://" in spec else {}
         ex = cls(**{"queue": "-", **kw, "check": False})  # a run given an executor object records only its name
@@ -466,13 +422,8 @@ class AwsBatchExecutor(RunArtifacts, Executor):
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        live = [h for j in self.monitor.active() for el in j.unfinished() for h in j.elements[el]
-                if not h.cancelled and not h.state.terminal]
+        self.monitor.close()
+        live = self.monitor.live()
         if live:
             log.warning("closing with %d AWS Batch calls unfinished: terminating their jobs", len(live))
             self.cancel(live)
-        self.monitor.close()

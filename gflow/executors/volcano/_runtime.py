@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gflow.executors import _volcano_manifest as vm
-from gflow.executors import _volcano_status as vs
 from gflow.executors._batch import backend_failure, child_outcome
-from gflow.executors.base import Call, Outcome
+from gflow.executors.base import Call, CallDone, CallEvent, CallStarted, Outcome
+from gflow.executors.volcano import _manifest as vm
+from gflow.executors.volcano import _status as vs
 from gflow.states import State
 
 
@@ -71,7 +71,7 @@ class JobRec:
         self.seen = False
 
 
-Emit = tuple[str, str, int, Any]
+Emit = CallEvent
 
 
 class Tracker:
@@ -129,7 +129,7 @@ class Tracker:
         h.jr.open -= 1
         self.open_calls -= 1
         self.timed.discard(h)
-        emits.append(("done", h.call.id, h.call.attempt, out))
+        emits.append(CallDone(h.call.id, h.call.attempt, out))
 
     def _fail(self, h: Handle, error_type: str, message: str, emits: list[Emit]) -> None:
         log_tail = (h.view.message or "") if h.view is not None and h.view.finished else ""
@@ -144,8 +144,8 @@ class Tracker:
         return True
 
     def _emit(self, emits: list[Emit], kills: Iterable[str] = ()) -> None:
-        for kind, call_id, attempt, payload in emits:
-            self.ex._listener(kind, call_id, attempt, payload)
+        for ev in emits:
+            self.ex._listener(ev)
         for job in kills:
             self.ex._delete(job)
 
@@ -193,7 +193,7 @@ class Tracker:
                         h.started = True
                         h.state = State.RUNNING
                         where = f"volcano {self.ex.namespace}/{jr.name} pod={h.pod_name} node={v.node or '-'}"
-                        emits.append(("started", h.call.id, h.call.attempt, (v.started or now, where)))
+                        emits.append(CallStarted(h.call.id, h.call.attempt, v.started or now, where))
                 else:
                     self._pending(h, v, now, emits)
         self._emit(emits)

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gflow.clouds import aws
 from gflow.errors import ConfigError
-from gflow.executors import _aws_client as aws
 
 log = logging.getLogger("gflow.executors.aws_batch")
 
