@@ -191,7 +191,11 @@ class Engine:
             StoreError: if the record cannot be created.
         """
         self.q.put(RunStarted("run-started", record, None, True, False))
-        self._wait_for(lambda: record.id in self._created, timeout, f"the record of run {record.id}")
+        try:
+            self._wait_for(lambda: record.id in self._created, timeout, f"the record of run {record.id}")
+        except TimeoutError:
+            raise StoreError(f"could not create run {record.id} in {self.store.url}: not written within "
+                             f"{timeout:g}s") from None
         err = self._created.pop(record.id)
         if err is not None:
             raise StoreError(f"could not create run {record.id} in {self.store.url}: {err}") from err
