@@ -5,15 +5,16 @@ change goes through ``Core._transition``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from gflow.errors import GflowError, InvalidArguments, SerializationError, TaskFailed
+from gflow.errors import GflowError, InvalidArguments, OutOfMemory, Preempted, SerializationError, TaskFailed
 from gflow.executors.base import Outcome
 from gflow.flows._events import ArmTimer, CacheHit, TaskState
 from gflow.flows._keys import compute_keys
 from gflow.flows._values import SCALARS, object_ids, resolve_values
 from gflow.serialization import encode
 from gflow.states import State
+from gflow.tasks._options import format_memory
 
 if TYPE_CHECKING:
     from gflow.flows._core import Core
@@ -100,15 +101,57 @@ def succeed(core: Core, ts: TaskState, out: Outcome) -> None:
     core._finish(ts)
 
 
+def asks(resources: Any) -> str | None:
+    """What an attempt asks for, recorded as its QUEUED event's message (``asks memory=128Mi spot``) when the
+    call asks for memory or spot: the attempts table shows it, so an escalation is visible."""
+    mem, spot = resources.memory, resources.spot
+    if mem is None and not spot:
+        return None
+    return "asks" + (f" memory={format_memory(mem)}" if mem is not None else "") + (" spot" if spot else "")
+
+
+def _retry_decision(ts: TaskState, out: Outcome) -> tuple[bool, dict[str, Any]]:
+    """Whether the retry policy allows another attempt after ``out``, and what the next attempt asks for
+    differently (``Resources`` changes: more memory after an out-of-memory failure, on demand after ``spot``
+    reclaims). A reclaim under ``Retry(spot=N)`` is not counted against ``count``."""
+    policy = ts.task.options.retries
+    res = ts.task.options.resources
+    cls = out.error_class
+    oom = cls is not None and issubclass(cls, (OutOfMemory, MemoryError))
+    preempted = cls is not None and issubclass(cls, Preempted)
+    changes: dict[str, Any] = {}
+    free = False
+    if preempted and policy.spot:
+        if ts.reclaims < policy.spot:
+            ts.reclaims += 1
+            free = True
+        if ts.reclaims >= policy.spot and res.spot:
+            changes["spot"] = False
+    if oom and policy.memory_factor is not None and res.memory is not None:
+        more = policy.escalated(res.memory)
+        if more != res.memory:
+            changes["memory"] = more
+    if free:
+        return True, changes
+    counted = ts.attempt - ts.reclaims
+    code = (out.info or {}).get("exit_code")
+    if policy.on_exit_codes is not None and isinstance(code, int) and code not in policy.on_exit_codes \
+            and not (oom and policy.memory_factor is not None):
+        return False, changes
+    return policy.should_retry(counted, type(out.exc) if out.exc is not None else cls), changes
+
+
 def fail(core: Core, ts: TaskState, out: Outcome, retryable: bool = True) -> None:
     task = ts.task
-    policy = task.options.retries
-    etype = type(out.exc) if out.exc is not None else None
     error = f"{out.error_type}: {out.error_message}"
     if out.error_type and out.error_type.rsplit(".", 1)[-1] in NOT_RETRYABLE:
         retryable = False
-    if retryable and policy.should_retry(ts.attempt, etype):
+    again, changes = _retry_decision(ts, out) if retryable else (False, {})
+    if again:
         core._transition(ts, RETRYING, error=error, traceback=out.traceback, info=out.info)
+        policy = task.options.retries
+        if changes:  # the next attempt asks for other resources: a copy of the task with them
+            ts.task = task.with_options(resources=task.options.resources.model_copy(update=changes))
         delay = policy.delay(ts.attempt)
         ts.attempt += 1
         ts.handle = None

@@ -338,7 +338,8 @@ class Core:
             # inputs were known; again on a later attempt: a speculative first attempt ran without them)
             later = bool(ts.deps)
             transition(ts, QUEUED, key=ts.key if later else None, objects=objs or None,
-                       ikey=ts.ikey if later else None, executor=ts.executor)
+                       ikey=ts.ikey if later else None, executor=ts.executor,
+                       message=_attempts.asks(ts.task.options.resources))
             call_args, call_kwargs = ts.task.validator.call_args(args)
             calls.append(Call(ts.id, ts.run_id, ts.task, call_args, call_kwargs, ts.attempt, ts.key, ts.index))
             timeout = ts.task.options.timeout

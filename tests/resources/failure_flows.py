@@ -1,0 +1,57 @@
+"""Flows for tests/test_failures.py (issue 19): memory escalation, partial maps, map concurrency."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import gflow
+
+
+@gflow.task(resources=gflow.Resources(memory="64Mi"), retries=gflow.Retry(2, memory_factor=2.0))
+def hungry(n_bytes: int) -> int:
+    block = bytearray(n_bytes)  # really allocated: the worker's data limit is the request
+    return len(block)
+
+
+@gflow.flow
+def hungry_flow(n_bytes: int = 150_000_000) -> int:
+    return hungry(n_bytes)
+
+
+@gflow.task
+def picky(x: int) -> int:
+    if x % 1000 == 999 and x < 3000:
+        raise ValueError(f"bad input {x}")
+    return x * 2
+
+
+@gflow.task
+def total(xs: list) -> int:
+    return sum(x for x in xs if isinstance(x, int))
+
+
+@gflow.flow
+def partial_flow(n: int = 10_000, min_success: float = 0.99) -> int:
+    return total(picky.map(range(n), min_success=min_success))
+
+
+@gflow.flow
+def partial_values(n: int = 10_000, min_success: float = 0.99) -> list:
+    return [f.result() for f in picky.map(range(n), min_success=min_success)]
+
+
+@gflow.task
+def marked(folder: str, i: int, seconds: float = 0.0) -> int:
+    path = os.path.join(folder, f"running-{i}")
+    open(path, "w").close()
+    try:
+        time.sleep(seconds)
+    finally:
+        os.remove(path)
+    return i
+
+
+@gflow.flow
+def throttled(folder: str, n: int = 200, k: int = 50, seconds: float = 0.0) -> int:
+    return len(marked.map([folder] * n, range(n), seconds=seconds, max_concurrency=k))
