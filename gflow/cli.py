@@ -332,6 +332,9 @@ def runs_show(run_id: str, state: str | None, limit: int, show_value: bool, stor
                              ("replay of", r.replay_of), ("parent run", r.parent_run), ("error", r.error)):
             if value:
                 out.print(f"  {label:<12} {value}", markup=False, soft_wrap=True)
+        for m in (r.extra or {}).get("maps") or []:  # partial maps: "map 'score': 9,997 of 10,000 succeeded"
+            if isinstance(m, dict):
+                out.print(f"  {'map':<12} {m.get('summary')}", markup=False, soft_wrap=True)
         counts = st.counts(r.id)
         out.print("  counts       " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), markup=False)
         trs = st.task_runs(r.id, state=state.upper() if state else None, limit=limit or None)

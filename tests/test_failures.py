@@ -134,3 +134,109 @@ def test_attempts_show_error_type_and_memory_in_graphql_and_runs_show(store, gfl
     assert shown.returncode == 0, shown.stderr
     assert (f"attempts of {tr.id}: 1 OutOfMemory (memory=64Mi), 2 OutOfMemory (memory=128Mi), "
             f"3 SUCCEEDED (memory=256Mi)") in shown.stdout
+
+
+# -- item 5: partial maps and per-map concurrency -------------------------------------------------------------
+
+def test_partial_map_of_10000_with_3_bad_inputs_completes(store):
+    res = ff.partial_values.run(n=10_000, min_success=0.99, return_run=True)
+    assert res.state is State.SUCCEEDED, res.error
+    failed = [v for v in res.value if isinstance(v, gflow.Failed)]
+    assert len(res.value) == 10_000 and len(failed) == 3
+    assert sorted(f.index for f in failed) == [999, 1999, 2999]
+    assert all(f.error_type == "ValueError" and f.message.startswith("bad input") for f in failed)
+    assert res.summary == ["map 'picky': 9,997 of 10,000 succeeded"]
+    rec = store.get_run(res.id)
+    assert rec.extra["maps"][0]["summary"] == "map 'picky': 9,997 of 10,000 succeeded"
+    assert store.counts(res.id).get("FAILED") == 3
+    by_id = {t.id: t for t in store.task_runs(res.id, state="FAILED")}
+    assert {f.task_run_id for f in failed} == set(by_id)
+
+
+def test_partial_map_values_flow_into_a_downstream_task():
+    assert ff.partial_flow(n=3000, min_success=0.99) == sum(2 * x for x in range(3000) if x % 1000 != 999)
+
+
+def test_below_min_success_the_map_fails_as_today():
+    res = ff.partial_flow.run(n=100, min_success=0.99, return_run=True)  # 1 bad of 100 may fail: 1 allowed
+    assert res.state is State.SUCCEEDED
+    res = ff.partial_flow.run(n=2000, min_success=0.9995, return_run=True)  # 2 bad of 2000, 1 allowed
+    assert res.state is State.FAILED and "bad input 1999" in str(res.error)
+
+
+def test_partial_map_over_a_future_of_a_list():
+    @gflow.task
+    def numbers(n: int) -> list[int]:
+        return list(range(n))
+
+    @gflow.flow
+    def later(n: int) -> list:
+        return ff.picky.map(numbers(n), min_success=0.5).result()
+
+    out = later(2000)
+    assert [type(v).__name__ for v in out].count("Failed") == 2 and out[0] == 0
+
+
+def test_partial_map_outside_a_flow_is_plain_python():
+    out = ff.picky.map(range(1001), min_success=0.99)
+    assert isinstance(out[999], gflow.Failed) and out[1000] == 2000
+    with pytest.raises(ValueError):
+        ff.picky.map(range(1001), min_success=1.0)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"min_success": 0}, "min_success=0"), ({"min_success": 1.5}, "(0, 1]"), ({"min_success": True}, "fraction"),
+    ({"max_concurrency": 0}, "max_concurrency=0"), ({"max_concurrency": 2.5}, "whole number"),
+])
+def test_bad_map_options_are_one_line_before_anything_is_submitted(store, kwargs, words):
+    @gflow.flow
+    def bad() -> list:
+        return ff.picky.map(range(3), **kwargs)
+
+    res = bad.run(return_run=True)
+    assert res.state is State.FAILED and words in str(res.error) and "\n" not in str(res.error).strip()
+    assert store.task_runs(res.id) == []
+
+
+def test_map_max_concurrency_caps_running_elements(tmp_path):
+    import os
+    import threading
+
+    folder = tmp_path / "marks"
+    folder.mkdir()
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], len(os.listdir(folder)))
+            stop.wait(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        assert ff.throttled.run(str(folder), n=300, k=50, seconds=0.02, executor="local://threads?workers=64") == 300
+    finally:
+        stop.set()
+        sampler.join()
+    assert 0 < peak[0] <= 50, peak
+
+
+def test_runs_show_says_how_many_of_a_partial_map_succeeded(store, gflow_home):
+    from conftest import cli
+
+    res = ff.partial_flow.run(n=2000, min_success=0.99, return_run=True)
+    shown = cli("runs", "show", res.id, "--store", store.url, env={"GFLOW_HOME": str(gflow_home)})
+    assert shown.returncode == 0, shown.stderr
+    assert "map          map 'picky': 1,998 of 2,000 succeeded" in shown.stdout
+
+
+def test_partial_map_on_dask_whose_executor_takes_references():
+    """Dask resolves references itself (speculative dispatch): a downstream call of a partial map's elements
+    must still see Failed values, not wait on a result that will never exist."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as c:
+        res = ff.partial_flow.run(n=1000, min_success=0.99, executor=f"dask://{c.scheduler_address}",
+                                  return_run=True)
+    assert res.state is State.SUCCEEDED, res.error
+    assert res.value == sum(2 * x for x in range(1000) if x != 999)
+    assert res.summary == ["map 'picky': 999 of 1,000 succeeded"]

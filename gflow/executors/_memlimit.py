@@ -50,7 +50,7 @@ def limit_memory(memory: int | None) -> Callable[[], None] | None:
 
 
 def out_of_memory_message(name: str, memory: int) -> str:
-    from gflow.tasks._options import format_memory
+    from gflow.tasks import format_memory
 
     return (f"task '{name}' ran out of memory: it asked for {format_memory(memory)} (Resources.memory); "
             f"raise it, or retry with more: gflow.Retry(n, memory_factor=2.0)")

@@ -14,7 +14,7 @@ from gflow.flows._keys import compute_keys
 from gflow.flows._values import SCALARS, object_ids, resolve_values
 from gflow.serialization import encode
 from gflow.states import State
-from gflow.tasks._options import format_memory
+from gflow.tasks import Failed, format_memory
 
 if TYPE_CHECKING:
     from gflow.flows._core import Core
@@ -55,9 +55,15 @@ def finished_attempt(core: Core, ts: TaskState, out: Outcome, retryable: bool = 
 def release(core: Core, ts: TaskState) -> None:
     """A submitted call stopped occupying its task's concurrency slot."""
     task = ts.task
-    if task is None or task.options.max_concurrency is None or ts.state not in (QUEUED, RUNNING):
+    group = ts.group
+    if group is not None and group.max_concurrency is not None:
+        ident = group.key
+    elif task is None or task.options.max_concurrency is None:
         return
-    ident = task.identity
+    else:
+        ident = task.identity
+    if ts.state not in (QUEUED, RUNNING):
+        return
     core.running[ident] -= 1
     held = core.held.get(ident)
     while held:
@@ -162,6 +168,17 @@ def fail(core: Core, ts: TaskState, out: Outcome, retryable: bool = True) -> Non
         else:
             core.out.append(ArmTimer(core.sid, ts.id, ts.attempt, "retry", core.now + delay))
         return
+    group = ts.group
+    if group is not None and group.min_success is not None and group.tolerate():
+        # within the map's min_success: recorded FAILED, but its value is a Failed and the run goes on
+        ts.value = Failed(error_type=out.error_type or "Error", message=out.error_message or "", task_run_id=ts.id,
+                          index=ts.index)
+        core.runs[ts.run_id].maps[group.key] = group
+        core._transition(ts, FAILED, error=error, traceback=out.traceback, info=out.info)
+        core._finish(ts)
+        return
+    if group is not None and group.min_success is not None:
+        core.runs[ts.run_id].maps[group.key] = group
     err = TaskFailed(task.name, task_run_id=ts.id, run_id=ts.run_id, error_type=out.error_type or "Error",
                      error_message=out.error_message or "", traceback=out.traceback or "", attempts=ts.attempt)
     err.__cause__ = out.exc

@@ -289,6 +289,8 @@ class RecordRun(Instruction):
     result_ref: str | None = None
     result_inline: str | None = None
     blobs: dict[str, bytes] = field(default_factory=dict)
+    #: fields merged into the run record's ``extra`` with its terminal state (``maps``: partial maps' counts)
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -330,3 +332,5 @@ class RunFinished(Instruction):
     value: Any = None
     error: BaseException | None = None
     reused_changed: list[str] = field(default_factory=list)
+    #: one line per partial map (``map 'score': 9,997 of 10,000 succeeded``)
+    summary: list[str] = field(default_factory=list)
