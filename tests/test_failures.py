@@ -240,3 +240,17 @@ def test_partial_map_on_dask_whose_executor_takes_references():
     assert res.state is State.SUCCEEDED, res.error
     assert res.value == sum(2 * x for x in range(1000) if x != 999)
     assert res.summary == ["map 'picky': 999 of 1,000 succeeded"]
+
+
+def test_retries_escalated_alike_share_one_task_so_arrays_stay_arrays():
+    from gflow.flows._attempts import fail
+    from gflow.flows._core import Core
+
+    core = Core()
+    task = ff.picky.with_options(retries=gflow.Retry(2, memory_factor=2.0), resources=gflow.Resources(memory="1Gi"))
+    states = [TaskState(f"r.{i}", "r", task, None, []) for i in range(3)]
+    for ts in states:
+        ts.state = State.RUNNING
+        fail(core, ts, _failed(OutOfMemory("killed", requested=1 << 30)))
+    assert all(ts.state is State.RETRYING for ts in states)
+    assert len({id(ts.task) for ts in states}) == 1 and states[0].task.options.resources.memory == 2 << 30

@@ -147,6 +147,17 @@ def _retry_decision(ts: TaskState, out: Outcome) -> tuple[bool, dict[str, Any]]:
     return policy.should_retry(counted, type(out.exc) if out.exc is not None else cls), changes
 
 
+def variant(core: Core, task: Any, changes: dict[str, Any]) -> Any:
+    """``task`` with its resources changed, one copy per (task, resources) in the core: retries that escalate
+    the same way share one task object, so an array backend submits them as one array again."""
+    res = task.options.resources.model_copy(update=changes)
+    key = (id(task), res)
+    v = core.variants.get(key)
+    if v is None:
+        v = core.variants[key] = (task, task.with_options(resources=res))
+    return v[1]
+
+
 def fail(core: Core, ts: TaskState, out: Outcome, retryable: bool = True) -> None:
     task = ts.task
     error = f"{out.error_type}: {out.error_message}"
@@ -157,7 +168,7 @@ def fail(core: Core, ts: TaskState, out: Outcome, retryable: bool = True) -> Non
         core._transition(ts, RETRYING, error=error, traceback=out.traceback, info=out.info)
         policy = task.options.retries
         if changes:  # the next attempt asks for other resources: a copy of the task with them
-            ts.task = task.with_options(resources=task.options.resources.model_copy(update=changes))
+            ts.task = variant(core, task, changes)
         delay = policy.delay(ts.attempt)
         ts.attempt += 1
         ts.handle = None

@@ -139,6 +139,8 @@ class Core:
         self.held: dict[str, deque[TaskState]] = {}
         self.running: dict[str, int] = {}
         self.cache_mem: dict[str, CacheHit] = {}
+        #: (id(task), resources) -> (task, its copy with those resources): escalated retries share one copy
+        self.variants: dict[tuple[int, Any], tuple[Any, Any]] = {}
         #: cacheable calls in flight by key: a second call with the same key waits for the first
         self.inflight: dict[str, TaskState] = {}
         self.resume = resume or {}
@@ -157,7 +159,7 @@ class Core:
 
     def release(self) -> None:
         """Forget the calls (after the engine closed): their states, queues and cached results."""
-        for d in (self.tasks, self.ready, self.held, self.inflight, self.cache_mem):
+        for d in (self.tasks, self.ready, self.held, self.inflight, self.cache_mem, self.variants):
             d.clear()
         self.story_log.clear()
         self._resolved = []
