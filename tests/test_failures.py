@@ -254,3 +254,14 @@ def test_retries_escalated_alike_share_one_task_so_arrays_stay_arrays():
         fail(core, ts, _failed(OutOfMemory("killed", requested=1 << 30)))
     assert all(ts.state is State.RETRYING for ts in states)
     assert len({id(ts.task) for ts in states}) == 1 and states[0].task.options.resources.memory == 2 << 30
+
+
+def test_on_spot_an_evicted_pod_or_lost_node_is_a_reclaim_but_not_off_spot():
+    from gflow.errors import NodeFailure, PodEvicted
+
+    on = _state(gflow.Retry(0, spot=1), gflow.Resources(spot=True))
+    assert _retry_decision(on, _failed(PodEvicted("node drained"))) == (True, {"spot": False})
+    on = _state(gflow.Retry(0, spot=1), gflow.Resources(spot=True))
+    assert _retry_decision(on, _failed(NodeFailure("node lost"))) == (True, {"spot": False})
+    off = _state(gflow.Retry(0, spot=1), gflow.Resources())
+    assert _retry_decision(off, _failed(PodEvicted("memory pressure")))[0] is False

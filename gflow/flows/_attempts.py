@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gflow.errors import GflowError, InvalidArguments, OutOfMemory, Preempted, SerializationError, TaskFailed
+from gflow.errors import (
+    GflowError,
+    InvalidArguments,
+    NodeFailure,
+    OutOfMemory,
+    PodEvicted,
+    Preempted,
+    SerializationError,
+    TaskFailed,
+)
 from gflow.executors.base import Outcome
 from gflow.flows._events import ArmTimer, CacheHit, TaskState
 from gflow.flows._keys import compute_keys
@@ -124,7 +133,10 @@ def _retry_decision(ts: TaskState, out: Outcome) -> tuple[bool, dict[str, Any]]:
     res = ts.task.options.resources
     cls = out.error_class
     oom = cls is not None and issubclass(cls, (OutOfMemory, MemoryError))
-    preempted = cls is not None and issubclass(cls, Preempted)
+    # a reclaim: Preempted anywhere; on spot capacity also a pod evicted or a node lost (how a spot node going
+    # away looks on Kubernetes, where the reason names the eviction, not the reclaim)
+    preempted = cls is not None and (issubclass(cls, Preempted) or
+                                     (res.spot and issubclass(cls, (PodEvicted, NodeFailure))))
     changes: dict[str, Any] = {}
     free = False
     if preempted and policy.spot:

@@ -86,6 +86,8 @@ class FlowRun:
             image = engine.image_key(executor, task)
         else:
             executor, image = where
+        if task.options.resources.spot:
+            _check_spot(task, engine, executor)
         key = ikey = None
         version = code_version(task)  # here, in the flow's thread: the scheduling core reads no files
         deps: list[str] = []
@@ -179,6 +181,15 @@ class FlowRun:
 
         threading.Thread(target=body, name=f"gflow-subflow-{flow.name}", daemon=True).start()
         return fut
+
+
+def _check_spot(task: Any, engine: Engine, executor: str) -> None:
+    """``Resources(spot=True)`` on an executor without spot capacity: one line at the call, before anything runs."""
+    ex = engine.executors.get(executor)
+    if ex is not None and not ex.capabilities.spot:
+        raise InvalidArguments(
+            f"task '{task.name}' asks for spot capacity (Resources(spot=True)), but executor '{executor}' has none: "
+            f"use aws-batch with spot_queue, gcp-batch, or volcano with spot_selector; or drop spot=True")
 
 
 class _MapTask:

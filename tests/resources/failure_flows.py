@@ -55,3 +55,29 @@ def marked(folder: str, i: int, seconds: float = 0.0) -> int:
 @gflow.flow
 def throttled(folder: str, n: int = 200, k: int = 50, seconds: float = 0.0) -> int:
     return len(marked.map([folder] * n, range(n), seconds=seconds, max_concurrency=k))
+
+
+@gflow.task(resources=gflow.Resources(memory="256Mi"), retries=gflow.Retry(2, memory_factor=2.0))
+def hungry_pod(n_bytes: int, hold: float = 1.0) -> int:
+    """Holds the memory for a while, so a kubelet that samples usage sees it (as a cgroup would at once)."""
+    block = bytearray(n_bytes)
+    for i in range(0, n_bytes, 4096):  # touch every page: resident, not just reserved
+        block[i] = 1
+    time.sleep(hold)
+    return len(block)
+
+
+@gflow.flow
+def hungry_pod_flow(n_bytes: int = 400_000_000) -> int:
+    return hungry_pod(n_bytes)
+
+
+@gflow.task(resources=gflow.Resources(spot=True), retries=gflow.Retry(0, spot=1))
+def on_spot(x: int, seconds: float = 0.0) -> int:
+    time.sleep(seconds)
+    return x
+
+
+@gflow.flow
+def spot_flow(n: int = 1, seconds: float = 0.0) -> list:
+    return on_spot.map(range(n), seconds=seconds)
