@@ -81,3 +81,9 @@ def on_spot(x: int, seconds: float = 0.0) -> int:
 @gflow.flow
 def spot_flow(n: int = 1, seconds: float = 0.0) -> list:
     return on_spot.map(range(n), seconds=seconds)
+
+
+@gflow.flow
+def clean_flow(n: int = 10_000) -> int:
+    """The same map with no bad input and no min_success (a baseline for the partial map's cost)."""
+    return total(picky.map(range(3000, 3000 + n)))
