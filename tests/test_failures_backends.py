@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import failure_flows as ff
 import pytest
 from conftest import RESOURCES, ROOT
+from test_aws_batch import aws, moto  # noqa: F401  (fixtures)
 
 import gflow
 from gflow.states import State
@@ -113,3 +114,33 @@ def test_volcano_spot_reclaim_is_retried_on_demand_after_spot_n(kube, store):
     assert [m for s, m in evs if s is State.QUEUED] == ["asks spot", ""]
     (reclaim,) = [m for s, m in evs if s is State.RETRYING]
     assert reclaim.startswith("gflow.PodEvicted: ")
+
+
+# -- AWS Batch: moto in server mode (the fixtures of tests/test_aws_batch.py) ------------------------------------
+
+def test_aws_batch_spot_calls_are_submitted_to_the_spot_queue_end_to_end(request):
+    pytest.importorskip("moto")
+    pytest.importorskip("boto3")
+    aws = request.getfixturevalue("aws")
+    from aws_env import QUEUE, setup_batch
+    from test_aws_batch import ARTS
+
+    import aws_tasks  # importable by the fake containers' workers
+
+    sq = aws_tasks.square.with_options(resources=gflow.Resources(cpu=0.5, memory="256Mi", spot=True))
+
+    @gflow.flow
+    def squares_on_spot(n: int) -> list:
+        return sq.map(range(n))
+
+    setup_batch(aws.moto, queue="spot-q")
+    ex = aws.executor(spot_queue="spot-q")
+    try:
+        res = squares_on_spot.run(3, executor=ex, artifacts=ARTS, return_run=True)
+    finally:
+        ex.close()
+    assert res.state is State.SUCCEEDED and res.value == [0, 1, 4], res.error
+    batch = aws.moto.client("batch")
+    spot = batch.list_jobs(jobQueue="spot-q", jobStatus="SUCCEEDED")["jobSummaryList"]
+    plain = batch.list_jobs(jobQueue=QUEUE, jobStatus="SUCCEEDED")["jobSummaryList"]
+    assert spot and plain == [] and ex.api_calls["SubmitJob"] == 1  # one array, on the spot queue
