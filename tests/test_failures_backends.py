@@ -13,9 +13,12 @@ import failure_flows as ff
 import pytest
 from conftest import RESOURCES, ROOT
 from test_aws_batch import aws, moto  # noqa: F401  (fixtures)
+from test_slurm import slurm  # noqa: F401  (fixture)
 
 import gflow
 from gflow.states import State
+
+pytestmark = pytest.mark.integration
 
 
 def test_spot_on_an_executor_without_spot_is_one_line_before_anything_runs(store):
@@ -144,3 +147,27 @@ def test_aws_batch_spot_calls_are_submitted_to_the_spot_queue_end_to_end(request
     spot = batch.list_jobs(jobQueue="spot-q", jobStatus="SUCCEEDED")["jobSummaryList"]
     plain = batch.list_jobs(jobQueue=QUEUE, jobStatus="SUCCEEDED")["jobSummaryList"]
     assert spot and plain == [] and ex.api_calls["SubmitJob"] == 1  # one array, on the spot queue
+
+
+# -- Slurm: the real single-node cluster (tests/slurm_env.py; --mem enforced by OverMemoryKill) ------------------
+
+def test_slurm_out_of_memory_escalates_100_400_and_is_recorded(request):
+    slurm = request.getfixturevalue("slurm")
+    import slurm_tasks
+
+    hog = slurm_tasks.hog.with_options(retries=gflow.Retry(2, memory_factor=4.0, max_memory="1Gi"))
+
+    @gflow.flow
+    def hog_escalating(mib: int) -> int:
+        return hog(mib)
+
+    from gflow.store import open_store
+
+    res = slurm.run(hog_escalating, slurm.make(), mib=200, return_run=True)
+    assert res.state is State.SUCCEEDED and res.value == 200 << 20, res.error
+    st = open_store(slurm.store)
+    evs = [(e.state, e.message or "") for e in st.events(res.id) if e.task_run_id]
+    st.close()
+    assert [m for s, m in evs if s is State.QUEUED] == ["asks memory=100Mi", "asks memory=400Mi"]
+    (oom,) = [m for s, m in evs if s is State.RETRYING]
+    assert oom.startswith("gflow.errors.OutOfMemory: ") and "--mem=100M" in oom
