@@ -47,8 +47,7 @@ def main() -> None:
             esc.append(timed(oom))
             assert res is not None and res.state is gflow.State.SUCCEEDED
             ok.append(timed(lambda: ff.clean_flow.run(n=a.n)))  # baseline: no bad input, no min_success
-            n = a.n
-            part.append(timed(lambda: ff.partial_flow.run(n=n, min_success=0.99)))
+            part.append(timed(lambda: ff.partial_flow.run(n=a.n, min_success=0.99)))
             folder = Path(tmp) / f"marks-{len(peaks)}"
             folder.mkdir()
             peak, stop = [0], threading.Event()

@@ -124,11 +124,10 @@ def test_volcano_spot_reclaim_is_retried_on_demand_after_spot_n(kube, store):
 def test_aws_batch_spot_calls_are_submitted_to_the_spot_queue_end_to_end(request):
     pytest.importorskip("moto")
     pytest.importorskip("boto3")
-    aws = request.getfixturevalue("aws")
+    env = request.getfixturevalue("aws")
+    import aws_tasks  # importable by the fake containers' workers
     from aws_env import QUEUE, setup_batch
     from test_aws_batch import ARTS
-
-    import aws_tasks  # importable by the fake containers' workers
 
     sq = aws_tasks.square.with_options(resources=gflow.Resources(cpu=0.5, memory="256Mi", spot=True))
 
@@ -136,14 +135,14 @@ def test_aws_batch_spot_calls_are_submitted_to_the_spot_queue_end_to_end(request
     def squares_on_spot(n: int) -> list:
         return sq.map(range(n))
 
-    setup_batch(aws.moto, queue="spot-q")
-    ex = aws.executor(spot_queue="spot-q")
+    setup_batch(env.moto, queue="spot-q")
+    ex = env.executor(spot_queue="spot-q")
     try:
         res = squares_on_spot.run(3, executor=ex, artifacts=ARTS, return_run=True)
     finally:
         ex.close()
     assert res.state is State.SUCCEEDED and res.value == [0, 1, 4], res.error
-    batch = aws.moto.client("batch")
+    batch = env.moto.client("batch")
     spot = batch.list_jobs(jobQueue="spot-q", jobStatus="SUCCEEDED")["jobSummaryList"]
     plain = batch.list_jobs(jobQueue=QUEUE, jobStatus="SUCCEEDED")["jobSummaryList"]
     assert spot and plain == [] and ex.api_calls["SubmitJob"] == 1  # one array, on the spot queue
@@ -152,7 +151,7 @@ def test_aws_batch_spot_calls_are_submitted_to_the_spot_queue_end_to_end(request
 # -- Slurm: the real single-node cluster (tests/slurm_env.py; --mem enforced by OverMemoryKill) ------------------
 
 def test_slurm_out_of_memory_escalates_100_400_and_is_recorded(request):
-    slurm = request.getfixturevalue("slurm")
+    env = request.getfixturevalue("slurm")
     import slurm_tasks
 
     hog = slurm_tasks.hog.with_options(retries=gflow.Retry(2, memory_factor=4.0, max_memory="1Gi"))
@@ -163,9 +162,9 @@ def test_slurm_out_of_memory_escalates_100_400_and_is_recorded(request):
 
     from gflow.store import open_store
 
-    res = slurm.run(hog_escalating, slurm.make(), mib=200, return_run=True)
+    res = env.run(hog_escalating, env.make(), mib=200, return_run=True)
     assert res.state is State.SUCCEEDED and res.value == 200 << 20, res.error
-    st = open_store(slurm.store)
+    st = open_store(env.store)
     evs = [(e.state, e.message or "") for e in st.events(res.id) if e.task_run_id]
     st.close()
     assert [m for s, m in evs if s is State.QUEUED] == ["asks memory=100Mi", "asks memory=400Mi"]
