@@ -25,7 +25,7 @@ from gflow.executors import Executor, get_executor, register_executor
 from gflow.flows import Flow, Future, ResumeRefused, RunResult, cancel_run, flow
 from gflow.images import Image
 from gflow.states import State
-from gflow.tasks import Resources, Retry, Task, task
+from gflow.tasks import Failed, Resources, Retry, Task, task
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,7 @@ __all__ = [
     "ConfigError",
     "Executor",
     "ExecutorError",
+    "Failed",
     "Flow",
     "FlowFailed",
     "Future",

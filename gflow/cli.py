@@ -332,6 +332,9 @@ def runs_show(run_id: str, state: str | None, limit: int, show_value: bool, stor
                              ("replay of", r.replay_of), ("parent run", r.parent_run), ("error", r.error)):
             if value:
                 out.print(f"  {label:<12} {value}", markup=False, soft_wrap=True)
+        for m in (r.extra or {}).get("maps") or []:  # partial maps: "map 'score': 9,997 of 10,000 succeeded"
+            if isinstance(m, dict):
+                out.print(f"  {'map':<12} {m.get('summary')}", markup=False, soft_wrap=True)
         counts = st.counts(r.id)
         out.print("  counts       " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), markup=False)
         trs = st.task_runs(r.id, state=state.upper() if state else None, limit=limit or None)
@@ -343,9 +346,34 @@ def runs_show(run_id: str, state: str | None, limit: int, show_value: bool, stor
             table.add_row(escape(t.id), escape(t.name), _state(t.state.value), str(t.attempt), _fmt_dur(dur),
                           escape(t.executor or "-"), escape((t.error or "").split("\n")[0][:120]))
         out.print(table)
+        _print_attempts(st, r.id, [t.id for t in trs if t.attempt > 1][:20])
         total = sum(counts.values())
         if limit and total > len(trs) and not state:
             out.print(f"  ... {total - len(trs)} more task runs (use --limit 0 to list all)", markup=False)
+
+
+def _print_attempts(st: Any, run_id: str, retried: list[str]) -> None:
+    """Each attempt of the retried task runs: how it ended (by error type) and what it asked for."""
+    if not retried:
+        return
+    from gflow.store.base import asked_of, error_type_of
+
+    want = set(retried)
+    by: dict[str, dict[int, list[str]]] = {}
+    for e in st.events(run_id):
+        if e.task_run_id not in want:
+            continue
+        facts = by.setdefault(e.task_run_id, {}).setdefault(e.attempt, ["", ""])
+        asked = asked_of(e.message)
+        if asked is not None:
+            facts[1] = asked
+        elif e.state.value in ("RETRYING", "FAILED"):
+            facts[0] = error_type_of(e.message) or e.state.value
+        elif e.state.value == "SUCCEEDED":
+            facts[0] = "SUCCEEDED"
+    for tid in retried:
+        parts = [f"{n} {f[0] or '-'}" + (f" ({f[1]})" if f[1] else "") for n, f in sorted(by.get(tid, {}).items())]
+        out.print(f"  attempts of {tid}: " + ", ".join(parts), markup=False, soft_wrap=True)
 
 
 @runs.command("cancel")

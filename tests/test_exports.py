@@ -6,7 +6,7 @@ def test_public_api_pinned():
     assert sorted(gflow.__all__) == sorted([
         "ArtifactCorrupt", "ArtifactNotFound", "ArtifactStoreError", "Cancelled", "ConfigError", "Executor",
         "ExecutorError", "Flow",
-        "FlowFailed", "Future", "GflowError", "Image", "InvalidArguments", "InvalidTransition", "OutOfMemory",
+        "Failed", "FlowFailed", "Future", "GflowError", "Image", "InvalidArguments", "InvalidTransition", "OutOfMemory",
         "Preempted", "Resources",
         "ResumeRefused", "Retry", "RunNotFound", "RunResult",
         "SerializationError", "State", "StoreError", "Task", "TaskFailed", "TaskTimeout", "UpstreamFailed",

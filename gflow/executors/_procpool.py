@@ -31,7 +31,8 @@ import traceback
 from collections import deque
 from typing import Any
 
-from gflow.errors import ExecutorError
+from gflow.errors import ExecutorError, OutOfMemory
+from gflow.executors._memlimit import limit_memory, out_of_memory_message
 from gflow.executors.base import Call, CallDone, CallStarted, Listener, Outcome
 
 log = logging.getLogger("gflow.executors.processes")
@@ -90,10 +91,24 @@ def _worker_main(conn: Any, lifeline: Any, driver_pid: int = 0) -> None:
             os.environ["GFLOW_ARTIFACTS"] = artifacts_url
         t0 = time.time()
         conn.send(("started", call_id, attempt, (t0, f"process pid {os.getpid()}")))
+        task: Any = None
+        memory = restore = None
         try:
             task, args, kwargs = pickle.loads(blob)
-            value = task.fn(*args, **kwargs)
+            memory = task.options.resources.memory
+            restore = limit_memory(memory)
+            try:
+                value = task.fn(*args, **kwargs)
+            finally:
+                if restore is not None:
+                    restore()
             out = Outcome(True, value, started=t0, ended=time.time())
+        except MemoryError as e:  # past its Resources.memory (or the host's): one error type everywhere
+            tb = traceback.format_exc()
+            name = getattr(task, "name", "?")
+            err = OutOfMemory(out_of_memory_message(name, memory) if restore is not None and memory else
+                              f"task '{name}' ran out of memory: {e}", requested=memory)
+            out = Outcome.from_exception(err, tb, t0, time.time())
         except BaseException as e:  # noqa: BLE001 - reported to the driver
             out = Outcome.from_exception(e, traceback.format_exc(), t0, time.time())
         try:

@@ -72,6 +72,7 @@ class Capabilities:
         accepts_refs: The backend can start a call before its inputs exist, given :class:`Ref`
             placeholders in the arguments and ``Call.refs``: dependent chains stay on the backend.
         array_jobs: A batch of calls of one task becomes one backend job (an array).
+        spot: The backend runs calls on spot / preemptible capacity when their resources ask for it.
 
     Every executor reports through its listener (typed events); backends that must ask for their
     jobs' status do it in their own :class:`~gflow.executors.polling.PollingMonitor`, not in the engine.
@@ -81,6 +82,9 @@ class Capabilities:
     start_poll_interval: float | None = None
     accepts_refs: bool = False
     array_jobs: bool = False
+    #: calls with ``Resources(spot=True)`` run on reclaimable capacity here; a task asking for spot on an
+    #: executor without it is refused at the call, before anything is submitted
+    spot: bool = False
 
 
 @dataclass(slots=True)

@@ -5,15 +5,25 @@ change goes through ``Core._transition``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from gflow.errors import GflowError, InvalidArguments, SerializationError, TaskFailed
+from gflow.errors import (
+    GflowError,
+    InvalidArguments,
+    NodeFailure,
+    OutOfMemory,
+    PodEvicted,
+    Preempted,
+    SerializationError,
+    TaskFailed,
+)
 from gflow.executors.base import Outcome
 from gflow.flows._events import ArmTimer, CacheHit, TaskState
 from gflow.flows._keys import compute_keys
 from gflow.flows._values import SCALARS, object_ids, resolve_values
 from gflow.serialization import encode
 from gflow.states import State
+from gflow.tasks import Failed, format_memory
 
 if TYPE_CHECKING:
     from gflow.flows._core import Core
@@ -54,9 +64,15 @@ def finished_attempt(core: Core, ts: TaskState, out: Outcome, retryable: bool = 
 def release(core: Core, ts: TaskState) -> None:
     """A submitted call stopped occupying its task's concurrency slot."""
     task = ts.task
-    if task is None or task.options.max_concurrency is None or ts.state not in (QUEUED, RUNNING):
+    group = ts.group
+    if group is not None and group.max_concurrency is not None:
+        ident = group.key
+    elif task is None or task.options.max_concurrency is None:
         return
-    ident = task.identity
+    else:
+        ident = task.identity
+    if ts.state not in (QUEUED, RUNNING):
+        return
     core.running[ident] -= 1
     held = core.held.get(ident)
     while held:
@@ -100,15 +116,71 @@ def succeed(core: Core, ts: TaskState, out: Outcome) -> None:
     core._finish(ts)
 
 
+def asks(resources: Any) -> str | None:
+    """What an attempt asks for, recorded as its QUEUED event's message (``asks memory=128Mi spot``) when the
+    call asks for memory or spot: the attempts table shows it, so an escalation is visible."""
+    mem, spot = resources.memory, resources.spot
+    if mem is None and not spot:
+        return None
+    return "asks" + (f" memory={format_memory(mem)}" if mem is not None else "") + (" spot" if spot else "")
+
+
+def _retry_decision(ts: TaskState, out: Outcome) -> tuple[bool, dict[str, Any]]:
+    """Whether the retry policy allows another attempt after ``out``, and what the next attempt asks for
+    differently (``Resources`` changes: more memory after an out-of-memory failure, on demand after ``spot``
+    reclaims). A reclaim under ``Retry(spot=N)`` is not counted against ``count``."""
+    policy = ts.task.options.retries
+    res = ts.task.options.resources
+    cls = out.error_class
+    oom = cls is not None and issubclass(cls, (OutOfMemory, MemoryError))
+    # a reclaim: Preempted anywhere; on spot capacity also a pod evicted or a node lost (how a spot node going
+    # away looks on Kubernetes, where the reason names the eviction, not the reclaim)
+    preempted = cls is not None and (issubclass(cls, Preempted) or
+                                     (res.spot and issubclass(cls, (PodEvicted, NodeFailure))))
+    changes: dict[str, Any] = {}
+    free = False
+    if preempted and policy.spot:
+        if ts.reclaims < policy.spot:
+            ts.reclaims += 1
+            free = True
+        if ts.reclaims >= policy.spot and res.spot:
+            changes["spot"] = False
+    if oom and policy.memory_factor is not None and res.memory is not None:
+        more = policy.escalated(res.memory)
+        if more != res.memory:
+            changes["memory"] = more
+    if free:
+        return True, changes
+    counted = ts.attempt - ts.reclaims
+    code = (out.info or {}).get("exit_code")
+    if policy.on_exit_codes is not None and isinstance(code, int) and code not in policy.on_exit_codes \
+            and not (oom and policy.memory_factor is not None):
+        return False, changes
+    return policy.should_retry(counted, type(out.exc) if out.exc is not None else cls), changes
+
+
+def variant(core: Core, task: Any, changes: dict[str, Any]) -> Any:
+    """``task`` with its resources changed, one copy per (task, resources) in the core: retries that escalate
+    the same way share one task object, so an array backend submits them as one array again."""
+    res = task.options.resources.model_copy(update=changes)
+    key = (id(task), res)
+    v = core.variants.get(key)
+    if v is None:
+        v = core.variants[key] = (task, task.with_options(resources=res))
+    return v[1]
+
+
 def fail(core: Core, ts: TaskState, out: Outcome, retryable: bool = True) -> None:
     task = ts.task
-    policy = task.options.retries
-    etype = type(out.exc) if out.exc is not None else None
     error = f"{out.error_type}: {out.error_message}"
     if out.error_type and out.error_type.rsplit(".", 1)[-1] in NOT_RETRYABLE:
         retryable = False
-    if retryable and policy.should_retry(ts.attempt, etype):
+    again, changes = _retry_decision(ts, out) if retryable else (False, {})
+    if again:
         core._transition(ts, RETRYING, error=error, traceback=out.traceback, info=out.info)
+        policy = task.options.retries
+        if changes:  # the next attempt asks for other resources: a copy of the task with them
+            ts.task = variant(core, task, changes)
         delay = policy.delay(ts.attempt)
         ts.attempt += 1
         ts.handle = None
@@ -119,6 +191,17 @@ def fail(core: Core, ts: TaskState, out: Outcome, retryable: bool = True) -> Non
         else:
             core.out.append(ArmTimer(core.sid, ts.id, ts.attempt, "retry", core.now + delay))
         return
+    group = ts.group
+    if group is not None and group.min_success is not None and group.tolerate():
+        # within the map's min_success: recorded FAILED, but its value is a Failed and the run goes on
+        ts.value = Failed(error_type=out.error_type or "Error", message=out.error_message or "", task_run_id=ts.id,
+                          index=ts.index)
+        core.runs[ts.run_id].maps[group.key] = group
+        core._transition(ts, FAILED, error=error, traceback=out.traceback, info=out.info)
+        core._finish(ts)
+        return
+    if group is not None and group.min_success is not None:
+        core.runs[ts.run_id].maps[group.key] = group
     err = TaskFailed(task.name, task_run_id=ts.id, run_id=ts.run_id, error_type=out.error_type or "Error",
                      error_message=out.error_message or "", traceback=out.traceback or "", attempts=ts.attempt)
     err.__cause__ = out.exc

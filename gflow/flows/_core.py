@@ -102,6 +102,7 @@ from gflow.flows._keys import compute_keys
 from gflow.flows._values import object_ids, resolve_values
 from gflow.states import State
 from gflow.store.base import Row, TaskRunRecord, trow
+from gflow.tasks import Failed, group_for
 
 PENDING, QUEUED, RUNNING, RETRYING = State.PENDING, State.QUEUED, State.RUNNING, State.RETRYING
 SUCCEEDED, FAILED, CANCELLED, CACHED = State.SUCCEEDED, State.FAILED, State.CANCELLED, State.CACHED
@@ -141,6 +142,8 @@ class Core:
         self.held: dict[str, deque[TaskState]] = {}
         self.running: dict[str, int] = {}
         self.cache_mem: dict[str, CacheHit] = {}
+        #: (id(task), resources) -> (task, its copy with those resources): escalated retries share one copy
+        self.variants: dict[tuple[int, Any], tuple[Any, Any]] = {}
         #: cacheable calls in flight by key: a second call with the same key waits for the first
         self.inflight: dict[str, TaskState] = {}
         self.resume = resume or {}
@@ -159,7 +162,7 @@ class Core:
 
     def release(self) -> None:
         """Forget the calls (after the engine closed): their states, queues and cached results."""
-        for d in (self.tasks, self.ready, self.held, self.inflight, self.cache_mem):
+        for d in (self.tasks, self.ready, self.held, self.inflight, self.cache_mem, self.variants):
             d.clear()
         self.story_log.clear()
         self._resolved = []
@@ -298,7 +301,7 @@ class Core:
         waiting = 0
         for dep in deps:
             st = dep.state
-            if st is SUCCEEDED or st is CACHED:
+            if st is SUCCEEDED or st is CACHED or (st is FAILED and type(dep.value) is Failed):
                 continue
             if st is FAILED or st is CANCELLED:
                 ts.error = dep
@@ -327,9 +330,11 @@ class Core:
             ts = q.popleft()
             if ts.state is not PENDING and ts.state is not RETRYING:
                 continue  # cancelled while it waited here
-            limit = ts.task.options.max_concurrency
+            group = ts.group
+            limit = ts.task.options.max_concurrency if group is None or group.max_concurrency is None \
+                else group.max_concurrency
             if limit is not None:
-                ident = ts.task.identity
+                ident = ts.task.identity if group is None or group.max_concurrency is None else group.key
                 n = running.get(ident, 0)
                 if n >= limit:
                     held.setdefault(ident, deque()).append(ts)
@@ -341,7 +346,8 @@ class Core:
             # inputs were known; again on a later attempt: a speculative first attempt ran without them)
             later = bool(ts.deps)
             transition(ts, QUEUED, key=ts.key if later else None, objects=objs or None,
-                       ikey=ts.ikey if later else None, executor=ts.executor)
+                       ikey=ts.ikey if later else None, executor=ts.executor,
+                       message=_attempts.asks(ts.task.options.resources))
             call_args, call_kwargs = ts.task.validator.call_args(args)
             calls.append(Call(ts.id, ts.run_id, ts.task, call_args, call_kwargs, ts.attempt, ts.key, ts.index))
             timeout = ts.task.options.timeout
@@ -524,7 +530,8 @@ class Core:
     def _expand(self, ts: TaskState) -> None:
         """A map over futures: fan out once they resolved, then gather the results into a list."""
         if ts.state is PENDING:  # phase 1: the iterables are known now
-            task, iterables, common, new_child = ts.expand
+            task, iterables, common, new_child, *more = ts.expand  # more: the map's options, when given
+            options = more[0] if more else None
             new: Callable[..., TaskState] = new_child
             try:
                 values = [resolve_values(it, self.tasks) for it in iterables]
@@ -533,6 +540,10 @@ class Core:
             except Exception as e:  # noqa: BLE001 - not iterable, mismatched lengths, invalid arguments
                 self._invalid(ts, e)
                 return
+            group = group_for(task, len(children), options)
+            if group is not None:
+                for c in children:
+                    c.group = group
             self._transition(ts, RUNNING, message=f"fan-out of {len(children)} calls of '{task.name}'")
             ts.arguments = children
             self._calls_added(CallsAdded(self.sid, children))
@@ -588,7 +599,7 @@ class Core:
             n.dependents = None
             if not deps:
                 continue
-            if st is SUCCEEDED or st is CACHED:
+            if st is SUCCEEDED or st is CACHED or (st is FAILED and type(n.value) is Failed):
                 for d in deps:
                     d.waiting -= 1
                     if d.waiting == 0 and not d.state.terminal:

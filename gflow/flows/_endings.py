@@ -39,7 +39,8 @@ class RunState:
     """A run (flow or subflow) as the core sees it."""
 
     __slots__ = ("id", "parent", "active", "body_done", "value", "error", "traceback", "failures", "cancelled",
-                 "external_cancel", "children", "finished", "reused_changed", "flow_name", "fail_with", "ending")
+                 "external_cancel", "children", "finished", "reused_changed", "flow_name", "fail_with", "ending",
+                 "maps")
 
     def __init__(self, run_id: str, parent: str | None, flow_name: str = "flow"):
         self.id = run_id
@@ -55,6 +56,8 @@ class RunState:
         self.children: list[str] = []
         self.finished = False
         self.reused_changed: list[str] = []
+        #: maps with min_success that had failed elements, by group key (their counts go on the run's record)
+        self.maps: dict[str, Any] = {}
         self.flow_name = flow_name
         #: stopped by a fault (the artifact store is full): the run ends FAILED with this error
         self.fail_with: BaseException | None = None
@@ -200,8 +203,9 @@ def flushed(core: Core, ev: Flushed) -> None:
             err_text = f"{type(error).__name__}: {first}"
             tb_text = getattr(error, "traceback", "") or run.traceback or _format_exc(error)
         core.record_run(RecordRun(core.sid, run.id, state, core.now, error=err_text, traceback=tb_text,
-                                  result_ref=ref, result_inline=inline))
-    core.out.append(RunFinished(core.sid, run.id, state, value, error, list(run.reused_changed)))
+                                  result_ref=ref, result_inline=inline, extra=_maps_extra(run)))
+    core.out.append(RunFinished(core.sid, run.id, state, value, error, list(run.reused_changed),
+                                [g.summary() for g in run.maps.values()]))
     if run.parent is None:
         return
     ts = core.tasks[run.parent]
@@ -221,6 +225,14 @@ def flushed(core: Core, ev: Flushed) -> None:
     if state is FAILED:
         core.runs[ts.run_id].failures.append(ts)
     core._end(ts, CANCELLED if state is CANCELLED else FAILED)
+
+
+def _maps_extra(run: RunState) -> dict[str, Any] | None:
+    """The partial maps' counts for the run record's ``extra`` (``gflow runs show`` and the dashboard say them)."""
+    if not run.maps:
+        return None
+    return {"maps": [{"task": g.task, "total": g.total, "succeeded": g.total - g.failed, "failed": g.failed,
+                      "min_success": g.min_success, "summary": g.summary()} for g in run.maps.values()]}
 
 
 def _outcome_of(core: Core, run: RunState) -> tuple[State, Any, BaseException | None]:

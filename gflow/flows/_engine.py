@@ -61,6 +61,7 @@ from gflow.flows._recorder import Recorder
 from gflow.serialization import decode
 from gflow.states import State
 from gflow.store import RunRecord, Store, TaskRunRecord
+from gflow.tasks import Failed
 
 log = logging.getLogger("gflow.engine")
 _STOP = object()
@@ -512,7 +513,7 @@ class Engine:
             if f is None:
                 continue
             st = ts.state
-            if st is State.SUCCEEDED or st is State.CACHED:
+            if st is State.SUCCEEDED or st is State.CACHED or (st is State.FAILED and type(ts.value) is Failed):
                 f._set(True, ts.value, None)
             else:
                 f._set(False, None, core.error_of(ts))

@@ -29,7 +29,8 @@ class TaskState:
 
     __slots__ = ("id", "run_id", "task", "kind", "arguments", "deps", "waiting", "dependents", "state", "attempt",
                  "value", "error", "key", "ikey", "image", "handle", "desc", "index", "executor", "expand", "stash",
-                 "looking", "result_ref", "result_inline", "started", "speculative", "twins", "version")
+                 "looking", "result_ref", "result_inline", "started", "speculative", "twins", "version", "reclaims",
+                 "group")
 
     def __init__(self, id: str, run_id: str, task: Any, arguments: Any, deps: list[Any], *, kind: str = CALL,
                  key: str | None = None, ikey: str | None = None, index: int | None = None, executor: str = "",
@@ -70,6 +71,10 @@ class TaskState:
         self.speculative = False
         #: cacheable calls with the same key made while this one was in flight: they take its result
         self.twins: list[TaskState] | None = None
+        #: spot reclaims so far (``Preempted`` failures retried under ``Retry(spot=N)``, not counted in ``count``)
+        self.reclaims = 0
+        #: the map this call is an element of, when the map has options (``min_success``, ``max_concurrency``)
+        self.group: Any = None
 
     @property
     def name(self) -> str:
@@ -284,6 +289,8 @@ class RecordRun(Instruction):
     result_ref: str | None = None
     result_inline: str | None = None
     blobs: dict[str, bytes] = field(default_factory=dict)
+    #: fields merged into the run record's ``extra`` with its terminal state (``maps``: partial maps' counts)
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -325,3 +332,5 @@ class RunFinished(Instruction):
     value: Any = None
     error: BaseException | None = None
     reused_changed: list[str] = field(default_factory=list)
+    #: one line per partial map (``map 'score': 9,997 of 10,000 succeeded``)
+    summary: list[str] = field(default_factory=list)

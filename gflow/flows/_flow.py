@@ -26,7 +26,7 @@ from gflow.flows._runs import open_run_context, prepare_resume
 from gflow.serialization import encode
 from gflow.states import State
 from gflow.store import RunRecord
-from gflow.tasks import ArgumentValidator, code_version
+from gflow.tasks import ArgumentValidator, code_version, group_for
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -86,6 +86,8 @@ class FlowRun:
             image = engine.image_key(executor, task)
         else:
             executor, image = where
+        if task.options.resources.spot:
+            _check_spot(task, engine, executor)
         key = ikey = None
         version = code_version(task)  # here, in the flow's thread: the scheduling core reads no files
         deps: list[str] = []
@@ -107,11 +109,13 @@ class FlowRun:
         self.engine.add([ts], [fut])
         return fut
 
-    def map(self, task: Any, iterables: Sequence[Any], common: dict) -> Any:
+    def map(self, task: Any, iterables: Sequence[Any], common: dict, options: dict | None = None) -> Any:
+        """``options``: the map's own (``min_success``, ``max_concurrency``; checked by ``Task.map``)."""
         pending = [it for it in iterables if type(it) is Future]
         if pending:
-            return self._map_later(task, iterables, common, pending)
+            return self._map_later(task, iterables, common, pending, options)
         rows = list(zip(*iterables, strict=True)) if len(iterables) > 1 else [(x,) for x in iterables[0]]
+        group = group_for(task, len(rows), options)
         engine = self.engine
         executor = engine.route(task)
         where = (executor, engine.image_key(executor, task))
@@ -121,12 +125,16 @@ class FlowRun:
         futs: list[Future] = []
         for lo in range(0, len(rows), step):
             tss = [self.task_state(task, rows[i], common, i, where) for i in range(lo, min(lo + step, len(rows)))]
+            if group is not None:
+                for ts in tss:
+                    ts.group = group
             part: list[Future] = [Future(ts.id, self.id, task.name, engine) for ts in tss]
             engine.add(tss, part)
             futs += part
         return futs
 
-    def _map_later(self, task: Any, iterables: Sequence[Any], common: dict, pending: list[Future]) -> Future:
+    def _map_later(self, task: Any, iterables: Sequence[Any], common: dict, pending: list[Future],
+                   options: dict | None = None) -> Future:
         """``task.map(future_of_a_list)``: one future for the list of results, fanned out when ready."""
         for d in pending:
             if d._engine is not self.engine:
@@ -136,7 +144,7 @@ class FlowRun:
             return self.task_state(task, row, common, i)
 
         ts = TaskState(self.next_id(), self.id, _MapTask(task), None, list(dict.fromkeys(d.id for d in pending)),
-                       kind=MAP, expand=(task, list(iterables), common, new_child),
+                       kind=MAP, expand=(task, list(iterables), common, new_child, options),
                        executor=self.engine.default)
         fut: Future = Future(ts.id, self.id, f"{task.name}.map", self.engine)
         self.engine.add([ts], [fut])
@@ -175,6 +183,15 @@ class FlowRun:
         return fut
 
 
+def _check_spot(task: Any, engine: Engine, executor: str) -> None:
+    """``Resources(spot=True)`` on an executor without spot capacity: one line at the call, before anything runs."""
+    ex = engine.executors.get(executor)
+    if ex is not None and not ex.capabilities.spot:
+        raise InvalidArguments(
+            f"task '{task.name}' asks for spot capacity (Resources(spot=True)), but executor '{executor}' has none: "
+            f"use aws-batch with spot_queue, gcp-batch, or volcano with spot_selector; or drop spot=True")
+
+
 class _MapTask:
     """Stands in for a task on the state of a deferred map (recorded as task 'gflow:map')."""
 
@@ -192,6 +209,8 @@ class RunResult:
 
     Attributes:
         reused_changed: (resume) tasks whose calls were reused although their code changed since.
+        summary: one line per map with ``min_success`` whose elements failed (``map 'score': 9,997 of 10,000
+            succeeded``).
     """
 
     id: str
@@ -199,6 +218,7 @@ class RunResult:
     value: Any = None
     error: BaseException | None = None
     reused_changed: list[str] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
 
 
 class Flow(Generic[P, R]):
@@ -332,10 +352,10 @@ class Flow(Generic[P, R]):
             raise KeyboardInterrupt
         if fin.state is State.SUCCEEDED:
             if return_run:
-                return RunResult(run_id, fin.state, fin.value, None, fin.reused_changed)
+                return RunResult(run_id, fin.state, fin.value, None, fin.reused_changed, fin.summary)
             return fin.value
         if return_run:
-            return RunResult(run_id, fin.state, None, fin.error, fin.reused_changed)
+            return RunResult(run_id, fin.state, None, fin.error, fin.reused_changed, fin.summary)
         assert fin.error is not None
         raise fin.error
 

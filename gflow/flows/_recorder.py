@@ -359,6 +359,8 @@ class Recorder:
                 elif ins.state is not None:
                     self.store.set_run_state(ins.run_id, ins.state, ins.ts, error=ins.error, traceback=ins.traceback,
                                              result_ref=ins.result_ref, result_inline=ins.result_inline)
+                    if ins.extra:
+                        self.store.update_run(ins.run_id, extra={**self.store.get_run(ins.run_id).extra, **ins.extra})
                 self._failing_since = None
                 return
             except InvalidTransition as e:  # e.g. cancelled from outside first: that record stands

@@ -51,6 +51,8 @@ def _speculative_call(core: Core, executor: str, ts: TaskState) -> Call | None:
         st = dep.state
         if st is SUCCEEDED or st is CACHED:
             continue
+        if dep.group is not None and dep.group.min_success is not None:
+            return None  # its value may become a Failed, which a reference cannot carry: the ordinary path
         if dep.handle is not None and dep.kind == CALL and dep.executor == executor and (
                 st is QUEUED or st is RUNNING or (st is PENDING and dep.speculative)):
             refs[dep.id] = dep.handle

@@ -11,6 +11,7 @@ from gflow._walk import LEAF, substitute
 from gflow.executors.base import Ref
 from gflow.flows._future import Future
 from gflow.store.base import registry_id
+from gflow.tasks import Failed
 
 SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
 
@@ -28,8 +29,8 @@ def resolve_values(value: Any, tasks: Mapping[str, Any], refs: Mapping[str, Any]
         if refs is not None and f.id in refs:
             return Ref(f.id)
         ts = tasks[f.id]
-        if on_error is not None and ts.state.value not in ("SUCCEEDED", "CACHED"):
-            raise on_error(ts)
+        if on_error is not None and ts.state.value not in ("SUCCEEDED", "CACHED") and type(ts.value) is not Failed:
+            raise on_error(ts)  # (a map element failed within its min_success is a Failed value)
         return ts.value
 
     if t is Future:

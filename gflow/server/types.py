@@ -13,6 +13,7 @@ from gflow.server import loaders as L
 from gflow.server.guard import gql_error
 from gflow.states import RANK, TERMINAL, State
 from gflow.store import Event, RunRecord, TaskRunRecord
+from gflow.store.base import asked_of, error_type_of
 
 if TYPE_CHECKING:
     from gflow.server.drivers import Launch
@@ -215,6 +216,10 @@ class Attempt:
     started: float | None
     ended: float | None
     message: str | None
+    error_type: str | None = strawberry.field(default=None, description="How the attempt failed, by gflow error "
+                                              "type (OutOfMemory, Preempted, ValueError ...); null if it did not.")
+    asked: str | None = strawberry.field(default=None, description="The resources the attempt asked for where the "
+                                         "call set memory or spot ('memory=128Mi spot'): escalations show here.")
 
 
 def attempts_of(events: list[Event]) -> list[Attempt]:
@@ -231,8 +236,13 @@ def attempts_of(events: list[Event]) -> list[Attempt]:
             a.started = e.ts
         elif e.state in TERMINAL or e.state is State.RETRYING:
             a.ended = e.ts
-        if e.message:
+        asked = asked_of(e.message)
+        if asked is not None:
+            a.asked = asked
+        elif e.message:
             a.message = D.first_line(e.message, 2000)
+            if e.state is State.RETRYING or e.state is State.FAILED:
+                a.error_type = error_type_of(e.message)
     return [by[k] for k in sorted(by)]
 
 

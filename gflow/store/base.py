@@ -8,6 +8,7 @@ conditional write), so concurrent writers can never move a record backwards.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,6 +218,25 @@ class Event:
     attempt: int
     ts: float
     message: str | None = None
+
+
+#: an attempt's QUEUED event message saying what it asked for (``asks memory=128Mi spot``; gflow.flows._attempts)
+ASKS_PREFIX = "asks "
+_ERROR_TYPE = re.compile(r"^([A-Za-z_][\w.]*): ")
+
+
+def asked_of(message: str | None) -> str | None:
+    """What an attempt asked for, from its QUEUED event's message (``memory=128Mi spot``); None if not said."""
+    if message and message.startswith(ASKS_PREFIX):
+        return message[len(ASKS_PREFIX):]
+    return None
+
+
+def error_type_of(message: str | None) -> str | None:
+    """The short error type (``OutOfMemory``) an attempt's failure event starts with (``gflow.errors.OutOfMemory:
+    ...``); None when the message does not start with one."""
+    m = _ERROR_TYPE.match(message or "")
+    return m.group(1).rsplit(".", 1)[-1] if m else None
 
 
 class Store(abc.ABC):

@@ -22,6 +22,14 @@ def parse_memory(value: int | str | None) -> int | None:
     return int(float(m.group(1)) * _MEM_UNITS[(m.group(2) or "").lower()])
 
 
+def format_memory(n: int) -> str:
+    """``134217728`` -> ``128Mi`` (the largest binary unit that divides it), else bytes."""
+    for unit, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
 class Resources(BaseModel):
     """What one call of a task needs: CPUs, memory (bytes or '2Gi'), GPUs, gang scheduling."""
 
@@ -32,6 +40,8 @@ class Resources(BaseModel):
     gpu: int = Field(default=0, ge=0)
     #: all pods of one call start together or not at all (Volcano gang scheduling, for multi-pod work)
     gang: bool = False
+    #: run on reclaimable capacity (spot / preemptible) where the backend has it; refused where it has none
+    spot: bool = False
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -49,6 +59,43 @@ class Retry(BaseModel):
     factor: float = Field(default=2.0, ge=1, description="multiplier per further retry")
     max_backoff: float = Field(default=300.0, ge=0)
     on: tuple[type[BaseException], ...] = (Exception,)
+    #: after an out-of-memory failure the next attempt asks for memory x this (> 1); None: the same memory
+    memory_factor: float | None = None
+    #: the most memory an escalated attempt asks for (bytes or '64Gi')
+    max_memory: int | None = None
+    #: retry a failure with an exit code only when it is one of these (None: any exit code)
+    on_exit_codes: tuple[int, ...] | None = None
+    #: spot reclaims (``Preempted``) retried on spot before the next attempt runs on demand; not counted in ``count``
+    spot: int = 0
+
+    @field_validator("memory_factor")
+    @classmethod
+    def _memory_factor(cls, v: Any) -> Any:
+        if v is not None and not v > 1:
+            raise ValueError(f"Retry(memory_factor={v!r}): it must be greater than 1 (each retry asks for more memory)")
+        return v
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _max_memory(cls, v: Any) -> int | None:
+        return parse_memory(v)
+
+    @field_validator("on_exit_codes", mode="before")
+    @classmethod
+    def _exit_codes(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        codes = [v] if isinstance(v, int) else list(v) if isinstance(v, (list, tuple, set, frozenset)) else None
+        if codes is None or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
+            raise ValueError(f"Retry(on_exit_codes={v!r}): it must be a list of integer exit codes")
+        return tuple(codes)
+
+    @field_validator("spot")
+    @classmethod
+    def _spot(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"Retry(spot={v!r}): it must be 0 or more reclaims")
+        return v
 
     @field_validator("on", mode="before")
     @classmethod
@@ -73,6 +120,14 @@ class Retry(BaseModel):
         if error_type is None:  # remote errors carry only a name: retry unless restricted
             return self.on == (Exception,)
         return issubclass(error_type, self.on)
+
+    def escalated(self, memory: int | None) -> int | None:
+        """The memory the attempt after an out-of-memory failure asks for: ``memory`` x ``memory_factor``, capped
+        at ``max_memory`` (``memory`` unchanged without a factor or a first request)."""
+        if self.memory_factor is None or memory is None:
+            return memory
+        more = int(memory * self.memory_factor)
+        return min(more, self.max_memory) if self.max_memory is not None else more
 
 
 class TaskOptions(BaseModel):

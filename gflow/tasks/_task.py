@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from gflow import _context
 from gflow._context import current_flow
 from gflow.errors import InvalidArguments
+from gflow.tasks._maps import MAP_OPTIONS, map_here, map_options
 from gflow.tasks._options import TaskOptions
 from gflow.tasks._version import code_version
 
@@ -189,14 +190,23 @@ class Task(Generic[P, R]):
         Inside a flow this returns one future per element, handed to the executor as one batch; if an
         iterable is itself a future (of a list), it returns one future of the list of results, and the
         fan-out happens when that future resolves. Outside a flow it returns the list of results.
+
+        Two keywords are options of the map, never arguments of its calls: ``min_success`` (a fraction in
+        (0, 1]: while at least that share of the elements succeeds, failed ones are :class:`gflow.Failed`
+        values and the run goes on) and ``max_concurrency`` (at most that many elements run at once).
         """
         if not iterables:
             raise InvalidArguments(f"task '{self.name}'.map() needs at least one iterable")
+        options = map_options(self.name, {k: common.pop(k) for k in MAP_OPTIONS if k in common})
         ctx = current_flow.get()
         if ctx is not None:
-            return ctx.map(self, iterables, common)  # an iterable may be a future of a list
+            if options["min_success"] is None and options["max_concurrency"] is None:
+                return ctx.map(self, iterables, common)  # an iterable may be a future of a list
+            return ctx.map(self, iterables, common, options)
         rows = list(zip(*iterables, strict=True)) if len(iterables) > 1 else [(x,) for x in iterables[0]]
-        return [self.fn(*row, **common) for row in rows]
+        if options["min_success"] is None:
+            return [self.fn(*row, **common) for row in rows]
+        return map_here(self, rows, common, options["min_success"])
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run one call of this task as a run of its own (recorded, cached and resumable like a flow's),

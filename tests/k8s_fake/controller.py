@@ -11,7 +11,9 @@ what gflow relies on, in a few hundred lines.
 - The kubelet runs each bound pod's container command as a local process with the pod's env (``runner=
   "process"``; the image's environment is this Python's, plus ``extra_env``), or calls the gflow worker in
   this process (``runner="inline"``, for benchmarks). Images in ``bad_images`` fail to pull (ErrImagePull).
-  It enforces ``activeDeadlineSeconds`` and keeps each pod's log for ``/log``; a failed container's last log
+  It enforces ``activeDeadlineSeconds`` and the container's memory limit (a process whose resident memory
+  passes it is killed: exit 137, reason ``OOMKilled``, as the kernel's cgroup OOM killer does), keeps each
+  pod's log for ``/log``; a failed container's last log
   lines become its termination message (``FallbackToLogsOnError``).
 - :meth:`evict` kills a pod the way a preemption or drain does (deleted: Volcano's ``PodEvicted`` policy
   restarts it, up to ``maxRetry``) or the way node pressure does (``kubelet=True``: phase Failed, reason
@@ -43,10 +45,21 @@ def _qty(v: Any) -> float:
 
 
 class _Run:
-    __slots__ = ("deadline", "log", "proc", "started")
+    __slots__ = ("deadline", "limit", "log", "proc", "started")
 
-    def __init__(self, proc: Any, log: str, started: float, deadline: float | None):
-        self.proc, self.log, self.started, self.deadline = proc, log, started, deadline
+    def __init__(self, proc: Any, log: str, started: float, deadline: float | None, limit: float | None = None):
+        self.proc, self.log, self.started, self.deadline, self.limit = proc, log, started, deadline, limit
+
+
+def _rss(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 class FakeVolcano:
@@ -347,7 +360,9 @@ class FakeVolcano:
                 proc = subprocess.Popen([*container.get("command", []), *container.get("args", [])], env=env,
                                         stdout=f, stderr=subprocess.STDOUT, cwd=self.logdir)
         ads = pod["spec"].get("activeDeadlineSeconds")
-        self.runs[(ns, name)] = _Run(proc, log, started, started + ads if ads else None)
+        mem = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+        self.runs[(ns, name)] = _Run(proc, log, started, started + ads if ads else None,
+                                     _qty(mem) if mem is not None else None)
 
         def running(p: dict) -> None:
             p["spec"]["nodeName"] = "node-1"
@@ -373,14 +388,19 @@ class FakeVolcano:
             if run.proc is None:
                 continue
             code = run.proc.poll()
-            if code is None and run.deadline is not None and now > run.deadline:
+            if code is None and run.limit is not None and _rss(run.proc.pid) > run.limit:
+                run.proc.kill()
+                run.proc.wait()
+                self._finish(ns, name, 137, term_reason="OOMKilled")
+            elif code is None and run.deadline is not None and now > run.deadline:
                 run.proc.kill()
                 run.proc.wait()
                 self._finish(ns, name, 137, reason="DeadlineExceeded")
             elif code is not None:
                 self._finish(ns, name, code)
 
-    def _finish(self, ns: str, name: str, code: int, reason: str | None = None) -> None:
+    def _finish(self, ns: str, name: str, code: int, reason: str | None = None,
+                term_reason: str | None = None) -> None:
         run = self.runs.pop((ns, name), None)
         self.bound.discard((ns, name))
         self._wake = True
@@ -392,7 +412,7 @@ class FakeVolcano:
         tail = "\n".join(text.splitlines()[-80:])[-2048:]
 
         def fn(p: dict) -> None:
-            term = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+            term = {"exitCode": code, "reason": term_reason or ("Completed" if code == 0 else "Error"),
                     "startedAt": now_rfc3339(run.started if run else None), "finishedAt": now_rfc3339()}
             if code and tail:
                 term["message"] = tail

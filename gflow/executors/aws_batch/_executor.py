@@ -23,6 +23,7 @@ targets AWS, moto or LocalStack. Guide: ``docs/aws-batch.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -72,6 +73,8 @@ class AwsBatchExecutor(RunArtifacts, Executor):
         infra_retries: Batch retries of infrastructure failures (spot reclaim, host terminated).
         artifacts_endpoint: S3 endpoint the containers use (default: the driver's, when it is not AWS's).
         poll_min, poll_max: Bounds of the adaptive poll interval (seconds).
+        spot_queue: The job queue (on a SPOT compute environment) of calls with ``Resources(spot=True)``;
+            on_demand_queue: the queue of the others (default: ``queue``). Without spot_queue, spot is refused.
     """
 
     name = "aws-batch"
@@ -88,7 +91,7 @@ class AwsBatchExecutor(RunArtifacts, Executor):
                  poll_min: float = 1.0, poll_max: float = 30.0, sweep: float = 60.0, list_gap: float = 15.0,
                  describe: str = "failed", max_in_flight: int | None = None, assign_public_ip: bool = False,
                  check: bool = True, max_poll_errors: int = 5, backoff: aws.Backoff | None = None,
-                 clock: Any = None):
+                 clock: Any = None, spot_queue: str | None = None, on_demand_queue: str | None = None):
         if not queue:
             raise ConfigError("aws-batch executor: no job queue given (aws-batch://JOB_QUEUE?region=R)")
         self.platform = platform.upper()
@@ -112,6 +115,11 @@ class AwsBatchExecutor(RunArtifacts, Executor):
         if not 0 < poll_min <= poll_max:
             raise ConfigError(f"aws-batch executor: need 0 < poll_min <= poll_max, got {poll_min}, {poll_max}")
         self.queue = queue
+        #: Resources(spot=True) calls go to spot_queue; the others (and a reclaimed call's on-demand retry) to
+        #: on_demand_queue, else to queue
+        self.spot_queue, self.on_demand_queue = spot_queue or None, on_demand_queue or None
+        if self.spot_queue:
+            self.capabilities = dataclasses.replace(type(self).capabilities, spot=True)
         self.region, self.profile, self.endpoint_url = region, profile, endpoint_url
         self.job_role_arn, self.execution_role_arn = job_role_arn, execution_role_arn
         self.image = image
@@ -214,7 +222,8 @@ class AwsBatchExecutor(RunArtifacts, Executor):
                 return
             self.region = aws.check_region(self.session, self.region, "batch", self.endpoint_url)
             if self.check:
-                check_queue(self._call, self.queue, self.region, self.platform)
+                for q in dict.fromkeys(x for x in (self.queue, self.spot_queue, self.on_demand_queue) if x):
+                    check_queue(self._call, q, self.region, self.platform)
                 check_roles(self._client("iam"), {"job_role_arn": self.job_role_arn,
                                                   "execution_role_arn": self.execution_role_arn})
             self._prepared = True
@@ -326,6 +335,13 @@ class AwsBatchExecutor(RunArtifacts, Executor):
         self.monitor.track([handles[c.id] for c in calls])
         return [handles[c.id] for c in calls]
 
+    def queue_for(self, task: Any) -> str:
+        """The job queue of ``task``'s calls: spot_queue when its resources ask for spot, else on_demand_queue
+        (else queue)."""
+        if task.options.resources.spot and self.spot_queue:
+            return self.spot_queue
+        return self.on_demand_queue or self.queue
+
     def _tags(self, call: Call) -> dict[str, str]:
         return {**self.tags, "gflow:run": call.run_id, "gflow:task": call.task.name[:256]}
 
@@ -337,7 +353,7 @@ class AwsBatchExecutor(RunArtifacts, Executor):
                 return str(self._call("submit_job", idempotent=False, **req)["jobId"])
             except aws.AmbiguousRequest as e:
                 log.warning("%s; looking for job %s before submitting again", e, req["jobName"])
-                found = self._call("list_jobs", jobQueue=self.queue,
+                found = self._call("list_jobs", jobQueue=req["jobQueue"],
                                    filters=[{"name": "JOB_NAME", "values": [req["jobName"]]}])["jobSummaryList"]
                 if found:
                     return str(found[0]["jobId"])
@@ -350,7 +366,8 @@ class AwsBatchExecutor(RunArtifacts, Executor):
 
         spec = write_call_spec(arts, call, image=image)
         name = job_name(self.job_name_prefix, call.task.name, call.run_id, spec)
-        req = submit_request(name=name, queue=self.queue, definition=self.definition(call.task, image, 1),
+        req = submit_request(name=name, queue=self.queue_for(call.task),
+                             definition=self.definition(call.task, image, 1),
                              command=["worker", spec], environment=env, size=0, tags=self._tags(call))
         job = Job(self._submit(req), name, 0, image, None)
         job.elements[0] = [h := Handle(call, job, 0, 0, spec)]
@@ -367,7 +384,8 @@ class AwsBatchExecutor(RunArtifacts, Executor):
             m = write_paged_manifest(arts, part, image=image, chunk=k)
             name = job_name(self.job_name_prefix, part[0].task.name, part[0].run_id, m.array)
             command = ["worker", m.array] if m.elements >= 2 else ["worker", m.array, "--index", "0"]
-            req = submit_request(name=name, queue=self.queue, definition=self.definition(part[0].task, image, k),
+            req = submit_request(name=name, queue=self.queue_for(part[0].task),
+                                 definition=self.definition(part[0].task, image, k),
                                  command=command, environment=env, size=m.elements, tags=self._tags(part[0]))
             job = Job(self._submit(req), name, m.elements if m.elements >= 2 else 0, image, m.array, k)
             for pos, call in enumerate(part):

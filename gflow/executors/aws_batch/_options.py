@@ -17,7 +17,8 @@ BOOLS = {"build", "array", "assign_public_ip", "check"}
 INTS = {"chunk", "max_array_size", "infra_retries", "max_in_flight", "max_poll_errors"}
 FLOATS = {"poll_min", "poll_max", "sweep", "list_gap"}
 STRINGS = {"region", "profile", "endpoint_url", "job_role_arn", "execution_role_arn", "platform", "image",
-           "image_registry", "docker_host", "log_group", "job_name_prefix", "artifacts_endpoint", "describe"}
+           "image_registry", "docker_host", "log_group", "job_name_prefix", "artifacts_endpoint", "describe",
+           "spot_queue", "on_demand_queue"}
 #: dict-valued options, written ``tag.KEY=V``, ``env.KEY=V``, ``secret.KEY=ARN`` in a URL
 DICTS = {"tag": "tags", "env": "environment", "secret": "secrets"}
 KEYWORDS = BOOLS | INTS | FLOATS | STRINGS | set(DICTS.values()) | {"queue"}

@@ -21,6 +21,7 @@ table). Credentials are Application Default Credentials. Guide: ``docs/gcp-batch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -74,7 +75,7 @@ class GcpBatchExecutor(RunArtifacts, Executor):
     """
 
     name = "gcp-batch"
-    capabilities = Capabilities(reports_start=True, array_jobs=True)
+    capabilities = Capabilities(reports_start=True, array_jobs=True, spot=True)
 
     def __init__(self, project: str | None = None, region: str | None = None, *, machine_type: str | None = None,
                  spot: bool = False, gpu_type: str = "nvidia-tesla-t4", install_gpu_drivers: bool = True,
@@ -327,6 +328,14 @@ class GcpBatchExecutor(RunArtifacts, Executor):
                 self._in_flight -= 1
         self._listener(ev)
 
+    def placement_for(self, task: Any) -> Placement:
+        """The executor's placement, on SPOT VMs when the task's resources ask for spot (the executor's own
+        ``spot`` puts every job on SPOT; a task's ``Resources(spot=True)`` only its own, which its retries move to
+        STANDARD after ``Retry(spot=N)`` reclaims)."""
+        if task.options.resources.spot and not self.placement.spot:
+            return dataclasses.replace(self.placement, spot=True)
+        return self.placement
+
     def submit(self, calls: Sequence[Call]) -> list[Any]:
         if not calls:
             return []
@@ -363,7 +372,7 @@ class GcpBatchExecutor(RunArtifacts, Executor):
             m = write_paged_manifest(arts, part, image=image, bundle=self.bundle, chunk=k)
             body = job_request(task=task, image=image, commands=["worker", m.array], count=m.elements,
                                parallelism=self.parallelism_for(task), environment=env, labels=labels,
-                               placement=self.placement, chunk=k, infra_retries=self.infra_retries)
+                               placement=self.placement_for(task), chunk=k, infra_retries=self.infra_retries)
             name = self._create(job_id(self.job_prefix, task.name, m.array), body)
             job = Job(name, m.elements, image, m.array, k)
             for pos, call in enumerate(part):

@@ -13,6 +13,7 @@ Background). Cluster access: ``KUBECONFIG`` / the current context, or the in-clu
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -44,7 +45,8 @@ _QUERY: dict[str, tuple[str, Any]] = {
     "evict_action": ("evict_action", str), "ttl": ("ttl", int), "unschedulable_after": ("unschedulable_after", float),
     "image_pull_after": ("image_pull_after", float), "scheduler": ("scheduler_name", str),
     "max_in_flight": ("max_in_flight", int), "context": ("context", str), "kubeconfig": ("kubeconfig", str),
-    "in_cluster": ("in_cluster", bool),
+    "in_cluster": ("in_cluster", bool), "spot_selector": ("spot_selector", dict),
+    "spot_tolerations": ("spot_tolerations", list),
 }
 
 
@@ -69,7 +71,8 @@ class VolcanoExecutor(RunArtifacts, Executor):
         queue: The Volcano queue. ``priority_class``, ``service_account``, ``image_pull_secrets``,
             ``image_pull_policy``, ``node_selector``, ``tolerations`` (dicts or ``key[=value]:Effect``), ``env``,
             ``env_from_secrets`` (secrets whose keys become the pods' environment, e.g. S3 credentials) and
-            ``scheduler_name`` go into every pod.
+            ``scheduler_name`` go into every pod. ``spot_selector`` / ``spot_tolerations``: added to the pods of
+            calls with ``Resources(spot=True)`` (spot nodes' labels and taints); without them spot is refused.
         image: Run this image reference instead of building the flow's image (``bundle``: its code bundle).
         registry: Where the flow's built image is pushed for the cluster to pull (``build=False``: it is
             expected there already).
@@ -102,7 +105,8 @@ class VolcanoExecutor(RunArtifacts, Executor):
                  outcome_grace: float = 5.0, scheduler_name: str = "volcano", max_in_flight: int = 100_000,
                  kubeconfig: str | None = None, context: str | None = None, in_cluster: bool | None = None,
                  api_client: Any = None, watch_timeout: int = 60, clock: Callable[[], float] = time.time,
-                 tick: float = 0.5):
+                 tick: float = 0.5, spot_selector: dict[str, str] | None = None,
+                 spot_tolerations: Sequence[Any] = ()):
         if namespace is not None:
             vm.check_name("namespace", namespace)
         vm.check_name("queue", queue, subdomain=True)
@@ -114,6 +118,13 @@ class VolcanoExecutor(RunArtifacts, Executor):
             vm.check_name("secret", n, subdomain=True)
         for k, v in (node_selector or {}).items():
             vm.check_label("node_selector", k, v)
+        for k, v in (spot_selector or {}).items():
+            vm.check_label("spot_selector", k, v)
+        #: the pods of Resources(spot=True) calls also get these (spot nodes' labels and taints)
+        self.spot_selector = dict(spot_selector or {})
+        self.spot_tolerations = vm.check_tolerations(spot_tolerations)
+        if self.spot_selector:
+            self.capabilities = dataclasses.replace(type(self).capabilities, spot=True)
         if evict_action not in vm.EVICT_ACTIONS:
             raise ConfigError(f"volcano executor: evict_action {evict_action!r} must be one of "
                               f"{', '.join(vm.EVICT_ACTIONS)} (RestartJob would rerun every element of a fan-out)")
@@ -309,6 +320,9 @@ class VolcanoExecutor(RunArtifacts, Executor):
             labels[vm.L_TASK_RUN] = vm.label_value(first.id)
         annotations = {vm.A_IDENTITY: task.identity, vm.A_ARRAY: manifest.array}
         settings = self._pod_settings()
+        if task.options.resources.spot and self.spot_selector:
+            settings = dataclasses.replace(settings, node_selector={**settings.node_selector, **self.spot_selector},
+                                           tolerations=[*settings.tolerations, *self.spot_tolerations])
         for _ in range(5):
             name = vm.job_name(task.name, first.run_id, next(self._seq))
             body = vm.job_manifest(name, settings, image=image, array_spec=manifest.array, replicas=len(calls),

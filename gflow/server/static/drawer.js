@@ -11,7 +11,7 @@ const TASK = `query($id: ID!) {
     id runId task name state attempt cacheKey created started ended duration executorHandle mapIndex resultRef
     errorExcerpt(head: 4000, tail: 4000) { text truncated size }
     tracebackExcerpt { text truncated size omitted }
-    attempts { attempt state queued started ended message }
+    attempts { attempt state queued started ended message errorType asked }
     output { ${VALUE} }
     upstream { id name state output { display truncated objects { kind data depictionSvg } } }
     objects { inputs outputs }
@@ -205,9 +205,10 @@ export class Drawer {
     const rows = t.attempts.map((a) => el("tr", null, el("td", null, String(a.attempt)), el("td", null, stateBadge(a.state)),
       el("td", null, a.queued && a.started ? fmtDur(a.started - a.queued) : "–"),
       el("td", null, a.started && a.ended ? fmtDur(a.ended - a.started) : a.started ? "running" : "–"),
-      el("td", null, fmtTime(a.started)), el("td", {class: "muted"}, a.message || "")));
+      el("td", null, fmtTime(a.started)), el("td", null, a.errorType || ""), el("td", null, a.asked || ""),
+      el("td", {class: "muted"}, a.message || "")));
     return el("section", null, el("h3", null, "attempts"), el("table", {class: "mini", "data-testid": "attempts"},
-      el("thead", null, el("tr", null, ...["try", "state", "queued", "ran", "started", "message"].map((h) => el("th", null, h)))),
+      el("thead", null, el("tr", null, ...["try", "state", "queued", "ran", "started", "error", "asked", "message"].map((h) => el("th", null, h)))),
       el("tbody", null, ...rows)));
   }
 

@@ -9,7 +9,7 @@ import {copyButton, countsBar, countsChips, el, fmtAgo, fmtDur, fmtInt, fmtTime,
         TERMINAL} from "./util.js";
 
 const RUN_FIELDS = `id flow flowPath state paramsDisplay imageTag executor created started ended duration tags
-  host pid parentRun resumedFrom replayOf errorExcerpt { text truncated size }`;
+  host pid parentRun resumedFrom replayOf errorExcerpt { text truncated size } extra`;
 const OVERVIEW = `query($id: ID!) { runOverview(runId: $id) { run { ${RUN_FIELDS} } groups { key name }
   edges { source target count } rows rowCount taskRunCount truncated lastEventSeq lastRowId } }`;
 const SHAPE = `query($id: ID!) { runOverview(runId: $id, maxRows: 0) { groups { key name } edges { source target count } } }`;
@@ -356,6 +356,8 @@ export class RunPage {
     if (r.replayOf) link("replay of", r.replayOf);
     if (r.parentRun) link("subflow of", r.parentRun);
     add("linked", ...(rel.length ? rel : ["–"]));
+    const maps = (r.extra && r.extra.maps) || [];  // partial maps (min_success): "9,997 of 10,000 succeeded"
+    if (maps.length) add("maps", ...maps.map((m) => el("div", {"data-testid": "run-maps"}, String(m.summary))));
     const params = el("pre", {class: "json", "data-testid": "run-params"}, pretty(r.paramsDisplay));
     f.append(el("dt", null, "params"), el("dd", {style: "grid-column: 2 / -1"}, params));
     this.errorBox.replaceChildren();
