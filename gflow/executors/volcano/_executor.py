@@ -210,6 +210,18 @@ class VolcanoExecutor(RunArtifacts, Executor):
         self.tracker.start()
         self._connected = True
 
+    def preflight(self) -> None:
+        """Before the run is recorded (and before any image is built): the kubeconfig or in-cluster account, the
+        API server answering, the credentials, the namespace, the Job CRD and the RBAC to list Jobs and pods
+        (the watches' first list), and an artifact store the pods reach (a remote one: its bucket answers)."""
+        if self._closed:
+            raise ExecutorError("volcano executor is closed")
+        self._connect()
+        arts = self.artifacts
+        check = getattr(arts, "check", None)
+        if callable(check):
+            check()
+
     def _pod_settings(self) -> vm.PodSettings:
         from gflow.artifacts import LocalArtifactStore
 
@@ -222,10 +234,13 @@ class VolcanoExecutor(RunArtifacts, Executor):
     # -- images -------------------------------------------------------------------------------------
     def image_tag_for(self, flow: Any) -> str:
         """Build and push the flow's image if needed (or take ``image=`` as is); the tag the run records."""
-        self._flow_name = flow.name
-        if not self._pinned:
-            from gflow.images.context import flow_context
+        from gflow.images.context import flow_context, flow_image_ref
 
+        self._flow_name = flow.name
+        plain = None if self._pinned else flow_image_ref(flow)
+        if plain is not None:  # the flow's plain reference is run as given, as a task's is
+            self.image = plain
+        elif not self._pinned:
             self.image = self._ensure(flow_context(flow))
         assert self.image is not None
         return self.image + (f"{BUNDLE_SEP}{self.bundle}" if self.bundle else "")
