@@ -421,7 +421,7 @@ class GcpBatchExecutor(RunArtifacts, Executor):
     @classmethod
     def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
         """The Cloud Logging entries of a task run's Batch task (needs ``google-cloud-logging`` and
-        roles/logging.viewer); None where they cannot be read."""
+        roles/logging.viewer); where they cannot be read, an ExecutorError says why."""
         from gflow.executors.gcp_batch._logs import fetch
 
         kw = parse_url(spec) if "://" in spec else {}

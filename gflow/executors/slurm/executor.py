@@ -348,7 +348,7 @@ class SlurmExecutor(RunArtifacts, Executor):
     @classmethod
     def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
         """An element's stdout and stderr files (from the task run's info, else its handle's job id and the log
-        folder of the recorded executor URL)."""
+        folder of the recorded executor URL); an ExecutorError says why when there are none."""
         info = info or {}
         out, err = info.get("stdout"), info.get("stderr")
         if not out:
@@ -364,7 +364,10 @@ class SlurmExecutor(RunArtifacts, Executor):
         for name, path in (("stdout", out), ("stderr", err)):
             if path and os.path.exists(path):
                 parts.append(f"== {name} ({path}) ==\n{tail(path, 1 << 20)}")
-        return "\n".join(parts) if parts else None
+        if not parts:
+            raise ExecutorError(f"no Slurm output file at {out} or {err} on this host: the job never started, the "
+                                f"files were deleted, or log_dir is on a file system this host does not mount")
+        return "\n".join(parts)
 
     def close(self) -> None:
         if self._closed:

@@ -371,14 +371,19 @@ class VolcanoExecutor(RunArtifacts, Executor):
 
     @classmethod
     def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
-        """The log of the pod that ran a task run (None once the pod is gone: Jobs are deleted
-        ``ttl`` seconds after they finish)."""
+        """The log of the pod that ran a task run.
+
+        Raises:
+            ExecutorError: there is none, saying why: no pod recorded (the call never got one), or the pod is
+                gone (Jobs are deleted ``ttl`` seconds after they finish); cluster errors in one line.
+        """
         from kubernetes import client
 
         info = info or {}
         pod = info.get("pod") or (handle.split("pod=", 1)[1].split()[0] if "pod=" in (handle or "") else None)
-        if not pod:
-            return None
+        if not pod or pod == "None":
+            raise ExecutorError(f"no pod recorded for this task run (handle {handle!r}): its call never got a pod "
+                                f"(not scheduled, or cancelled before it started)")
         ex = cls.from_spec(spec) if isinstance(spec, str) else spec
         api, ns = ex._api, info.get("namespace") or ex.namespace
         if api is None:
@@ -391,7 +396,8 @@ class VolcanoExecutor(RunArtifacts, Executor):
             return str(resp.data.decode(errors="replace"))
         except Exception as e:  # noqa: BLE001 - translated at the boundary
             if is_status(e, 404):
-                return None
+                raise ExecutorError(f"pod {ns}/{pod} is gone, and its log with it (Volcano Jobs are deleted ttl "
+                                    f"seconds after they finish: raise ttl= to keep them longer)") from None
             raise k8s_error(e, f"reading the log of pod {ns}/{pod}") from None
         finally:
             if ex._owns_api and api is not ex._api:
