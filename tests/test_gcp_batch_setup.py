@@ -5,8 +5,6 @@ tests/test_gcp_batch.py)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from gflow.errors import ConfigError
@@ -16,38 +14,11 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("google.cloud.batch_v1")
 pytest.importorskip("gcp_storage_emulator")
 
+from tests import test_gcp_batch as shared  # noqa: E402
 from tests.gcp_fake import tasks  # noqa: E402
-from tests.gcp_fake.controller import FakeBatchController  # noqa: E402
-from tests.gcp_fake.server import FakeBatch  # noqa: E402
 
-PROJECT, REGION, IMAGE = "gflow-test", "us-central1", "us-central1-docker.pkg.dev/gflow-test/gflow/app:1"
-BUCKET = "gflow-test"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    from tests.gcp_fake.storage import Emulator
-
-    e = Emulator(buckets=(BUCKET,))
-    yield e
-    e.stop()
-
-
-@pytest.fixture
-def gcp(emulator, monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
-    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
-    with FakeBatch() as fake, FakeBatchController(fake, python_path=[ROOT]) as ctl:
-        fake.controller = ctl
-        yield fake
-
-
-def executor(fake, **kw):
-    from gflow.executors.gcp_batch import GcpBatchExecutor
-
-    base = dict(endpoint=fake.url, image=IMAGE, poll_min=0.05, poll_max=0.2, list_gap=0.2)
-    return GcpBatchExecutor(PROJECT, REGION, **{**base, **kw})
+emulator, gcp, executor = shared.emulator, shared.gcp, shared.executor  # the fixtures of tests/test_gcp_batch.py
+IMAGE, BUCKET = shared.IMAGE, shared.BUCKET
 
 
 @pytest.mark.parametrize("artifacts, words", [
