@@ -412,18 +412,34 @@ def logs(run_id: str, task_run: str | None, store: str | None, profile: str | No
 
 
 def _backend_log(spec: str | None, t: Any) -> None:
-    """The backend's own log of a task run (CloudWatch, pod logs), where its executor keeps one."""
+    """The backend's own log of a task run (CloudWatch, pod logs, Slurm output files), or one line saying why
+    there is none."""
     from gflow.executors import executor_class
 
-    if not spec or not t.handle:
+    def none(why: str) -> None:
+        out.print(f"--- no backend log: {why} ---", markup=False, soft_wrap=True)
+
+    if not t.handle:
+        none(f"task run {t.id} ({t.state.value}) was never handed to a backend (cached, reused, or refused before "
+             f"submission)")
+        return
+    if not spec:
+        none("the run recorded no executor")
         return
     cls = executor_class(spec)
     if cls is None:
+        none(f"the executor {spec!r} the run recorded is not available here (its extra is not installed?)")
         return
-    text = cls.fetch_logs(spec, t.handle, t.info)
-    if text:
-        out.print(f"--- backend log ({t.handle}) ---", markup=False)
-        out.print(text, markup=False)
+    try:
+        text = cls.fetch_logs(spec, t.handle, t.info)
+    except GflowError as e:
+        none(str(e))
+        return
+    if text is None:
+        none(f"the {cls.name} executor keeps no log of its own (task output goes to the driver's terminal)")
+        return
+    out.print(f"--- backend log ({t.handle}) ---", markup=False)
+    out.print(text if text.strip() else "(empty: the task wrote nothing)", markup=False)
 
 
 @main.command()

@@ -90,3 +90,9 @@ def exits(codes: list[int]) -> list[int]:
 @gflow.flow
 def kills(n: int = 2) -> list[int]:
     return kill_self.map([int(signal.SIGKILL)] * n)
+
+
+@gflow.flow(image="gflow-test/worker:1")
+def squares_in_plain_image(n: int = 3) -> int:
+    """A flow naming a plain image reference: run as given, nothing built (issue 23 item 6)."""
+    return total(square.map(range(n)))

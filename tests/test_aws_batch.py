@@ -326,17 +326,6 @@ def test_a_fargate_queue_with_an_ec2_platform_is_refused(aws):
     aws.executor(queue="gflow-fargate", platform="FARGATE", execution_role_arn=aws.role).prepare()
 
 
-@pytest.mark.parametrize("artifacts, words", [
-    ("s3://no-such-bucket/runs", "bucket 'no-such-bucket' does not exist; create it"),
-    ("LOCAL", "needs an S3 artifact store"),
-])
-def test_a_missing_bucket_or_a_local_store_fails_the_calls_before_any_job(aws, tmp_path, artifacts, words):
-    proxy = aws.proxy()
-    arts = str(tmp_path / "arts") if artifacts == "LOCAL" else artifacts
-    r = aws_tasks.squares.run(3, executor=aws.executor(), artifacts=arts, return_run=True)
-    assert r.state is State.FAILED and words in str(r.error) and proxy.counts["submitjob"] == 0
-
-
 def test_gpu_tasks_on_fargate_are_refused_before_submission(aws):
     proxy = aws.proxy()
     ex = aws.executor(platform="FARGATE", execution_role_arn=aws.role, check=False)

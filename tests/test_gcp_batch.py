@@ -251,6 +251,7 @@ def test_dev_mode_ships_the_code_as_a_bundle_with_a_prebuilt_deps_image(gcp, sto
 
 
 def test_logs_are_looked_up_by_job_uid_and_task(gcp):
+    from gflow.errors import ExecutorError
     from gflow.executors.gcp_batch import GcpBatchExecutor
     from gflow.executors.gcp_batch._logs import log_filter
 
@@ -258,7 +259,8 @@ def test_logs_are_looked_up_by_job_uid_and_task(gcp):
         'logName="projects/p/logs/batch_task_logs" AND labels.job_uid="gflow-square-1" AND '
         'labels.task_id:"task/gflow-square-1-group0-3/"')
     assert log_filter("p", {}) is None
-    assert GcpBatchExecutor.fetch_logs(f"gcp-batch://{PROJECT}/{REGION}", "h", {}) is None
+    with pytest.raises(ExecutorError, match="recorded no Batch job uid and task index"):  # says why there is none
+        GcpBatchExecutor.fetch_logs(f"gcp-batch://{PROJECT}/{REGION}", "h", {})
 
 
 def test_chunks_run_several_calls_per_task(gcp, store):

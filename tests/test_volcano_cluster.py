@@ -411,7 +411,8 @@ def test_logs_and_cluster_access_from_kubeconfig(cluster, monkeypatch, gflow_hom
     assert all(tr.info and tr.info["pod"] in tr.handle and tr.info["exit_code"] == 0 for tr in trs)
     text = VolcanoExecutor.fetch_logs(run.executor, trs[0].handle, trs[0].info)
     assert text and '"gflow.outcome": "ok"' in text
-    assert VolcanoExecutor.fetch_logs(run.executor, "volcano research/x pod=gone-pod") is None
+    with pytest.raises(ExecutorError, match="pod research/gone-pod is gone, and its log with it .*raise ttl="):
+        VolcanoExecutor.fetch_logs(run.executor, "volcano research/x pod=gone-pod")  # says why there is none
     from tests.conftest import cli
 
     out = cli("logs", res.id, "--task-run", trs[0].id)  # the CLI reads the pod's log through fetch_logs

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import logging
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -81,22 +82,31 @@ def client(sess: Any, service: str, *, endpoint_url: str | None = None, botocore
     return c
 
 
+#: the shape of every AWS region name (``us-east-1``, ``us-gov-west-1``, ``cn-north-1``, ``us-isob-east-1``)
+REGION_SHAPE = re.compile(r"^[a-z]{2,4}(?:-[a-z]+)+-\d{1,2}$")
+
+
 def check_region(sess: Any, region: str | None, service: str, endpoint_url: str | None) -> str:
     """The region in use; a typo (``us-east1``) is a ConfigError naming the closest real one.
 
-    Regions are not checked when an endpoint is given (moto, LocalStack accept any)."""
+    A name that is not shaped like an AWS region is refused at once, also with an endpoint (moto, LocalStack):
+    otherwise it surfaces only as the endpoint's errors after retries. A well-shaped name that botocore does
+    not list is refused only when no endpoint is given (emulators accept any, and AWS opens new regions)."""
     region = region or sess.region_name
     if not region:
         raise ConfigError(f"no AWS region for {service}: add ?region=us-east-1 to the executor URL, set AWS_REGION, "
                           f"or set a region in your AWS profile")
-    if endpoint_url is None and not _endpoint_from_env(service):
-        known = set(sess.get_available_regions(service)) | set(sess.get_available_regions(service, "aws-cn")) | \
-            set(sess.get_available_regions(service, "aws-us-gov"))
-        if known and region not in known:
-            close = difflib.get_close_matches(region, sorted(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known regions: {', '.join(sorted(known))}"
-            raise ConfigError(f"{region!r} is not an AWS region with {service}{hint}")
-    return str(region)
+    emulated = endpoint_url is not None or bool(_endpoint_from_env(service))
+    if emulated and REGION_SHAPE.match(region):
+        return str(region)
+    known = set(sess.get_available_regions(service)) | set(sess.get_available_regions(service, "aws-cn")) | \
+        set(sess.get_available_regions(service, "aws-us-gov"))
+    if region in known or (not known and REGION_SHAPE.match(region)):
+        return str(region)
+    close = difflib.get_close_matches(region, sorted(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else (f"; known regions: {', '.join(sorted(known))}" if known
+                                                          else "; AWS regions look like us-east-1")
+    raise ConfigError(f"{region!r} is not an AWS region with {service}{hint}")
 
 
 def _endpoint_from_env(service: str) -> str | None:

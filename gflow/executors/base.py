@@ -7,6 +7,8 @@ Lifecycle (a context manager)::
 
     ex.attach_artifacts(store)      # the run's artifact store (remote backends pass values through it)
     ex.start(listener)              # once per run, before the first submit
+    ex.preflight()                  # the flow runner: setup checks before the run is recorded
+    ex.image_tag_for(flow)          # then the image the run records (built or taken as given)
     handles = ex.submit(calls)      # a batch: a fan-out arrives as one batch (one array job where possible)
     ex.poll(handles)                # a look at the handles' states (tools and tests; the engine hears only events)
     ex.cancel(handles)              # queued calls never start; running ones stop where the backend can
@@ -282,6 +284,17 @@ class Executor(abc.ABC):
         """A short string for the state store (job id, array index, container, pod ...)."""
         return str(handle)
 
+    def preflight(self) -> None:
+        """Check, before a run is recorded, that calls can run here at all: credentials, region, cluster,
+        and the artifact store this executor was attached (it must exist and be one the backend's workers can
+        reach). The flow runner calls it once per run, after :meth:`attach_artifacts` and before
+        :meth:`image_tag_for` (so a missing cluster is named before any image is built). Cheap and idempotent:
+        a few read-only requests at most.
+
+        Raises:
+            GflowError: one line naming what is wrong and the fix (ConfigError for settings and setup).
+        """
+
     def image_tag_for(self, flow: Any) -> str | None:
         """For image-based executors: build (if needed) the flow's image before the run is recorded and
         return the tag the run records. None for executors that run code in this environment."""
@@ -294,7 +307,12 @@ class Executor(abc.ABC):
     @classmethod
     def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
         """The backend's log of one task run (``gflow logs --task-run``), from the executor spec the run
-        recorded and the task run's recorded handle and info; None where the backend keeps none."""
+        recorded and the task run's recorded handle and info; None where the backend keeps none at all.
+
+        Raises:
+            GflowError: a backend that keeps logs has none for this task run: the message says why (no job
+                recorded, the pod or log stream is gone, no permission to read it, ...).
+        """
         return None
 
     def close(self) -> None:

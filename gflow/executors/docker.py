@@ -104,6 +104,7 @@ class DockerExecutor(RunArtifacts, Executor):
         self._bundle_bytes: bytes | None = None
         self._bundle_checked = False
         self._flow_name: str | None = None
+        self._flow_plain: str | None = None  # the flow's plain image reference, for this run
         self._builder: Any = None
         self._build_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -158,10 +159,17 @@ class DockerExecutor(RunArtifacts, Executor):
 
     def image_tag_for(self, flow: Any) -> str:
         """Build the flow's image if needed (before the run is recorded) and return what the run records."""
-        self._flow_name = flow.name
-        if not self._pinned:
-            from gflow.images.context import flow_context
+        from gflow.images.context import flow_context, flow_image_ref
 
+        self._flow_name = flow.name
+        self._flow_plain = None
+        plain = None if self._pinned else flow_image_ref(flow)
+        if plain is not None:  # a plain reference is run as given, as a task's is
+            self._flow_plain = self.image = plain
+            self.bundle = None
+            self._check_present(plain, pull=True)
+            return plain
+        if not self._pinned:
             if self.dev:
                 ctx = flow_context(flow, dev=True, refresh_lock=self.refresh_lock)
                 self._bundle_bytes = ctx.bundle()
@@ -183,10 +191,21 @@ class DockerExecutor(RunArtifacts, Executor):
         if res.built:
             log.info("built %s in %.1fs", ctx.tag, res.seconds)
 
-    def _check_present(self, tag: str) -> None:
+    def image_key(self, task: Any) -> str | None:
+        """A plain reference (the task's, else the flow's) enters the cache key: nothing else pins what it holds.
+        Built images are not: their code is in the task's version."""
+        img = task.options.image
+        if isinstance(img, str):
+            return img
+        return self._flow_plain if img is None else None
+
+    def _check_present(self, tag: str, pull: bool = False) -> None:
         from gflow.images.errors import ImageError
 
         if not self.builder.exists(tag):
+            if pull:
+                self.builder.pull(tag)  # RegistryError naming the reference when it cannot be pulled
+                return
             if self.registry and self.builder.in_registry(tag, self.registry):
                 from gflow.images.builders import with_registry
 

@@ -303,7 +303,7 @@ class Flow(Generic[P, R]):
                             resume=resume.results if resume else None, rerun_changed=rerun_changed,
                             use_cache=cache)
             try:
-                image_tag = engine.executors[engine.default].image_tag_for(self)
+                image_tag = preflight(engine, self)
                 record = RunRecord(id=run_id, flow=self.name, flow_path=self.path, params=params_json,
                                    executor=rc.executor_description, created=time.time(), tags=list(tags),
                                    host=socket.gethostname(), pid=os.getpid(),
@@ -358,6 +358,20 @@ class Flow(Generic[P, R]):
             return RunResult(run_id, fin.state, None, fin.error, fin.reused_changed, fin.summary)
         assert fin.error is not None
         raise fin.error
+
+
+def preflight(engine: Engine, flow: Flow) -> str | None:
+    """The checks every run goes through before it is recorded, one line each on failure: the artifact store
+    (it exists and answers, where it can be asked), the flow's executor's own setup (credentials, region,
+    cluster, the store its workers reach: :meth:`Executor.preflight`), then its image. Returns the image tag
+    the run records. Executors routed to by task are checked when they are first used."""
+    check = getattr(engine.artifacts, "check", None)
+    if callable(check):
+        check()
+    executor = engine.executors[engine.default]
+    executor.preflight()
+    tag: str | None = executor.image_tag_for(flow)
+    return tag
 
 
 def task_flow(task: Any, source_file: str | None = None) -> Flow:

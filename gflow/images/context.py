@@ -299,12 +299,38 @@ def dockerfile(image: Image, lock: Lock, pythonpath: list[str], dev: bool, with_
 
 # -- flows and tasks -------------------------------------------------------------------------------------
 def flow_image(flow: Any) -> Image:
+    """The ``Image`` a flow's image is built from (``Image()`` when it names none).
+
+    Raises:
+        ImageError: the flow names a plain reference (nothing to build: :func:`flow_image_ref`), or not an image.
+    """
     img = getattr(flow, "image", None)
     if img is None:
         return Image()
+    if isinstance(img, str):
+        raise ImageError(f"flow '{flow.name}': image {img!r} is a plain reference, run as given; there is nothing "
+                         f"to build (use gflow.Image(...) to have gflow build the flow's image)")
     if not isinstance(img, Image):
-        raise ImageError(f"flow '{flow.name}': image must be a gflow.Image, got {type(img).__name__}")
+        raise ImageError(f"flow '{flow.name}': image must be a gflow.Image or an image reference, got "
+                         f"{type(img).__name__}")
     return img
+
+
+def flow_image_ref(flow: Any) -> str | None:
+    """A flow's plain image reference (``@gflow.flow(image="registry/lab/screen:1.0")``), which image-based
+    executors run as given, as they do a task's; None when the flow has an ``Image`` or none.
+
+    Raises:
+        ImageError: an empty reference or one with spaces in it.
+    """
+    img = getattr(flow, "image", None)
+    if not isinstance(img, str):
+        return None
+    ref = img.strip()
+    if not ref or any(c.isspace() for c in ref):
+        raise ImageError(f"flow '{flow.name}': image {img!r} is not an image reference (like "
+                         f"registry.example.org/lab/screen:1.0)")
+    return ref
 
 
 def flow_context(flow: Any, *, dev: bool = False, refresh_lock: bool = False) -> BuildContext:

@@ -51,3 +51,9 @@ def squares(n: int = 4) -> int:
 @gflow.flow
 def retried(marker: str) -> int:
     return flaky(1, marker)
+
+
+@gflow.flow(image="us-central1-docker.pkg.dev/gflow-test/gflow/app:1")
+def squares_in_plain_image(n: int = 3) -> int:
+    """A flow naming a plain image reference: run as given, nothing built (issue 23 item 6)."""
+    return total(square.map(range(n)))

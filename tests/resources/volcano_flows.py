@@ -102,3 +102,9 @@ def vanish() -> int:
 @gflow.flow
 def vanish_flow() -> int:
     return vanish()
+
+
+@gflow.flow(image="registry.test/gflow/flows:1")
+def fan_in_plain_image(n: int = 3) -> int:
+    """A flow naming a plain image reference: run as given, nothing built (issue 23 item 6)."""
+    return total(square.map(range(n)))

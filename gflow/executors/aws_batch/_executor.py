@@ -6,9 +6,9 @@ needs ``gflow[docker]``), or the same settings as keyword arguments (a profile's
 ``AWS_REGION``, the credentials chain, ``AWS_ENDPOINT_URL[_BATCH|_S3|...]``), so the same code
 targets AWS, moto or LocalStack. Guide: ``docs/aws-batch.md``.
 
-- Before the run is recorded (``image_tag_for``): the region, the queue (it exists, is enabled, its
-  compute environments fit the platform), the roles, and the image (built and pushed to
-  ``image_registry`` when absent, or a plain ``image`` reference checked in its registry).
+- Before the run is recorded (``preflight``, then ``image_tag_for``): the region, the queue (it exists, is
+  enabled, its compute environments fit the platform), the roles, the S3 artifact store, and the image
+  (built and pushed to ``image_registry`` when absent, or a plain reference checked in its registry).
 - Each batch of calls of one task: one job definition (registered once per distinct
   image/resources/timeout/retry policy, found again by its hashed name), one paged array manifest in
   the S3 artifact store (``gflow.executors._batch``), one SubmitJob per 10,000 children. Child ``i``
@@ -228,6 +228,12 @@ class AwsBatchExecutor(RunArtifacts, Executor):
                                                   "execution_role_arn": self.execution_role_arn})
             self._prepared = True
 
+    def preflight(self) -> None:
+        """Before the run is recorded: region, credentials, queue, platform, roles, then the artifact store
+        (S3, and its bucket reachable). One line each (ConfigError)."""
+        self.prepare()
+        self._check_artifacts()
+
     def _artifacts_attached(self) -> None:
         self._artifacts_ok = None
 
@@ -262,11 +268,18 @@ class AwsBatchExecutor(RunArtifacts, Executor):
     # -- images ----------------------------------------------------------------------------------------
     def image_tag_for(self, flow: Any) -> str:
         """Check the setup, then build and push the flow's image if needed; the run records the reference."""
+        from gflow.images.context import flow_image_ref
+
         self.prepare()
         self._flow_name = flow.name
         if self.image is not None:
             self.images.check_ref(self.image)
             return self.image
+        plain = flow_image_ref(flow)
+        if plain is not None:  # the flow's plain reference is run as given, as a task's is
+            self.images.check_ref(plain)
+            self._flow_tag = self._flow_ref = plain
+            return plain
         self._flow_tag, self._flow_ref = self.images.flow_ref(flow)
         return self._flow_ref
 
@@ -429,7 +442,8 @@ class AwsBatchExecutor(RunArtifacts, Executor):
 
     @classmethod
     def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
-        """The CloudWatch log of a task run's Batch job (by its recorded log stream, or its job id)."""
+        """The CloudWatch log of a task run's Batch job (by its recorded log stream, or its job id); where there
+        is none, an ExecutorError (ConfigError for permissions) says why."""
         from gflow.executors.aws_batch._logs import fetch
 
         kw = parse_url(spec, require_queue=False) if "://" in spec else {}

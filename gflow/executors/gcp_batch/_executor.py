@@ -4,9 +4,9 @@
 ``gflow[docker]``), or the same settings as keyword arguments (a profile's ``[profiles.NAME.gcp_batch]``
 table). Credentials are Application Default Credentials. Guide: ``docs/gcp-batch.md``.
 
-- Before the run is recorded (``image_tag_for``): project and region (the constructor), the Batch API
-  enabled and the region known (one ``jobs.list`` of one job), the machine and GPU types, the ``gs://``
-  artifact store's bucket and permissions, and the image (built and pushed to Artifact Registry when absent,
+- Before the run is recorded (``preflight``, then ``image_tag_for``): project and region (the constructor),
+  the Batch API enabled and the region known (one ``jobs.list`` of one job), the machine and GPU types, the
+  ``gs://`` artifact store's bucket and permissions, and the image (built and pushed to Artifact Registry when absent,
   or a plain ``image`` reference; dev mode: a deps-only image and the code as a bundle).
 - Each batch of calls of one task: one paged manifest in the artifact store (:mod:`gflow.executors._batch`)
   and one ``jobs.create`` per 100,000 tasks (``taskCount``, ``parallelism`` from ``parallelism`` /
@@ -244,6 +244,12 @@ class GcpBatchExecutor(RunArtifacts, Executor):
                     raise self._setup_error(e) from None
             self._prepared = True
 
+    def preflight(self) -> None:
+        """Before the run is recorded: the Batch API, the project and region (:meth:`prepare`), then the gs://
+        artifact store and its bucket. One line each (ConfigError)."""
+        self.prepare()
+        self._check_artifacts()
+
     def _setup_error(self, e: BaseException) -> ConfigError:
         status, _, message = g.status_of(e)
         first = message.splitlines()[0][:200]
@@ -287,10 +293,15 @@ class GcpBatchExecutor(RunArtifacts, Executor):
         """Check the setup, then build and push the flow's image if needed; the run records the reference
         (``REF#bundle=DIGEST`` in dev mode)."""
         from gflow.executors.docker import BUNDLE_SEP
+        from gflow.images.context import flow_image_ref
 
         self.prepare()
         self._flow_name = flow.name
-        if self.image is None:
+        plain = flow_image_ref(flow) if self.image is None else None
+        if plain is not None:  # the flow's plain reference is run as given (code and all), as a task's is
+            self._flow_tag = self._flow_ref = plain
+            self.bundle = None
+        elif self.image is None:
             self._flow_tag, self._flow_ref, code = self.images.flow_ref(flow)
             if code is not None:
                 self.bundle = self._check_artifacts().put(code)
@@ -419,7 +430,7 @@ class GcpBatchExecutor(RunArtifacts, Executor):
     @classmethod
     def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
         """The Cloud Logging entries of a task run's Batch task (needs ``google-cloud-logging`` and
-        roles/logging.viewer); None where they cannot be read."""
+        roles/logging.viewer); where they cannot be read, an ExecutorError says why."""
         from gflow.executors.gcp_batch._logs import fetch
 
         kw = parse_url(spec) if "://" in spec else {}

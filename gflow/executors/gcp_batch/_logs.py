@@ -3,10 +3,9 @@ optional ``google-cloud-logging`` package is installed and the caller has roles/
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-log = logging.getLogger("gflow.executors.gcp_batch")
+from gflow.errors import ExecutorError
 
 
 def log_filter(project: str, info: dict[str, Any]) -> str | None:
@@ -18,20 +17,30 @@ def log_filter(project: str, info: dict[str, Any]) -> str | None:
             f'labels.task_id:"task/{uid}-group0-{int(index)}/"')
 
 
-def fetch(project: str | None, info: dict[str, Any], limit: int = 1000) -> str | None:
-    """The task's log lines, oldest first; None where they cannot be read (no package, no permission)."""
-    flt = log_filter(project, info) if project else None
+def fetch(project: str | None, info: dict[str, Any], limit: int = 1000) -> str:
+    """The task's log lines, oldest first.
+
+    Raises:
+        ExecutorError: there are none to read, saying why (no project, no job recorded, the
+            ``google-cloud-logging`` package missing, no permission or another Cloud Logging error).
+    """
+    if not project:
+        raise ExecutorError("no Google Cloud project in the run's executor URL or the task run's info, so no Cloud "
+                            "Logging to read")
+    flt = log_filter(project, info)
     if flt is None:
-        return None
+        raise ExecutorError("the task run recorded no Batch job uid and task index (its call never reached a Batch "
+                            "task), so there is no Cloud Logging entry to look up")
     try:
         from google.cloud import logging as cloud_logging  # type: ignore[attr-defined]
     except ImportError:
-        log.info("reading Batch task logs needs google-cloud-logging (pip install google-cloud-logging)")
-        return None
+        raise ExecutorError("reading Batch task logs needs google-cloud-logging (pip install google-cloud-logging); "
+                            f"or look in the console: Logging, filter {flt}") from None
     try:
         client = cloud_logging.Client(project=project)
         entries = client.list_entries(filter_=flt, order_by=cloud_logging.ASCENDING, max_results=limit)
         return "\n".join(str(e.payload) for e in entries)
-    except Exception as e:  # noqa: BLE001 - logs are best effort
-        log.warning("could not read Cloud Logging for %s: %s", info.get("job"), e)
-        return None
+    except Exception as e:  # noqa: BLE001 - said in one line, with the fix for the usual cause
+        first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        raise ExecutorError(f"could not read Cloud Logging for job {info.get('job')} ({first}); the reader needs "
+                            f"roles/logging.viewer in project {project}") from None

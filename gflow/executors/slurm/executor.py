@@ -4,7 +4,7 @@ Driven through Slurm's own commands on the machine where the driver runs (a logi
 --parsable`` per fan-out, one ``squeue`` per poll cycle for all of a run's jobs, ``sacct`` where
 accounting is on, ``scancel``. No slurmrestd. Guide: ``docs/slurm.md``.
 
-- Before anything is submitted (``image_tag_for``, the first ``submit``): the commands are on PATH (else
+- Before the run is recorded (``preflight``; again at the first ``submit``): the commands are on PATH (else
   "run the driver on a login node"), the controller answers through munge, ``MaxArraySize`` and
   accounting are read from ``scontrol show config``, and ``sbatch --test-only`` checks the partition,
   account and QOS (Slurm's own message when it refuses them).
@@ -173,8 +173,13 @@ class SlurmExecutor(RunArtifacts, Executor):
                 out.append(f"--{opt}={value}")
         return out
 
+    def preflight(self) -> None:
+        """Before the run is recorded: :meth:`prepare`, and an artifact store with a URL the nodes can open."""
+        self.prepare()
+        self._environment(self.artifacts)
+
     def image_tag_for(self, flow: Any) -> str | None:
-        """Runs the checks (before the run is recorded); the code is the driver's, so no image tag."""
+        """Runs the checks (they are cached; the code is the driver's, so no image tag)."""
         self.prepare()
         return None
 
@@ -343,7 +348,7 @@ class SlurmExecutor(RunArtifacts, Executor):
     @classmethod
     def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
         """An element's stdout and stderr files (from the task run's info, else its handle's job id and the log
-        folder of the recorded executor URL)."""
+        folder of the recorded executor URL); an ExecutorError says why when there are none."""
         info = info or {}
         out, err = info.get("stdout"), info.get("stderr")
         if not out:
@@ -359,7 +364,10 @@ class SlurmExecutor(RunArtifacts, Executor):
         for name, path in (("stdout", out), ("stderr", err)):
             if path and os.path.exists(path):
                 parts.append(f"== {name} ({path}) ==\n{tail(path, 1 << 20)}")
-        return "\n".join(parts) if parts else None
+        if not parts:
+            raise ExecutorError(f"no Slurm output file at {out} or {err} on this host: the job never started, the "
+                                f"files were deleted, or log_dir is on a file system this host does not mount")
+        return "\n".join(parts)
 
     def close(self) -> None:
         if self._closed:

@@ -221,6 +221,18 @@ class VolcanoExecutor(RunArtifacts, Executor):
         self.tracker.start()
         self._connected = True
 
+    def preflight(self) -> None:
+        """Before the run is recorded (and before any image is built): the kubeconfig or in-cluster account, the
+        API server answering, the credentials, the namespace, the Job CRD and the RBAC to list Jobs and pods
+        (the watches' first list), and an artifact store the pods reach (a remote one: its bucket answers)."""
+        if self._closed:
+            raise ExecutorError("volcano executor is closed")
+        self._connect()
+        arts = self.artifacts
+        check = getattr(arts, "check", None)
+        if callable(check):
+            check()
+
     def _pod_settings(self) -> vm.PodSettings:
         from gflow.artifacts import LocalArtifactStore
 
@@ -233,10 +245,13 @@ class VolcanoExecutor(RunArtifacts, Executor):
     # -- images -------------------------------------------------------------------------------------
     def image_tag_for(self, flow: Any) -> str:
         """Build and push the flow's image if needed (or take ``image=`` as is); the tag the run records."""
-        self._flow_name = flow.name
-        if not self._pinned:
-            from gflow.images.context import flow_context
+        from gflow.images.context import flow_context, flow_image_ref
 
+        self._flow_name = flow.name
+        plain = None if self._pinned else flow_image_ref(flow)
+        if plain is not None:  # the flow's plain reference is run as given, as a task's is
+            self.image = plain
+        elif not self._pinned:
             self.image = self._ensure(flow_context(flow))
         assert self.image is not None
         return self.image + (f"{BUNDLE_SEP}{self.bundle}" if self.bundle else "")
@@ -370,14 +385,19 @@ class VolcanoExecutor(RunArtifacts, Executor):
 
     @classmethod
     def fetch_logs(cls, spec: str, handle: str, info: dict[str, Any] | None = None) -> str | None:
-        """The log of the pod that ran a task run (None once the pod is gone: Jobs are deleted
-        ``ttl`` seconds after they finish)."""
+        """The log of the pod that ran a task run.
+
+        Raises:
+            ExecutorError: there is none, saying why: no pod recorded (the call never got one), or the pod is
+                gone (Jobs are deleted ``ttl`` seconds after they finish); cluster errors in one line.
+        """
         from kubernetes import client
 
         info = info or {}
         pod = info.get("pod") or (handle.split("pod=", 1)[1].split()[0] if "pod=" in (handle or "") else None)
-        if not pod:
-            return None
+        if not pod or pod == "None":
+            raise ExecutorError(f"no pod recorded for this task run (handle {handle!r}): its call never got a pod "
+                                f"(not scheduled, or cancelled before it started)")
         ex = cls.from_spec(spec) if isinstance(spec, str) else spec
         api, ns = ex._api, info.get("namespace") or ex.namespace
         if api is None:
@@ -390,7 +410,8 @@ class VolcanoExecutor(RunArtifacts, Executor):
             return str(resp.data.decode(errors="replace"))
         except Exception as e:  # noqa: BLE001 - translated at the boundary
             if is_status(e, 404):
-                return None
+                raise ExecutorError(f"pod {ns}/{pod} is gone, and its log with it (Volcano Jobs are deleted ttl "
+                                    f"seconds after they finish: raise ttl= to keep them longer)") from None
             raise k8s_error(e, f"reading the log of pod {ns}/{pod}") from None
         finally:
             if ex._owns_api and api is not ex._api:
