@@ -399,6 +399,37 @@ def _backend_log(spec: str | None, t: Any) -> None:
 
 
 @main.command()
+@click.argument("ident", metavar="OBJECT_OR_ARTIFACT_ID")
+@click.option("--ro-crate", "crate", default=None, metavar="DIR", help="Also write the lineage as an RO-Crate here.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--max-nodes", default=2000, show_default=True, help="Stop walking after this many task runs.")
+@_common_store
+def lineage(ident: str, crate: str | None, output: str, max_nodes: int, store: str | None,
+            profile: str | None) -> None:
+    """What made an output: every task run back from it (code version, image, models read, run)."""
+    from gflow.lineage import ro_crate, walk
+
+    with _store(profile, store) as st:
+        try:
+            graph = walk(st, ident, max_nodes=max_nodes)
+        except GflowError as e:
+            _fail(str(e))
+    if output == "json":
+        print(json.dumps(graph.to_json(), indent=2))
+    else:
+        for n in graph.nodes:
+            where = f"map[{n.map_index}] " if n.map_index is not None else ""
+            out.print(f"{escape(n.id)}  {escape(n.name)} {where}{_state(n.state)}  version {escape(n.version or '-')}"
+                      f"  image {escape(n.image or n.run_image or '-')}  run {escape(n.run_id)}")
+            for m in n.models:
+                out.print(f"    model {escape(m)}")
+        if graph.truncated:
+            out.print(f"[yellow]stopped after {max_nodes} task runs (--max-nodes)[/yellow]")
+    if crate:
+        err.print(f"RO-Crate: {ro_crate(graph, crate)}")
+
+
+@main.command()
 def version() -> None:
     """Print gflow's version."""
     out.print(f"gflow {__version__}", markup=False)

@@ -22,6 +22,7 @@ from gflow.flows._events import MAP, SUBFLOW, TaskState
 from gflow.flows._future import _LEAF, Future, find_futures, resolve
 from gflow.flows._gc import gc_tuned
 from gflow.flows._keys import compute_keys
+from gflow.flows._provenance import note_task
 from gflow.flows._runs import open_run_context, prepare_resume
 from gflow.serialization import encode
 from gflow.states import State
@@ -65,6 +66,7 @@ class FlowRun:
         self.engine = engine
         self.parent = parent
         self._ids = itertools.count(1)
+        self._noted: set[int] = set()  # tasks whose provenance this run noted (ids of task objects)
 
     def next_id(self) -> str:
         return f"{self.id}.{next(self._ids)}"
@@ -88,6 +90,9 @@ class FlowRun:
             executor, image = where
         key = ikey = None
         version = code_version(task)  # here, in the flow's thread: the scheduling core reads no files
+        if id(task) not in self._noted:
+            self._noted.add(id(task))
+            note_task(engine.store, self.id, task, version, image)
         deps: list[str] = []
         if futs:
             for f in futs:

@@ -1,0 +1,39 @@
+"""What a run's tasks were made of, noted once per task and run: code version and its parts, image, options.
+
+The flow's thread notes each task the first time a run calls it (one row per run and task, in the state
+store's ``gflow_task_versions`` table), so that ``gflow lineage`` can name the code version a call ran and
+``gflow cache explain`` can say which helper, constant, image or option changed between two calls. A store
+that keeps no tables, or a failing write, costs the run nothing: provenance is best effort.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gflow.tasks import code_parts
+
+TABLE = "gflow_task_versions"
+"""The table (:meth:`gflow.store.Store.put_rows`) the notes go to, keyed by run and task identity."""
+
+log = logging.getLogger("gflow.flows")
+
+
+def options_of(task: Any) -> dict[str, Any]:
+    """The options that can change a call's result or where it runs, as JSON-safe values."""
+    o = task.options
+    image = o.image
+    shown = None if image is None else image.model_dump_json() if hasattr(image, "model_dump_json") else str(image)
+    return {"retries": o.retries.count, "timeout": o.timeout, "cache": o.cache, "pickle": o.pickle,
+            "resources": o.resources.model_dump(mode="json"),
+            "executor": None if o.executor is None else str(o.executor), "image": shown}
+
+
+def note_task(store: Any, run_id: str, task: Any, version: str, image: str | None) -> None:
+    """Record ``task``'s code version, parts, image and options for ``run_id`` (best effort)."""
+    try:
+        row = {"run": run_id, "task": task.identity, "name": task.name, "version": version, "image": image or "",
+               "parts": code_parts(task), "options": options_of(task)}
+        store.put_rows(TABLE, [row], key=("run", "task"), run_id=run_id)
+    except Exception:  # noqa: BLE001 - a store without tables, a full disk: the run goes on without the note
+        log.debug("could not note task %s for run %s", getattr(task, "identity", task), run_id, exc_info=True)
