@@ -328,10 +328,13 @@ class Query:
         got = await ctx.call(ctx.store.get_rows, table, where, limit=first + 1, after=after)
         more = len(got) > first
         got = got[:first]
-        return TableRowsPage(rows=got, end_cursor=got[-1]["_cursor"] if got else after, has_next_page=more)
+        end = got[-1]["_cursor"] if got else after
+        return TableRowsPage(items=got, next_cursor=end if more else None, has_next_page=more, rows=got,
+                             end_cursor=end)
 
-    @strawberry.field(description="Precalculated predictions of `model` (the precalc example's table), for the "
-                                  "input `keys` (all of them when none are given, paged by `first`/`after`).")
+    @strawberry.field(description="Precalculated predictions of `model` (its digest `sha256:...`, or its name as the "
+                                  "precalc example records it in the `models` table), for the input `keys` (all of "
+                                  "them when none are given, paged by `first`/`after`).")
     async def predictions(self, info: Info, model: str, keys: list[str] | None = None, first: int = 100,
                           after: str | None = None) -> list[Prediction]:
         ctx = info.context
@@ -339,6 +342,16 @@ class Query:
         if keys is not None and len(keys) > 1000:
             raise gql_error("at most 1000 keys per query", BAD_INPUT)
         first = _page_size(info, first, 1000)
+        if not model.startswith("sha256:"):
+            named = await ctx.call(ctx.store.get_rows, "models", {"name": model}, limit=1000)
+            digests = list(dict.fromkeys(str(r.get("digest")) for r in named if r.get("digest")))
+            if not digests:
+                raise gql_error(f"no model named {model[:100]!r} is recorded (give its digest 'sha256:...' or a "
+                                f"name from the `models` table)", BAD_INPUT)
+            if len(digests) > 1:
+                raise gql_error(f"{len(digests)} models are named {model[:100]!r}: give one digest of "
+                                f"{', '.join(d[:19] + '...' for d in digests[:5])}", BAD_INPUT)
+            model = digests[0]
 
         def fetch() -> list[dict[str, Any]]:
             if keys is None:

@@ -380,9 +380,13 @@ class ObjectLineage:
 
 @strawberry.type(description="A page of a named table's rows (written by flows with gflow.tables.record).")
 class TableRowsPage:
-    rows: list[JSON] = strawberry.field(description="The rows as JSON objects, with `_run_id` (who wrote it).")
-    end_cursor: str | None = strawberry.field(description="Pass as `after` for the next page.")
+    items: list[JSON] = strawberry.field(description="The rows as JSON objects, with `_run_id` (who wrote it).")
+    next_cursor: str | None = strawberry.field(description="Pass as `after` for the next page; null on the last.")
     has_next_page: bool
+    rows: list[JSON] = strawberry.field(description="The same rows as `items` (the older name).",
+                                        deprecation_reason="use items, as on every other list")
+    end_cursor: str | None = strawberry.field(description="Pass as `after` for the next page (also on the last).",
+                                              deprecation_reason="use nextCursor, as on every other list")
 
 
 @strawberry.type(description="One precalculated prediction (the precalc example's `predictions` table).")
