@@ -429,6 +429,34 @@ def lineage(ident: str, crate: str | None, output: str, max_nodes: int, store: s
         err.print(f"RO-Crate: {ro_crate(graph, crate)}")
 
 
+@main.group()
+def cache() -> None:
+    """Why calls ran instead of coming from the cache."""
+
+
+@cache.command("explain")
+@click.argument("run_id")
+@click.argument("task")
+@click.option("--limit", default=20, show_default=True, help="Calls of the task to explain.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_common_store
+def cache_explain(run_id: str, task: str, limit: int, output: str, store: str | None, profile: str | None) -> None:
+    """For each call of TASK in RUN_ID that ran: the nearest earlier call and what differs (code, image, input)."""
+    from gflow.explain import explain
+
+    with _store(profile, store) as st:
+        try:
+            diffs = explain(st, run_id, task, limit=limit)
+        except GflowError as e:
+            _fail(str(e))
+    if output == "json":
+        print(json.dumps([d.to_json() for d in diffs], indent=2))
+        return
+    for d in diffs:
+        for line in d.lines():
+            out.print(escape(line))
+
+
 @main.command()
 def version() -> None:
     """Print gflow's version."""

@@ -22,7 +22,7 @@ from gflow.flows._events import MAP, SUBFLOW, TaskState
 from gflow.flows._future import _LEAF, Future, find_futures, resolve
 from gflow.flows._gc import gc_tuned
 from gflow.flows._keys import compute_keys
-from gflow.flows._provenance import note_task
+from gflow.flows._provenance import input_digests, note_inputs, note_task
 from gflow.flows._runs import open_run_context, prepare_resume
 from gflow.serialization import encode
 from gflow.states import State
@@ -67,15 +67,17 @@ class FlowRun:
         self.parent = parent
         self._ids = itertools.count(1)
         self._noted: set[int] = set()  # tasks whose provenance this run noted (ids of task objects)
+        self._inputs: list[dict[str, Any]] = []  # argument digests of cacheable calls, written after each add
 
     def next_id(self) -> str:
         return f"{self.id}.{next(self._ids)}"
 
     def task_state(self, task: Any, args: tuple, kwargs: dict, index: int | None = None,
-                   where: tuple[str, str | None] | None = None) -> TaskState:
+                   where: tuple[str, str | None] | None = None, note: bool = True) -> TaskState:
         """Bind and check a call's arguments (computing its keys when they are all known) and make its
         task state; raises InvalidArguments / SerializationError at the call, naming the argument.
-        ``where``: the (executor, image) the task routes to, when the caller knows it already (a map)."""
+        ``where``: the (executor, image) the task routes to, when the caller knows it already (a map). ``note``:
+        record the argument digests of a cacheable call (not from the engine's thread: a deferred map's elements)."""
         validator = task.validator
         arguments = validator.bind(args, kwargs)
         futs: list[Future] = []
@@ -103,13 +105,23 @@ class FlowRun:
         else:
             arguments = validator.validate(arguments)
             key, ikey = compute_keys(task, arguments, image, version)
-        return TaskState(self.next_id(), self.id, task, arguments, deps, key=key, ikey=ikey, index=index,
+        tid = self.next_id()
+        if note and key is not None and task.options.cache:  # what `gflow cache explain` compares, by argument
+            self._inputs.append({"task_run": tid, "task": task.identity, "ikey": ikey,
+                                 "args": input_digests(task, arguments)})
+        return TaskState(tid, self.id, task, arguments, deps, key=key, ikey=ikey, index=index,
                          executor=executor, image=image, version=version)
+
+    def _note_inputs(self) -> None:
+        if self._inputs:
+            rows, self._inputs = self._inputs, []
+            note_inputs(self.engine.store, self.id, rows)
 
     def call(self, task: Any, args: tuple, kwargs: dict) -> Future:
         ts = self.task_state(task, args, kwargs)
         fut: Future = Future(ts.id, self.id, task.name, self.engine)
         self.engine.add([ts], [fut])
+        self._note_inputs()
         return fut
 
     def map(self, task: Any, iterables: Sequence[Any], common: dict) -> Any:
@@ -128,6 +140,7 @@ class FlowRun:
             tss = [self.task_state(task, rows[i], common, i, where) for i in range(lo, min(lo + step, len(rows)))]
             part: list[Future] = [Future(ts.id, self.id, task.name, engine) for ts in tss]
             engine.add(tss, part)
+            self._note_inputs()
             futs += part
         return futs
 
@@ -138,7 +151,7 @@ class FlowRun:
                 raise InvalidArguments(f"task '{task.name}'.map(): {d!r} belongs to another flow run")
 
         def new_child(task: Any, row: tuple, common: dict, i: int) -> TaskState:
-            return self.task_state(task, row, common, i)
+            return self.task_state(task, row, common, i, note=False)  # in the engine's thread: no store writes
 
         ts = TaskState(self.next_id(), self.id, _MapTask(task), None, list(dict.fromkeys(d.id for d in pending)),
                        kind=MAP, expand=(task, list(iterables), common, new_child),

@@ -37,3 +37,31 @@ def note_task(store: Any, run_id: str, task: Any, version: str, image: str | Non
         store.put_rows(TABLE, [row], key=("run", "task"), run_id=run_id)
     except Exception:  # noqa: BLE001 - a store without tables, a full disk: the run goes on without the note
         log.debug("could not note task %s for run %s", getattr(task, "identity", task), run_id, exc_info=True)
+
+
+INPUTS_TABLE = "gflow_call_inputs"
+"""Per call of a cacheable task whose arguments were known when it was made: each argument's digest."""
+
+
+def input_digests(task: Any, arguments: dict[str, Any]) -> dict[str, str]:
+    """``{argument: sha256 of its canonical form}`` (an argument without one: ``"unserializable"``)."""
+    import hashlib
+
+    from gflow.serialization import canonical_json, to_jsonable
+
+    out: dict[str, str] = {}
+    for name, value in arguments.items():
+        try:
+            text = canonical_json(to_jsonable(value, {}, task.options.pickle, ""))
+            out[name] = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        except Exception:  # noqa: BLE001 - the call itself reports it; the note just says so
+            out[name] = "unserializable"
+    return out
+
+
+def note_inputs(store: Any, run_id: str, rows: list[dict[str, Any]]) -> None:
+    """Record the argument digests of cacheable calls (best effort, one write per batch)."""
+    try:
+        store.put_rows(INPUTS_TABLE, rows, key=("task_run",), run_id=run_id)
+    except Exception:  # noqa: BLE001 - as note_task
+        log.debug("could not note the inputs of %d calls for run %s", len(rows), run_id, exc_info=True)
