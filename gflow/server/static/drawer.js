@@ -3,9 +3,10 @@
 // handle, logs, lineage links, and "Retry task".
 import {actionMessage, ApiError, gql} from "./api.js";
 import {launchLine} from "./run.js";
-import {$, copyButton, download, el, fmtDur, fmtTime, pretty, stateBadge} from "./util.js";
+import {valueView} from "./objects.js";
+import {$, copyButton, download, el, fmtDur, fmtTime, stateBadge} from "./util.js";
 
-const VALUE = "display size truncated source objects { kind type data depictionSvg }";
+const VALUE = "display size truncated source table objects { kind type data depictionSvg view }";
 const TASK = `query($id: ID!) {
   taskRun(id: $id) {
     id runId task name state attempt cacheKey created started ended duration executorHandle mapIndex resultRef
@@ -13,7 +14,7 @@ const TASK = `query($id: ID!) {
     tracebackExcerpt { text truncated size omitted }
     attempts { attempt state queued started ended message }
     output { ${VALUE} }
-    upstream { id name state output { display truncated objects { kind data depictionSvg } } }
+    upstream { id name state output { display truncated table objects { kind data depictionSvg view } } }
     objects { inputs outputs }
     logs { kind command }
     events { seq state attempt ts message }
@@ -44,39 +45,6 @@ function bigText(text, testid) {
   box.addEventListener("scroll", () => { if (!raf) raf = requestAnimationFrame(draw); }, {passive: true});
   requestAnimationFrame(draw);
   draw();
-  return box;
-}
-
-function objectView(o) {
-  const d = o.data || {};
-  const box = el("div", {class: "obj", "data-testid": `object-${o.kind}`}, el("strong", null, o.kind),
-    d.name ? el("span", {class: "muted"}, ` ${d.name}`) : null);
-  if (o.kind === "Protein" && typeof d.sequence === "string") {
-    box.append(el("div", {class: "muted"}, `${d.sequence.length} residues`), el("div", {class: "seq"}, d.sequence));
-  } else if (o.kind === "Molecule" && typeof d.smiles === "string") {
-    box.append(el("div", {class: "seq", "data-testid": "smiles"}, d.smiles));
-    if (o.depictionSvg) {
-      // as an image, so nothing in the SVG can run
-      box.append(el("img", {alt: `2D depiction of ${d.smiles}`, "data-testid": "depiction",
-        src: `data:image/svg+xml;charset=utf-8,${encodeURIComponent(o.depictionSvg)}`}));
-    }
-  } else if (o.kind === "Score" && d.value !== undefined) {
-    box.append(el("div", null, el("span", {class: "mono", style: "font-size:1.1rem"}, String(d.value)),
-      d.units ? ` ${d.units}` : "", d.higher_is_better === false ? el("span", {class: "muted"}, " (lower is better)") : null));
-  } else {
-    box.append(el("pre", {class: "json"}, pretty(d)));
-  }
-  return box;
-}
-
-function valueView(v, testid) {
-  if (!v) return el("p", {class: "muted"}, "no stored value");
-  const box = el("div", {"data-testid": testid});
-  for (const o of v.objects || []) box.append(objectView(o));
-  const onlyObject = (v.objects || []).length === 1 && typeof v.display === "object";
-  if (!onlyObject || v.truncated) {
-    box.append(el("pre", {class: "json"}, pretty(v.display)));
-  }
   return box;
 }
 
