@@ -429,6 +429,33 @@ def lineage(ident: str, crate: str | None, output: str, max_nodes: int, store: s
         err.print(f"RO-Crate: {ro_crate(graph, crate)}")
 
 
+@main.command()
+@click.argument("run_id")
+@click.option("-o", "--output", "path", default="report.html", show_default=True, help="The HTML file to write.")
+@click.option("--artifacts", default=None, help="Artifact store folder or URL (default: the profile's), to show "
+              "a result that is not stored inline.")
+@_common_store
+def report(run_id: str, path: str, artifacts: str | None, store: str | None, profile: str | None) -> None:
+    """One self-contained HTML file about a run: summary, timeline, DAG, usage, cost, failures, versions, outputs."""
+    from gflow.artifacts import open_artifacts
+    from gflow.config import load_profile
+    from gflow.report import write_report
+
+    prof = load_profile(profile, store=store)
+    arts = None
+    try:
+        arts = open_artifacts(artifacts or prof.artifacts)
+    except Exception as e:  # noqa: BLE001 - the report is still useful without the artifact store
+        err.print(f"[yellow]note:[/yellow] no artifact store ({escape(str(e))}): results not stored inline "
+                  "are left out", markup=True)
+    with _store(profile, store) as st:
+        try:
+            out_path = write_report(st, run_id, path, arts)
+        except GflowError as e:
+            _fail(str(e))
+    err.print(f"report written to {escape(str(out_path))}")
+
+
 @main.group()
 def cache() -> None:
     """Why calls ran instead of coming from the cache."""
