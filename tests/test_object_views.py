@@ -123,6 +123,9 @@ def test_drawer_shows_molecule_sequence_structure_and_table(browser, gflow_home,
             expect(table.locator("tr")).to_have_count(4)
             expect(table.locator("tr").nth(2)).to_contain_text("K2R")
             table.screenshot(path=str(shots / "table.png"))
+            # "why did this run?" (gflow cache explain in the drawer): the first call of a task has no earlier one
+            drawer.get_by_role("button", name="why did this run (not from the cache)?").click()
+            expect(drawer.get_by_test_id("cache-explain")).to_contain_text("no earlier call of object_flows:make_table")
     finally:
         ctx.close()
     assert not errors, errors

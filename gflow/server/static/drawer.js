@@ -48,6 +48,25 @@ function bigText(text, testid) {
   return box;
 }
 
+const WHY = `query($r: ID!, $t: String!) { cacheExplain(runId: $r, task: $t) }`;
+
+/** "Why did this run?": the nearest earlier call of the task and what differs (gflow cache explain). */
+function cacheSection(t) {
+  const out = el("pre", {class: "json", "data-testid": "cache-explain", hidden: true});
+  const btn = el("button", {type: "button", class: "ghost", on: {click: async () => {
+    btn.disabled = true;
+    try {
+      const d = await gql(WHY, {r: t.runId, t: t.id});
+      out.textContent = d.cacheExplain.map((x) => x.lines.join("\n")).join("\n\n");
+    } catch (e) {
+      out.textContent = e.message;
+    }
+    out.hidden = false;
+    btn.disabled = false;
+  }}}, "why did this run (not from the cache)?");
+  return el("section", null, el("h3", null, "cache"), btn, out);
+}
+
 export class Drawer {
   constructor(app) {
     this.app = app;
@@ -148,6 +167,7 @@ export class Drawer {
     parts.push(this.attempts(t));
     if (t.errorExcerpt || t.tracebackExcerpt) parts.push(this.errorSection(t));
     parts.push(el("section", null, el("h3", null, "output"), valueView(t.output, "task-output")));
+    if (["SUCCEEDED", "FAILED"].includes(t.state) && t.task !== "gflow:map") parts.push(cacheSection(t));
     const up = t.upstream.map((u) => el("li", null, el("a", {href: `/runs/${t.runId}/tasks/${u.id}`, "data-nav": ""}, `${u.name} ${u.id}`),
       " ", stateBadge(u.state), u.output ? valueView(u.output) : null));
     parts.push(el("section", {"data-testid": "lineage"}, el("h3", null, "inputs: produced from"),
