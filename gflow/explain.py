@@ -84,6 +84,25 @@ def _rows(store: Any, table: str, where: dict[str, Any]) -> list[dict[str, Any]]
         return []
 
 
+def _call_args(store: Any, run_id: str, task_run_id: str) -> dict[str, str]:
+    """The argument digests noted for one call (rows hold a batch of calls each), or {}."""
+    after = None
+    for _ in range(1000):
+        try:
+            page = store.get_rows(INPUTS_TABLE, {"run": run_id}, limit=100, after=after)
+        except (StoreError, GflowError):
+            return {}
+        for row in page:
+            calls = row.get("calls")
+            got = calls.get(task_run_id) if isinstance(calls, dict) else None
+            if isinstance(got, dict) and isinstance(got.get("args"), dict):
+                return {str(k): str(v) for k, v in got["args"].items()}
+        if len(page) < 100:
+            return {}
+        after = page[-1]["_cursor"]
+    return {}
+
+
 def _earlier_calls(store: Any, run: Any, task: str, ikey: str | None, max_runs: int) -> list[Any]:
     """Earlier calls of ``task``: in ``run`` (made before) and in the runs created before it, newest first."""
     out: list[Any] = []
@@ -154,8 +173,8 @@ def _explain_one(store: Any, run: Any, t: Any, max_runs: int) -> CallDiff:
                  if old_opts.get(k) != new_opts.get(k) and k != "image"]
     d.inputs_changed = bool(t.ikey and prev.ikey and t.ikey != prev.ikey)
     if d.inputs_changed:
-        old_in = (_rows(store, INPUTS_TABLE, {"task_run": prev.id}) or [{}])[0].get("args") or {}
-        new_in = (_rows(store, INPUTS_TABLE, {"task_run": t.id}) or [{}])[0].get("args") or {}
+        old_in = _call_args(store, prev.run_id, prev.id)
+        new_in = _call_args(store, run.id, t.id)
         if old_in and new_in:
             d.inputs = [(k, old_in.get(k, "(absent)"), new_in.get(k, "(absent)"))
                         for k in sorted(set(old_in) | set(new_in)) if old_in.get(k) != new_in.get(k)]

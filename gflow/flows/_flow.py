@@ -67,7 +67,7 @@ class FlowRun:
         self.parent = parent
         self._ids = itertools.count(1)
         self._noted: set[int] = set()  # tasks whose provenance this run noted (ids of task objects)
-        self._inputs: list[dict[str, Any]] = []  # argument digests of cacheable calls, written after each add
+        self._inputs: dict[str, dict[str, Any]] = {}  # argument digests of cacheable calls, written after each add
 
     def next_id(self) -> str:
         return f"{self.id}.{next(self._ids)}"
@@ -107,15 +107,14 @@ class FlowRun:
             key, ikey = compute_keys(task, arguments, image, version)
         tid = self.next_id()
         if note and key is not None and task.options.cache:  # what `gflow cache explain` compares, by argument
-            self._inputs.append({"task_run": tid, "task": task.identity, "ikey": ikey,
-                                 "args": input_digests(task, arguments)})
+            self._inputs[tid] = {"task": task.identity, "ikey": ikey, "args": input_digests(task, arguments)}
         return TaskState(tid, self.id, task, arguments, deps, key=key, ikey=ikey, index=index,
                          executor=executor, image=image, version=version)
 
     def _note_inputs(self) -> None:
         if self._inputs:
-            rows, self._inputs = self._inputs, []
-            note_inputs(self.engine.store, self.id, rows)
+            calls, self._inputs = self._inputs, {}
+            note_inputs(self.engine.store, self.id, calls)
 
     def call(self, task: Any, args: tuple, kwargs: dict) -> Future:
         ts = self.task_state(task, args, kwargs)

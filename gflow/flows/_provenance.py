@@ -8,9 +8,12 @@ that keeps no tables, or a failing write, costs the run nothing: provenance is b
 
 from __future__ import annotations
 
+import hashlib
+import json as _json
 import logging
 from typing import Any
 
+from gflow.serialization import canonical_json, to_jsonable
 from gflow.tasks import code_parts
 
 TABLE = "gflow_task_versions"
@@ -40,28 +43,32 @@ def note_task(store: Any, run_id: str, task: Any, version: str, image: str | Non
 
 
 INPUTS_TABLE = "gflow_call_inputs"
-"""Per call of a cacheable task whose arguments were known when it was made: each argument's digest."""
+"""Argument digests of cacheable calls whose arguments were known when they were made: one row per batch of
+calls (``{"run", "batch", "calls": {task_run_id: {"task", "ikey", "args": {argument: digest}}}}``), so a map of
+10,000 writes about ten rows, not 10,000."""
+
+_SCALARS = (str, int, bool, float, type(None))
 
 
 def input_digests(task: Any, arguments: dict[str, Any]) -> dict[str, str]:
     """``{argument: sha256 of its canonical form}`` (an argument without one: ``"unserializable"``)."""
-    import hashlib
-
-    from gflow.serialization import canonical_json, to_jsonable
-
     out: dict[str, str] = {}
     for name, value in arguments.items():
         try:
-            text = canonical_json(to_jsonable(value, {}, task.options.pickle, ""))
+            if type(value) in _SCALARS:  # the common case, without the tree walk
+                text = _json.dumps(value, ensure_ascii=False, allow_nan=False)
+            else:
+                text = canonical_json(to_jsonable(value, {}, task.options.pickle, ""))
             out[name] = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
         except Exception:  # noqa: BLE001 - the call itself reports it; the note just says so
             out[name] = "unserializable"
     return out
 
 
-def note_inputs(store: Any, run_id: str, rows: list[dict[str, Any]]) -> None:
-    """Record the argument digests of cacheable calls (best effort, one write per batch)."""
+def note_inputs(store: Any, run_id: str, calls: dict[str, dict[str, Any]]) -> None:
+    """Record the argument digests of a batch of cacheable calls (best effort, one row)."""
     try:
-        store.put_rows(INPUTS_TABLE, rows, key=("task_run",), run_id=run_id)
+        store.put_rows(INPUTS_TABLE, [{"run": run_id, "batch": next(iter(calls)), "calls": calls}],
+                       key=("run", "batch"), run_id=run_id)
     except Exception:  # noqa: BLE001 - as note_task
-        log.debug("could not note the inputs of %d calls for run %s", len(rows), run_id, exc_info=True)
+        log.debug("could not note the inputs of %d calls for run %s", len(calls), run_id, exc_info=True)
