@@ -3,7 +3,8 @@
 :func:`walk` starts from a gflow object's content id (``sha256:...``), a registry id (``key:model:sha256:...``)
 or a task run id, and follows two kinds of edge back until nothing is left (or ``max_nodes``):
 
-- the task runs recorded as its ``upstream`` (futures passed in; a map element's edges included);
+- the task runs recorded as its ``upstream`` (futures passed in; a map element's edges included), and for
+  a map over a future (task ``gflow:map``), its elements;
 - for every object a task run read, the task runs that produced that object (values that went through
   ``.result()`` in the flow body and came back as arguments keep their history this way).
 
@@ -125,6 +126,10 @@ def walk(store: Any, ident: str, max_nodes: int = 2000) -> LineageGraph:
                            models=[i.split(":", 2)[2] for i in objs["inputs"] if i.startswith(_MODEL_PREFIXES)])
         nodes.append(node)
         parents: list[str] = list(t.upstream)
+        if t.task == "gflow:map" and t.name.endswith(".map"):  # a map over a future: its elements made its list
+            ups = set(t.upstream)
+            parents += [e.id for e in store.task_runs(t.run_id, task=t.name[:-4])
+                        if e.map_index is not None and ups <= set(e.upstream)]
         for cid in objs["inputs"]:
             if cid.startswith("key:"):
                 continue

@@ -32,6 +32,10 @@ def test_map_element_upstream_provenance_and_cache_explain(gflow_home, work) -> 
         graph = _q(url, "query($id: String!) { provenance(id: $id) }", id=element.id)["data"]["provenance"]
         assert [n["name"] for n in graph["nodes"]][:1] == ["scale"] and make.id in [n["id"] for n in graph["nodes"]]
         assert [make.id, element.id] in graph["edges"]
+        total = next(t for t in trs if t.name == "total")
+        back = _q(url, "query($id: String!) { provenance(id: $id) }", id=total.id)["data"]["provenance"]
+        names = sorted(n["name"] for n in back["nodes"])  # through the map node to its elements, and to k's inc
+        assert names == ["inc", "make_list", "scale", "scale", "scale", "scale.map", "total"]
         bad = _q(url, "query { provenance(id: \"sha256:none\") }")
         assert bad["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
         assert "is no object, registry key or task run" in bad["errors"][0]["message"]
