@@ -423,6 +423,9 @@ def lineage(ident: str, crate: str | None, output: str, max_nodes: int, store: s
                       f"  image {escape(n.image or n.run_image or '-')}  run {escape(n.run_id)}")
             for m in n.models:
                 out.print(f"    model {escape(m)}")
+        if graph.read_by:
+            out.print(f"{escape(ident)}: an input no task run in this store produced; read by "
+                      f"{len(graph.read_by)} task run(s): {escape(', '.join(graph.read_by[:20]))}")
         if graph.truncated:
             out.print(f"[yellow]stopped after {max_nodes} task runs (--max-nodes)[/yellow]")
     if crate:

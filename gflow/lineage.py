@@ -66,6 +66,8 @@ class LineageGraph:
     nodes: list[LineageNode]
     edges: list[tuple[str, str]]
     truncated: bool = False
+    #: for an input nobody in the store produced (a model's digest, a parameter): the task runs that read it
+    read_by: list[str] = field(default_factory=list)
 
     @property
     def models(self) -> list[str]:
@@ -74,20 +76,28 @@ class LineageGraph:
 
     def to_json(self) -> dict[str, Any]:
         return {"root": self.root, "nodes": [asdict(n) for n in self.nodes],
-                "edges": [list(e) for e in self.edges], "models": self.models, "truncated": self.truncated}
+                "edges": [list(e) for e in self.edges], "models": self.models, "truncated": self.truncated,
+                "read_by": self.read_by}
 
 
-def _start(store: Any, ident: str) -> list[Any]:
+def _start(store: Any, ident: str) -> tuple[list[Any], list[str]]:
+    """The task runs that produced ``ident`` (or the task run it names); else, for an input nobody in the store
+    produced (a model's digest, a parameter object), the ids of the task runs that read it."""
     if not isinstance(ident, str) or not ident.strip() or len(ident) > 1000:
-        raise LineageNotFound("give an object content id, a key:KIND:KEY registry id or a task run id")
+        raise LineageNotFound("give an object content id, a model/data set digest, a key:KIND:KEY registry id or a "
+                              "task run id")
     ident = ident.strip()
-    got = store.lineage(ident)
-    if got["produced_by"]:
-        return list(got["produced_by"])
-    if got["consumed_by"]:  # an input nobody in the store made (a model, the flow's parameters): who read it
-        return []
+    forms = [ident] + ([p + ident for p in _MODEL_PREFIXES] if ident.startswith("sha256:") else [])
+    read_by: list[str] = []
+    for form in forms:
+        got = store.lineage(form)
+        if got["produced_by"]:
+            return list(got["produced_by"]), []
+        read_by += [t.id for t in got["consumed_by"] if t.id not in read_by]
+    if read_by:
+        return [], read_by
     try:
-        return [store.get_task_run(ident)]
+        return [store.get_task_run(ident)], []
     except (LookupError, StoreError, GflowError):
         pass
     raise LineageNotFound(f"{ident!r} is no object, registry key or task run recorded in {store.url}")
@@ -99,7 +109,7 @@ def walk(store: Any, ident: str, max_nodes: int = 2000) -> LineageGraph:
     Raises:
         LineageNotFound: naming the id, when the store knows nothing of it.
     """
-    start = _start(store, ident)
+    start, read_by = _start(store, ident)
     versions: dict[tuple[str, str], dict[str, Any]] = {}
     runs: dict[str, Any] = {}
     nodes: list[LineageNode] = []
@@ -145,7 +155,7 @@ def walk(store: Any, ident: str, max_nodes: int = 2000) -> LineageGraph:
             rec = store.get_task_runs([p]).get(p)
             if rec is not None:
                 queue.append(rec)
-    return LineageGraph(root=ident, nodes=nodes, edges=list(edges), truncated=truncated)
+    return LineageGraph(root=ident, nodes=nodes, edges=list(edges), truncated=truncated, read_by=read_by)
 
 
 def _rows(store: Any, run_id: str, task: str) -> list[dict[str, Any]]:

@@ -79,6 +79,9 @@ def test_design_loop_lineage_reaches_model_and_first_proposal(tiny_esm: str, tmp
     res = CliRunner().invoke(main, ["lineage", final, "--output", "json", "--ro-crate", str(tmp_path / "c2")])
     assert res.exit_code == 0, res.output
     assert model_digest in json.loads(res.stdout)["models"]
+    # the model's digest itself (an artifact id): an input nobody produced, read by the scoring calls
+    res = CliRunner().invoke(main, ["lineage", model_digest])
+    assert res.exit_code == 0 and "an input no task run in this store produced; read by" in res.output
     assert (tmp_path / "c2" / "ro-crate-metadata.json").exists()
 
 
