@@ -204,6 +204,8 @@ def precalc(library: str, model: str, sample: int | None = None, workers: int = 
                            chunks=tuple(r.result() for r in results))
     # a queryable table (GraphQL `predictions(model:, keys:)`), one row per (model, input key)
     gflow.tables.record("predictions", result.predictions(), key=("model", "key"))
+    # and the model's name, so that `predictions(model:)` takes "esm2_t6_8M_UR50D" as well as its digest
+    gflow.tables.record("models", [{"name": model_obj.name, "digest": model_obj.source}], key=("name", "digest"))
     return result
 
 

@@ -443,6 +443,95 @@ def _backend_log(spec: str | None, t: Any) -> None:
 
 
 @main.command()
+@click.argument("ident", metavar="OBJECT_OR_ARTIFACT_ID")
+@click.option("--ro-crate", "crate", default=None, metavar="DIR", help="Also write the lineage as an RO-Crate here.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--max-nodes", default=2000, show_default=True, help="Stop walking after this many task runs.")
+@_common_store
+def lineage(ident: str, crate: str | None, output: str, max_nodes: int, store: str | None,
+            profile: str | None) -> None:
+    """What made an output: every task run back from it (code version, image, models read, run)."""
+    from gflow.lineage import ro_crate, walk
+
+    with _store(profile, store) as st:
+        try:
+            graph = walk(st, ident, max_nodes=max_nodes)
+        except GflowError as e:
+            _fail(str(e))
+    if output == "json":
+        print(json.dumps(graph.to_json(), indent=2))
+    else:
+        for n in graph.nodes:
+            where = f"map[{n.map_index}] " if n.map_index is not None else ""
+            out.print(f"{escape(n.id)}  {escape(n.name)} {where}{_state(n.state)}  version {escape(n.version or '-')}"
+                      f"  image {escape(n.image or n.run_image or '-')}  run {escape(n.run_id)}")
+            for m in n.models:
+                out.print(f"    model {escape(m)}")
+        if graph.read_by:
+            out.print(f"{escape(ident)}: an input no task run in this store produced; read by "
+                      f"{len(graph.read_by)} task run(s): {escape(', '.join(graph.read_by[:20]))}")
+        if graph.truncated:
+            out.print(f"[yellow]stopped after {max_nodes} task runs (--max-nodes)[/yellow]")
+    if crate:
+        err.print(f"RO-Crate: {ro_crate(graph, crate)}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("-o", "--output", "path", default="report.html", show_default=True, help="The HTML file to write.")
+@click.option("--artifacts", default=None, help="Artifact store folder or URL (default: the profile's), to show "
+              "a result that is not stored inline.")
+@_common_store
+def report(run_id: str, path: str, artifacts: str | None, store: str | None, profile: str | None) -> None:
+    """One self-contained HTML file about a run: summary, timeline, DAG, usage, cost, failures, versions, outputs."""
+    from gflow.artifacts import open_artifacts
+    from gflow.config import load_profile
+    from gflow.report import write_report
+
+    prof = load_profile(profile, store=store)
+    arts = None
+    try:
+        arts = open_artifacts(artifacts or prof.artifacts)
+    except Exception as e:  # noqa: BLE001 - the report is still useful without the artifact store
+        err.print(f"[yellow]note:[/yellow] no artifact store ({escape(str(e))}): results not stored inline "
+                  "are left out", markup=True)
+    with _store(profile, store) as st:
+        try:
+            out_path = write_report(st, run_id, path, arts)
+        except GflowError as e:
+            _fail(str(e))
+    err.print(f"report written to {escape(str(out_path))}")
+
+
+@main.group()
+def cache() -> None:
+    """Why calls ran instead of coming from the cache."""
+
+
+@cache.command("explain")
+@click.argument("run_id")
+@click.argument("task")
+@click.option("--limit", default=20, show_default=True, help="Calls of the task to explain.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_common_store
+def cache_explain(run_id: str, task: str, limit: int, output: str, store: str | None, profile: str | None) -> None:
+    """For each call of TASK in RUN_ID that ran: the nearest earlier call and what differs (code, image, input)."""
+    from gflow.explain import explain
+
+    with _store(profile, store) as st:
+        try:
+            diffs = explain(st, run_id, task, limit=limit)
+        except GflowError as e:
+            _fail(str(e))
+    if output == "json":
+        print(json.dumps([d.to_json() for d in diffs], indent=2))
+        return
+    for d in diffs:
+        for line in d.lines():
+            out.print(escape(line))
+
+
+@main.command()
 def version() -> None:
     """Print gflow's version."""
     out.print(f"gflow {__version__}", markup=False)

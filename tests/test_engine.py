@@ -283,6 +283,11 @@ def test_map_over_a_future(executor, store):
     assert mapnode.state is State.SUCCEEDED and mapnode.task == "gflow:map"
     (tot,) = [t for t in trs if t.name == "total"]
     assert tot.upstream == [mapnode.id]
+    # each element keeps the edge to the call whose list it was fanned out over (issue 22: no orphan nodes)
+    (src,) = [t for t in trs if t.id in mapnode.upstream]
+    (k,) = [t for t in trs if t.name == "inc"]
+    assert src.name == "make_list"  # the list fanned out over, and the common argument k
+    assert all(t.upstream == [src.id, k.id] for t in trs if t.name == "scale")
     assert fb.map_over_future.run(0, executor=executor) == 0  # an empty fan-out
 
 

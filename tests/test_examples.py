@@ -128,6 +128,18 @@ def test_precalc_chunks_sample_and_rerun(tiny_esm: str, gflow_home: Path) -> Non
         got = httpx.post(f"{url}/graphql", json={"query": q, "variables": {"m": res.model, "k": ["trp_cage", "nope"]}})
         assert got.json()["data"]["predictions"] == [
             {"key": "trp_cage", "score": res.lookup("trp_cage").score, "runId": rerun.id}]
+        # the model's name finds the same rows as its digest (issue 22 item 7); an unknown name is one line
+        by_name = httpx.post(f"{url}/graphql", json={"query": q, "variables": {"m": res.model_name, "k": ["trp_cage"]}})
+        assert by_name.json()["data"]["predictions"] == got.json()["data"]["predictions"]
+        bad = httpx.post(f"{url}/graphql", json={"query": q, "variables": {"m": "no-such-model"}}).json()
+        assert bad["errors"][0]["message"].startswith("no model named 'no-such-model' is recorded")
+        # tableRows pages like every other list: {items nextCursor hasNextPage}
+        tq = "query($a: String) { tableRows(table: \"predictions\", first: 40, after: $a) { items nextCursor } }"
+        page = httpx.post(f"{url}/graphql", json={"query": tq, "variables": {"a": None}}).json()["data"]["tableRows"]
+        assert len(page["items"]) == 40 and page["nextCursor"]
+        rest = httpx.post(f"{url}/graphql", json={"query": tq, "variables": {"a": page["nextCursor"]}}).json()
+        last = rest["data"]["tableRows"]
+        assert len(page["items"]) + len(last["items"]) == 64 and last["nextCursor"] is None  # one row per (model, key)
 
 
 def test_precalc_bad_input(tiny_esm: str, tmp_path: Path) -> None:

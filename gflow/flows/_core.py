@@ -537,6 +537,10 @@ class Core:
                 values = [resolve_values(it, self.tasks) for it in iterables]
                 rows = list(zip(*values, strict=True)) if len(values) > 1 else [(x,) for x in values[0]]
                 children = [new(task, row, common, i) for i, row in enumerate(rows)]
+                # an element's inputs came from what the map waited on: record those edges (issue 22)
+                ups = [d.id for d in ts.deps if d.kind != SUBFLOW]
+                for c in children:
+                    c.deps = list(dict.fromkeys([*ups, *c.deps])) if c.deps else ups
             except Exception as e:  # noqa: BLE001 - not iterable, mismatched lengths, invalid arguments
                 self._invalid(ts, e)
                 return

@@ -22,6 +22,7 @@ from gflow.flows._events import MAP, SUBFLOW, TaskState
 from gflow.flows._future import _LEAF, Future, find_futures, resolve
 from gflow.flows._gc import gc_tuned
 from gflow.flows._keys import compute_keys
+from gflow.flows._provenance import input_digests, note_inputs, note_task
 from gflow.flows._runs import open_run_context, prepare_resume
 from gflow.serialization import encode
 from gflow.states import State
@@ -65,15 +66,18 @@ class FlowRun:
         self.engine = engine
         self.parent = parent
         self._ids = itertools.count(1)
+        self._noted: set[int] = set()  # tasks whose provenance this run noted (ids of task objects)
+        self._inputs: dict[str, dict[str, Any]] = {}  # argument digests of cacheable calls, written after each add
 
     def next_id(self) -> str:
         return f"{self.id}.{next(self._ids)}"
 
     def task_state(self, task: Any, args: tuple, kwargs: dict, index: int | None = None,
-                   where: tuple[str, str | None] | None = None) -> TaskState:
+                   where: tuple[str, str | None] | None = None, note: bool = True) -> TaskState:
         """Bind and check a call's arguments (computing its keys when they are all known) and make its
         task state; raises InvalidArguments / SerializationError at the call, naming the argument.
-        ``where``: the (executor, image) the task routes to, when the caller knows it already (a map)."""
+        ``where``: the (executor, image) the task routes to, when the caller knows it already (a map). ``note``:
+        record the argument digests of a cacheable call (not from the engine's thread: a deferred map's elements)."""
         validator = task.validator
         arguments = validator.bind(args, kwargs)
         futs: list[Future] = []
@@ -90,6 +94,9 @@ class FlowRun:
             _check_spot(task, engine, executor)
         key = ikey = None
         version = code_version(task)  # here, in the flow's thread: the scheduling core reads no files
+        if id(task) not in self._noted:
+            self._noted.add(id(task))
+            note_task(engine.store, self.id, task, version, image)
         deps: list[str] = []
         if futs:
             for f in futs:
@@ -100,13 +107,22 @@ class FlowRun:
         else:
             arguments = validator.validate(arguments)
             key, ikey = compute_keys(task, arguments, image, version)
-        return TaskState(self.next_id(), self.id, task, arguments, deps, key=key, ikey=ikey, index=index,
+        tid = self.next_id()
+        if note and key is not None and task.options.cache:  # what `gflow cache explain` compares, by argument
+            self._inputs[tid] = {"task": task.identity, "ikey": ikey, "args": input_digests(task, arguments)}
+        return TaskState(tid, self.id, task, arguments, deps, key=key, ikey=ikey, index=index,
                          executor=executor, image=image, version=version)
+
+    def _note_inputs(self) -> None:
+        if self._inputs:
+            calls, self._inputs = self._inputs, {}
+            note_inputs(self.engine.store, self.id, calls)
 
     def call(self, task: Any, args: tuple, kwargs: dict) -> Future:
         ts = self.task_state(task, args, kwargs)
         fut: Future = Future(ts.id, self.id, task.name, self.engine)
         self.engine.add([ts], [fut])
+        self._note_inputs()
         return fut
 
     def map(self, task: Any, iterables: Sequence[Any], common: dict, options: dict | None = None) -> Any:
@@ -130,6 +146,7 @@ class FlowRun:
                     ts.group = group
             part: list[Future] = [Future(ts.id, self.id, task.name, engine) for ts in tss]
             engine.add(tss, part)
+            self._note_inputs()
             futs += part
         return futs
 
@@ -141,7 +158,7 @@ class FlowRun:
                 raise InvalidArguments(f"task '{task.name}'.map(): {d!r} belongs to another flow run")
 
         def new_child(task: Any, row: tuple, common: dict, i: int) -> TaskState:
-            return self.task_state(task, row, common, i)
+            return self.task_state(task, row, common, i, note=False)  # in the engine's thread: no store writes
 
         ts = TaskState(self.next_id(), self.id, _MapTask(task), None, list(dict.fromkeys(d.id for d in pending)),
                        kind=MAP, expand=(task, list(iterables), common, new_child, options),

@@ -97,6 +97,10 @@ class _FileSet(GflowObject):
                              f"directory, nor a hub id like 'facebook/esm2_t6_8M_UR50D'")
         return value
 
+    def registry_key(self) -> str | None:
+        """An artifact's digest: a call that read it is found by ``key:model:sha256:...`` whatever its name."""
+        return self.source if self.source.startswith("sha256:") else None
+
     @field_validator("files")
     @classmethod
     def _distinct_paths(cls, files: tuple[FileEntry, ...]) -> tuple[FileEntry, ...]:

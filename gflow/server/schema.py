@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from graphql import GraphQLError, ValidationContext, ValidationRule
@@ -328,10 +328,13 @@ class Query:
         got = await ctx.call(ctx.store.get_rows, table, where, limit=first + 1, after=after)
         more = len(got) > first
         got = got[:first]
-        return TableRowsPage(rows=got, end_cursor=got[-1]["_cursor"] if got else after, has_next_page=more)
+        end = got[-1]["_cursor"] if got else after
+        return TableRowsPage(items=got, next_cursor=end if more else None, has_next_page=more, rows=got,
+                             end_cursor=end)
 
-    @strawberry.field(description="Precalculated predictions of `model` (the precalc example's table), for the "
-                                  "input `keys` (all of them when none are given, paged by `first`/`after`).")
+    @strawberry.field(description="Precalculated predictions of `model` (its digest `sha256:...`, or its name as the "
+                                  "precalc example records it in the `models` table), for the input `keys` (all of "
+                                  "them when none are given, paged by `first`/`after`).")
     async def predictions(self, info: Info, model: str, keys: list[str] | None = None, first: int = 100,
                           after: str | None = None) -> list[Prediction]:
         ctx = info.context
@@ -339,6 +342,16 @@ class Query:
         if keys is not None and len(keys) > 1000:
             raise gql_error("at most 1000 keys per query", BAD_INPUT)
         first = _page_size(info, first, 1000)
+        if not model.startswith("sha256:"):
+            named = await ctx.call(ctx.store.get_rows, "models", {"name": model}, limit=1000)
+            digests = list(dict.fromkeys(str(r.get("digest")) for r in named if r.get("digest")))
+            if not digests:
+                raise gql_error(f"no model named {model[:100]!r} is recorded (give its digest 'sha256:...' or a "
+                                f"name from the `models` table)", BAD_INPUT)
+            if len(digests) > 1:
+                raise gql_error(f"{len(digests)} models are named {model[:100]!r}: give one digest of "
+                                f"{', '.join(d[:19] + '...' for d in digests[:5])}", BAD_INPUT)
+            model = digests[0]
 
         def fetch() -> list[dict[str, Any]]:
             if keys is None:
@@ -363,6 +376,31 @@ class Query:
         return RegistryEntry(kind=kind.lower(), key=canon, uses=[
             RegistryUse(task_run=TaskRun.of(t), run_id=strawberry.ID(t.run_id), run_tags=list(r.tags) if r else [],
                         role=role) for t, r, role in uses])
+
+    @strawberry.field(description="Everything that made an output, walked back (as `gflow lineage`): for a gflow "
+                                  "object's content id, a key:KIND:KEY registry id or a task run id, every task run "
+                                  "back through upstream and object-producer edges, with task, code version, image, "
+                                  "model digests read and run: {root nodes edges models truncated}.")
+    async def provenance(self, info: Info, id: str, max_nodes: int = 500) -> JSON:
+        from gflow.lineage import walk
+
+        ctx = info.context
+        check_text(id, "id", 1000)
+        if not 1 <= max_nodes <= ctx.limits.lineage_max_nodes:
+            raise gql_error(f"maxNodes must be between 1 and {ctx.limits.lineage_max_nodes} (got {max_nodes})",
+                            BAD_INPUT)
+        graph = await ctx.call(walk, ctx.store, id, max_nodes)  # LineageNotFound: a GflowError, one line
+        return cast(JSON, graph.to_json())
+
+    @strawberry.field(description="Why the calls of `task` in run `runId` ran instead of coming from the cache (as "
+                                  "`gflow cache explain`): the nearest earlier call and what differs.")
+    async def cache_explain(self, info: Info, run_id: strawberry.ID, task: str) -> JSON:
+        from gflow.explain import explain
+
+        ctx = info.context
+        check_text(task, "task", 1000)
+        diffs = await ctx.call(explain, ctx.store, check_id(run_id, "run id"), task)  # ExplainError: one line
+        return cast(JSON, [dict(d.to_json(), lines=d.lines()) for d in diffs])
 
     @strawberry.field(description="Lineage of a gflow object by content id: the task runs that produced it (and "
                                   "from which objects) and those that read it.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -59,6 +59,9 @@ class ObjectView:
     data: JSON = strawberry.field(description="Its fields as the user wrote them.")
     depiction_svg: str | None = strawberry.field(
         description="Molecules: a 2D depiction (SVG text) when RDKit is installed on the server.")
+    view: JSON | None = strawberry.field(default=None, description=(
+        "What a viewer needs (gflow.server.depict): a molecule's depiction, a sequence with its mutations, a "
+        "structure's text for the 3D viewer, a score; null when the JSON is all there is."))
 
 
 @strawberry.type(description="A stored value for people: as the user wrote it, with the gflow objects inside it.")
@@ -68,14 +71,19 @@ class ValueView:
     size: int = strawberry.field(description="Characters of stored canonical JSON.")
     truncated: bool = strawberry.field(description="True when the value was too big to show.")
     source: str = strawberry.field(description="'inline' (in the store) or 'artifact' (read from the artifact store).")
+    table: JSON | None = strawberry.field(default=None, description=(
+        "A list of same-shaped records as {columns, rows, truncated}, to show as a table; else null."))
 
     @classmethod
     def of(cls, v: D.ValueInfo | None) -> ValueView | None:
+        from gflow.server.depict import table_of, view_of
+
         if v is None:
             return None
         return cls(display=v.display, size=v.size, truncated=v.truncated, source=v.source,
-                   objects=[ObjectView(kind=o.kind, type=o.type, data=o.data, depiction_svg=o.depiction_svg)
-                            for o in v.objects])
+                   table=cast(Any, table_of(v.display)),
+                   objects=[ObjectView(kind=o.kind, type=o.type, data=o.data, depiction_svg=o.depiction_svg,
+                                       view=cast(Any, view_of(o.kind, o.data))) for o in v.objects])
 
 
 @strawberry.type(description="A driver process the server started (retryTask: `gflow resume`, replayRun: "
@@ -390,9 +398,13 @@ class ObjectLineage:
 
 @strawberry.type(description="A page of a named table's rows (written by flows with gflow.tables.record).")
 class TableRowsPage:
-    rows: list[JSON] = strawberry.field(description="The rows as JSON objects, with `_run_id` (who wrote it).")
-    end_cursor: str | None = strawberry.field(description="Pass as `after` for the next page.")
+    items: list[JSON] = strawberry.field(description="The rows as JSON objects, with `_run_id` (who wrote it).")
+    next_cursor: str | None = strawberry.field(description="Pass as `after` for the next page; null on the last.")
     has_next_page: bool
+    rows: list[JSON] = strawberry.field(description="The same rows as `items` (the older name).",
+                                        deprecation_reason="use items, as on every other list")
+    end_cursor: str | None = strawberry.field(description="Pass as `after` for the next page (also on the last).",
+                                              deprecation_reason="use nextCursor, as on every other list")
 
 
 @strawberry.type(description="One precalculated prediction (the precalc example's `predictions` table).")

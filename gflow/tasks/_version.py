@@ -39,6 +39,16 @@ def code_version(task: Any) -> str:
 
 # -- what counts as project code ---------------------------------------------------------------------------
 
+def code_parts(task: Any) -> dict[str, str]:
+    """What a task's code version is made of, piece by piece: ``{"function m.f": digest, "constant K": digest,
+    "module m": digest}`` (``{"pinned": version}`` for a pinned one); what ``gflow cache explain`` compares."""
+    if task.options.version:
+        return {"pinned": str(task.options.version)}
+    parts: dict[str, str] = {}
+    _Hasher(hashlib.sha256(), parts).function(task.fn)
+    return parts
+
+
 def _library_roots() -> tuple[str, ...]:
     roots = set()
     for name in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -81,10 +91,17 @@ def project_file(module: types.ModuleType | None) -> str | None:
 class _Hasher:
     """Feeds the code a function depends on into a hash, each piece once."""
 
-    def __init__(self, h: Any):
+    def __init__(self, h: Any, parts: dict[str, str] | None = None):
         self.h = h
         self.seen: set[int] = set()
         self.modules: set[str] = set()
+        #: when given: each piece's own digest by what it is (``function mod.f``, ``constant K``, ``module m``)
+        self.parts = parts
+
+    def _feed(self, label: str, data: bytes) -> None:
+        self.h.update(data)
+        if self.parts is not None:
+            self.parts[label] = hashlib.sha256(data).hexdigest()[:16]
 
     def function(self, fn: Any) -> None:
         fn = inspect.unwrap(getattr(fn, "fn", fn))
@@ -96,7 +113,8 @@ class _Hasher:
         except (OSError, TypeError):
             code = getattr(fn, "__code__", None)
             src = repr(code.co_code + repr(code.co_consts).encode()) if code is not None else repr(fn)
-        self.h.update(b"fn\0" + src.encode() + b"\0")
+        self._feed(f"function {getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}",
+                   b"fn\0" + src.encode() + b"\0")
         code = getattr(fn, "__code__", None)
         if code is None:
             return
@@ -109,7 +127,7 @@ class _Hasher:
     def reference(self, name: str, obj: Any, home: str | None) -> None:
         simple_seq = isinstance(obj, (tuple, frozenset)) and all(isinstance(x, _SIMPLE) for x in obj)
         if isinstance(obj, _SIMPLE) or simple_seq:
-            self.h.update(f"const\0{name}\0{obj!r}\0".encode())
+            self._feed(f"constant {name}", f"const\0{name}\0{obj!r}\0".encode())
             return
         if isinstance(obj, types.ModuleType):
             self.module(obj)
@@ -125,9 +143,10 @@ class _Hasher:
             if isinstance(target, type):
                 self.seen.add(id(target))
                 try:
-                    self.h.update(b"cls\0" + textwrap.dedent(inspect.getsource(target)).encode())
+                    data = b"cls\0" + textwrap.dedent(inspect.getsource(target)).encode()
                 except (OSError, TypeError):
-                    self.h.update(f"cls\0{target.__qualname__}".encode())
+                    data = f"cls\0{target.__qualname__}".encode()
+                self._feed(f"class {mod_name}.{target.__qualname__}", data)
             else:
                 self.function(target)
             return
@@ -138,7 +157,7 @@ class _Hasher:
         if path is None or module is None or module.__name__ in self.modules:
             return
         self.modules.add(module.__name__)
-        self.h.update(f"mod\0{module.__name__}\0{_file_hash(path)}\0".encode())
+        self._feed(f"module {module.__name__}", f"mod\0{module.__name__}\0{_file_hash(path)}\0".encode())
         # the project modules this one imports (or takes names from), transitively
         for value in list(vars(module).values()):
             if isinstance(value, types.ModuleType):

@@ -3,9 +3,10 @@
 // handle, logs, lineage links, and "Retry task".
 import {actionMessage, ApiError, gql} from "./api.js";
 import {launchLine} from "./run.js";
-import {$, copyButton, download, el, fmtDur, fmtTime, pretty, stateBadge} from "./util.js";
+import {valueView} from "./objects.js";
+import {$, copyButton, download, el, fmtDur, fmtTime, stateBadge} from "./util.js";
 
-const VALUE = "display size truncated source objects { kind type data depictionSvg }";
+const VALUE = "display size truncated source table objects { kind type data depictionSvg view }";
 const TASK = `query($id: ID!) {
   taskRun(id: $id) {
     id runId task name state attempt cacheKey created started ended duration executorHandle mapIndex resultRef
@@ -13,7 +14,7 @@ const TASK = `query($id: ID!) {
     tracebackExcerpt { text truncated size omitted }
     attempts { attempt state queued started ended message errorType asked }
     output { ${VALUE} }
-    upstream { id name state output { display truncated objects { kind data depictionSvg } } }
+    upstream { id name state output { display truncated table objects { kind data depictionSvg view } } }
     objects { inputs outputs }
     logs { kind command }
     events { seq state attempt ts message }
@@ -47,37 +48,23 @@ function bigText(text, testid) {
   return box;
 }
 
-function objectView(o) {
-  const d = o.data || {};
-  const box = el("div", {class: "obj", "data-testid": `object-${o.kind}`}, el("strong", null, o.kind),
-    d.name ? el("span", {class: "muted"}, ` ${d.name}`) : null);
-  if (o.kind === "Protein" && typeof d.sequence === "string") {
-    box.append(el("div", {class: "muted"}, `${d.sequence.length} residues`), el("div", {class: "seq"}, d.sequence));
-  } else if (o.kind === "Molecule" && typeof d.smiles === "string") {
-    box.append(el("div", {class: "seq", "data-testid": "smiles"}, d.smiles));
-    if (o.depictionSvg) {
-      // as an image, so nothing in the SVG can run
-      box.append(el("img", {alt: `2D depiction of ${d.smiles}`, "data-testid": "depiction",
-        src: `data:image/svg+xml;charset=utf-8,${encodeURIComponent(o.depictionSvg)}`}));
-    }
-  } else if (o.kind === "Score" && d.value !== undefined) {
-    box.append(el("div", null, el("span", {class: "mono", style: "font-size:1.1rem"}, String(d.value)),
-      d.units ? ` ${d.units}` : "", d.higher_is_better === false ? el("span", {class: "muted"}, " (lower is better)") : null));
-  } else {
-    box.append(el("pre", {class: "json"}, pretty(d)));
-  }
-  return box;
-}
+const WHY = `query($r: ID!, $t: String!) { cacheExplain(runId: $r, task: $t) }`;
 
-function valueView(v, testid) {
-  if (!v) return el("p", {class: "muted"}, "no stored value");
-  const box = el("div", {"data-testid": testid});
-  for (const o of v.objects || []) box.append(objectView(o));
-  const onlyObject = (v.objects || []).length === 1 && typeof v.display === "object";
-  if (!onlyObject || v.truncated) {
-    box.append(el("pre", {class: "json"}, pretty(v.display)));
-  }
-  return box;
+/** "Why did this run?": the nearest earlier call of the task and what differs (gflow cache explain). */
+function cacheSection(t) {
+  const out = el("pre", {class: "json", "data-testid": "cache-explain", hidden: true});
+  const btn = el("button", {type: "button", class: "ghost", on: {click: async () => {
+    btn.disabled = true;
+    try {
+      const d = await gql(WHY, {r: t.runId, t: t.id});
+      out.textContent = d.cacheExplain.map((x) => x.lines.join("\n")).join("\n\n");
+    } catch (e) {
+      out.textContent = e.message;
+    }
+    out.hidden = false;
+    btn.disabled = false;
+  }}}, "why did this run (not from the cache)?");
+  return el("section", null, el("h3", null, "cache"), btn, out);
 }
 
 export class Drawer {
@@ -180,6 +167,7 @@ export class Drawer {
     parts.push(this.attempts(t));
     if (t.errorExcerpt || t.tracebackExcerpt) parts.push(this.errorSection(t));
     parts.push(el("section", null, el("h3", null, "output"), valueView(t.output, "task-output")));
+    if (["SUCCEEDED", "FAILED"].includes(t.state) && t.task !== "gflow:map") parts.push(cacheSection(t));
     const up = t.upstream.map((u) => el("li", null, el("a", {href: `/runs/${t.runId}/tasks/${u.id}`, "data-nav": ""}, `${u.name} ${u.id}`),
       " ", stateBadge(u.state), u.output ? valueView(u.output) : null));
     parts.push(el("section", {"data-testid": "lineage"}, el("h3", null, "inputs: produced from"),
