@@ -195,6 +195,33 @@ class _Tail:
                 self.queues.discard(q)
 
 
+class TooManySubscriptions(Exception):
+    """A token (or an anonymous client address) already holds the most subscriptions allowed."""
+
+
+class SubscriptionLimit:
+    """Live subscriptions per client key (a token's digest, or ``addr:HOST`` for anonymous clients), in
+    this server process; ``limit`` <= 0 means no limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held: dict[str, int] = {}
+
+    def acquire(self, key: str) -> None:
+        n = self.held.get(key, 0)
+        if 0 < self.limit <= n:
+            raise TooManySubscriptions(f"this token already holds {n} subscriptions (the limit is {self.limit}); "
+                                       "close some, or follow several runs from one runEventBatches each")
+        self.held[key] = n + 1
+
+    def release(self, key: str) -> None:
+        n = self.held.get(key, 0) - 1
+        if n > 0:
+            self.held[key] = n
+        else:
+            self.held.pop(key, None)
+
+
 class EventHub:
     """The server's live event streams (one per watched run). Lives on the server's event loop."""
 
