@@ -228,3 +228,26 @@ def test_subscriptions_are_limited_per_token(tmp_path):
             assert time.monotonic() < deadline, msg
             time.sleep(0.1)
     st.close()
+
+
+def test_over_mongodb_without_change_streams_subscriptions_poll_the_event_log(tmp_path):
+    """mongomock (like a standalone mongod) has no change streams: the store says so once, the hub polls the
+    event log instead, and a subscriber still gets every event in order. (The change-stream path needs a
+    replica set, which this machine does not run.)"""
+    pytest.importorskip("mongomock")
+    st = open_store("mongomock://scale/gflow")
+    assert st.can_subscribe is False  # type: ignore[attr-defined]
+    st.create_run(RunRecord(id="mg", flow="f", created=time.time()))
+    st.set_run_state("mg", State.RUNNING, time.time())
+    app = create_app(st)
+    with serve(app) as base, _ws(base) as ws:
+        _subscribe(ws, BATCHES, "mg", 0)
+        seqs = [e["seq"] for e in _next(ws)["payload"]["data"]["runEventBatches"]]
+        assert app.state.gflow.hub.pushes is False
+        for s in (State.PENDING, State.QUEUED, State.SUCCEEDED):
+            st.apply([Transition(f"mg.{i}", "mg", s, 1, time.time(), task="t", name="t") for i in range(5)])
+        st.set_run_state("mg", State.SUCCEEDED, time.time())
+        while (msg := _next(ws))["type"] == "next":
+            seqs += [e["seq"] for e in msg["payload"]["data"]["runEventBatches"]]
+        assert seqs == [e.seq for e in st.events("mg")] and len(seqs) == 17
+    assert st.counts_by_task("mg") == {"t": {"SUCCEEDED": 5}}

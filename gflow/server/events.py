@@ -234,7 +234,8 @@ class EventHub:
         self.fallback_interval = fallback_interval
         self.coalesce_after = coalesce_after if max_queue is None else max_queue  # max_queue: the old name
         self.max_pending = max_pending
-        self.pushes = callable(getattr(store, "subscribe", None))
+        # a store that can push (the Redis layer's pub/sub, MongoDB change streams where the server has them)
+        self.pushes = callable(getattr(store, "subscribe", None)) and bool(getattr(store, "can_subscribe", True))
         self._tails: dict[str, _Tail] = {}
 
     async def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
