@@ -184,21 +184,21 @@ def pollers(base: str, live: str, hist: str, cursors: list[str | None], n: int, 
     import httpx
 
     async def one(k: int) -> dict[str, list[float]]:
-        got: dict[str, list[float]] = {"counts": [], "page": []}
+        got: dict[str, list[float]] = {"counts": [], "page": [], "failed": []}
         rnd = random.Random(k)
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
             await asyncio.sleep(rnd.random() * interval)  # spread the clients over the interval
             while not stop.is_set():
                 t_next = time.perf_counter() + interval
-                t0 = time.perf_counter()
-                r = await client.post("/graphql", json={"query": COUNTS_Q, "variables": {"id": live}})
-                got["counts"].append(time.perf_counter() - t0)
-                assert r.status_code == 200 and "errors" not in r.json(), r.text[:300]
-                t0 = time.perf_counter()
-                r = await client.post("/graphql", json={"query": PAGE_Q,
-                                                        "variables": {"id": hist, "after": rnd.choice(cursors)}})
-                got["page"].append(time.perf_counter() - t0)
-                assert r.status_code == 200 and len(r.json()["data"]["taskRuns"]["items"]) == 100, r.text[:300]
+                page = {"query": PAGE_Q, "variables": {"id": hist, "after": rnd.choice(cursors)}}
+                for kind, body in (("counts", {"query": COUNTS_Q, "variables": {"id": live}}), ("page", page)):
+                    t0 = time.perf_counter()
+                    try:
+                        r = await client.post("/graphql", json=body)
+                        ok = r.status_code == 200 and "errors" not in r.json()
+                    except httpx.HTTPError:  # a timeout (10 s) under overload: counted, not fatal
+                        ok = False
+                    got[kind if ok else "failed"].append(time.perf_counter() - t0)
                 await asyncio.sleep(max(0.0, t_next - time.perf_counter()))
         return got
 
@@ -209,7 +209,7 @@ def pollers(base: str, live: str, hist: str, cursors: list[str | None], n: int, 
         except Exception as e:  # noqa: BLE001 - reported to the main process instead of hanging it
             out.put({"error": repr(e)[:500]})
             return
-        out.put({"counts": [x for r in res for x in r["counts"]], "page": [x for r in res for x in r["page"]]})
+        out.put({k: [x for r in res for x in r[k]] for k in ("counts", "page", "failed")})
 
     asyncio.run(main())
 
@@ -313,7 +313,7 @@ def scenario(args: argparse.Namespace, url: str, tmp: str, workers: int, run_id:
     cpu_s = cpu1 - cpu0
     res = {"workers": workers, "written": w["written"], "writer_rate": round(w["rate"]),
            "writer_apply_p95_ms": round(w["apply_p95_ms"], 1), "seconds": round(seconds, 1),
-           "events_expected": len(expected), "polls": len(polled["counts"]),
+           "events_expected": len(expected), "polls": len(polled["counts"]), "polls_failed": len(polled["failed"]),
            "counts_p50_ms": round(pct(polled["counts"], 50) * 1000, 1),
            "counts_p95_ms": round(pct(polled["counts"], 95) * 1000, 1),
            "page_p50_ms": round(pct(polled["page"], 50) * 1000, 1),
@@ -353,6 +353,7 @@ def main() -> None:
     try:
         for workers, run_id in zip(worker_counts, live):
             results.append(scenario(args, url, tmp, workers, run_id, size))
+            print(json.dumps({"scenario": results[-1]}), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{args.stored:,} task runs stored (built in {build_s:.0f}s); writer target {args.rate} transitions/s for "
@@ -361,7 +362,8 @@ def main() -> None:
           f"shared by server, writer, clients (and other users of the machine)\n")
     rows = []
     for r in results:
-        row = {"workers": r["workers"], "writer trans/s": r["writer_rate"], "polls": r["polls"],
+        row = {"workers": r["workers"], "writer trans/s": r["writer_rate"],
+               "polls ok/failed": f"{r['polls']}/{r['polls_failed']}",
                "counts p95 ms": r["counts_p95_ms"], "page100 p95 ms": r["page_p95_ms"],
                "server cores": r["server_cores"], "cores per 1k t/s": r["server_cores_per_1k_tps"]}
         for kind, short in (("runEventBatches", "batched"), ("runEvents", "per-event")):

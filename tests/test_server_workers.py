@@ -251,3 +251,45 @@ def test_over_mongodb_without_change_streams_subscriptions_poll_the_event_log(tm
             seqs += [e["seq"] for e in msg["payload"]["data"]["runEventBatches"]]
         assert seqs == [e.seq for e in st.events("mg")] and len(seqs) == 17
     assert st.counts_by_task("mg") == {"t": {"SUCCEEDED": 5}}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_worker_that_dies_is_restarted_and_sigterm_stops_them_all(tmp_path):
+    import signal
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "GFLOW_HOME": str(tmp_path)}
+    server = subprocess.Popen([sys.executable, "-m", "gflow", "server", "--store", f"sqlite:///{tmp_path}/g.db",
+                               "--port", str(port), "--workers", "2", "--log-level", "warning"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def pids_answering(n: int, deadline: float) -> set[int]:
+        seen: set[int] = set()
+        while len(seen) < n:
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()[-2000:]
+            try:
+                seen.add(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()["pid"])
+            except (httpx.TransportError, ValueError):
+                time.sleep(0.1)
+        return seen
+
+    try:
+        first = pids_answering(2, time.monotonic() + 60)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            now = pids_answering(2, deadline)
+            if victim not in now and len(now - first) == 1:
+                break
+            time.sleep(0.2)
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+        time.sleep(0.5)
+        assert not any(_alive(p) for p in now)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)

@@ -33,7 +33,7 @@ from gflow.server.auth import READ_ENV, REQUIRE_READ_ENV, WRITE_ENV
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Server processes behind the one port (uvicorn workers); any of them serves any query or "
+              help="Server processes behind the one port (SO_REUSEPORT); any of them serves any query or "
                    "subscription. Needs a store other processes can open (a SQLite file, MongoDB).")
 @click.option("--max-subscriptions-per-token", default=200, show_default=True, type=click.IntRange(0),
               help="Live subscriptions one token (or anonymous address) may hold, per server process (0: no limit).")

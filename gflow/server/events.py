@@ -86,6 +86,8 @@ class _Inbox:
         while not self.items and not self.ended and not self.overflow:
             self.ready.clear()
             await self.ready.wait()
+        if self.items:
+            await asyncio.sleep(0)  # let the loop serve others between batches, even when events keep coming
         out, self.items = self.items, []
         return out or None
 

@@ -11,6 +11,7 @@ Every error carries ``extensions.code``: ``BAD_USER_INPUT``, ``NOT_FOUND``, ``CO
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -456,7 +457,9 @@ class Subscription:
         key = _hold_subscription(info)
         try:
             async for batch in ctx.hub.subscribe(rec.id, max(0, after)):
-                for e in batch:
+                for i, e in enumerate(batch):
+                    if i and not i % 100:
+                        await asyncio.sleep(0)  # a long batch must not starve the other requests on this loop
                     yield RunEvent.of(e)
         except SlowSubscriber as e:
             raise gql_error(str(e), "SLOW_SUBSCRIBER") from None

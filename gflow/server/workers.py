@@ -13,10 +13,8 @@ dies (at most ``max_restarts`` times in a row within a minute) and stops them al
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
-import os
 import signal
 import socket
 import time
@@ -25,10 +23,6 @@ from typing import Any
 from gflow.errors import GflowError
 
 log = logging.getLogger("gflow.server.workers")
-
-#: the options a ``--workers N`` server passes to its worker processes (JSON)
-WORKER_CONFIG_ENV = "GFLOW_SERVER_WORKER_CONFIG"
-
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` with SO_REUSEPORT (not listening)."""
@@ -74,8 +68,7 @@ def serve_workers(opts: dict[str, Any], *, host: str, port: int, workers: int, l
     port = holder.getsockname()[1]
     if announce is not None:
         announce(port)
-    ctx = mp.get_context("spawn")
-    os.environ[WORKER_CONFIG_ENV] = json.dumps(opts)  # for workers that re-read it; tokens stay in this user's env
+    ctx = mp.get_context("spawn")  # opts (tokens included) reach each worker over its spawn pipe, not argv or env
     procs: list[Any] = [None] * workers
     stopping = False
     restarts: list[float] = []
