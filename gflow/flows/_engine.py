@@ -343,10 +343,11 @@ class Engine:
         if t is CallStarted:
             events.append(Started("executor-started", msg.call_id, msg.attempt, msg.ts, msg.description))
             return
-        if t is tuple:  # ("add", tasks, futures) from a flow's thread
-            for f in msg[2]:
-                self.futures[f.id] = f
-            events.append(CallsAdded("calls-added", msg[1]))
+        if t is tuple:  # ("add", tasks, futures) from a flow's thread, or ("state-failed",): only a wake-up
+            if msg[0] == "add":
+                for f in msg[2]:
+                    self.futures[f.id] = f
+                events.append(CallsAdded("calls-added", msg[1]))
             return
         events.append(msg)
 
