@@ -306,3 +306,29 @@ class StoreContract:
         if not self.multiprocess:
             pytest.skip("an in-process store: other processes cannot open it")
         run_writer_processes(st)
+
+    def test_counts_by_run_and_task_follow_every_write(self, st):
+        import random
+
+        rnd = random.Random(24)
+        rid = new_run(st, "c1")
+        order = (P, Q, R, RT, S, F, C)
+        for step in range(6):
+            batch = []
+            for i in range(40):
+                s = order[min(len(order) - 1, step + rnd.randrange(2))]
+                batch.append(Transition(f"c1.{i}", rid, s, 1 + (s is RT), time.time(),
+                                        task=f"m:t{i % 3}", name=f"t{i % 3}"))
+            st.apply(batch)
+            trs = st.task_runs(rid)
+            want: dict[str, dict[str, int]] = {}
+            for t in trs:
+                want.setdefault(t.task, {}).setdefault(t.state.value, 0)
+                want[t.task][t.state.value] += 1
+            assert st.counts_by_task(rid) == want
+            total: dict[str, int] = {}
+            for by in want.values():
+                for k, v in by.items():
+                    total[k] = total.get(k, 0) + v
+            assert st.counts(rid) == total
+            assert st.counts_many([rid, "nope"]) == {rid: total, "nope": {}}

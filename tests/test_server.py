@@ -647,35 +647,63 @@ def test_subscription_uses_store_push_when_the_store_has_subscribe(server, db):
     assert not th.is_alive() and live[-1][1]["state"] == "SUCCEEDED"
 
 
-def test_a_subscriber_that_falls_behind_is_dropped_with_a_clear_error(db):
-    """The live queue per subscriber is bounded: a stalled one gets SlowSubscriber with the seq to resume at."""
+def _slow_subscriber(db, run_id: str, hub_kw: dict, transitions: list[list[tuple[int, State]]]):
+    """Subscribe, stall while the tail publishes ``transitions`` (one batch each), then read all; returns what came
+    and the inbox's coalesced count, or the exception the stream ended with."""
     import asyncio
 
-    from gflow.server.events import EventHub, SlowSubscriber
+    from gflow.server.events import EventHub
 
     st = open_store(db)
-    st.create_run(RunRecord(id="slow", flow="slow", created=time.time()))
-    st.set_run_state("slow", State.RUNNING, time.time())
+    st.create_run(RunRecord(id=run_id, flow="slow", created=time.time()))
+    st.set_run_state(run_id, State.RUNNING, time.time())
 
     async def call(fn, *a, **kw):
         return await asyncio.to_thread(fn, *a, **kw)
 
     async def main():
-        hub = EventHub(st, call, poll_interval=0.01, max_queue=2)
-        sub = hub.subscribe("slow", after=0)
+        hub = EventHub(st, call, poll_interval=0.01, **hub_kw)
+        sub = hub.subscribe(run_id, after=0)
         first = await sub.__anext__()  # the backlog: the run's RUNNING event
         assert [e.state for e in first] == [State.RUNNING]
-        for i in range(1, 8):  # while the subscriber does not read, the tail publishes 7 batches
-            st.apply([Transition(f"slow.{i}", "slow", State.PENDING, 1, time.time(), task="t", name="t")])
+        for batch in transitions:  # while the subscriber does not read, the tail publishes batch after batch
+            st.apply([Transition(f"{run_id}.{i}", run_id, s, 1, time.time(), task="t", name="t") for i, s in batch])
             await asyncio.sleep(0.05)
-        got = []
-        with pytest.raises(SlowSubscriber, match="resubscribe with after="):
-            async for batch in sub:
-                got += batch
-        assert 0 < len(got) < 7  # what was queued is delivered first
-        await hub.close()
+        st.set_run_state(run_id, State.SUCCEEDED, time.time())
+        got: list = []
+        try:
+            async for b in sub:
+                got += b
+        except Exception as e:  # noqa: BLE001 - returned for the test to check
+            return got, e
+        finally:
+            await hub.close()
+        return got, None
 
-    asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_slow_subscriber_gets_coalesced_updates_latest_state_per_task_run(db):
+    """Back-pressure (issue 24): a subscriber that does not read while 5 task runs go through 4 states gets, once
+    it reads, the latest state of each task run and the run's end, in seq order, not all 20 events."""
+    steps = [[(i, s) for i in range(5)] for s in (State.PENDING, State.QUEUED, State.RUNNING, State.SUCCEEDED)]
+    got, err = _slow_subscriber(db, "slow", {"coalesce_after": 6}, steps)
+    assert err is None
+    assert [e.seq for e in got] == sorted(e.seq for e in got)
+    task_events = [e for e in got if e.task_run_id]
+    assert sorted(e.task_run_id for e in task_events) == [f"slow.{i}" for i in range(5)]
+    assert {e.state for e in task_events} == {State.SUCCEEDED}
+    assert got[-1].task_run_id is None and got[-1].state is State.SUCCEEDED
+
+
+def test_a_subscriber_too_far_behind_even_coalesced_is_dropped_with_a_clear_error(db):
+    """Past max_pending task-run states the subscriber is dropped with SlowSubscriber naming the seq to resume at."""
+    from gflow.server.events import SlowSubscriber
+
+    steps = [[(i, State.PENDING) for i in range(k * 4, k * 4 + 4)] for k in range(4)]
+    got, err = _slow_subscriber(db, "slow2", {"coalesce_after": 2, "max_pending": 6}, steps)
+    assert isinstance(err, SlowSubscriber) and "resubscribe with after=1" in str(err)
+    assert got == []
 
 
 @pytest.fixture

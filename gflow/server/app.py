@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ from gflow.errors import GflowError, InvalidTransition, StoreError
 from gflow.server import guard
 from gflow.server.auth import AuthConfig, InvalidToken, Role, connection_authorization
 from gflow.server.drivers import DriverConfig, Drivers, DriverStartFailed
-from gflow.server.events import EventHub
+from gflow.server.events import EventHub, SubscriptionLimit
 from gflow.server.headers import SecurityHeaders
 from gflow.server.loaders import Loaders
 from gflow.server.schema import Limits, build_schema, gql_error
@@ -62,6 +64,7 @@ class ServerState:
     drivers: Drivers
     artifacts: ArtifactStore | None = None
     hub: EventHub | None = None
+    subscriptions: SubscriptionLimit = field(default_factory=lambda: SubscriptionLimit(0))
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking store call on a store thread, translating its errors into GraphQL errors."""
@@ -102,6 +105,7 @@ class Context:
     response: Any
     role: Role = Role.ANONYMOUS
     connection_params: dict | None = None
+    client_key: str = "anonymous"  # what subscriptions are counted against: the token's digest, or the address
     loaders: Loaders = field(init=False)
 
     def __post_init__(self) -> None:
@@ -248,7 +252,17 @@ class GflowGraphQL(GraphQL[Context, None]):
         if not auth.can_read(role):
             raise ConnectionRejectionError()
         context.role = role
+        context.client_key = _client_key(header, context.request)
         return await super().on_ws_connect(context)
+
+
+def _client_key(header: str | None, request: Any) -> str:
+    """A token's digest (never the token), or the client's address for a client without one."""
+    token = (header or "").strip().partition(" ")[2].strip()
+    if token:
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    client = getattr(request, "client", None)
+    return "addr:" + (client.host if client else "?")
 
 
 def create_app(store: Store, *, auth: AuthConfig | None = None, limits: Limits | None = None,
@@ -267,7 +281,8 @@ def create_app(store: Store, *, auth: AuthConfig | None = None, limits: Limits |
     limits = limits or Limits()
     state = ServerState(store=store, auth=auth or AuthConfig(), limits=limits,
                         pool=ThreadPoolExecutor(limits.store_threads, thread_name_prefix="gflow-store"),
-                        drivers=Drivers(drivers or DriverConfig(), getattr(store, "url", None)), artifacts=artifacts)
+                        drivers=Drivers(drivers or DriverConfig(), getattr(store, "url", None)), artifacts=artifacts,
+                        subscriptions=SubscriptionLimit(limits.max_subscriptions_per_token))
     graphql = GflowGraphQL(state)
 
     async def index(request: Request) -> Response:
@@ -279,7 +294,7 @@ def create_app(store: Store, *, auth: AuthConfig | None = None, limits: Limits |
             await asyncio.wait_for(state.call(store.list_runs, limit=1), 5.0)
         except (GraphQLError, TimeoutError) as e:
             return JSONResponse({"ok": False, "store": _scheme(store), "error": str(e) or "timeout"}, status_code=503)
-        return JSONResponse({"ok": True, "store": _scheme(store),
+        return JSONResponse({"ok": True, "store": _scheme(store), "pid": os.getpid(),
                              "watched_runs": state.hub.watched if state.hub else 0})
 
     @contextlib.asynccontextmanager

@@ -10,8 +10,14 @@ the event log with an indexed ``after=seq`` query:
   delivery is at-most-once. The events themselves always come from the durable log, so their
   ``seq`` is the log's and nothing is lost if a message is.
 
-A stream ends after the run's own terminal event (the last event a run writes). A subscriber that
-falls ``max_queue`` batches behind is dropped with :class:`SlowSubscriber`; it can resubscribe
+A stream ends after the run's own terminal event (the last event a run writes).
+
+Back-pressure: each subscriber has an inbox of events not yet sent. When it holds more than
+``coalesce_after`` events (the client reads slower than the run writes), it is coalesced: only the
+latest event of each task run is kept (run-level events are all kept, in order), so a slow client
+gets the current state of every task run, with gaps in ``seq``, and the inbox is bounded by the
+run's number of task runs instead of growing with its event rate. Only when even that exceeds
+``max_pending`` events is the subscriber dropped with :class:`SlowSubscriber`; it can resubscribe
 with ``after`` = the last seq it saw.
 """
 
@@ -40,11 +46,57 @@ def is_run_end(e: Event) -> bool:
     return e.task_run_id is None and e.state.terminal
 
 
+class _Inbox:
+    """One subscriber's events not yet sent, coalesced to the latest event per task run when it grows."""
+
+    __slots__ = ("items", "ready", "ended", "coalesced", "overflow", "coalesce_after", "max_pending")
+
+    def __init__(self, coalesce_after: int, max_pending: int):
+        self.items: list[Event] = []
+        self.ready = asyncio.Event()
+        self.ended = False
+        self.coalesced = 0  # events dropped because a later one of the same task run superseded them
+        self.overflow = False
+        self.coalesce_after = coalesce_after
+        self.max_pending = max_pending
+
+    def put(self, events: list[Event] | None) -> None:
+        if events is _END:
+            self.ended = True
+        else:
+            self.items.extend(events)
+            if len(self.items) > self.coalesce_after:
+                self._coalesce()
+        self.ready.set()
+
+    def _coalesce(self) -> None:
+        last: dict[str, int] = {}
+        for i, e in enumerate(self.items):
+            if e.task_run_id is not None:
+                last[e.task_run_id] = i
+        keep = [e for i, e in enumerate(self.items) if e.task_run_id is None or last[e.task_run_id] == i]
+        self.coalesced += len(self.items) - len(keep)
+        self.items = keep
+        if len(keep) > self.max_pending:
+            self.overflow = True
+            self.items = []
+
+    async def take(self) -> list[Event] | None:
+        """What is pending, in seq order (waiting for some); None once the stream has ended and all is taken."""
+        while not self.items and not self.ended and not self.overflow:
+            self.ready.clear()
+            await self.ready.wait()
+        if self.items:
+            await asyncio.sleep(0)  # let the loop serve others between batches, even when events keep coming
+        out, self.items = self.items, []
+        return out or None
+
+
 class _Tail:
     def __init__(self, hub: EventHub, run_id: str):
         self.hub = hub
         self.run_id = run_id
-        self.queues: set[asyncio.Queue] = set()
+        self.queues: set[_Inbox] = set()
         self.cursor = 0  # seq of the newest event published
         self.ready = asyncio.Event()  # set once the cursor is known
         self.wake = asyncio.Event()
@@ -140,24 +192,52 @@ class _Tail:
 
     def _publish(self, item: list[Event] | None) -> None:
         for q in list(self.queues):
-            try:
-                q.put_nowait(item)
-            except asyncio.QueueFull:
+            q.put(item)
+            if q.overflow:
                 self.queues.discard(q)
-                q._gflow_overflow = True  # type: ignore[attr-defined]
+
+
+class TooManySubscriptions(Exception):
+    """A token (or an anonymous client address) already holds the most subscriptions allowed."""
+
+
+class SubscriptionLimit:
+    """Live subscriptions per client key (a token's digest, or ``addr:HOST`` for anonymous clients), in
+    this server process; ``limit`` <= 0 means no limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held: dict[str, int] = {}
+
+    def acquire(self, key: str) -> None:
+        n = self.held.get(key, 0)
+        if 0 < self.limit <= n:
+            raise TooManySubscriptions(f"this token already holds {n} subscriptions (the limit is {self.limit}); "
+                                       "close some, or follow several runs from one runEventBatches each")
+        self.held[key] = n + 1
+
+    def release(self, key: str) -> None:
+        n = self.held.get(key, 0) - 1
+        if n > 0:
+            self.held[key] = n
+        else:
+            self.held.pop(key, None)
 
 
 class EventHub:
     """The server's live event streams (one per watched run). Lives on the server's event loop."""
 
     def __init__(self, store: Store, call: Callable[..., Awaitable[Any]], *, poll_interval: float = 0.05,
-                 fallback_interval: float = 1.0, max_queue: int = 1000):
+                 fallback_interval: float = 1.0, coalesce_after: int = 5000, max_pending: int = 200_000,
+                 max_queue: int | None = None):
         self.store = store
         self.call = call
         self.poll_interval = poll_interval
         self.fallback_interval = fallback_interval
-        self.max_queue = max_queue
-        self.pushes = callable(getattr(store, "subscribe", None))
+        self.coalesce_after = coalesce_after if max_queue is None else max_queue  # max_queue: the old name
+        self.max_pending = max_pending
+        # a store that can push (the Redis layer's pub/sub, MongoDB change streams where the server has them)
+        self.pushes = callable(getattr(store, "subscribe", None)) and bool(getattr(store, "can_subscribe", True))
         self._tails: dict[str, _Tail] = {}
 
     async def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
@@ -165,7 +245,7 @@ class EventHub:
         tail = self._tails.get(run_id)
         if tail is None:
             tail = self._tails[run_id] = _Tail(self, run_id)
-        q: asyncio.Queue = asyncio.Queue(self.max_queue)
+        q = _Inbox(self.coalesce_after, self.max_pending)
         # Join, wait until the tail knows where it starts, then read the backlog: every event is
         # either committed before the backlog read (so in it) or published by the tail after we
         # joined (so in our queue); the overlap is skipped by seq.
@@ -183,11 +263,11 @@ class EventHub:
                 if len(backlog) < _BATCH:
                     break
             while True:
-                if getattr(q, "_gflow_overflow", False) and q.empty():
-                    raise SlowSubscriber(f"subscriber fell more than {self.max_queue} batches behind run {run_id}; "
-                                         f"resubscribe with after={last}")
-                item = await q.get()
-                if item is _END:
+                item = await q.take()
+                if q.overflow:
+                    raise SlowSubscriber(f"subscriber fell more than {self.max_pending} task-run states behind run "
+                                         f"{run_id}; resubscribe with after={last}")
+                if item is None:
                     return
                 fresh = [e for e in item if e.seq > last]
                 if fresh:

@@ -11,6 +11,7 @@ Every error carries ``extensions.code``: ``BAD_USER_INPUT``, ``NOT_FOUND``, ``CO
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -27,7 +28,7 @@ from strawberry.types import Info
 from gflow.server import loaders as L
 from gflow.server import overview as O
 from gflow.server.auth import Role
-from gflow.server.events import SlowSubscriber
+from gflow.server.events import SlowSubscriber, TooManySubscriptions
 from gflow.server.guard import check_id, check_text, gql_error
 from gflow.server.types import (
     BAD_INPUT,
@@ -491,12 +492,17 @@ class Subscription:
     async def run_events(self, info: Info, run_id: strawberry.ID, after: int = 0) -> AsyncGenerator[RunEvent, None]:
         ctx = info.context
         rec = await _get_run(info, run_id)
+        key = _hold_subscription(info)
         try:
             async for batch in ctx.hub.subscribe(rec.id, max(0, after)):
-                for e in batch:
+                for i, e in enumerate(batch):
+                    if i and not i % 100:
+                        await asyncio.sleep(0)  # a long batch must not starve the other requests on this loop
                     yield RunEvent.of(e)
         except SlowSubscriber as e:
             raise gql_error(str(e), "SLOW_SUBSCRIBER") from None
+        finally:
+            ctx.state.subscriptions.release(key)
 
     @strawberry.subscription(description="Like runEvents, in batches (one message per batch the server reads): "
                                          "the way to follow a run of thousands of task runs.")
@@ -504,11 +510,26 @@ class Subscription:
                                 after: int = 0) -> AsyncGenerator[list[RunEvent], None]:
         ctx = info.context
         rec = await _get_run(info, run_id)
+        key = _hold_subscription(info)
         try:
             async for batch in ctx.hub.subscribe(rec.id, max(0, after)):
                 yield [RunEvent.of(e) for e in batch]
         except SlowSubscriber as e:
             raise gql_error(str(e), "SLOW_SUBSCRIBER") from None
+        finally:
+            ctx.state.subscriptions.release(key)
+
+
+def _hold_subscription(info: Info) -> str:
+    """Count a subscription against its client's limit (``Limits.max_subscriptions_per_token``); returns the key
+    to release."""
+    ctx = info.context
+    key = ctx.client_key
+    try:
+        ctx.state.subscriptions.acquire(key)
+    except TooManySubscriptions as e:
+        raise gql_error(str(e), "TOO_MANY_SUBSCRIPTIONS") from None
+    return key
 
 
 @dataclass(frozen=True)
@@ -526,6 +547,7 @@ class Limits:
     poll_interval: float = 0.05
     store_threads: int = 8
     overview_max_rows: int = 200_000
+    max_subscriptions_per_token: int = 200  # live subscriptions one token (or anonymous address) holds per process
 
 
 def _code_for(error: GraphQLError) -> str:

@@ -343,6 +343,15 @@ class Store(abc.ABC):
         """Counts for several runs (stores override this with one query)."""
         return {rid: self.counts(rid) for rid in run_ids}
 
+    def counts_by_task(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Number of task runs in each state, per task identity: ``{task: {state: n}}`` (stores that keep
+        counts incrementally override this with a read of their summary)."""
+        out: dict[str, dict[str, int]] = {}
+        for t in self.task_run_summaries(run_id):
+            by = out.setdefault(t.task or "", {})
+            by[t.state.value] = by.get(t.state.value, 0) + 1
+        return out
+
     @abc.abstractmethod
     def events(self, run_id: str, *, after: int = 0, limit: int | None = None) -> list[Event]: ...
 

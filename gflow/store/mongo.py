@@ -445,6 +445,37 @@ class MongoStore(Store):
             d = self.task_runs_coll.find_one({"_id": task_run_id}, {"inputs": 1, "outputs": 1}) or {}
         return {"inputs": list(d.get("inputs") or ()), "outputs": list(d.get("outputs") or ())}
 
+    # -- live events (issue 24) ------------------------------------------------------------------
+    @property
+    def can_subscribe(self) -> bool:
+        """Whether this MongoDB can push new events (change streams: a replica set or a sharded cluster; not a
+        standalone server, not mongomock). Probed once; the server polls the event log otherwise."""
+        ok = getattr(self, "_can_subscribe", None)
+        if ok is None:
+            try:
+                with self.events_coll.watch([{"$match": {"operationType": "insert"}}], max_await_time_ms=1):
+                    ok = True
+            except Exception:  # noqa: BLE001 - OperationFailure on a standalone server, TypeError on mongomock
+                ok = False
+            self._can_subscribe = ok
+        return ok
+
+    def subscribe(self, run_id: str, *, stop: threading.Event | None = None) -> Iterator[int]:
+        """The seq of each event of ``run_id`` inserted from now on, through a change stream, until ``stop`` is
+        set (checked every second). The events themselves are read from the log: this only says when."""
+        with self._errors("watch events"):
+            stream = self.events_coll.watch(
+                [{"$match": {"operationType": "insert", "fullDocument.run_id": run_id}}], max_await_time_ms=1000)
+        try:
+            while stop is None or not stop.is_set():
+                with self._errors("watch events"):
+                    change = stream.try_next()
+                if change is not None:
+                    yield int(change["fullDocument"].get("seq", 0))
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()

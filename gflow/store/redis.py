@@ -329,6 +329,9 @@ class RedisLayer(Store):
         many = getattr(self.durable, "counts_many", None)
         return many(ids) if many is not None else {r: self.durable.counts(r) for r in ids}
 
+    def counts_by_task(self, run_id: str) -> dict[str, dict[str, int]]:
+        return self.durable.counts_by_task(run_id)  # the durable store's summary (SQLite: kept by triggers)
+
     def _rebuild(self, run_id: str) -> dict[str, int]:
         """Merge the durable store's task-run states into Redis (forward only) and recount."""
         pairs: list[Any] = []

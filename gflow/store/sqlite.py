@@ -14,6 +14,7 @@ from typing import Any
 from gflow.config import make_private_dirs
 from gflow.errors import InvalidTransition, RunNotFound, StoreError, StoreFull
 from gflow.states import RANK, TERMINAL_RANK, State
+from gflow.store._sqlite_counts import RUN_COUNTS, RUNS_COUNTS, TASK_COUNTS, ensure_counts
 from gflow.store._sqlite_sql import (
     EVENT_INSERT,
     RANK_OF,
@@ -69,6 +70,8 @@ class SQLiteStore(Store):
                             conn.executescript(SCHEMA)
                             migrate(conn)
                             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    with self._write_lock:
+                        ensure_counts(conn)
                 break
             except StoreError as e:
                 if "locked" not in str(e) or attempt == 49:
@@ -332,8 +335,14 @@ class SQLiteStore(Store):
         return [self._tr_from_row(r) for r in self._read(sql, args, "list task runs")]
 
     def counts(self, run_id: str) -> dict[str, int]:
-        rows = self._read("SELECT state, count(*) FROM task_runs WHERE run_id=? GROUP BY state", (run_id,), "counts")
-        return {s: n for s, n in rows}
+        # the summary table the triggers keep (gflow/store/_sqlite_counts.py), not a GROUP BY over the task runs
+        return {s: n for s, n in self._read(RUN_COUNTS, (run_id,), "counts")}
+
+    def counts_by_task(self, run_id: str) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for task, state, n in self._read(TASK_COUNTS, (run_id,), "counts by task"):
+            out.setdefault(task, {})[state] = n
+        return out
 
     def _in_chunks(self, sql: str, ids: Sequence[str], what: str) -> list[tuple]:
         """``sql`` has one ``{in}`` slot; runs it per chunk of ids (one IN (...) clause each)."""
@@ -359,9 +368,7 @@ class SQLiteStore(Store):
 
     def counts_many(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {r: {} for r in run_ids}
-        for run_id, state, n in self._in_chunks(
-                "SELECT run_id, state, count(*) FROM task_runs WHERE run_id IN ({ins}) GROUP BY run_id, state",
-                run_ids, "counts"):
+        for run_id, state, n in self._in_chunks(RUNS_COUNTS, run_ids, "counts"):
             out[run_id][state] = n
         return out
 
