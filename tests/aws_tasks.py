@@ -90,3 +90,23 @@ def exits(codes: list[int]) -> list[int]:
 @gflow.flow
 def kills(n: int = 2) -> list[int]:
     return kill_self.map([int(signal.SIGKILL)] * n)
+
+
+@gflow.warm
+def process_model(name: str) -> dict:
+    return {"name": name, "pid": os.getpid()}
+
+
+@gflow.task
+def warm_pid(x: int) -> int:
+    return int(process_model("m")["pid"])
+
+
+@gflow.task
+def distinct(values: list[int]) -> int:
+    return len(set(values))
+
+
+@gflow.flow
+def packed(n: int = 10, k: int = 5) -> int:
+    return distinct(warm_pid.map(range(n), per_job=k))

@@ -92,7 +92,7 @@ def _worker_main(conn: Any, lifeline: Any, driver_pid: int = 0) -> None:
         conn.send(("started", call_id, attempt, (t0, f"process pid {os.getpid()}")))
         try:
             task, args, kwargs = pickle.loads(blob)
-            value = task.fn(*args, **kwargs)
+            value = task.invoke(args, kwargs)
             out = Outcome(True, value, started=t0, ended=time.time())
         except BaseException as e:  # noqa: BLE001 - reported to the driver
             out = Outcome.from_exception(e, traceback.format_exc(), t0, time.time())

@@ -43,7 +43,7 @@ def _run_here(call: Call, listener: Listener, board: dict | None = None, artifac
         board[call.id] = (call.attempt, t0)
     token = run_artifacts.set(artifacts) if artifacts is not None else None
     try:
-        value = call.task.fn(*call.args, **call.kwargs)
+        value = call.task.invoke(call.args, call.kwargs)
     except BaseException as e:  # noqa: BLE001 - reported, not swallowed
         listener(CallDone(call.id, call.attempt, Outcome.from_exception(e, traceback.format_exc(), t0, time.time())))
         return

@@ -1,8 +1,9 @@
 """Tasks: the ``@task`` decorator, ``Task`` and its options."""
 
+from gflow.tasks._batching import BatchResult, run_batch
 from gflow.tasks._options import Resources, Retry, TaskOptions, parse_memory
 from gflow.tasks._task import ArgumentValidator, Task, source_hash, task
 from gflow.tasks._version import code_version, project_file
 
-__all__ = ["ArgumentValidator", "Resources", "Retry", "Task", "TaskOptions", "code_version", "parse_memory",
-           "project_file", "source_hash", "task"]
+__all__ = ["ArgumentValidator", "BatchResult", "Resources", "Retry", "Task", "TaskOptions", "code_version",
+           "parse_memory", "project_file", "run_batch", "source_hash", "task"]
