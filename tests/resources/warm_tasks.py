@@ -1,0 +1,47 @@
+"""Tasks for tests/test_warm.py (module scope: process workers import them by path)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import gflow
+
+LOADS_DIR = "GFLOW_TEST_LOADS_DIR"
+
+
+@gflow.warm
+def model(name: str) -> dict:
+    """Counts its loads as files (one per load, across processes) in the directory the test names."""
+    where = os.environ.get(LOADS_DIR)
+    if where:
+        with open(os.path.join(where, f"{os.getpid()}-{time.monotonic_ns()}"), "w") as f:
+            f.write(name)
+    return {"name": name, "pid": os.getpid()}
+
+
+@gflow.task
+def use_model(x: int) -> int:
+    return x + len(model("esm")["name"])
+
+
+@gflow.flow
+def many(n: int = 20) -> list[int]:
+    return use_model.map(range(n))
+
+
+@gflow.task(batch_size=4)
+def lengths(seqs: list[str], scale: int = 1) -> list[int]:
+    if "bad" in seqs:
+        raise ValueError("bad sequence in batch")
+    return [len(s) * scale for s in seqs]
+
+
+@gflow.task(batch_size=4)
+def short_by_one(xs: list[int]) -> list[int]:
+    return [x for x in xs][:-1] if len(xs) > 1 else list(xs)
+
+
+@gflow.flow
+def score_all(seqs: list[str], scale: int = 1) -> list[int]:
+    return lengths.map(seqs, scale=scale)
