@@ -45,3 +45,20 @@ def short_by_one(xs: list[int]) -> list[int]:
 @gflow.flow
 def score_all(seqs: list[str], scale: int = 1) -> list[int]:
     return lengths.map(seqs, scale=scale)
+
+
+BATCHES: list[int] = []
+
+
+@gflow.task(batch_size=8)
+def embed(seqs: list[str], scale: int = 1) -> list[int]:
+    BATCHES.append(len(seqs))
+    time.sleep(0.02)  # a fixed cost per call, paid once per batch
+    if "bad" in seqs:
+        raise ValueError("bad sequence")
+    return [len(s) * scale * len(model("esm")["name"]) for s in seqs]
+
+
+@gflow.task
+def add(a: int, b: int = 1) -> int:
+    return a + b
