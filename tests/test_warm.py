@@ -190,3 +190,13 @@ def test_a_packed_array_child_groups_a_batch_task_and_shares_warm_values(tmp_pat
     outs = [outcome_of(arts, d) for d in m.specs]
     assert [o.ok for o in outs] == [True, True, False, True, True, True]
     assert [o.value for o in outs if o.ok] == [1, 2, 4, 5, 2]
+
+
+def test_the_thread_pool_runs_a_batch_task_in_full_batches_with_one_task_run_per_element(store):
+    warm_tasks.BATCHES.clear()
+    seqs = ["a" * (i % 5 + 1) for i in range(20)] + ["bad"]
+    r = warm_tasks.embed_all.run(seqs, executor="local", return_run=True)
+    assert r.state is State.FAILED  # the bad element, alone
+    trs = sorted(store.task_runs(r.id), key=lambda t: t.map_index)
+    assert [t.state for t in trs] == [State.SUCCEEDED] * 20 + [State.FAILED]
+    assert sorted(warm_tasks.BATCHES)[-2:] == [8, 8]  # full batches of batch_size, not 21 calls of one

@@ -62,3 +62,8 @@ def embed(seqs: list[str], scale: int = 1) -> list[int]:
 @gflow.task
 def add(a: int, b: int = 1) -> int:
     return a + b
+
+
+@gflow.flow
+def embed_all(seqs: list[str]) -> list[int]:
+    return embed.map(seqs, scale=1)
