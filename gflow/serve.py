@@ -83,6 +83,11 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = 1024  # the stdlib's 5 resets connections under a burst of concurrent clients
+    daemon_threads = True
+
+
 class _Pending:
     __slots__ = ("arguments", "done", "result")
 
@@ -173,8 +178,7 @@ class TaskServer:
         self.batcher: _Batcher | None = None
         if batch is not None:
             self.batcher = _Batcher(task, max_batch or batch, max_wait_ms / 1000, self.metrics)
-        self.httpd = ThreadingHTTPServer((host, port), _handler(self))
-        self.httpd.daemon_threads = True
+        self.httpd = _HTTPServer((host, port), _handler(self))
         self._thread: threading.Thread | None = None
 
     @property
