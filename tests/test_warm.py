@@ -200,3 +200,14 @@ def test_the_thread_pool_runs_a_batch_task_in_full_batches_with_one_task_run_per
     trs = sorted(store.task_runs(r.id), key=lambda t: t.map_index)
     assert [t.state for t in trs] == [State.SUCCEEDED] * 20 + [State.FAILED]
     assert sorted(warm_tasks.BATCHES)[-2:] == [8, 8]  # full batches of batch_size, not 21 calls of one
+
+
+def test_mapping_several_iterables_batches_every_mapped_parameter(store):
+    warm_tasks.PAIRS.clear()
+    assert warm_tasks.pair.map([1, 2, 3], [10, 20, 30]) == [11, 22, 33]
+    assert warm_tasks.PAIRS == [([1, 2, 3], [10, 20, 30])]
+    warm_tasks.PAIRS.clear()
+    r = warm_tasks.pairs.run([1, 2, 3, 4, 5], [1, 1, 1, 1, 1], return_run=True)
+    assert r.state is State.SUCCEEDED and r.value == [20, 30, 40, 50, 60]
+    assert sorted(len(xs) for xs, _ in warm_tasks.PAIRS) == [1, 4] and all(len(x) == len(y) for x, y in
+                                                                          warm_tasks.PAIRS)

@@ -233,13 +233,18 @@ class Task(Generic[P, R]):
         if not iterables:
             raise InvalidArguments(f"task '{self.name}'.map() needs at least one iterable")
         check_counts(f"task '{self.name}'.map()", per_job=per_job)
+        task = self
+        if self.options.batch_size is not None and self.options.batched is None and len(iterables) > 1:
+            # every mapped parameter of a vectorized task receives a list (not only the first)
+            task = task.with_options(batched=tuple(self.validator._names[:len(iterables)]))
         ctx = current_flow.get()
         if ctx is not None:
-            task = self if per_job is None else self.with_options(per_job=per_job)
+            if per_job is not None:
+                task = task.with_options(per_job=per_job)
             return ctx.map(task, iterables, common)  # an iterable may be a future of a list
         rows = list(zip(*iterables, strict=True)) if len(iterables) > 1 else [(x,) for x in iterables[0]]
-        if self.options.batch_size is not None:
-            return [r.unwrap() for r in run_batch(self, [(row, common) for row in rows])]
+        if task.options.batch_size is not None:
+            return [r.unwrap() for r in run_batch(task, [(row, common) for row in rows])]
         return [self.fn(*row, **common) for row in rows]
 
     def run(self, *args: Any, **kwargs: Any) -> Any:

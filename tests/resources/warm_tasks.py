@@ -67,3 +67,17 @@ def add(a: int, b: int = 1) -> int:
 @gflow.flow
 def embed_all(seqs: list[str]) -> list[int]:
     return embed.map(seqs, scale=1)
+
+
+PAIRS: list[tuple[list, list]] = []
+
+
+@gflow.task(batch_size=4)
+def pair(xs: list[int], ys: list[int], scale: int = 1) -> list[int]:
+    PAIRS.append((list(xs), list(ys)))
+    return [(x + y) * scale for x, y in zip(xs, ys, strict=True)]
+
+
+@gflow.flow
+def pairs(xs: list[int], ys: list[int]) -> list[int]:
+    return pair.map(xs, ys, scale=10)
