@@ -200,9 +200,9 @@ def part_aws(n: int, big_n: int, workers: int) -> list[dict]:
 
 # -- serve --------------------------------------------------------------------------------------------------
 def _serve_once(max_batch: int, clients: int, per_client: int) -> dict:
-    from gflow.serve import TaskServer
-
     import _warm_tasks as W
+
+    from gflow.serve import TaskServer
 
     srv = TaskServer(W.fixed_cost, port=0, max_batch=max_batch, max_wait_ms=5).start()
     lat: list[float] = []
