@@ -206,3 +206,31 @@ def test_a_top_level_run_whose_record_cannot_be_created_raises_before_its_body_r
         assert st.get_run("taken-1").state is State.SUCCEEDED  # the first run's record is left alone
     finally:
         st.close()
+
+
+def test_a_run_record_not_written_in_time_is_a_store_error_not_a_timeout(gflow_home):
+    import threading
+
+    from gflow.artifacts import open_artifacts
+    from gflow.flows._engine import Engine
+    from gflow.store import open_store
+
+    st = open_store(f"sqlite:///{gflow_home / 'gflow.db'}")
+    release = threading.Event()
+
+    class SlowStore:  # a real store whose run creation hangs (a locked database) until released
+        def __getattr__(self, name):
+            return getattr(st, name)
+
+        def create_run(self, rec):
+            release.wait(10)
+            st.create_run(rec)
+
+    engine = Engine(SlowStore(), open_artifacts(str(gflow_home / "a")), executor="local")
+    try:
+        with pytest.raises(gflow.errors.StoreError, match="could not create run slow-1.*not written within 0.2s"):
+            engine.create_run(RunRecord(id="slow-1", flow="f"), timeout=0.2)
+    finally:
+        release.set()
+        engine.close()
+        st.close()

@@ -279,7 +279,7 @@ class Core:
                 rows.append(trow(ts.id, ts.run_id, PENDING, 1, now, task=ts.task.identity, name=ts.task.name,
                                  key=ts.key, upstream=list(ts.deps) if ts.deps else None, map_index=ts.index,
                                  cacheable=1 if ts.task.options.cache else 0, ikey=ts.ikey))
-            if self._link(ts, [tasks[d] for d in ts.deps]):
+            if ts.deps and self._link(ts, [tasks[d] for d in ts.deps]):
                 continue
             if run.cancelled is not None:
                 ts.error = Cancelled(f"{run.cancelled}: task run {ts.id}")

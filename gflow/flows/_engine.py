@@ -191,7 +191,11 @@ class Engine:
             StoreError: if the record cannot be created.
         """
         self.q.put(RunStarted("run-started", record, None, True, False))
-        self._wait_for(lambda: record.id in self._created, timeout, f"the record of run {record.id}")
+        try:
+            self._wait_for(lambda: record.id in self._created, timeout, f"the record of run {record.id}")
+        except TimeoutError:
+            raise StoreError(f"could not create run {record.id} in {self.store.url}: not written within "
+                             f"{timeout:g}s") from None
         err = self._created.pop(record.id)
         if err is not None:
             raise StoreError(f"could not create run {record.id} in {self.store.url}: {err}") from err
@@ -343,10 +347,11 @@ class Engine:
         if t is CallStarted:
             events.append(Started("executor-started", msg.call_id, msg.attempt, msg.ts, msg.description))
             return
-        if t is tuple:  # ("add", tasks, futures) from a flow's thread
-            for f in msg[2]:
-                self.futures[f.id] = f
-            events.append(CallsAdded("calls-added", msg[1]))
+        if t is tuple:  # ("add", tasks, futures) from a flow's thread, or ("state-failed",): only a wake-up
+            if msg[0] == "add":
+                for f in msg[2]:
+                    self.futures[f.id] = f
+                events.append(CallsAdded("calls-added", msg[1]))
             return
         events.append(msg)
 
