@@ -211,3 +211,19 @@ def test_mapping_several_iterables_batches_every_mapped_parameter(store):
     assert r.state is State.SUCCEEDED and r.value == [20, 30, 40, 50, 60]
     assert sorted(len(xs) for xs, _ in warm_tasks.PAIRS) == [1, 4] and all(len(x) == len(y) for x, y in
                                                                           warm_tasks.PAIRS)
+
+
+@pytest.mark.parametrize("n, per_job, chunk, limit, k", [
+    (1_000_000, None, 1, 10_000, 100),    # AWS Batch: one array of 10,000 children
+    (1_000_000, None, 1, 100_000, 10),    # GCP Batch: 100,000 tasks per job
+    (5_000, None, 1, 1001, 5),            # Slurm's default MaxArraySize
+    (500, None, 4, 10_000, 4),            # the executor's chunk is the floor
+    (10_000, 100, 1, 10_000, 100),        # per_job wins
+    (0, None, 1, 10_000, 1),
+])
+def test_the_executor_packs_a_map_to_fit_its_array_limit(n, per_job, chunk, limit, k):
+    from gflow.executors._batch import per_job as packing
+
+    task = warm_tasks.use_model if per_job is None else warm_tasks.use_model.with_options(per_job=per_job)
+    assert packing(task, n, chunk, limit) == k
+    assert -(-n // k) <= limit
