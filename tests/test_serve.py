@@ -117,3 +117,29 @@ def test_the_batch_window_closes_on_the_clock_not_on_a_sleep():
     b.q.put(None)
     assert [p.arguments["i"] for p in b.take() or []] == [3, 4]  # window passed: what is there goes
     assert b.take() is None
+
+
+def test_the_cli_serves_a_task_from_a_file(tmp_path):
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**__import__("os").environ, "GFLOW_HOME": str(tmp_path), "GFLOW_SERVE_TOKEN": "tok"}
+    p = subprocess.Popen([sys.executable, "-m", "gflow", "serve", f"{RES / 'warm_tasks.py'}:add", "--port", str(port)],
+                         env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if get(url + "/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        assert post(url, {"a": 40, "b": 2}, token="tok") == (200, {"result": 42})
+        assert post(url, {"a": 40})[0] == 401  # the token came from GFLOW_SERVE_TOKEN
+    finally:
+        p.terminate()
+        p.wait(10)
