@@ -183,6 +183,8 @@ def part_aws(n: int, big_n: int, workers: int) -> list[dict]:
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         for size, per_job in ((n, 100), (big_n, None)):
+            if size <= 0:
+                continue
             setup(url)
             env = {**os.environ, **CREDS, "AWS_ENDPOINT_URL": url, "GFLOW_HOME": tempfile.mkdtemp(prefix="bw-")}
             out = subprocess.run([sys.executable, __file__, "--drive-aws", str(size), "--per-job", str(per_job or 0)],

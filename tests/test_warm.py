@@ -227,3 +227,25 @@ def test_the_executor_packs_a_map_to_fit_its_array_limit(n, per_job, chunk, limi
     task = warm_tasks.use_model if per_job is None else warm_tasks.use_model.with_options(per_job=per_job)
     assert packing(task, n, chunk, limit) == k
     assert -(-n // k) <= limit
+
+
+def test_an_array_executor_gets_a_map_of_more_than_10000_in_one_submit(store):
+    """The engine hands an array backend the whole map, so the backend can pack it into one array."""
+    from gflow.executors.base import Capabilities
+    from gflow.executors.local import InlineExecutor
+
+    class ArrayInline(InlineExecutor):
+        capabilities = Capabilities(array_jobs=True)
+        sizes: list[int] = []
+
+        def submit(self, calls):
+            self.sizes.append(len(calls))
+            return super().submit(calls)
+
+        def capacity(self) -> int:
+            return 1_000_000
+
+    ex = ArrayInline()
+    r = warm_tasks.inc_all.run(12_000, executor=ex, return_run=True)
+    assert r.state is State.SUCCEEDED and r.value == 12_000
+    assert ex.sizes[0] == 12_000

@@ -81,3 +81,13 @@ def pair(xs: list[int], ys: list[int], scale: int = 1) -> list[int]:
 @gflow.flow
 def pairs(xs: list[int], ys: list[int]) -> list[int]:
     return pair.map(xs, ys, scale=10)
+
+
+@gflow.task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@gflow.flow
+def inc_all(n: int) -> int:
+    return len(inc.map(range(n)))
