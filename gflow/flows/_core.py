@@ -44,10 +44,13 @@ inputs) and ``_endings.py`` (runs: start, cancel, a body's return, and the one e
 
 **The core alone decides how a run ends.** When a run's body returned and its last call ended, the
 core asks the engine to ``Flush`` the recorder; the recorder reports back with ``Flushed`` (whether
-results were lost in the artifact store, and which transitions it held back for that reason). Only
-then does the core decide the run's terminal state, record the held-back calls FAILED, and emit the
-run's ``RecordRun`` and ``RunFinished``. A failing artifact store, learned by the recorder mid-run,
-comes in as ``ArtifactsLost``: every run stops and ends FAILED (resumable). Top-level runs and
+results were lost in the artifact store or state writes were given up on, and which transitions it
+held back for that reason). Only then does the core decide the run's terminal state (FAILED, and
+resumable, if something is not stored), record the held-back calls FAILED, and emit the run's
+``RecordRun`` and ``RunFinished``; the recorder writes what it is given. A failing artifact store,
+learned by the recorder mid-run, comes in as ``ArtifactsLost``; a state store that refused writes for
+too long, or a gflow error raised mid-run, as ``CancelRequested(error=...)``: every run stops and ends
+FAILED with that error. Top-level runs and
 subflows are created the same way, by ``RunStarted(create=True)`` (a top-level run with
 ``running=False``: it is RUNNING at ``BodyStarted``, once whoever watches it subscribed).
 (``prepare_resume`` still records a *dead* driver's run FAILED before resuming it: that run has no
