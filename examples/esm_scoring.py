@@ -7,7 +7,10 @@
 ``model`` is a folder made with ``save_pretrained`` or a hub id that is already in the local Hugging
 Face cache; gflow never downloads weights. The flow reads the FASTA and resolves the model on the
 driver (bad input fails before any work is submitted), turns the model into an artifact (its files
-by digest, fetched once per worker host), batches the proteins by length and maps one task per batch.
+by digest, fetched once per worker host), sorts the proteins by length and maps ``score_proteins``
+over them: one task run per protein (recorded, cached and retried on its own), while the function is
+vectorized (``batch_size``): gflow hands it up to ``batch_size`` proteins of similar length at a time.
+The network is a ``@gflow.warm`` value: loaded once per worker process, whatever the number of calls.
 The task runs in its own image (torch + transformers); the flow itself needs neither. Each protein
 gets one ``Score``: ``value`` is the PLL (sum over residues of log p(residue | the rest), in nats),
 ``provenance`` holds the per-residue PLL, the model, and the digest of the protein's mean embedding,
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,10 +48,6 @@ PRESETS = {  # (layers, hidden, heads, intermediate): the published ESM-2 shapes
     "650M": (33, 1280, 20, 5120),
 }
 MASKED_ROWS = 256  # masked copies scored per forward pass (positions x sequences)
-
-_loaded: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
-_load_lock = threading.Lock()
-
 
 def _need_ml() -> None:
     """A clear error (naming the extra) where torch or transformers is missing."""
@@ -82,24 +80,26 @@ def save_random_esm(path: str | os.PathLike[str], preset: str = "tiny", seed: in
     return folder
 
 
+@gflow.warm(max_items=1)
+def esm_network(model_json: str, device: str) -> tuple[Any, Any, Any]:
+    """Tokenizer, network and device: loaded once per worker process (one model on the device at a time)."""
+    import torch
+    from transformers import AutoTokenizer, EsmForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    folder = materialize(Model.model_validate_json(model_json))
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    net = EsmForMaskedLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    return AutoTokenizer.from_pretrained(folder), net.to(device).eval(), device
+
+
 def load_esm(model: Model) -> tuple[Any, Any, Any]:
     """Tokenizer, network and device for ``model``: materialized and loaded once per process."""
     _need_ml()
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    key = (model.source, device)
-    with _load_lock:
-        if key not in _loaded:
-            from transformers import AutoTokenizer, EsmForMaskedLM
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-            folder = materialize(model)
-            dtype = torch.bfloat16 if device == "cuda" else torch.float32
-            net = EsmForMaskedLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
-            _loaded[key] = (AutoTokenizer.from_pretrained(folder), net.to(device).eval(), device)
-        return _loaded[key]
+    return esm_network(model.model_dump_json(), "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -176,22 +176,34 @@ def load_embedding(score: Score, artifacts: Any = None) -> Any:
     return torch.frombuffer(raw, dtype=torch.float32).clone()
 
 
-@gflow.task(image=ESM_IMAGE, cache=True, resources=gflow.Resources(cpu=1, memory="4Gi"))
-def score_batch(proteins: list[Protein], model: Model) -> tuple[list[Score], list[Any]]:
-    """ESM-2 PLL and mean embedding of a batch; the embeddings return as tensors (stored as blobs)."""
+def esm_scores(model: Model, proteins: Sequence[Protein]) -> list[tuple[Score, Any]]:
+    """(Score, mean embedding) per protein of one batch (the work of ``score_proteins``)."""
     tokenizer, net, device = load_esm(model)
     pll, embeddings = esm_batch(tokenizer, net, device, [p.sequence for p in proteins])
-    scores: list[Score] = []
-    vectors: list[Any] = []
+    out: list[tuple[Score, Any]] = []
     for protein, value, vector in zip(proteins, pll, embeddings, strict=True):
         vector = vector.clone()
-        scores.append(Score(name="esm2_pll", value=round(value, 6), units="nats", provenance={
+        out.append((Score(name="esm2_pll", value=round(value, 6), units="nats", provenance={
             "model": model.name, "model_source": model.source, "protein": protein.name or "",
             "protein_id": protein.content_id, "pll_per_residue": f"{value / len(protein):.6f}",
             "embedding": blob_digest(vector), "embedding_shape": str(vector.shape[0]), "embedding_dtype": "float32",
-        }))
-        vectors.append(vector)
-    return scores, vectors
+        }), vector))
+    return out
+
+
+@gflow.task(image=ESM_IMAGE, cache=True, batch_size=32, resources=gflow.Resources(cpu=1, memory="4Gi"))
+def score_proteins(proteins: list[Protein], model: Model) -> list[tuple[Score, Any]]:
+    """ESM-2 PLL and mean embedding per protein. Vectorized: ``proteins`` is a batch of up to ``batch_size``
+    (gflow groups the calls); each protein is still its own task run, and returns (Score, embedding)."""
+    return esm_scores(model, proteins)
+
+
+@gflow.task(image=ESM_IMAGE, cache=True, resources=gflow.Resources(cpu=1, memory="4Gi"))
+def score_batch(proteins: list[Protein], model: Model) -> tuple[list[Score], list[Any]]:
+    """ESM-2 PLL and mean embedding of a hand-made batch (one task run per batch; kept for comparison:
+    ``score_proteins`` gives each protein its own task run and lets gflow do the batching)."""
+    pairs = esm_scores(model, proteins)
+    return [s for s, _ in pairs], [v for _, v in pairs]
 
 
 @gflow.flow
@@ -203,12 +215,13 @@ def score_fasta(fasta: str, model: str = "facebook/esm2_t6_8M_UR50D", batch_size
     if not proteins:
         raise ValueError("the FASTA has no records")
     model_obj = resolve_model(model)
-    batches = length_batches([len(p) for p in proteins], batch_size)
-    results = score_batch.map([[proteins[i] for i in batch] for batch in batches], model=model_obj)
+    order = [i for batch in length_batches([len(p) for p in proteins], batch_size) for i in batch]
+    task = score_proteins if batch_size == score_proteins.options.batch_size else \
+        score_proteins.with_options(batch_size=batch_size)
+    results = task.map([proteins[i] for i in order], model=model_obj)  # similar lengths share a batch
     scores: list[Score | None] = [None] * len(proteins)
-    for batch, result in zip(batches, results, strict=True):
-        for i, score in zip(batch, result.result()[0], strict=True):
-            scores[i] = score
+    for i, result in zip(order, results, strict=True):
+        scores[i] = result.result()[0]
     return [s for s in scores if s is not None]
 
 

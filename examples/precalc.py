@@ -1,4 +1,4 @@
-"""Precalculation: a model's predictions over a whole reference library, in chunks, on many workers.
+"""Precalculation: a model's predictions over a whole reference library, packed onto many workers.
 
     gflow run examples/precalc.py:precalc --param library=examples/data/library.csv \\
         --param model=/path/to/esm2_folder --param sample=16            # a test run on 16 entries
@@ -7,11 +7,13 @@
 
 The library is a CSV/TSV with ``id`` and ``sequence`` columns (or a FASTA file). The flow reads and
 checks all of it on the driver first (a bad row fails the run before anything is submitted, naming
-its line), takes ``sample`` entries for a test run, and cuts the rest into as many chunks as there
-are ``workers`` -- never more chunks than entries, so no worker gets an empty one. Each chunk is one
-``predict_chunk`` call (the ESM-2 image): predictions are validated by the ``Prediction`` model
-before they are returned, and each chunk's result is written in bulk as one artifact. ``cache=True``
-makes a rerun (or ``gflow resume``) take every finished chunk from the store instead of recomputing.
+its line), takes ``sample`` entries for a test run, and maps ``predict_entries`` over the entries:
+one task run per entry (its own state, outcome, retries and cache key), packed ``per_job`` entries to
+a job -- as many jobs as there are ``workers``, never an empty one -- and run in batches of 32
+(``batch_size``) with the network loaded once per worker (``@gflow.warm`` in esm_scoring). A packed
+job killed midway loses only its unfinished entries, and ``cache=True`` makes a rerun (or ``gflow
+resume``) take every finished entry from the store. Predictions are validated by the ``Prediction``
+model before they are returned; the result groups them into the same chunks as before (``split``).
 
 The prediction is ESM-2's wild-type marginal: mean log p(residue | sequence) from one forward pass.
 """
@@ -184,6 +186,13 @@ def predict_chunk(entries: list[Entry], index: int, model: Model) -> PredictionC
     return predict(entries, model, index)
 
 
+@gflow.task(image=ESM_IMAGE, cache=True, retries=1, batch_size=32, resources=gflow.Resources(cpu=1, memory="4Gi"))
+def predict_entries(entries: list[Entry], model: Model) -> list[Prediction]:
+    """One prediction per entry. Vectorized: ``entries`` is a batch of up to 32 that gflow groups; each
+    entry is still its own task run."""
+    return list(predict(entries, model).predictions)
+
+
 @gflow.flow
 def precalc(library: str, model: str, sample: int | None = None, workers: int = 50) -> PrecalcResult:
     """Precomputes ``model``'s prediction for every entry of ``library`` (or ``sample`` of them)."""
@@ -199,9 +208,12 @@ def precalc(library: str, model: str, sample: int | None = None, workers: int = 
         entries = entries[:sample]
     model_obj = resolve_model(model)
     chunks = split(entries, workers)
-    results = predict_chunk.map(chunks, range(len(chunks)), model=model_obj)
-    result = PrecalcResult(model=model_obj.source, model_name=model_obj.name, entries=len(entries),
-                           chunks=tuple(r.result() for r in results))
+    per_job = max(1, -(-len(entries) // workers))  # `workers` jobs on a job backend (AWS Batch, Slurm, ...)
+    results = predict_entries.map(entries, model=model_obj, per_job=per_job)
+    futures = iter(results)
+    result = PrecalcResult(model=model_obj.source, model_name=model_obj.name, entries=len(entries), chunks=tuple(
+        PredictionChunk(index=i, model=model_obj.source, predictions=tuple(next(futures).result() for _ in chunk))
+        for i, chunk in enumerate(chunks)))
     # a queryable table (GraphQL `predictions(model:, keys:)`), one row per (model, input key)
     gflow.tables.record("predictions", result.predictions(), key=("model", "key"))
     # and the model's name, so that `predictions(model:)` takes "esm2_t6_8M_UR50D" as well as its digest

@@ -1,6 +1,7 @@
 """gflow: tasks and flows for protein design and drug discovery, local first, remote unchanged."""
 
 from gflow import tables as tables  # gflow.tables.record() in flow bodies
+from gflow._warm import warm
 from gflow.errors import (
     ArtifactCorrupt,
     ArtifactNotFound,
@@ -65,4 +66,5 @@ __all__ = [
     "get_executor",
     "register_executor",
     "task",
+    "warm",
 ]

@@ -554,6 +554,9 @@ def _register_optional_commands() -> None:
             if cmd is None:
                 cmd = _missing_extra(name, module)
             main.add_command(cmd, name)
+    from gflow.serve import cli_serve
+
+    main.add_command(cli_serve, "serve")
 
 
 def _missing_extra(name: str, module: str) -> click.Command:

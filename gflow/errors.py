@@ -208,3 +208,7 @@ def _rebuild_task_failed(cls, task, task_run_id, run_id, error_type, error_messa
 
 def _rebuild_oom(cls, message, requested, used):
     return cls(message, requested=requested, used=used)
+
+
+class BatchLengthMismatch(GflowError, ValueError):
+    """A ``batch_size`` task returned a list whose length is not its batch's (or no list at all)."""

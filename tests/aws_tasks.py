@@ -96,3 +96,23 @@ def kills(n: int = 2) -> list[int]:
 def squares_in_plain_image(n: int = 3) -> int:
     """A flow naming a plain image reference: run as given, nothing built (issue 23 item 6)."""
     return total(square.map(range(n)))
+
+
+@gflow.warm
+def process_model(name: str) -> dict:
+    return {"name": name, "pid": os.getpid()}
+
+
+@gflow.task
+def warm_pid(x: int) -> int:
+    return int(process_model("m")["pid"])
+
+
+@gflow.task
+def distinct(values: list[int]) -> int:
+    return len(set(values))
+
+
+@gflow.flow
+def packed(n: int = 10, k: int = 5) -> int:
+    return distinct(warm_pid.map(range(n), per_job=k))

@@ -23,6 +23,11 @@ def squares(n: int = 4) -> int:
     return total(square.map(range(n)))
 
 
+@gflow.flow
+def squares_one_per_job(n: int = 4) -> int:
+    return total(square.map(range(n), per_job=1))
+
+
 @gflow.task(retries=2)
 def flaky(x: int, marker_dir: str, fail_on: list[int]) -> int:
     """Fails on its first attempt for the x in ``fail_on`` (a marker file remembers the attempt)."""

@@ -135,12 +135,12 @@ def test_one_array_job_per_fan_out_and_one_definition_per_task(aws):
     r = aws_tasks.squares.run(7, executor=ex, artifacts=ARTS, return_run=True)
     assert r.state is State.SUCCEEDED and r.value == sum(i * i for i in range(7))
     calls = ex.api_calls
-    assert calls["SubmitJob"] == 4  # 7 children as balanced arrays of 3 + 2 + 2, and `total` as a plain job
+    assert calls["SubmitJob"] == 2  # 7 calls packed 3 per child into one array of 3, and `total` as a plain job
     assert calls["RegisterJobDefinition"] == 2  # square and total
     batch = aws.moto.client("batch")
     jobs = batch.describe_jobs(jobs=list(ex.monitor.jobs))["jobs"]
     sizes = sorted(j.get("arrayProperties", {}).get("size", 1) for j in jobs)
-    assert sizes == [1, 2, 2, 3]
+    assert sizes == [1, 3]
     array = next(j for j in jobs if j.get("arrayProperties"))
     cmd = array["container"]["command"]
     assert cmd[0] == "worker" and cmd[1].startswith("sha256:") and len(cmd) == 2
@@ -164,6 +164,26 @@ def test_chunks_run_several_calls_per_child(aws):
     parent = next(j for j in ex.monitor.jobs.values() if j.size)
     assert parent.size == 3 and [len(parent.elements[e]) for e in range(3)] == [4, 4, 2]
     assert len(aws.runtime.started) == 3 + 1  # three children ran ten calls; `total` ran alone
+
+
+def test_per_job_packs_a_map_into_one_array_and_each_element_is_its_own_task_run(aws, store):
+    ex = aws.executor()
+    r = aws_tasks.packed.run(10, 5, executor=ex, artifacts=ARTS, return_run=True)
+    assert r.state is State.SUCCEEDED
+    assert r.value == 2  # two children, one process each: the @gflow.warm value was loaded once per child
+    parent = next(j for j in ex.monitor.jobs.values() if j.size)
+    assert parent.size == 2 and [len(parent.elements[e]) for e in range(2)] == [5, 5]
+    trs = [t for t in store.task_runs(r.id) if t.name == "warm_pid"]
+    assert len(trs) == 10 and all(t.state is State.SUCCEEDED for t in trs)
+    assert len({t.id for t in trs}) == 10 and sorted(t.map_index for t in trs) == list(range(10))
+
+
+def test_without_per_job_a_map_over_the_array_limit_is_packed_into_one_array(aws):
+    ex = aws.executor(max_array_size=4)
+    assert aws_tasks.squares.run(10, executor=ex, artifacts=ARTS) == sum(i * i for i in range(10))
+    parent = next(j for j in ex.monitor.jobs.values() if j.size)
+    assert parent.size == 4 and sum(len(v) for v in parent.elements.values()) == 10  # 3 per child, not 3 arrays
+    assert ex.api_calls["SubmitJob"] == 2
 
 
 def test_direct_use_reports_result_refs_and_per_child_info(aws):

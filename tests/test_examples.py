@@ -6,7 +6,6 @@ temporary folder: no weights are downloaded.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -76,10 +75,10 @@ def test_score_fasta(tiny_esm: str, gflow_home: Path) -> None:
     embedding = esm_scoring["load_embedding"](scores[0])
     assert embedding.shape == (32,) and torch.isfinite(embedding).all()
     states = _states(gflow_home, result.id)
-    assert states == {"score_batch": ["SUCCEEDED"] * math.ceil(len(proteins) / 3)}
+    assert states == {"score_proteins": ["SUCCEEDED"] * len(proteins)}  # one task run per protein
     again = run_flow(flow, str(FASTA), model=tiny_esm, batch_size=3)
     assert again.value == scores
-    assert set(_states(gflow_home, again.id)["score_batch"]) == {"CACHED"}
+    assert set(_states(gflow_home, again.id)["score_proteins"]) == {"CACHED"}
 
 
 def test_score_fasta_bad_input_fails_before_work(tiny_esm: str, tmp_path: Path, gflow_home: Path) -> None:
@@ -111,7 +110,8 @@ def test_precalc_chunks_sample_and_rerun(tiny_esm: str, gflow_home: Path) -> Non
     assert res.lookup("trp_cage") is not None and res.lookup("nope") is None
     rerun = run_flow(flow, str(LIBRARY), tiny_esm, workers=5)
     assert rerun.value == res
-    assert set(_states(gflow_home, rerun.id)["predict_chunk"]) == {"CACHED"}  # nothing recomputed
+    assert set(_states(gflow_home, rerun.id)["predict_entries"]) == {"CACHED"}  # nothing recomputed
+    assert len(_states(gflow_home, rerun.id)["predict_entries"]) == 64  # one task run per entry
     # the predictions are a queryable table: by model and input key, through GraphQL as well
     table = gflow.tables.rows("predictions", {"model": res.model, "key": "trp_cage"})
     assert [(r["key"], r["score"], r["_run_id"]) for r in table] == [

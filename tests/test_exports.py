@@ -10,7 +10,7 @@ def test_public_api_pinned():
         "Preempted", "Resources",
         "ResumeRefused", "Retry", "RunNotFound", "RunResult",
         "SerializationError", "State", "StoreError", "Task", "TaskFailed", "TaskTimeout", "UpstreamFailed",
-        "__version__", "cancel_run", "flow", "get_executor", "register_executor", "task",
+        "__version__", "cancel_run", "flow", "get_executor", "register_executor", "task", "warm",
     ])
     for name in gflow.__all__:
         assert hasattr(gflow, name)

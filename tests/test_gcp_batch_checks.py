@@ -158,10 +158,16 @@ def test_a_missing_bucket_or_a_local_store_is_refused_before_any_job(fake, tmp_p
 def test_fan_outs_past_max_tasks_are_split_evenly_and_parallelism_is_capped(fake):
     ex = executor(fake, max_tasks=3, parallelism=9000)
     started(ex)
-    hs = ex.submit(calls(7))
+    hs = ex.submit(calls(7, tasks.square.with_options(per_job=1)))  # per_job=1: one call per task, so 3 jobs
     assert sorted(j.count for j in fake.jobs.values()) == [2, 2, 3]
     assert all(j.body["taskGroups"][0]["parallelism"] == str(j.count) for j in fake.jobs.values())
     assert len({h.job.name for h in hs}) == 3
+    ex.close()
+    fake.jobs.clear()
+    ex = executor(fake, max_tasks=3)
+    started(ex)
+    hs = ex.submit(calls(7, run="run-2"))  # without per_job the fan-out is packed to fit one job (issue 18)
+    assert [j.count for j in fake.jobs.values()] == [3] and [h.job.chunk for h in hs] == [3] * 7
     ex.close()
     assert executor(fake, parallelism=50).parallelism_for(tasks.square.with_options(max_concurrency=20)) == 20
     assert executor(fake).parallelism_for(tasks.square.with_options(max_concurrency=20)) == 20

@@ -274,11 +274,19 @@ def test_driver_kill_and_resume(slurm, tmp_path):
 
 def test_maps_above_max_array_size_are_split(slurm):
     ex = slurm.make(max_array_size=3)
-    assert slurm.run(slurm_tasks.squares, ex, n=7) == sum(i * i for i in range(7))
+    assert slurm.run(slurm_tasks.squares_one_per_job, ex, n=7) == sum(i * i for i in range(7))
     assert ex.submissions["array"] == 3
     arrays = sorted(s.read_text().split("--array=")[1].split()[0]
                     for s in slurm.logs.glob("gflow-square-*.sh"))
     assert arrays == ["0-1", "0-1", "0-2"]  # 7 = 3 + 2 + 2, never 3 + 3 + 1
+
+
+def test_without_per_job_a_map_above_max_array_size_is_packed_into_one_array(slurm):
+    ex = slurm.make(max_array_size=3)
+    assert slurm.run(slurm_tasks.squares, ex, n=7) == sum(i * i for i in range(7))
+    assert ex.submissions["array"] == 1  # 3 elements running 3 + 3 + 1 calls (issue 18)
+    arrays = [s.read_text().split("--array=")[1].split()[0] for s in slurm.logs.glob("gflow-square-*.sh")]
+    assert arrays == ["0-2"]
 
 
 def test_pending_reason_is_shown_in_words(slurm):

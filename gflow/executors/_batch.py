@@ -24,7 +24,7 @@ from gflow.executors.base import Call, Outcome
 from gflow.images.worker import INDEX_VARS
 
 __all__ = ["INDEX_VARS", "Manifest", "RunArtifacts", "PagedManifest", "backend_failure", "child_outcome", "chunk",
-           "group_by_task", "outcome_of", "split_sizes", "write_manifest", "write_paged_manifest"]
+           "group_by_task", "outcome_of", "per_job", "split_sizes", "write_manifest", "write_paged_manifest"]
 
 
 class RunArtifacts:
@@ -66,6 +66,16 @@ def chunk(items: Sequence[Any], size: int) -> list[list[Any]]:
     if size < 1:
         raise ValueError(f"chunk size must be at least 1, got {size}")
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def per_job(task: Any, n: int, default: int, max_children: int) -> int:
+    """Calls per array child for a fan-out of ``n`` calls of ``task``: the task's ``per_job`` if set (``map(xs,
+    per_job=K)``), else the executor's ``chunk`` raised just enough that the fan-out fits one array of
+    ``max_children`` children (AWS Batch 10,000, GCP Batch 100,000 tasks, Slurm's MaxArraySize)."""
+    k = getattr(task.options, "per_job", None)
+    if k is not None:
+        return int(k)
+    return max(default, -(-n // max_children)) if n > 0 else default
 
 
 def group_by_task(calls: Sequence[Call]) -> list[list[Call]]:

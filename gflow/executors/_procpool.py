@@ -98,7 +98,7 @@ def _worker_main(conn: Any, lifeline: Any, driver_pid: int = 0) -> None:
             memory = task.options.resources.memory
             restore = limit_memory(memory)
             try:
-                value = task.fn(*args, **kwargs)
+                value = task.invoke(args, kwargs)
             finally:
                 if restore is not None:
                     restore()

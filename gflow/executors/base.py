@@ -160,7 +160,7 @@ def run_task(task: Any, args: tuple, kwargs: dict) -> Outcome:
     The exception travels only if it pickles; its type name, message and traceback always do."""
     t0 = time.time()
     try:
-        value = task.fn(*args, **kwargs)
+        value = task.invoke(args, kwargs)
         return Outcome(True, value, started=t0, ended=time.time())
     except BaseException as e:  # noqa: BLE001 - reported, not swallowed
         out = Outcome.from_exception(e, traceback.format_exc(), t0, time.time())

@@ -43,7 +43,7 @@ def _run_here(call: Call, listener: Listener, board: dict | None = None, artifac
         board[call.id] = (call.attempt, t0)
     token = run_artifacts.set(artifacts) if artifacts is not None else None
     try:
-        value = call.task.fn(*call.args, **call.kwargs)
+        value = call.task.invoke(call.args, call.kwargs)
     except BaseException as e:  # noqa: BLE001 - reported, not swallowed
         listener(CallDone(call.id, call.attempt, Outcome.from_exception(e, traceback.format_exc(), t0, time.time())))
         return
@@ -76,6 +76,24 @@ class _ThreadPool:
     def shutdown(self) -> None:
         for _ in self._threads:
             self.q.put(None)
+
+
+def _batches(calls: Sequence[Call]) -> list[Call | list[Call]]:
+    """Calls as the thread pool takes them: one by one, except calls of a ``batch_size`` task, which go
+    in lists of up to ``batch_size`` (one pool thread runs a list as batches)."""
+    out: list[Call | list[Call]] = []
+    open_: dict[int, list[Call]] = {}
+    for c in calls:
+        size = getattr(c.task.options, "batch_size", None)
+        if size is None or size == 1:
+            out.append(c)
+            continue
+        group = open_.get(id(c.task))
+        if group is None or len(group) >= size:
+            group = open_[id(c.task)] = []
+            out.append(group)
+        group.append(c)
+    return out
 
 
 class LocalExecutor(Executor):
@@ -152,8 +170,8 @@ class LocalExecutor(Executor):
             self._in_flight += len(calls)
         if self._procs is None:
             put = self._pool.q.put
-            for c in calls:
-                put(c)
+            for item in _batches(calls):
+                put(item)
             return list(calls)
         for c in calls:
             problem = importable_problem(c.task)
@@ -164,7 +182,11 @@ class LocalExecutor(Executor):
             self._procs.submit(c)
         return list(calls)
 
-    def _run_thread_call(self, call: Call) -> None:
+    def _run_thread_call(self, call: Call | list[Call]) -> None:
+        if type(call) is list:
+            self._run_thread_batch(call)
+            return
+        assert isinstance(call, Call)
         cancelled = self._pool.cancelled
         if cancelled and (call.id, call.attempt) in cancelled:
             cancelled.discard((call.id, call.attempt))
@@ -172,6 +194,35 @@ class LocalExecutor(Executor):
                 self._in_flight -= 1
             return
         _run_here(call, self._listen, self._board, self._artifacts)
+
+    def _run_thread_batch(self, calls: list[Call]) -> None:
+        """Calls of one ``batch_size`` task, run as batches in this thread (``Task.invoke_many``); each call
+        still starts and ends as its own event, with its own outcome."""
+        cancelled = self._pool.cancelled
+        live = []
+        for c in calls:
+            if cancelled and (c.id, c.attempt) in cancelled:
+                cancelled.discard((c.id, c.attempt))
+                with self._lock:
+                    self._in_flight -= 1
+            else:
+                live.append(c)
+        if not live:
+            return
+        t0 = time.time()
+        for c in live:
+            self._board[c.id] = (c.attempt, t0)
+        token = run_artifacts.set(self._artifacts) if self._artifacts is not None else None
+        try:
+            results = live[0].task.invoke_many([(c.args, c.kwargs) for c in live])
+        finally:
+            if token is not None:
+                run_artifacts.reset(token)
+        t1 = time.time()
+        for c, r in zip(live, results, strict=True):
+            out = Outcome(True, r.value, started=t0, ended=t1) if r.ok else \
+                Outcome.from_exception(r.exc or RuntimeError("no result"), r.tb, t0, t1)
+            self._listen(CallDone(c.id, c.attempt, out))
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
         """Both pools push their events; this is a best-effort view."""

@@ -148,11 +148,13 @@ def run_spec(artifacts: Any, spec_digest: str, index: int | None = None) -> int:
     except BaseException as e:  # noqa: BLE001 - becomes the outcome record
         _fail(artifacts, spec_digest, spec, "spec", e, started)
         return EXIT_WORKER_ERROR
+    if len(calls) > 1:
+        return _run_packed(artifacts, calls)
     return max([_run_call(artifacts, d, s, inline) for d, s, inline in calls])
 
 
-def _run_call(artifacts: Any, spec_digest: str, spec: dict, inline: dict[str, bytes]) -> int:
-    """Run one checked call spec whose document is in hand (``inline``: inputs carried by an array page)."""
+def _prepare(artifacts: Any, spec_digest: str, spec: dict, inline: dict[str, bytes]) -> tuple[Any, list, dict] | int:
+    """The task and inputs of one call spec, or the exit code after recording why they cannot be had."""
     started = time.time()
     stage = "spec"
     try:
@@ -166,20 +168,80 @@ def _run_call(artifacts: Any, spec_digest: str, spec: dict, inline: dict[str, by
     except BaseException as e:  # noqa: BLE001 - becomes the outcome record
         _fail(artifacts, spec_digest, spec, stage, e, started)
         return EXIT_WORKER_ERROR
-    stage = "run"
-    t_run = time.time()
+    return task, args, kwargs
+
+
+def _run_call(artifacts: Any, spec_digest: str, spec: dict, inline: dict[str, bytes]) -> int:
+    """Run one checked call spec whose document is in hand (``inline``: inputs carried by an array page)."""
+    prep = _prepare(artifacts, spec_digest, spec, inline)
+    if isinstance(prep, int):
+        return prep
+    return _run_prepared(artifacts, spec_digest, spec, *prep)
+
+
+def _run_packed(artifacts: Any, calls: list[tuple[str, dict, dict[str, bytes]]]) -> int:
+    """Run the calls of one packed array element in this process (they share ``@gflow.warm`` values). Calls
+    of a ``batch_size`` task are grouped into batches; every other call runs alone, one after another, its
+    outcome written as soon as it ends (a job killed midway loses only the calls it had not finished)."""
+    codes: list[int] = []
+    batch: list[tuple[str, dict, Any, list, dict]] = []
+    for d, s, inline in calls:
+        prep = _prepare(artifacts, d, s, inline)
+        if isinstance(prep, int):
+            codes.append(prep)
+        elif prep[0].options.batch_size is None:
+            codes.append(_run_prepared(artifacts, d, s, *prep))
+        else:
+            batch.append((d, s, *prep))
+    if batch:
+        codes += _run_batch(artifacts, batch)
+    return max(codes)
+
+
+def _run_prepared(artifacts: Any, d: str, s: dict, task: Any, args: list, kwargs: dict) -> int:
     from gflow._context import run_artifacts
 
+    t_run = time.time()
     token = run_artifacts.set(artifacts)  # task code (gflow.models) uses the run's artifact store
     try:
-        value = task.fn(*args, **kwargs)
-    except BaseException as e:  # noqa: BLE001
-        _fail(artifacts, spec_digest, spec, stage, e, t_run)
+        value = task.invoke(args, kwargs)
+    except BaseException as e:  # noqa: BLE001 - becomes the outcome record
+        _fail(artifacts, d, s, "run", e, t_run)
         return EXIT_TASK_FAILED
     finally:
         run_artifacts.reset(token)
+    return _record(artifacts, d, s, task, value, t_run)
+
+
+def _run_batch(artifacts: Any, batch: list[tuple[str, dict, Any, list, dict]]) -> list[int]:
+    """Calls of ``batch_size`` tasks, grouped per task into batches (``Task.invoke_many``)."""
+    from gflow._context import run_artifacts
+
+    codes: list[int] = []
+    by_task: dict[str, list[tuple[str, dict, Any, list, dict]]] = {}
+    for item in batch:
+        by_task.setdefault(item[2].identity, []).append(item)
+    for items in by_task.values():
+        task = items[0][2]
+        t_run = time.time()
+        token = run_artifacts.set(artifacts)
+        try:
+            results = task.invoke_many([(tuple(a), k) for _d, _s, _t, a, k in items])
+        finally:
+            run_artifacts.reset(token)
+        for (d, s, _t, _a, _k), r in zip(items, results, strict=True):
+            if r.ok:
+                codes.append(_record(artifacts, d, s, task, r.value, t_run))
+            else:
+                _fail(artifacts, d, s, "run", r.exc, t_run, r.tb)
+                codes.append(EXIT_TASK_FAILED)
+    return codes
+
+
+def _record(artifacts: Any, spec_digest: str, spec: dict, task: Any, value: Any, t_run: float) -> int:
+    """Write a call's output blob and its success record."""
+    stage = "output"
     try:
-        stage = "output"
         from gflow.serialization import encode
 
         enc = encode(value, allow_pickle=_allow_pickle(spec, task), where=f"result of task '{task.name}'")
@@ -203,10 +265,11 @@ def _where(spec: dict) -> dict:
             "gflow": __version__}
 
 
-def _fail(artifacts: Any, spec_digest: str, spec: dict, stage: str, e: BaseException, started: float) -> None:
+def _fail(artifacts: Any, spec_digest: str, spec: dict, stage: str, e: BaseException | None, started: float,
+          tb: str | None = None) -> None:
     from gflow.executors.base import qualname
 
-    tb = traceback.format_exc()
+    tb = traceback.format_exc() if tb is None else tb
     record = {"ok": False, "stage": stage, "error_type": qualname(type(e)), "error_message": str(e),
               "traceback": tb, "started": started, "ended": time.time(), **_where(spec)}
     print(f"gflow worker: {stage} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

@@ -100,7 +100,7 @@ def map_here(task: Any, rows: list[tuple], common: dict[str, Any], min_success: 
     out: list[Any] = []
     for i, row in enumerate(rows):
         try:
-            out.append(task.fn(*row, **common))
+            out.append(task.invoke(row, common))
         except Exception as e:
             if not group.tolerate():
                 raise

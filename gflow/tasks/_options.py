@@ -147,6 +147,25 @@ class TaskOptions(BaseModel):
     tags: tuple[str, ...] = ()
     #: run this task's calls on another executor than the flow's (a URL such as ``dask://host:8786``)
     executor: Any = None
+    #: run this many elements of a map one after another in one job / array child / pod (sharing
+    #: ``@gflow.warm`` values); None lets the executor pick (1, or what fits its array limit)
+    per_job: int | None = None
+    #: the function is vectorized: its batched parameters receive lists of up to this many elements
+    batch_size: int | None = None
+    #: the parameters that receive lists when ``batch_size`` is set (default: the first parameter)
+    batched: tuple[str, ...] | None = None
+
+    @field_validator("per_job", "batch_size", mode="before")
+    @classmethod
+    def _at_least_one(cls, v: Any, info: Any) -> Any:
+        if v is not None and (type(v) is not int or v < 1):
+            raise ValueError(f"{info.field_name} must be an integer of at least 1, got {v!r}")
+        return v
+
+    @field_validator("batched", mode="before")
+    @classmethod
+    def _batched(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
 
     @field_validator("retries", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from gflow import _context
 from gflow._context import current_flow
 from gflow.errors import InvalidArguments
+from gflow.tasks._batching import batched_params, run_batch
 from gflow.tasks._maps import MAP_OPTIONS, map_here, map_options
 from gflow.tasks._options import TaskOptions
 from gflow.tasks._version import code_version
@@ -51,8 +52,10 @@ def module_name(fn: Callable[..., Any]) -> str:
 class ArgumentValidator:
     """Checks call arguments against a function's annotations (pydantic-compatible ones only)."""
 
-    def __init__(self, fn: Callable[..., Any], label: str):
+    def __init__(self, fn: Callable[..., Any], label: str, batched: tuple[str, ...] = ()):
         self.label = label
+        #: parameters of a ``batch_size`` task: a call carries one element, the function takes a list
+        self.batched = batched
         self.signature = inspect.signature(fn)
         self._adapters: dict[str, TypeAdapter] | None = None
         self._fn = fn
@@ -72,6 +75,8 @@ class ArgumentValidator:
             adapters = {}
             for name in self.signature.parameters:
                 hint = hints.get(name)
+                if name in self.batched:  # a call holds one element of the list the function declares
+                    hint = _item_type(hint)
                 if hint is None or hint is Any:
                     continue
                 try:
@@ -146,6 +151,22 @@ class ArgumentValidator:
         return out
 
 
+def _item_type(hint: Any) -> Any:
+    """``X`` of ``list[X]`` / ``Sequence[X]`` (what one element of a batched parameter must be), else None."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is not None and len(args) == 1 and isinstance(origin, type) and origin is not tuple:
+        return args[0]
+    return None
+
+
+def check_counts(label: str, **counts: Any) -> None:
+    """One line naming an option that must be a count of at least 1 (``per_job``, ``batch_size``)."""
+    for name, v in counts.items():
+        if v is not None and (type(v) is not int or v < 1):
+            raise InvalidArguments(f"{label}: {name} must be an integer of at least 1, got {v!r}")
+
+
 def _short(value: Any, n: int = 80) -> str:
     r = repr(value)
     return r if len(r) <= n else r[: n - 3] + "..."
@@ -160,7 +181,10 @@ class Task(Generic[P, R]):
         self.identity = f"{module_name(fn)}:{fn.__qualname__}"
         self.name = options.name or fn.__name__
         self.version = options.version or source_hash(fn)
-        self.validator = ArgumentValidator(fn, f"task '{self.name}'")
+        self.batched: tuple[str, ...] = ()
+        if options.batch_size is not None:
+            self.batched = batched_params(fn, options.batched, self.name)
+        self.validator = ArgumentValidator(fn, f"task '{self.name}'", self.batched)
         functools.update_wrapper(self, fn)
 
     @property
@@ -174,8 +198,21 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         ctx = current_flow.get()
         if ctx is None:
-            return self.fn(*args, **kwargs)
+            return self.invoke(args, kwargs)
         return ctx.call(self, args, kwargs)
+
+    def invoke(self, args: tuple | list, kwargs: dict) -> Any:
+        """Run one call's function here (what executors and the worker do): for a ``batch_size`` task, a
+        batch of one."""
+        if self.options.batch_size is None:
+            return self.fn(*args, **kwargs)
+        return run_batch(self, [(tuple(args), kwargs)], fallback=False)[0].unwrap()
+
+    def invoke_many(self, calls: list[tuple[tuple, dict]]) -> list[Any]:
+        """Run several calls here, each with its own result or exception (``BatchResult``); a ``batch_size``
+        task's calls are grouped into batches of up to ``batch_size`` with equal common arguments, and a
+        batch that raises or returns the wrong length is run again element by element."""
+        return run_batch(self, calls)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Schedule a call inside a flow and return its future (same as calling it there)."""
@@ -184,8 +221,11 @@ class Task(Generic[P, R]):
             raise RuntimeError(f"task '{self.name}'.submit() needs a running flow; call the task directly instead")
         return ctx.call(self, args, kwargs)
 
-    def map(self, *iterables: Iterable[Any], **common: Any) -> list[Any]:
+    def map(self, *iterables: Iterable[Any], per_job: int | None = None, **common: Any) -> list[Any]:
         """Fan out over ``iterables`` (zipped, like ``map``); ``common`` goes to every call.
+
+        ``per_job=K`` runs K elements one after another in each job / array child / pod of a job backend
+        (sharing ``@gflow.warm`` values); each element is still its own task run.
 
         Inside a flow this returns one future per element, handed to the executor as one batch; if an
         iterable is itself a future (of a list), it returns one future of the list of results, and the
@@ -198,15 +238,24 @@ class Task(Generic[P, R]):
         if not iterables:
             raise InvalidArguments(f"task '{self.name}'.map() needs at least one iterable")
         options = map_options(self.name, {k: common.pop(k) for k in MAP_OPTIONS if k in common})
+        check_counts(f"task '{self.name}'.map()", per_job=per_job)
+        task = self
+        if self.options.batch_size is not None and self.options.batched is None and len(iterables) > 1:
+            # every mapped parameter of a vectorized task receives a list (not only the first)
+            task = task.with_options(batched=tuple(self.validator._names[:len(iterables)]))
         ctx = current_flow.get()
         if ctx is not None:
+            if per_job is not None:
+                task = task.with_options(per_job=per_job)
             if options["min_success"] is None and options["max_concurrency"] is None:
-                return ctx.map(self, iterables, common)  # an iterable may be a future of a list
-            return ctx.map(self, iterables, common, options)
+                return ctx.map(task, iterables, common)  # an iterable may be a future of a list
+            return ctx.map(task, iterables, common, options)
         rows = list(zip(*iterables, strict=True)) if len(iterables) > 1 else [(x,) for x in iterables[0]]
-        if options["min_success"] is None:
-            return [self.fn(*row, **common) for row in rows]
-        return map_here(self, rows, common, options["min_success"])
+        if options["min_success"] is not None:
+            return map_here(task, rows, common, options["min_success"])
+        if task.options.batch_size is not None:
+            return [r.unwrap() for r in run_batch(task, [(row, common) for row in rows])]
+        return [self.fn(*row, **common) for row in rows]
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run one call of this task as a run of its own (recorded, cached and resumable like a flow's),
@@ -219,6 +268,7 @@ class Task(Generic[P, R]):
     # -- options -----------------------------------------------------------------------------------
     def with_options(self, **changes: Any) -> Task[P, R]:
         """A copy of this task with some options changed (validated like the decorator's)."""
+        check_counts(f"task '{self.name}'", per_job=changes.get("per_job"), batch_size=changes.get("batch_size"))
         new = Task(self.fn, self.options.merged(**changes))
         new.identity = self.identity
         return new
@@ -270,6 +320,9 @@ def task(
     pickle: bool = ...,
     tags: Any = ...,
     executor: Any = ...,
+    per_job: int | None = ...,
+    batch_size: int | None = ...,
+    batched: Any = ...,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -287,9 +340,13 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
         image: A ``gflow.Image`` overriding the flow's image for this task.
         max_concurrency: At most this many calls of this task run at once.
         pickle: Allow pickled inputs/outputs for values that have no canonical form.
+        per_job: Elements of a map run one after another in each job / array child / pod.
+        batch_size: The function is vectorized: its batched parameters (``batched``, default the first
+            one) receive lists of up to this many elements and it returns a list of the same length.
         executor: Run this task's calls on this executor (URL) instead of the flow's; a profile's
             ``executors`` table can override it per task name.
     """
+    check_counts("@gflow.task", per_job=options.get("per_job"), batch_size=options.get("batch_size"))
     opts = TaskOptions().merged(**options)
 
     def wrap(f: Callable[P, R]) -> Task[P, R]:

@@ -132,7 +132,8 @@ class _Hasher:
         if isinstance(obj, types.ModuleType):
             self.module(obj)
             return
-        fn = getattr(obj, "fn", None) if type(obj).__name__ == "Task" else None
+        # a task, or a @gflow.warm loader (a helper like any other: its code is in the key, never its values)
+        fn = getattr(obj, "fn", None) if type(obj).__name__ in ("Task", "Warm") else None
         target = fn or obj
         mod_name = getattr(target, "__module__", None)
         if not isinstance(mod_name, str):

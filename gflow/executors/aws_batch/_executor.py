@@ -32,7 +32,7 @@ from typing import Any
 
 from gflow.clouds import aws
 from gflow.errors import ConfigError, ExecutorError, GflowError
-from gflow.executors._batch import RunArtifacts, group_by_task, split_sizes, write_paged_manifest
+from gflow.executors._batch import RunArtifacts, group_by_task, per_job, split_sizes, write_paged_manifest
 from gflow.executors.aws_batch._checks import check_queue, check_roles
 from gflow.executors.aws_batch._images import Images
 from gflow.executors.aws_batch._jobs import (
@@ -388,7 +388,7 @@ class AwsBatchExecutor(RunArtifacts, Executor):
         return job
 
     def _submit_arrays(self, group: list[Call], image: str, env: dict[str, str], arts: Any, handles: dict) -> list[Job]:
-        k = self.chunk
+        k = per_job(group[0].task, len(group), self.chunk, self.max_array_size)
         jobs = []
         start = 0
         for size in split_sizes(-(-len(group) // k), self.max_array_size):

@@ -32,7 +32,7 @@ from typing import Any
 
 from gflow.clouds import gcp as g
 from gflow.errors import ConfigError, ExecutorError, GflowError
-from gflow.executors._batch import RunArtifacts, group_by_task, split_sizes, write_paged_manifest
+from gflow.executors._batch import RunArtifacts, group_by_task, per_job, split_sizes, write_paged_manifest
 from gflow.executors.base import Call, Capabilities, Executor, JobStatus, Listener
 from gflow.executors.events import CallDone, CallEvent
 from gflow.executors.gcp_batch._images import Images
@@ -372,8 +372,8 @@ class GcpBatchExecutor(RunArtifacts, Executor):
 
     def _submit_group(self, group: list[Call], image: str, env: dict[str, str], arts: Any,
                       handles: dict[str, Handle]) -> list[Job]:
-        k = self.chunk
         task = group[0].task
+        k = per_job(task, len(group), self.chunk, self.max_tasks)
         labels = {**self.labels, "gflow-run": label(group[0].run_id), "gflow-task": label(task.name)}
         jobs = []
         start = 0

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gflow.errors import ConfigError, ExecutorError
-from gflow.executors._batch import RunArtifacts, group_by_task, split_sizes, write_paged_manifest
+from gflow.executors._batch import RunArtifacts, group_by_task, per_job, split_sizes, write_paged_manifest
 from gflow.executors.base import Call, Capabilities, Executor, JobStatus
 from gflow.executors.events import Listener
 from gflow.executors.polling import Cadence, PollingMonitor
@@ -235,8 +235,8 @@ class SlurmExecutor(RunArtifacts, Executor):
         self.submitted_at = time.time()
         return [handles[c.id] for c in calls]
 
-    def _resources(self, task: Any) -> Resources:
-        return Resources.of(task.options.resources, timeout=task.options.timeout, chunk=self.chunk,
+    def _resources(self, task: Any, chunk: int | None = None) -> Resources:
+        return Resources.of(task.options.resources, timeout=task.options.timeout, chunk=chunk or self.chunk,
                             gang_nodes=self.gang_nodes, time_margin=self.time_margin)
 
     def _sbatch(self, script: Script, log_dir: str, label: str) -> str:
@@ -258,8 +258,8 @@ class SlurmExecutor(RunArtifacts, Executor):
     def _submit_new(self, group: list[Call], arts: Any, env: dict[str, str], log_dir: str,
                     handles: dict[str, SlurmTracked]) -> list[SlurmTracked]:
         task = group[0].task
-        res = self._resources(task)
-        k = self.chunk if self.array else 1
+        k = per_job(task, len(group), self.chunk, self.max_array_size or 1001) if self.array else 1
+        res = self._resources(task, k)
         out: list[SlurmTracked] = []
         parts = split_sizes(-(-len(group) // k), self.max_array_size or 1001) if self.array else [1] * len(group)
         start = 0
