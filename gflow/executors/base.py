@@ -1,7 +1,8 @@
 """The executor contract: everything a backend author needs to know is in this module.
 
 An executor runs *calls* (one attempt of one task call) somewhere and reports how they went. The
-engine is its only client and the only writer of run state; executors never touch the state store.
+engine is its only client, and the engine's scheduling core decides every state change; executors never
+touch the state store.
 
 Lifecycle (a context manager)::
 

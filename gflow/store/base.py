@@ -1,6 +1,8 @@
 """The state-store interface and its records.
 
-The engine is the only writer of run state. It sends task-run transitions in batches
+While a driver lives, its engine (deciding through the scheduling core) is the only writer of run state; a
+dead driver's run is recorded FAILED by ``prepare_resume`` and ``gflow runs cancel`` marks a run CANCELLED. The
+engine sends task-run transitions in batches
 (:meth:`Store.apply`); the store enforces the forward-only rule itself (in the database, as a
 conditional write), so concurrent writers can never move a record backwards.
 """
