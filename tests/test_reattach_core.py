@@ -5,7 +5,7 @@ harness)."""
 
 from __future__ import annotations
 
-from test_core import P, Q, S, Harness, inc, one_at_a_time, only, records
+from test_core import Harness, P, Q, S, inc, one_at_a_time, only, records
 
 from gflow.flows._events import Adopt, Adopted, CancelCalls, CancelRequested, Started, Submit
 from gflow.states import State

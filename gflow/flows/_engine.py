@@ -27,6 +27,8 @@ from gflow.executors import get_executor, settings_key
 from gflow.executors.base import CallDone, CallEvent, CallStarted, Executor
 from gflow.flows._core import Core
 from gflow.flows._events import (
+    Adopt,
+    Adopted,
     ArmTimer,
     ArtifactsLost,
     BodyReturned,
@@ -34,8 +36,6 @@ from gflow.flows._events import (
     CacheHit,
     CacheLookedUp,
     CallsAdded,
-    Adopt,
-    Adopted,
     CancelCalls,
     CancelRequested,
     Dispatch,
