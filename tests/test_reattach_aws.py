@@ -18,6 +18,7 @@ import pytest
 import test_aws_batch as shared
 from aws_env import wait_for
 from conftest import ROOT, cli
+from reattach_support import queued_run
 
 from gflow.states import State
 
@@ -34,24 +35,6 @@ def _driver(n: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "gflow", "run", FLOW, "-p", f"n={n}", "-e", url(), "--artifacts",
                              ARTS, "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-
-
-def _queued_run(store, n: int, before: set[str]) -> str:
-    """The driver's run id once all ``n`` elements are recorded QUEUED (the array was submitted)."""
-    found: list[str] = []
-
-    def ready() -> bool:
-        runs = [r for r in store.list_runs() if r.id not in before]
-        if not runs:
-            return False
-        trs = [t for t in store.task_runs(runs[0].id) if t.name == "square"]
-        if len(trs) == n and all(t.state is State.QUEUED or t.state is State.RUNNING for t in trs):
-            found.append(runs[0].id)
-            return True
-        return False
-
-    wait_for(ready, timeout=120, what=f"{n} square calls recorded QUEUED")
-    return found[0]
 
 
 def _successes(store, run_id: str) -> Counter:
@@ -71,7 +54,7 @@ def test_resume_after_the_driver_is_killed_follows_the_array_instead_of_resubmit
         aws.runtime.gate.clear()  # containers wait: the elements stay queued/starting while the driver dies
         drv = _driver(N)
         try:
-            run_id = _queued_run(store, N, before)
+            run_id = queued_run(store, N, before)
             assert proxy.counts["submitjob"] - submits0 == 1
             drv.send_signal(signal.SIGKILL)
             drv.wait(30)
