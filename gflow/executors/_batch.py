@@ -199,3 +199,66 @@ def write_paged_manifest(artifacts: Any, calls: Sequence[Call], *, image: str | 
     blobs.update(docs)
     artifacts.put_many(blobs)
     return PagedManifest(array, [spec_digest(s) for s in specs], list(calls), chunk=chunk)
+
+
+@dataclass
+class Placed:
+    """Where a dead driver's call runs in a job it submitted (what ``reattach`` follows): the array element, the
+    position in the element's chunk, and the call spec digest that names its outcome slot."""
+
+    element: int
+    pos: int
+    spec: str
+    chunk: int = 1
+
+
+def placed_calls(artifacts: Any, digest: str) -> dict[str, Placed]:
+    """The calls a job's spec ``digest`` runs (a call spec, or a plain or paged array spec), by the call id each
+    call spec names. Stored data is untrusted: a malformed spec or page raises SerializationError.
+
+    Raises:
+        SerializationError, ArtifactNotFound.
+    """
+    from gflow.errors import SerializationError
+    from gflow.images.protocol import ARRAY, ARRAY_PAGED, PAGE, read_spec, spec_digest
+
+    spec = read_spec(artifacts, digest)
+    out: dict[str, Placed] = {}
+    kind = spec.get("kind")
+    if kind == ARRAY_PAGED:
+        chunk, size = int(spec["chunk"]), int(spec["size"])
+        j = 0
+        for page_digest in spec["pages"]:
+            page = read_json(artifacts, page_digest)
+            calls = page.get("calls")
+            if page.get("kind") != PAGE or type(calls) is not list:
+                raise SerializationError(f"{page_digest} is not a gflow array page")
+            for call in calls:
+                if j >= size:
+                    break
+                if type(call) is dict and type(call.get("call_id")) is str:
+                    out[call["call_id"]] = Placed(j // chunk, j % chunk, spec_digest(call), chunk)
+                j += 1
+    elif kind == ARRAY:
+        for i, d in enumerate(spec["calls"]):
+            call = read_spec(artifacts, d)
+            if type(call.get("call_id")) is str:
+                out[call["call_id"]] = Placed(i, 0, d)
+    elif type(spec.get("call_id")) is str:
+        out[spec["call_id"]] = Placed(0, 0, digest)
+    return out
+
+
+def read_json(artifacts: Any, digest: str) -> dict:
+    """A JSON object stored under ``digest`` (checked against it by the store)."""
+    import json
+
+    from gflow.errors import SerializationError
+
+    try:
+        obj = json.loads(artifacts.get(digest))
+    except ValueError as e:
+        raise SerializationError(f"{digest} is not JSON: {e}") from e
+    if type(obj) is not dict:
+        raise SerializationError(f"{digest} is not a JSON object")
+    return obj

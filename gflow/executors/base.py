@@ -260,6 +260,17 @@ class Executor(abc.ABC):
                 per its task's policy).
         """
 
+    def reattach(self, calls: Sequence[Call], records: Sequence[Any]) -> list[Any]:
+        """Follow jobs a dead driver left running instead of submitting ``calls`` again (``gflow resume``).
+
+        ``records[i]`` is the dead run's task run (``TaskRunRecord``) of ``calls[i]``: same input key, its id the
+        old call id its job's call spec names. A backend that lists its jobs by the run's tags or labels returns,
+        per call, a handle that reports the old job's outcome under ``calls[i].id`` (read from the old call
+        spec's outcome slot), or None where the job failed, vanished, or cannot be found: that call is
+        submitted as usual. The default finds nothing.
+        """
+        return [None] * len(calls)
+
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
         """Each handle's state as the executor knows it now (for tools and tests: the engine hears only the
         listener's events). The default reads a ``state`` attribute of the handle (QUEUED if it has none)."""

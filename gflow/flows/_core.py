@@ -71,6 +71,8 @@ from gflow.flows._events import (
     CALL,
     MAP,
     SUBFLOW,
+    Adopt,
+    Adopted,
     ArmTimer,
     ArtifactsLost,
     BodyReturned,
@@ -109,7 +111,8 @@ SUCCEEDED, FAILED, CANCELLED, CACHED = State.SUCCEEDED, State.FAILED, State.CANC
 
 #: the legal task-state moves, and when each happens (see the module docstring)
 TRANSITIONS: dict[tuple[State, State], str] = {
-    (PENDING, QUEUED): "dispatched to its executor (a speculative call: seen starting or finishing)",
+    (PENDING, QUEUED): "dispatched to its executor (a speculative call: seen starting or finishing; a resumed "
+                       "call: its dead driver's job adopted)",
     (PENDING, RUNNING): "a map over a future fans out",
     (PENDING, SUCCEEDED): "a subflow placeholder: its child run succeeded",
     (PENDING, CACHED): "a stored, in-run or twin result was taken (cache, resume)",
@@ -131,10 +134,12 @@ TRANSITIONS: dict[tuple[State, State], str] = {
 
 class Core:
     """The state machine. ``resume``: finished calls of the resumed run by input key (reused whatever
-    their code version unless ``rerun_changed``); ``use_cache``: False reads no cached results (replay)."""
+    their code version unless ``rerun_changed``); ``adopt``: the resumed run's calls that were queued or running
+    when its driver died, by input key (their jobs are followed, not submitted again, where the executor finds
+    them: ``Adopt`` out, ``Adopted`` in); ``use_cache``: False reads no cached results (replay)."""
 
     def __init__(self, *, resume: dict[str, TaskRunRecord] | None = None, rerun_changed: bool = False,
-                 use_cache: bool = True, story_size: int = 50_000):
+                 use_cache: bool = True, story_size: int = 50_000, adopt: dict[str, TaskRunRecord] | None = None):
         self.tasks: dict[str, TaskState] = {}
         self.runs: dict[str, RunState] = {}
         self.caps: dict[str, Capabilities] = {}
@@ -147,6 +152,7 @@ class Core:
         #: cacheable calls in flight by key: a second call with the same key waits for the first
         self.inflight: dict[str, TaskState] = {}
         self.resume = resume or {}
+        self.adopt = dict(adopt or {})
         self.rerun_changed = rerun_changed
         self.use_cache = use_cache
         self.story_log: deque[tuple[str, State, State, str, float]] = deque(maxlen=story_size)
@@ -378,6 +384,36 @@ class Core:
         if caps is not None and caps.accepts_refs and not self.resume and fresh and ev.capacity > 0:
             _speculation.speculate(self, ev.executor, fresh, ev.capacity)
 
+    def _adopted(self, ev: Adopted) -> None:
+        """The executor found (a handle) or did not find (None) the dead driver's job of each call."""
+        descs = ev.descriptions
+        stale: list[Any] = []
+        for i, (call, handle) in enumerate(zip(ev.calls, ev.handles)):
+            ts = self.tasks.get(call.id)
+            if ts is None or ts.state is not PENDING or not ts.looking or ts.attempt != call.attempt:
+                if handle is not None:
+                    stale.append(handle)  # cancelled meanwhile: stop following it
+                continue
+            ts.looking = False
+            if handle is None:
+                self._enqueue(ts)
+                continue
+            group, task = ts.group, ts.task
+            if group is not None and group.max_concurrency is not None:
+                self.running[group.key] = self.running.get(group.key, 0) + 1
+            elif task.options.max_concurrency is not None:
+                self.running[task.identity] = self.running.get(task.identity, 0) + 1
+            later = bool(ts.deps)
+            desc = descs[i] if descs is not None else None
+            self._transition(ts, QUEUED, key=ts.key if later else None, ikey=ts.ikey if later else None,
+                             executor=ts.executor, handle=desc,
+                             message=f"adopted {desc or 'job'} of the dead driver's run")
+            ts.handle = handle
+            if desc is not None:
+                ts.desc = desc
+        if stale:
+            self.out.append(CancelCalls(self.sid, ev.executor, stale))
+
     def _submit_failed(self, ev: SubmitFailed) -> None:
         err = ev.error if ev.error is not None else GflowError("the executor refused the batch")
         for call in ev.calls:
@@ -478,6 +514,14 @@ class Core:
             if rec is not None and not (self.rerun_changed and rec.key != ts.key):
                 ts.looking = True
                 self.out.append(LookUp(self.sid, [(ts.id, ts.key or "", rec)]))
+                return
+        if self.adopt and ts.ikey is not None and ts.state is PENDING and ts.attempt == 1:
+            old = self.adopt.pop(ts.ikey, None)
+            if old is not None and not (self.rerun_changed and old.key != ts.key):
+                ts.looking = True
+                call_args, call_kwargs = task.validator.call_args(ts.arguments)
+                call = Call(ts.id, ts.run_id, task, call_args, call_kwargs, ts.attempt, ts.key, ts.index)
+                self.out.append(Adopt(self.sid, ts.executor, [call], [old]))
                 return
         if task.options.cache and self.use_cache and ts.key is not None:
             hit = self.cache_mem.get(ts.key)
@@ -625,6 +669,7 @@ _HANDLERS: dict[type, Callable[[Core, Any], None]] = {
     CallsAdded: Core._calls_added,
     Dispatch: Core._dispatch,
     Submitted: Core._submitted,
+    Adopted: Core._adopted,
     SubmitFailed: Core._submit_failed,
     Started: Core._started,
     Finished: Core._finished,

@@ -27,6 +27,8 @@ from gflow.executors import get_executor, settings_key
 from gflow.executors.base import CallDone, CallEvent, CallStarted, Executor
 from gflow.flows._core import Core
 from gflow.flows._events import (
+    Adopt,
+    Adopted,
     ArmTimer,
     ArtifactsLost,
     BodyReturned,
@@ -77,6 +79,8 @@ class Engine:
         routes: Executors for some tasks: ``{task name or module:qualname or "@gpu": spec}``.
         backends: Settings per executor backend (a profile's ``aws_batch``, ``volcano``, ... tables).
         resume: Finished calls of a resumed run, by input key.
+        adopt: Calls of a resumed run that were queued or running when its driver died, by input key: their
+            jobs are followed where the executor finds them (``Executor.reattach``).
         rerun_changed: With ``resume``: recompute calls whose task code changed since.
         use_cache: False: take no result from the cache (a replay runs every call again).
     """
@@ -84,10 +88,10 @@ class Engine:
     def __init__(self, store: Store, artifacts: Any, *, executor: str | Executor = "local",
                  routes: dict[str, str] | None = None, resume: dict[str, TaskRunRecord] | None = None,
                  rerun_changed: bool = False, backends: dict[str, dict[str, Any]] | None = None,
-                 use_cache: bool = True):
+                 use_cache: bool = True, adopt: dict[str, TaskRunRecord] | None = None):
         self.store = store
         self.artifacts = artifacts
-        self.core = Core(resume=resume, rerun_changed=rerun_changed, use_cache=use_cache)
+        self.core = Core(resume=resume, rerun_changed=rerun_changed, use_cache=use_cache, adopt=adopt)
         self.recorder = Recorder(store, artifacts,
                                  on_lost=lambda e: self.q.put(ArtifactsLost("artifact-store-failed", e)),
                                  on_state_error=lambda: self.q.put(("state-failed",)))
@@ -444,6 +448,14 @@ class Engine:
                 rec.add_many(ins.transitions, ins.blobs)
             elif type(ins) is Submit:
                 work.extend(self._submit(ins))
+            elif type(ins) is Adopt:
+                # one reattach per executor for all the adoptions waiting here (a map's elements come one by one)
+                same = [w for w in work if type(w) is Adopt and w.executor == ins.executor]
+                if same:
+                    work = deque(w for w in work if not (type(w) is Adopt and w.executor == ins.executor))
+                    ins = Adopt(ins.stimulus_id, ins.executor, [c for a in (ins, *same) for c in a.calls],
+                                [r for a in (ins, *same) for r in a.records])
+                work.extend(self._adopt(ins))
             elif type(ins) is Resolve:
                 self._resolve(ins.tasks)
             elif type(ins) is ArmTimer:
@@ -494,6 +506,17 @@ class Engine:
         descs = [ex.describe_handle(h) for h in handles]
         cap = ex.capacity() if ex.capabilities.accepts_refs else 0
         return self.core.handle(Submitted("submitted", ins.executor, ins.calls, handles, descs, cap), time.time())
+
+    def _adopt(self, ins: Adopt) -> list[Instruction]:
+        ex = self.executors[ins.executor]
+        try:
+            handles = list(ex.reattach(ins.calls, ins.records))
+        except Exception:  # noqa: BLE001 - nothing adopted: the calls are submitted again, as before reattach
+            log.warning("could not look for the dead driver's jobs on %s; submitting %d calls again", ins.executor,
+                        len(ins.calls), exc_info=True)
+            handles = [None] * len(ins.calls)
+        descs = [None if h is None else ex.describe_handle(h) for h in handles]
+        return self.core.handle(Adopted("adopted", ins.executor, ins.calls, handles, descs), time.time())
 
     def _cancel_calls(self, ins: CancelCalls) -> None:
         ex = self.executors.get(ins.executor)

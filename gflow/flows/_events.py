@@ -159,6 +159,17 @@ class SubmitFailed(Event):
 
 
 @dataclass(slots=True)
+class Adopted(Event):
+    """What :meth:`~gflow.executors.base.Executor.reattach` found for an ``Adopt``: a handle per call (None: the
+    dead driver's job failed or is gone, so the call is queued as usual)."""
+
+    executor: str = ""
+    calls: list[Call] = field(default_factory=list)
+    handles: list[Any] = field(default_factory=list)
+    descriptions: list[str | None] | None = None
+
+
+@dataclass(slots=True)
 class Started(Event):
     id: str = ""
     attempt: int = 1
@@ -259,6 +270,16 @@ class _Match:
 class Submit(Instruction):
     executor: str = ""
     calls: list[Call] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Adopt(Instruction):
+    """Follow the jobs a dead driver left on ``executor`` for ``calls`` instead of submitting them: ``records``
+    are the dead run's in-flight task runs of the same calls (same input key), in order."""
+
+    executor: str = ""
+    calls: list[Call] = field(default_factory=list)
+    records: list[TaskRunRecord] = field(default_factory=list)
 
 
 @dataclass(slots=True)

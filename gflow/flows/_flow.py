@@ -318,7 +318,7 @@ class Flow(Generic[P, R]):
             resume = prepare_resume(st, resume_from, run_id, force) if resume_from else None
             engine = Engine(st, rc.artifacts, executor=rc.executor, routes=rc.routes, backends=rc.backends,
                             resume=resume.results if resume else None, rerun_changed=rerun_changed,
-                            use_cache=cache)
+                            use_cache=cache, adopt=resume.inflight if resume else None)
             try:
                 image_tag = preflight(engine, self)
                 record = RunRecord(id=run_id, flow=self.name, flow_path=self.path, params=params_json,

@@ -57,8 +57,26 @@ def open_run_context(profile: str | None = None, *, executor: Any = None, store:
 
 @dataclass
 class Resume:
+    """A claimed resume: the run, its finished calls (``results``) and the calls that were queued or running
+    when its driver died (``inflight``, both by input key), whose jobs may still run."""
+
     run: RunRecord
     results: dict[str, TaskRunRecord]
+    inflight: dict[str, TaskRunRecord] = field(default_factory=dict)
+
+
+#: the error ``prepare_resume`` records on the task runs a dead driver left unfinished
+DRIVER_LOST = "DriverLost: the driver process died"
+
+
+def inflight_calls(store: Store, run_id: str, results: dict[str, TaskRunRecord]) -> dict[str, TaskRunRecord]:
+    """The task runs of ``run_id`` that a dead driver left queued or running on a backend (recorded with a
+    executor, ended ``DriverLost``), by input key; calls with a stored result are left to ``results``."""
+    out: dict[str, TaskRunRecord] = {}
+    for t in store.task_runs(run_id):
+        if t.state is State.FAILED and t.error == DRIVER_LOST and t.ikey and t.ikey not in results:
+            out.setdefault(t.ikey, t)
+    return out
 
 
 def prepare_resume(store: Store, run_id: str, new_run_id: str, force: bool = False) -> Resume:
@@ -83,7 +101,7 @@ def prepare_resume(store: Store, run_id: str, new_run_id: str, force: bool = Fal
             raise ResumeRefused(f"run {rec.id} is marked {rec.state.value} on host {rec.host}; if its driver is "
                                 f"gone, resume with --force")
         now = time.time()
-        end_unfinished(store, rec.id, State.FAILED, "DriverLost: the driver process died", now)
+        end_unfinished(store, rec.id, State.FAILED, DRIVER_LOST, now)
         try:
             store.set_run_state(rec.id, State.FAILED, now, error=f"DriverLost: driver pid {rec.pid} on {rec.host} "
                                                                    f"is gone")
@@ -105,7 +123,8 @@ def prepare_resume(store: Store, run_id: str, new_run_id: str, force: bool = Fal
     winner = store.claim_resume(rec.id, new_run_id, current)
     if winner is not None:
         raise ResumeRefused(f"run {rec.id} is being resumed by run {winner} (another driver claimed it first)")
-    return Resume(rec, store.results_for_resume(rec.id))
+    results = store.results_for_resume(rec.id)
+    return Resume(rec, results, inflight_calls(store, rec.id, results))
 
 
 #: a claim whose run was never recorded (its driver died between the claim and the record) is stale after this

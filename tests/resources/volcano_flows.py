@@ -108,3 +108,18 @@ def vanish_flow() -> int:
 def fan_in_plain_image(n: int = 3) -> int:
     """A flow naming a plain image reference: run as given, nothing built (issue 23 item 6)."""
     return total(square.map(range(n)))
+
+
+@gflow.task
+def gated_square(x: int, folder: str) -> int:
+    """Waits (up to 5 min) for ``folder/open``: the pods stay running while a test kills their driver."""
+    gate = Path(folder) / "open"
+    end = time.monotonic() + 300
+    while not gate.exists() and time.monotonic() < end:
+        time.sleep(0.05)
+    return x * x
+
+
+@gflow.flow
+def gated_fan(n: int, folder: str) -> int:
+    return total(gated_square.map(range(n), folder=folder))

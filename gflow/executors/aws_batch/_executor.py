@@ -348,6 +348,14 @@ class AwsBatchExecutor(RunArtifacts, Executor):
         self.monitor.track([handles[c.id] for c in calls])
         return [handles[c.id] for c in calls]
 
+    def reattach(self, calls: Sequence[Call], records: Sequence[Any]) -> list[Any]:
+        """Follow the dead driver's jobs of ``calls`` (found by the run id in their names and ``gflow:run`` tag);
+        None for calls whose job or array child failed or is gone. See ``_reattach``."""
+        from gflow.executors.aws_batch._reattach import reattach
+
+        self.prepare()
+        return reattach(self, calls, records)
+
     def queue_for(self, task: Any) -> str:
         """The job queue of ``task``'s calls: spot_queue when its resources ask for spot, else on_demand_queue
         (else queue)."""

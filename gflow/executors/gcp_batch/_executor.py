@@ -393,6 +393,14 @@ class GcpBatchExecutor(RunArtifacts, Executor):
             jobs.append(job)
         return jobs
 
+    def reattach(self, calls: Sequence[Call], records: Sequence[Any]) -> list[Any]:
+        """Follow the dead driver's Batch jobs of ``calls`` (found by the ``gflow-run`` label, each task by the
+        call id its call spec names); None for calls whose job or task failed or is gone. See ``_reattach``."""
+        from gflow.executors.gcp_batch._reattach import reattach
+
+        self.prepare()
+        return reattach(self, calls, records)
+
     def parallelism_for(self, task: Any) -> int | None:
         """Tasks of one job running at once: the executor's ``parallelism`` and the task's ``max_concurrency``,
         whichever is lower (None: as many as the job has, up to Batch's 5,000)."""

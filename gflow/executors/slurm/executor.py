@@ -235,6 +235,14 @@ class SlurmExecutor(RunArtifacts, Executor):
         self.submitted_at = time.time()
         return [handles[c.id] for c in calls]
 
+    def reattach(self, calls: Sequence[Call], records: Sequence[Any]) -> list[Any]:
+        """Follow the dead driver's Slurm jobs of ``calls`` (found by job name, each element by the call id its
+        call spec names); None for calls whose job squeue no longer lists. See ``_reattach``."""
+        from gflow.executors.slurm._reattach import reattach
+
+        self.prepare()
+        return reattach(self, calls, records)
+
     def _resources(self, task: Any, chunk: int | None = None) -> Resources:
         return Resources.of(task.options.resources, timeout=task.options.timeout, chunk=chunk or self.chunk,
                             gang_nodes=self.gang_nodes, time_margin=self.time_margin)

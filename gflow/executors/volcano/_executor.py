@@ -203,23 +203,31 @@ class VolcanoExecutor(RunArtifacts, Executor):
         self.namespace = self.settings.namespace
         self.core = client.CoreV1Api(self._api)
         self.custom = client.CustomObjectsApi(self._api)
-        selector = f"{vm.L_DRIVER}={self.driver_id}"
-        ns = self.namespace
+        self._watch_driver(self.driver_id)
+        self.tracker.start()
+        self._connected = True
+
+    def _watch_driver(self, driver_id: str) -> None:
+        """Watch the pods and Jobs labelled with ``driver_id`` (this driver's, or a dead one's being adopted)."""
+        selector = f"{vm.L_DRIVER}={driver_id}"
+        ns = self.namespace or "default"
+        # a dead driver's Jobs were seen gone before only if this driver created them: no relist-vanish for those
+        own = driver_id == self.driver_id
         pods = ListWatch(partial(self.core.list_namespaced_pod, ns), self.tracker.on_pod, label_selector=selector,
-                         on_relist=self.tracker.on_pod_relist, timeout_seconds=self.watch_timeout, name="volcano-pods")
+                         on_relist=self.tracker.on_pod_relist if own else None, timeout_seconds=self.watch_timeout,
+                         name="volcano-pods")
         jobs = ListWatch(partial(self.custom.list_namespaced_custom_object, vm.GROUP, vm.VERSION, ns, vm.PLURAL),
-                         self.tracker.on_job, label_selector=selector, on_relist=self.tracker.on_job_relist,
+                         self.tracker.on_job, label_selector=selector,
+                         on_relist=self.tracker.on_job_relist if own else None,
                          timeout_seconds=self.watch_timeout, name="volcano-jobs")
         for w, what in ((jobs, "listing Volcano Jobs"), (pods, "listing pods")):
             try:
                 w.relist()
             except Exception as e:  # noqa: BLE001 - translated at the boundary
                 raise k8s_error(e, f"volcano executor: {what} in namespace {ns}") from None
-        self._watches = [pods, jobs]
-        for w in self._watches:
+        self._watches += [pods, jobs]
+        for w in (pods, jobs):
             w.start()
-        self.tracker.start()
-        self._connected = True
 
     def preflight(self) -> None:
         """Before the run is recorded (and before any image is built): the kubeconfig or in-cluster account, the
@@ -326,6 +334,16 @@ class VolcanoExecutor(RunArtifacts, Executor):
                 self._delete(jr.name)
             raise
         return [by_id[c.id] for c in calls]
+
+    def reattach(self, calls: Sequence[Call], records: Sequence[Any]) -> list[Any]:
+        """Follow the dead driver's Volcano Jobs of ``calls`` (found by the ``gflow.dev/run`` label, each replica
+        by the call id its call spec names); None for calls whose Job ended failed or is gone. See ``_reattach``."""
+        from gflow.executors.volcano._reattach import reattach
+
+        if self._closed:
+            raise ExecutorError("volcano executor is closed")
+        self._connect()
+        return reattach(self, calls, records)
 
     def _create(self, calls: list[Call], manifest: Any, image: str, gang: bool) -> JobRec:
         task, first = calls[0].task, calls[0]
