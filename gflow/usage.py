@@ -29,8 +29,8 @@ from typing import Any
 
 from gflow.errors import ConfigError
 
-__all__ = ["USAGE_KEYS", "Prices", "attempt_cost", "clean_usage", "parse_prices", "process_meter", "thread_meter",
-           "usage_of"]
+__all__ = ["USAGE_KEYS", "Prices", "UsageSummary", "attempt_cost", "attempt_usages", "clean_usage", "parse_prices",
+           "process_meter", "summarize", "task_run_cost", "thread_meter", "usage_of"]
 
 #: the measured numbers an attempt's ``info["usage"]`` carries (the names docs/lineage.md documents)
 USAGE_KEYS = ("wall_seconds", "cpu_seconds", "peak_memory_bytes", "gpu_peak_memory_bytes", "gpu_utilization")
@@ -268,3 +268,101 @@ def attempt_cost(usage: dict[str, Any] | None, prices: Prices | None) -> float |
     # a batch's calls share one measurement (``batch_size`` tasks): each carries its share
     return usage["wall_seconds"] / 3600 * rate / usage.get("batch", 1)
 
+
+
+# -- summaries: per attempt, task run, task (a map is its task's calls) and run ---------------------------------
+
+def attempt_usages(info: Any, attempt: int) -> dict[int, dict[str, Any]]:
+    """Each attempt's usage, by attempt number, from a task run's ``info`` (a retried call keeps the earlier
+    attempts' under ``usage_by_attempt``; the last attempt's is ``usage``)."""
+    out: dict[int, dict[str, Any]] = {}
+    if not isinstance(info, dict):
+        return out
+    hist = info.get("usage_by_attempt")
+    if isinstance(hist, dict):
+        for k, v in list(hist.items())[:1000]:
+            u = clean_usage(v)
+            if u and isinstance(k, str) and k.isdigit():
+                out[int(k)] = u
+    last = usage_of(info)
+    if last:
+        out[attempt] = last
+    return out
+
+
+def task_run_cost(info: Any, attempt: int, prices: Prices | None) -> float | None:
+    """The estimated cost of all of a task run's attempts; None without prices or usage."""
+    costs = [c for u in attempt_usages(info, attempt).values() if (c := attempt_cost(u, prices)) is not None]
+    return sum(costs) if costs else None
+
+
+@dataclass
+class UsageSummary:
+    """What a group of task runs (one task's calls, a map, a run) used, by the last attempts' measurements,
+    and their estimated cost (every attempt's)."""
+
+    name: str
+    calls: int = 0
+    measured: int = 0
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    gpu_peak_memory_bytes: int | None = None
+    requested_memory_bytes: float | None = None
+    requested_cpu: float | None = None
+    cost: float | None = None
+    is_map: bool = False
+
+    def add(self, t: Any, prices: Prices | None) -> None:
+        self.calls += 1
+        self.is_map = self.is_map or getattr(t, "map_index", None) is not None
+        u = usage_of(t.info)
+        if u:
+            self.measured += 1
+            self.cpu_seconds += u.get("cpu_seconds", 0.0)
+            self.wall_seconds += u.get("wall_seconds", 0.0)
+            self.peak_memory_bytes = max(self.peak_memory_bytes, u.get("peak_memory_bytes", 0))
+            if "gpu_peak_memory_bytes" in u:
+                self.gpu_peak_memory_bytes = max(self.gpu_peak_memory_bytes or 0, u["gpu_peak_memory_bytes"])
+            req = u.get("requested") or {}
+            self.requested_memory_bytes = req.get("memory_bytes", self.requested_memory_bytes)
+            self.requested_cpu = req.get("cpu", self.requested_cpu)
+        c = task_run_cost(t.info, t.attempt, prices)
+        if c is not None:
+            self.cost = (self.cost or 0.0) + c
+
+    @property
+    def memory_ratio(self) -> float | None:
+        """Peak used over requested memory: far below 1 asks too much, near or over 1 too little."""
+        if not self.measured or not self.requested_memory_bytes:
+            return None
+        return self.peak_memory_bytes / self.requested_memory_bytes
+
+
+def summarize(task_runs: Any, prices: Prices | None) -> tuple[UsageSummary, list[UsageSummary]]:
+    """The run's total and one summary per task (a map's elements are its task's calls), outliers first: the
+    tasks whose peak memory is furthest from what they asked for (either way), then by CPU seconds."""
+    total = UsageSummary("run")
+    by: dict[str, UsageSummary] = {}
+    for t in task_runs:
+        total.add(t, prices)
+        s = by.get(t.name)
+        if s is None:
+            s = by[t.name] = UsageSummary(t.name)
+        s.add(t, prices)
+
+    def off(s: UsageSummary) -> tuple[float, float]:
+        r = s.memory_ratio
+        return (-abs(math.log(r)) if r else 0.0, -s.cpu_seconds)
+
+    return total, sorted(by.values(), key=off)
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

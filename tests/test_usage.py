@@ -131,3 +131,82 @@ def test_no_gpu_no_gpu_fields(monkeypatch, mod):
     monkeypatch.setattr(U, "_nvml", None)
     u = U.process_meter().stop(None)
     assert "gpu_peak_memory_bytes" not in u and u["requested"] == {}
+
+
+# -- item 2: cost from the profile's price table ----------------------------------------------------------------
+
+PRICES = "[profiles.default.prices]\nvcpu_hour = 0.04\ngib_hour = 0.005\ngpu_hour = 2.5\nspot_factor = 0.3\n"
+
+
+@pytest.mark.parametrize("table, words", [
+    ("vcpu_hour = -1\ngib_hour = 0\ngpu_hour = 0", "vcpu_hour is negative (-1); prices must be >= 0"),
+    ("vcpu_hour = 1\ngib_hour = 0", "missing price 'gpu_hour'"),
+    ("vcpu_hour = 1\ngib_hour = 0\ngpu_hour = '3'", "gpu_hour must be a number"),
+    ("vcpu_hour = 1\ngib_hour = 0\ngpu_hour = 0\ncpu_hour = 2", "unknown key 'cpu_hour'"),
+])
+def test_bad_price_table_is_one_clear_line(gflow_home, table, words):
+    from conftest import cli
+
+    (gflow_home.parent / "gflow.toml").write_text(f"[profiles.default.prices]\n{table}\n")
+    r = cli("runs", "ls", cwd=str(gflow_home.parent), env={"GFLOW_HOME": str(gflow_home)})
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and words in lines[0] and "[prices]" in lines[0], r.stderr
+
+
+def test_cost_of_an_attempt():
+    p = U.parse_prices({"vcpu_hour": 0.04, "gib_hour": 0.005, "gpu_hour": 2.5, "spot_factor": 0.3})
+    u = {"wall_seconds": 3600.0, "peak_memory_bytes": 2**29,
+         "requested": {"cpu": 2.0, "memory_bytes": 4 * 2**30, "gpu": 1.0, "spot": False}}
+    assert U.attempt_cost(u, p) == pytest.approx(2 * 0.04 + 4 * 0.005 + 2.5)
+    spot = {**u, "requested": {**u["requested"], "spot": True}}
+    assert U.attempt_cost(spot, p) == pytest.approx((2 * 0.04 + 4 * 0.005 + 2.5) * 0.3)
+    # memory not asked for counts as the measured peak; a batch's calls share one measurement
+    bare = {"wall_seconds": 1800.0, "peak_memory_bytes": 2**30, "requested": {"cpu": 1.0, "spot": False},
+            "batch": 2}
+    assert U.attempt_cost(bare, p) == pytest.approx(0.5 * (0.04 + 0.005) / 2)
+    assert U.attempt_cost(u, None) is None and U.attempt_cost({"cpu_seconds": 1.0}, p) is None
+
+
+def test_cost_per_attempt_task_map_and_run_in_graphql_runs_show_and_report(store, gflow_home):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("strawberry")
+    from conftest import cli
+
+    from gflow.report import render_report
+    from gflow.server.app import create_app
+    from gflow.server.testing import serve
+    from gflow.store import open_store
+
+    uf._tries["n"] = 0
+    res = uf.burn_map.run(3, executor="local", return_run=True)
+    flaky = uf.flaky_flow.run(executor="local", return_run=True)
+    prices = U.parse_prices({"vcpu_hour": 3600.0, "gib_hour": 0, "gpu_hour": 0})  # 1 per CPU-second: easy sums
+    q = """query($id: ID!, $t: ID!) {
+      run(id: $id) { usage { currency total { calls measured cpuSeconds cost } tasks { name isMap calls cost } } }
+      taskRun(id: $t) { cost attempts { attempt cpuSeconds wallSeconds peakMemoryBytes gpuPeakMemoryBytes cost } }
+    }"""
+    (ftr,) = store.task_runs(flaky.id)
+    with serve(create_app(open_store(store.url), close_store=True, prices=prices)) as url:
+        r = httpx.post(f"{url}/graphql", json={"query": q, "variables": {"id": res.id, "t": ftr.id}}, timeout=30)
+    data = r.json()["data"]
+    usage = data["run"]["usage"]
+    walls = [U.usage_of(t.info)["wall_seconds"] for t in store.task_runs(res.id)]
+    assert usage["currency"] == "USD" and usage["total"]["calls"] == 3 and usage["total"]["measured"] == 3
+    assert usage["total"]["cost"] == pytest.approx(sum(walls))
+    assert usage["tasks"] == [{"name": "burn", "isMap": True, "calls": 3, "cost": pytest.approx(sum(walls))}]
+    atts = data["taskRun"]["attempts"]
+    assert [a["attempt"] for a in atts] == [1, 2] and all(a["cpuSeconds"] is not None for a in atts)
+    assert all(a["gpuPeakMemoryBytes"] is None for a in atts)
+    assert data["taskRun"]["cost"] == pytest.approx(sum(a["cost"] for a in atts))
+
+    (gflow_home.parent / "gflow.toml").write_text(PRICES)
+    shown = cli("runs", "show", res.id, "--store", store.url, cwd=str(gflow_home.parent),
+                env={"GFLOW_HOME": str(gflow_home)})
+    assert shown.returncode == 0, shown.stderr
+    assert "usage        CPU " in shown.stdout and "cost         0.0" in shown.stdout
+    assert "burn (map of 3): CPU " in shown.stdout
+
+    html = render_report(store, res.id, prices=prices)
+    assert 'data-testid="cost-total"' in html and "cost-not-recorded" not in html
+    assert "usage-not-recorded" not in html
