@@ -39,27 +39,56 @@ _RSS_UNIT = 1 if sys.platform == "darwin" else 1024
 _getrusage, _SELF, _thread_time, _time = resource.getrusage, resource.RUSAGE_SELF, time.thread_time, time.time
 
 
-def requested(task: Any) -> dict[str, Any]:
-    """What a call of ``task`` asked for (recorded with its usage: the cost is computed from it)."""
+_DEFAULT_ASK = (1, None, 0, False)
+_asks: dict[Any, dict[str, Any] | None] = {}
+
+
+def requested(task: Any) -> dict[str, Any] | None:
+    """What a call of ``task`` asked for (recorded with its usage: the cost is computed from it); None for the
+    default (1 CPU, no memory asked, no GPU, on demand), which costs nothing to record. One dict per resources."""
     res = getattr(getattr(task, "options", None), "resources", None)
     if res is None:
-        return {}
-    return {"cpu": res.cpu, "memory_bytes": res.memory, "gpu": res.gpu, "spot": res.spot}
+        return None
+    try:
+        return _asks[res]
+    except KeyError:
+        ask = (res.cpu, res.memory, res.gpu, res.spot)
+        got = _asks[res] = None if ask == _DEFAULT_ASK else \
+            {"cpu": res.cpu, "memory_bytes": res.memory, "gpu": res.gpu, "spot": res.spot}
+        return got
+    except TypeError:  # unhashable: not a Resources
+        return None
 
 
 # -- threads ----------------------------------------------------------------------------------------------------
 
+_THREAD = getattr(resource, "RUSAGE_THREAD", None)
+
+
 def thread_meter() -> tuple[float, float, int]:
-    """Start measuring a call in this thread; hand the result to :func:`thread_usage`."""
+    """Start measuring a call in this thread; hand the result to :func:`thread_usage`. One ``getrusage`` each
+    side: per-thread CPU (``RUSAGE_THREAD``, Linux) and the process's peak RSS in one reading."""
+    if _THREAD is not None:
+        ru = _getrusage(_THREAD)
+        return _time(), ru.ru_utime + ru.ru_stime, ru.ru_maxrss
     return _time(), _thread_time(), _getrusage(_SELF).ru_maxrss
 
 
 def thread_usage(m: tuple[float, float, int], task: Any = None, end: float | None = None) -> dict[str, Any]:
-    """What the call started at ``m`` used: wall and thread CPU seconds, the process's peak RSS growth."""
+    """What the call started at ``m`` used: wall and thread CPU seconds, the process's peak RSS growth (and what
+    it asked for, where that is not the default)."""
     t0, c0, r0 = m
-    return {"wall_seconds": (end or _time()) - t0, "cpu_seconds": _thread_time() - c0,
-            "peak_memory_bytes": max(_getrusage(_SELF).ru_maxrss - r0, 0) * _RSS_UNIT, "scope": "thread",
-            "requested": requested(task)}
+    if _THREAD is not None:
+        ru = _getrusage(_THREAD)
+        cpu, rss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss
+    else:
+        cpu, rss = _thread_time(), _getrusage(_SELF).ru_maxrss
+    out = {"wall_seconds": (end or _time()) - t0, "cpu_seconds": cpu - c0,
+           "peak_memory_bytes": (rss - r0) * _RSS_UNIT if rss > r0 else 0}
+    req = requested(task)
+    if req is not None:
+        out["requested"] = req
+    return out
 
 
 # -- processes --------------------------------------------------------------------------------------------------
@@ -99,8 +128,10 @@ class _ProcessMeter:
         ru = _getrusage(_SELF)
         peak = _vm_hwm() if self.reset else None
         out: dict[str, Any] = {"wall_seconds": end - self.t0, "cpu_seconds": ru.ru_utime + ru.ru_stime - self.cpu0,
-                               "peak_memory_bytes": peak if peak is not None else ru.ru_maxrss * _RSS_UNIT,
-                               "scope": "process", "requested": requested(task)}
+                               "peak_memory_bytes": peak if peak is not None else ru.ru_maxrss * _RSS_UNIT}
+        req = requested(task)
+        if req is not None:
+            out["requested"] = req
         if self.gpu is not None:
             out.update(self.gpu.stop())
         return out
@@ -191,8 +222,6 @@ def clean_usage(raw: Any) -> dict[str, Any] | None:
     batch = raw.get("batch")
     if type(batch) is int and batch > 0:
         out["batch"] = batch
-    if raw.get("scope") in ("thread", "process"):
-        out["scope"] = raw["scope"]
     req = raw.get("requested")
     if isinstance(req, dict):
         r = {k: _num(req.get(k)) for k in ("cpu", "memory_bytes", "gpu")}
