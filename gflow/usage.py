@@ -8,8 +8,8 @@ Measured by the code that runs the call (``docs/usage.md``):
   two calls at once share one growth.
 - **processes** (``local://processes``' pool worker, ``gflow worker`` on Docker, AWS Batch, Volcano, Slurm,
   GCP Batch): the process's CPU time (``getrusage``, user + system) and its peak RSS during the call: the
-  kernel's high-water mark is reset before the call (``/proc/self/clear_refs``) and read after (``VmHWM``);
-  where that cannot be done, ``ru_maxrss`` (the process's peak since it started).
+  kernel's high-water mark is reset before the call (``/proc/self/clear_refs``) and read after (``ru_maxrss``,
+  which follows the reset); where the reset cannot be done, that is the process's peak since it started.
 - **GPU**, where NVML (``nvidia-ml-py``, extra ``gpu``) finds devices: the peak of the devices' used memory and
   of their utilization, sampled every 0.2 s during a process-mode call.
 
@@ -20,6 +20,7 @@ The record is a plain dict under the attempt's ``info["usage"]``, with the names
 from __future__ import annotations
 
 import math
+import os
 import resource
 import sys
 import threading
@@ -93,31 +94,28 @@ def thread_usage(m: tuple[float, float, int], task: Any = None, end: float | Non
 
 # -- processes --------------------------------------------------------------------------------------------------
 
+_clear_refs: tuple[int, int] | None = None  # (pid, fd): opened once per process
+
+
 def _reset_peak() -> bool:
+    """Reset this process's peak RSS (``5`` to ``/proc/self/clear_refs``, Linux >= 4.0); False where it cannot."""
+    global _clear_refs
+    pid = os.getpid()
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the peak RSS (VmHWM), Linux >= 4.0
+        if _clear_refs is None or _clear_refs[0] != pid:  # a forked child opens its own
+            _clear_refs = (pid, os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC))
+        os.write(_clear_refs[1], b"5")
         return True
     except OSError:
+        _clear_refs = (pid, -1)
         return False
 
 
-def _vm_hwm() -> int | None:
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 class _ProcessMeter:
-    __slots__ = ("t0", "cpu0", "reset", "gpu")
+    __slots__ = ("t0", "cpu0", "gpu")
 
     def __init__(self) -> None:
-        self.reset = _reset_peak()
+        _reset_peak()  # ru_maxrss follows the reset: the peak read after the call is the call's own
         self.gpu = _GpuSampler.start()
         ru = _getrusage(_SELF)
         self.cpu0 = ru.ru_utime + ru.ru_stime
@@ -126,9 +124,8 @@ class _ProcessMeter:
     def stop(self, task: Any = None) -> dict[str, Any]:
         end = _time()
         ru = _getrusage(_SELF)
-        peak = _vm_hwm() if self.reset else None
         out: dict[str, Any] = {"wall_seconds": end - self.t0, "cpu_seconds": ru.ru_utime + ru.ru_stime - self.cpu0,
-                               "peak_memory_bytes": peak if peak is not None else ru.ru_maxrss * _RSS_UNIT}
+                               "peak_memory_bytes": ru.ru_maxrss * _RSS_UNIT}
         req = requested(task)
         if req is not None:
             out["requested"] = req
