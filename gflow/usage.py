@@ -84,8 +84,8 @@ def thread_usage(m: tuple[float, float, int], task: Any = None, end: float | Non
         cpu, rss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss
     else:
         cpu, rss = _thread_time(), _getrusage(_SELF).ru_maxrss
-    out = {"wall_seconds": (end or _time()) - t0, "cpu_seconds": cpu - c0,
-           "peak_memory_bytes": (rss - r0) * _RSS_UNIT if rss > r0 else 0}
+    out: dict[str, Any] = {"wall_seconds": (end or _time()) - t0, "cpu_seconds": cpu - c0,
+                           "peak_memory_bytes": (rss - r0) * _RSS_UNIT if rss > r0 else 0}
     req = requested(task)
     if req is not None:
         out["requested"] = req
