@@ -112,7 +112,8 @@ def succeed(core: Core, ts: TaskState, out: Outcome) -> None:
         core.cache_mem[ts.key] = CacheHit(value, ref, inline, "this run")
     objs = None if type(value) in SCALARS else object_ids(value) or None
     core._transition(ts, SUCCEEDED, out.ended or core.now, key=ts.key if late else None, result_ref=ref,
-                     result_inline=inline, objects=objs, info=with_history(core, ts, out.info, True),
+                     result_inline=inline, objects=objs,
+                     info=with_history(core, ts, out.info, True) if core.prior_usage else out.info,
                      ikey=ts.ikey if late else None)
     core._finish(ts)
 
