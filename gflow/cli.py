@@ -347,9 +347,34 @@ def runs_show(run_id: str, state: str | None, limit: int, show_value: bool, stor
                           escape(t.executor or "-"), escape((t.error or "").split("\n")[0][:120]))
         out.print(table)
         _print_attempts(st, r.id, [t.id for t in trs if t.attempt > 1][:20])
+        _print_usage(st, r.id, profile)
         total = sum(counts.values())
         if limit and total > len(trs) and not state:
             out.print(f"  ... {total - len(trs)} more task runs (use --limit 0 to list all)", markup=False)
+
+
+def _print_usage(st: Any, run_id: str, profile: str | None) -> None:
+    """What the run used and its estimated cost (the profile's price table), per task, outliers first."""
+    from gflow.config import load_profile
+    from gflow.usage import fmt_bytes, summarize
+
+    prices = load_profile(profile).prices
+    total, tasks = summarize(st.task_runs(run_id), prices)
+    if not total.measured:
+        out.print("  usage        not recorded", markup=False)
+        return
+    cur = prices.currency if prices else ""
+    cost = f"{total.cost:.4f} {cur} (estimate)" if total.cost is not None else "no price table in the profile"
+    out.print(f"  usage        CPU {total.cpu_seconds:.2f} s, wall {total.wall_seconds:.2f} s over {total.measured} "
+              f"task runs; largest peak memory {fmt_bytes(total.peak_memory_bytes)}", markup=False)
+    out.print(f"  cost         {cost}", markup=False)
+    for s in tasks[:20]:
+        used = f"peak {fmt_bytes(s.peak_memory_bytes)} of {fmt_bytes(s.requested_memory_bytes)} asked" \
+            if s.requested_memory_bytes else f"peak {fmt_bytes(s.peak_memory_bytes)}"
+        gpu = f", GPU peak {fmt_bytes(s.gpu_peak_memory_bytes)}" if s.gpu_peak_memory_bytes is not None else ""
+        c = f", cost {s.cost:.4f} {cur}" if s.cost is not None else ""
+        kind = f"map of {s.calls}" if s.is_map else f"{s.calls} call{'s' if s.calls != 1 else ''}"
+        out.print(f"    {s.name} ({kind}): CPU {s.cpu_seconds:.2f} s, {used}{gpu}{c}", markup=False, soft_wrap=True)
 
 
 def _print_attempts(st: Any, run_id: str, retried: list[str]) -> None:
@@ -497,7 +522,7 @@ def report(run_id: str, path: str, artifacts: str | None, store: str | None, pro
                   "are left out", markup=True)
     with _store(profile, store) as st:
         try:
-            out_path = write_report(st, run_id, path, arts)
+            out_path = write_report(st, run_id, path, arts, prices=prof.prices)
         except GflowError as e:
             _fail(str(e))
     err.print(f"report written to {escape(str(out_path))}")

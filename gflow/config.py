@@ -19,7 +19,7 @@ from gflow.errors import ConfigError
 _KEYS = ("executor", "store", "artifacts", "events", "image_registry", "signing_key", "base_image")
 #: tables a profile may hold: ``executors`` routes tasks to other executors; the others are settings of
 #: one executor backend, passed to it as keyword arguments
-_TABLES = ("executors", "local", "dask", "docker", "aws_batch", "volcano", "slurm", "gcp_batch")
+_TABLES = ("executors", "prices", "local", "dask", "docker", "aws_batch", "volcano", "slurm", "gcp_batch")
 
 
 def gflow_home() -> Path:
@@ -57,6 +57,8 @@ class Profile:
     routes: dict[str, str] = field(default_factory=dict)
     #: executor backend -> its settings (the profile's ``aws_batch``, ``volcano``, ... tables)
     backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the price table (``[profiles.X.prices]``) cost estimates use; None: no estimates (docs/usage.md)
+    prices: Any = None
 
     def __post_init__(self) -> None:
         home = gflow_home()
@@ -117,9 +119,15 @@ def load_profile(name: str | None = None, **overrides: Any) -> Profile:
         if v is not None:
             values[key] = v
     routes = values.pop("executors", {})
+    price_table = values.pop("prices", None)
+    prices = None
+    if price_table is not None:
+        from gflow.usage import parse_prices
+
+        prices = parse_prices(price_table, f"{path}: profile '{name}': [prices]")
     backends = {t: values.pop(t) for t in _TABLES if t != "executors" and t in values}
     prof = Profile(name=name, source=str(path) if path else None, routes=parse_routes(routes), backends=backends,
-                   **values)
+                   prices=prices, **values)
     if prof.image_registry:  # the profile's registry is where image backends push, unless their table says
         for table, keys in (("aws_batch", ("image_registry", "registry")), ("volcano", ("registry",)),
                             ("docker", ("registry",))):

@@ -200,7 +200,18 @@ def _usage(trs: list[Any], notes: dict[str, dict[str, Any]]) -> str:
             f'<th>requested</th></tr>{"".join(rows)}</table>')
 
 
-def _cost(trs: list[Any]) -> str:
+def _cost(trs: list[Any], prices: Any = None) -> str:
+    if prices is not None:
+        from gflow.usage import summarize
+
+        total, tasks = summarize(trs, prices)
+        if total.cost is not None:
+            cur = _e(prices.currency)
+            rows = "".join(f"<tr><td>{_e(s.name)}</td><td>{s.calls}{' (map)' if s.is_map else ''}</td>"
+                           f"<td>{s.cost or 0:.4f} {cur}</td></tr>" for s in tasks)
+            return (f'<p data-testid="cost-total">estimated total {total.cost:.4f} {cur} (from the profile\'s price '
+                    f'table; an estimate, not a bill)</p><table class="data"><tr><th>task</th><th>calls</th>'
+                    f'<th>cost</th></tr>{rows}</table>')
     costs = [(t, t.info["cost"]) for t in trs if isinstance(t.info, dict) and isinstance(t.info.get("cost"),
                                                                                           (int, float))]
     if not costs:
@@ -270,8 +281,8 @@ document.querySelectorAll("script.structure-data").forEach(function (s) {
 """
 
 
-def render_report(store: Any, run_id: str, artifacts: Any = None) -> str:
-    """The report of ``run_id`` as HTML text.
+def render_report(store: Any, run_id: str, artifacts: Any = None, prices: Any = None) -> str:
+    """The report of ``run_id`` as HTML text; ``prices`` (:class:`gflow.usage.Prices`) gives the cost section.
 
     Raises:
         ReportError: naming the run the store does not know.
@@ -292,7 +303,7 @@ def render_report(store: Any, run_id: str, artifacts: Any = None) -> str:
     outputs, has_structure = _outputs(run, artifacts)
     sections = [("summary", "Summary", _summary(run, trs)), ("timeline", "Timeline", _timeline(run, trs)),
                 ("dag", "Task graph", _dag(trs)), ("usage", "Usage vs requested", _usage(trs, notes)),
-                ("cost", "Cost", _cost(trs)), ("failures", "Failures", _failures(trs)),
+                ("cost", "Cost", _cost(trs, prices)), ("failures", "Failures", _failures(trs)),
                 ("versions", "Images and code versions", _versions(run, trs, notes)),
                 ("outputs", "Outputs", outputs)]
     body = "".join(f'<section id="{sid}" data-testid="section-{sid}"><h2>{title}</h2>{content}</section>'
@@ -308,8 +319,8 @@ def render_report(store: Any, run_id: str, artifacts: Any = None) -> str:
             f'<p class="muted">written {_ts(time.time())} by gflow report</p>{body}{script}</body></html>')
 
 
-def write_report(store: Any, run_id: str, path: str | Path, artifacts: Any = None) -> Path:
+def write_report(store: Any, run_id: str, path: str | Path, artifacts: Any = None, prices: Any = None) -> Path:
     """Write the report of ``run_id`` to ``path``; returns the path."""
     out = Path(path)
-    out.write_text(render_report(store, run_id, artifacts), encoding="utf-8")
+    out.write_text(render_report(store, run_id, artifacts, prices), encoding="utf-8")
     return out

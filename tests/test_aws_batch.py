@@ -23,6 +23,7 @@ from conftest import cli
 from gflow.errors import ConfigError, TaskFailed
 from gflow.executors.base import Call, CallStarted
 from gflow.states import State
+from gflow.usage import usage_of
 
 pytestmark = pytest.mark.integration
 IMAGE, NOOP = "gflow-test/worker:1", "gflow-test/noop:1"
@@ -101,6 +102,7 @@ def test_a_flow_runs_on_batch_by_url_and_its_logs_come_from_cloudwatch(aws, stor
     assert [t.handle for t in squares] == [f"{IMAGE} job={parent}:{i}" for i in range(5)]
     info = squares[4].info  # what the engine recorded from the outcome
     assert info["job_id"] == f"{parent}:4" and info["array_index"] == 4 and info["exit_code"] == 0
+    assert all(usage_of(t.info)["peak_memory_bytes"] > 0 for t in squares)  # measured by the worker (issue 22)
     assert squares[4].result_ref and squares[4].result_ref.startswith("sha256:")
     log = AwsBatchExecutor.fetch_logs(rec.executor, squares[4].handle, squares[4].info)
     assert '"gflow.outcome": "ok"' in log  # the worker's own output, from moto's CloudWatch Logs

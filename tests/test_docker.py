@@ -19,6 +19,7 @@ import pytest
 from conftest import RESOURCES, cli
 
 from gflow.states import State
+from gflow.usage import usage_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -191,6 +192,7 @@ def test_a_task_can_have_its_own_image(denv, project, store):
     handles = {t.name: t.handle.split(" container=")[0] for t in store.task_runs(r.id)}
     six_tag = task_context(sys.modules["docker_flow"].six_version, "mixed").tag
     assert handles == {"six_version": six_tag, "total": rec.image_tag}
+    assert all(usage_of(t.info)["peak_memory_bytes"] > 0 for t in store.task_runs(r.id))  # measured in the container
     assert six_tag.startswith("gflow-mixed-six_version:")
 
     # an image without gflow in it cannot run calls: a clear error, not a hang

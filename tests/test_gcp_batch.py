@@ -12,6 +12,7 @@ import pytest
 
 from gflow.errors import Preempted
 from gflow.states import State
+from gflow.usage import usage_of
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("google.cloud.batch_v1")
@@ -85,6 +86,7 @@ def test_map_and_reduce_run_by_url_one_job_per_fan_out(gcp, store):
     assert [t.handle for t in trs] == [f"{IMAGE} job={job_id} task={i}" for i in range(5)]
     info = trs[4].info
     assert info["job_id"] == job_id and info["task_index"] == 4 and info["exit_code"] == 0
+    assert all(usage_of(t.info)["peak_memory_bytes"] > 0 for t in trs)  # measured by the worker (issue 22)
     assert trs[4].result_ref.startswith("sha256:")
 
 

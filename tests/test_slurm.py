@@ -19,6 +19,7 @@ from conftest import cli
 from gflow.errors import ConfigError, TaskFailed
 from gflow.executors.slurm import SlurmExecutor
 from gflow.states import State
+from gflow.usage import usage_of
 
 pytestmark = [pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +95,8 @@ def test_logs_of_an_element_through_the_cli(slurm):
     finally:
         st.close()
     assert tr.info["stdout"].endswith(".out") and "job=" in tr.handle
+    u = usage_of(tr.info)  # measured by the worker in the Slurm job (issue 22)
+    assert u["peak_memory_bytes"] > 0 and u["cpu_seconds"] >= 0 and u["wall_seconds"] > 0
     p = cli("logs", run.id, "--task-run", tr.id, "--store", slurm.store)
     assert p.returncode == 0, p.stderr
     assert "--- backend log" in p.stdout and '"gflow.outcome": "ok"' in p.stdout

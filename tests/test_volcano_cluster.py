@@ -21,6 +21,7 @@ from gflow.errors import ConfigError, ExecutorError, TaskFailed  # noqa: E402
 from gflow.executors.base import Call, CallStarted  # noqa: E402
 from gflow.executors.volcano import VolcanoExecutor  # noqa: E402
 from gflow.states import State  # noqa: E402
+from gflow.usage import usage_of
 from tests.conftest import RESOURCES, ROOT  # noqa: E402
 from tests.k8s_fake import FakeKube, FakeVolcano, job_errors  # noqa: E402
 
@@ -409,6 +410,7 @@ def test_logs_and_cluster_access_from_kubeconfig(cluster, monkeypatch, gflow_hom
     st.close()
     assert run.executor == spec and trs and all(tr.handle and "pod=" in tr.handle for tr in trs)
     assert all(tr.info and tr.info["pod"] in tr.handle and tr.info["exit_code"] == 0 for tr in trs)
+    assert all(usage_of(tr.info)["peak_memory_bytes"] > 0 for tr in trs)  # measured by the worker (issue 22)
     text = VolcanoExecutor.fetch_logs(run.executor, trs[0].handle, trs[0].info)
     assert text and '"gflow.outcome": "ok"' in text
     with pytest.raises(ExecutorError, match="pod research/gone-pod is gone, and its log with it .*raise ttl="):

@@ -34,6 +34,7 @@ from typing import Any
 from gflow.errors import ExecutorError, OutOfMemory
 from gflow.executors._memlimit import limit_memory, out_of_memory_message
 from gflow.executors.base import Call, CallDone, CallStarted, Listener, Outcome
+from gflow.usage import process_meter
 
 log = logging.getLogger("gflow.executors.processes")
 
@@ -89,7 +90,8 @@ def _worker_main(conn: Any, lifeline: Any, driver_pid: int = 0) -> None:
         call_id, attempt, blob, artifacts_url = msg
         if artifacts_url:  # task code (gflow.models) finds its run's artifact store through the profile
             os.environ["GFLOW_ARTIFACTS"] = artifacts_url
-        t0 = time.time()
+        meter = process_meter()
+        t0 = meter.t0
         conn.send(("started", call_id, attempt, (t0, f"process pid {os.getpid()}")))
         task: Any = None
         memory = restore = None
@@ -111,6 +113,7 @@ def _worker_main(conn: Any, lifeline: Any, driver_pid: int = 0) -> None:
             out = Outcome.from_exception(err, tb, t0, time.time())
         except BaseException as e:  # noqa: BLE001 - reported to the driver
             out = Outcome.from_exception(e, traceback.format_exc(), t0, time.time())
+        out.info = {"usage": meter.stop(task)}
         try:
             data = pickle.dumps(("done", call_id, attempt, out), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as e:  # noqa: BLE001 - the value or the exception does not pickle

@@ -159,12 +159,18 @@ _qualname = qualname  # the old private name, kept for callers outside gflow
 def run_task(task: Any, args: tuple, kwargs: dict) -> Outcome:
     """Run a task's function here and say how it went (the body of a call in a pool or cluster worker).
     The exception travels only if it pickles; its type name, message and traceback always do."""
-    t0 = time.time()
+    from gflow.usage import thread_meter, thread_usage
+
+    m = thread_meter()  # a cluster worker runs calls in threads: usage is measured per thread
+    t0 = m[0]
     try:
         value = task.invoke(args, kwargs)
-        return Outcome(True, value, started=t0, ended=time.time())
+        t1 = time.time()
+        return Outcome(True, value, started=t0, ended=t1, info={"usage": thread_usage(m, task, t1)})
     except BaseException as e:  # noqa: BLE001 - reported, not swallowed
-        out = Outcome.from_exception(e, traceback.format_exc(), t0, time.time())
+        t1 = time.time()
+        out = Outcome.from_exception(e, traceback.format_exc(), t0, t1)
+        out.info = {"usage": thread_usage(m, task, t1)}
         try:
             pickle.loads(pickle.dumps(e))
         except Exception:  # noqa: BLE001

@@ -28,6 +28,7 @@ from gflow.executors.base import (
     importable_problem,
 )
 from gflow.states import State
+from gflow.usage import thread_meter, thread_usage
 
 
 def _run_here(call: Call, listener: Listener, board: dict | None = None, artifacts: Any = None) -> None:
@@ -36,7 +37,8 @@ def _run_here(call: Call, listener: Listener, board: dict | None = None, artifac
     With a ``board``, the start is written there instead of sent: the engine reads the board a few
     times a second, so a task that finishes quickly costs the engine one wake-up, not two.
     """
-    t0 = time.time()
+    m = thread_meter()
+    t0 = m[0]
     if board is None:
         listener(CallStarted(call.id, call.attempt, t0))
     else:
@@ -45,12 +47,17 @@ def _run_here(call: Call, listener: Listener, board: dict | None = None, artifac
     try:
         value = call.task.invoke(call.args, call.kwargs)
     except BaseException as e:  # noqa: BLE001 - reported, not swallowed
-        listener(CallDone(call.id, call.attempt, Outcome.from_exception(e, traceback.format_exc(), t0, time.time())))
+        t1 = time.time()
+        out = Outcome.from_exception(e, traceback.format_exc(), t0, t1)
+        out.info = {"usage": thread_usage(m, call.task, t1)}
+        listener(CallDone(call.id, call.attempt, out))
         return
     finally:
         if token is not None:
             run_artifacts.reset(token)
-    listener(CallDone(call.id, call.attempt, Outcome(True, value, started=t0, ended=time.time())))
+    t1 = time.time()
+    listener(CallDone(call.id, call.attempt, Outcome(True, value, started=t0, ended=t1,
+                                                     info={"usage": thread_usage(m, call.task, t1)})))
 
 
 class _ThreadPool:
@@ -209,7 +216,8 @@ class LocalExecutor(Executor):
                 live.append(c)
         if not live:
             return
-        t0 = time.time()
+        m = thread_meter()
+        t0 = m[0]
         for c in live:
             self._board[c.id] = (c.attempt, t0)
         token = run_artifacts.set(self._artifacts) if self._artifacts is not None else None
@@ -219,9 +227,12 @@ class LocalExecutor(Executor):
             if token is not None:
                 run_artifacts.reset(token)
         t1 = time.time()
+        usage = thread_usage(m, live[0].task, t1)  # the batch's, shared by its calls
+        usage["batch"] = len(live)
         for c, r in zip(live, results, strict=True):
             out = Outcome(True, r.value, started=t0, ended=t1) if r.ok else \
                 Outcome.from_exception(r.exc or RuntimeError("no result"), r.tb, t0, t1)
+            out.info = {"usage": usage}
             self._listen(CallDone(c.id, c.attempt, out))
 
     def poll(self, handles: Sequence[Any]) -> list[JobStatus]:

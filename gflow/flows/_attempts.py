@@ -112,7 +112,9 @@ def succeed(core: Core, ts: TaskState, out: Outcome) -> None:
         core.cache_mem[ts.key] = CacheHit(value, ref, inline, "this run")
     objs = None if type(value) in SCALARS else object_ids(value) or None
     core._transition(ts, SUCCEEDED, out.ended or core.now, key=ts.key if late else None, result_ref=ref,
-                     result_inline=inline, objects=objs, info=out.info, ikey=ts.ikey if late else None)
+                     result_inline=inline, objects=objs,
+                     info=with_history(core, ts, out.info, True) if core.prior_usage else out.info,
+                     ikey=ts.ikey if late else None)
     core._finish(ts)
 
 
@@ -177,7 +179,7 @@ def fail(core: Core, ts: TaskState, out: Outcome, retryable: bool = True) -> Non
         retryable = False
     again, changes = _retry_decision(ts, out) if retryable else (False, {})
     if again:
-        core._transition(ts, RETRYING, error=error, traceback=out.traceback, info=out.info)
+        core._transition(ts, RETRYING, error=error, traceback=out.traceback, info=with_history(core, ts, out.info))
         policy = task.options.retries
         if changes:  # the next attempt asks for other resources: a copy of the task with them
             ts.task = variant(core, task, changes)
@@ -197,7 +199,7 @@ def fail(core: Core, ts: TaskState, out: Outcome, retryable: bool = True) -> Non
         ts.value = Failed(error_type=out.error_type or "Error", message=out.error_message or "", task_run_id=ts.id,
                           index=ts.index)
         core.runs[ts.run_id].maps[group.key] = group
-        core._transition(ts, FAILED, error=error, traceback=out.traceback, info=out.info)
+        core._transition(ts, FAILED, error=error, traceback=out.traceback, info=with_history(core, ts, out.info, True))
         core._finish(ts)
         return
     if group is not None and group.min_success is not None:
@@ -207,8 +209,23 @@ def fail(core: Core, ts: TaskState, out: Outcome, retryable: bool = True) -> Non
     err.__cause__ = out.exc
     ts.error = err
     core.runs[ts.run_id].failures.append(ts)
-    core._transition(ts, FAILED, error=error, traceback=out.traceback, info=out.info)
+    core._transition(ts, FAILED, error=error, traceback=out.traceback, info=with_history(core, ts, out.info, True))
     core._finish(ts)
+
+
+def with_history(core: Core, ts: TaskState, info: dict[str, Any] | None, last: bool = False) -> dict[str, Any] | None:
+    """An attempt's ``info`` with the usage of the call's earlier attempts (``usage_by_attempt``, keyed by attempt
+    number): the task run keeps one ``info``, the last attempt's, so a retried call carries its history in it.
+    Nothing is kept for calls that were not retried."""
+    prior = core.prior_usage.pop(ts.id, None) if last else core.prior_usage.get(ts.id)
+    usage = info.get("usage") if info else None
+    if not last and usage is not None:
+        prior = core.prior_usage.setdefault(ts.id, {})
+        prior[str(ts.attempt)] = usage
+        return {**(info or {}), "usage_by_attempt": dict(prior)}
+    if not prior:
+        return info
+    return {**(info or {}), "usage_by_attempt": {**prior, **({str(ts.attempt): usage} if usage else {})}}
 
 
 def release_twins(core: Core, first: TaskState, st: State) -> None:

@@ -149,6 +149,8 @@ class Core:
         self.cache_mem: dict[str, CacheHit] = {}
         #: (id(task), resources) -> (task, its copy with those resources): escalated retries share one copy
         self.variants: dict[tuple[int, Any], tuple[Any, Any]] = {}
+        #: usage of the earlier attempts of calls that were retried, by task run id (gflow.flows._attempts)
+        self.prior_usage: dict[str, dict[str, Any]] = {}
         #: cacheable calls in flight by key: a second call with the same key waits for the first
         self.inflight: dict[str, TaskState] = {}
         self.resume = resume or {}

@@ -266,15 +266,19 @@ def to_outcome(artifacts: Any, rec: dict, *, allow_pickle: bool = False) -> Outc
         allow_pickle: Decode a signed pickled result: pass the task's own ``options.pickle`` (never a
             value read from the store).
     """
+    from gflow.usage import clean_usage
+
     started, ended = _time(rec.get("started")), _time(rec.get("ended"))
+    usage = clean_usage(rec.get("usage"))  # measured by the worker (untrusted: known numbers only)
+    info = {"usage": usage} if usage else None
     if rec.get("ok") is True:
         where = f"result of task '{_text(rec.get('task'), '?')[:200]}'"
         try:
             value = decode(result_bytes(artifacts, rec), artifacts.get, allow_pickle=allow_pickle, where=where)
         except Exception as e:  # noqa: BLE001 - reported as the call's failure
             return Outcome(False, error_type=qualname(type(e)), error_message=f"cannot read the result: {e}",
-                           traceback="", started=started, ended=ended or time.time())
-        return Outcome(True, value, started=started, ended=ended, result_ref=rec["result"])
+                           traceback="", started=started, ended=ended or time.time(), info=info)
+        return Outcome(True, value, started=started, ended=ended, result_ref=rec["result"], info=info)
     return Outcome(False, error_type=_text(rec.get("error_type"), "Error") or "Error",
                    error_message=_text(rec.get("error_message")), traceback=_text(rec.get("traceback")),
-                   started=started, ended=ended or time.time())
+                   started=started, ended=ended or time.time(), info=info)

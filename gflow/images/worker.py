@@ -200,22 +200,25 @@ def _run_packed(artifacts: Any, calls: list[tuple[str, dict, dict[str, bytes]]])
 
 def _run_prepared(artifacts: Any, d: str, s: dict, task: Any, args: list, kwargs: dict) -> int:
     from gflow._context import run_artifacts
+    from gflow.usage import process_meter
 
-    t_run = time.time()
+    meter = process_meter()  # the worker process runs one call at a time: usage is the process's
+    t_run = meter.t0
     token = run_artifacts.set(artifacts)  # task code (gflow.models) uses the run's artifact store
     try:
         value = task.invoke(args, kwargs)
     except BaseException as e:  # noqa: BLE001 - becomes the outcome record
-        _fail(artifacts, d, s, "run", e, t_run)
+        _fail(artifacts, d, s, "run", e, t_run, usage=meter.stop(task))
         return EXIT_TASK_FAILED
     finally:
         run_artifacts.reset(token)
-    return _record(artifacts, d, s, task, value, t_run)
+    return _record(artifacts, d, s, task, value, t_run, meter.stop(task))
 
 
 def _run_batch(artifacts: Any, batch: list[tuple[str, dict, Any, list, dict]]) -> list[int]:
     """Calls of ``batch_size`` tasks, grouped per task into batches (``Task.invoke_many``)."""
     from gflow._context import run_artifacts
+    from gflow.usage import process_meter
 
     codes: list[int] = []
     by_task: dict[str, list[tuple[str, dict, Any, list, dict]]] = {}
@@ -223,22 +226,25 @@ def _run_batch(artifacts: Any, batch: list[tuple[str, dict, Any, list, dict]]) -
         by_task.setdefault(item[2].identity, []).append(item)
     for items in by_task.values():
         task = items[0][2]
-        t_run = time.time()
+        meter = process_meter()
+        t_run = meter.t0
         token = run_artifacts.set(artifacts)
         try:
             results = task.invoke_many([(tuple(a), k) for _d, _s, _t, a, k in items])
         finally:
             run_artifacts.reset(token)
+        usage = {**meter.stop(task), "batch": len(items)}  # one measurement, shared by the batch's calls
         for (d, s, _t, _a, _k), r in zip(items, results, strict=True):
             if r.ok:
-                codes.append(_record(artifacts, d, s, task, r.value, t_run))
+                codes.append(_record(artifacts, d, s, task, r.value, t_run, usage))
             else:
-                _fail(artifacts, d, s, "run", r.exc, t_run, r.tb)
+                _fail(artifacts, d, s, "run", r.exc, t_run, r.tb, usage=usage)
                 codes.append(EXIT_TASK_FAILED)
     return codes
 
 
-def _record(artifacts: Any, spec_digest: str, spec: dict, task: Any, value: Any, t_run: float) -> int:
+def _record(artifacts: Any, spec_digest: str, spec: dict, task: Any, value: Any, t_run: float,
+            usage: dict | None = None) -> int:
     """Write a call's output blob and its success record."""
     stage = "output"
     try:
@@ -248,11 +254,13 @@ def _record(artifacts: Any, spec_digest: str, spec: dict, task: Any, value: Any,
         artifacts.put_many(enc.blobs)
         result = artifacts.put(enc.data, enc.digest)
         record = {"ok": True, "result": result, "started": t_run, "ended": time.time(), **_where(spec)}
+        if usage is not None:
+            record["usage"] = usage
         if len(enc.data) <= RESULT_INLINE_MAX:
             record["result_data"] = enc.data.decode()  # the driver reads one document instead of two
         write_outcome(artifacts, spec_digest, record)
     except BaseException as e:  # noqa: BLE001
-        _fail(artifacts, spec_digest, spec, stage, e, t_run)
+        _fail(artifacts, spec_digest, spec, stage, e, t_run, usage=usage)
         return EXIT_TASK_FAILED
     print(json.dumps({"gflow.outcome": "ok", "spec": spec_digest, "result": result}), flush=True)
     return EXIT_OK
@@ -266,12 +274,14 @@ def _where(spec: dict) -> dict:
 
 
 def _fail(artifacts: Any, spec_digest: str, spec: dict, stage: str, e: BaseException | None, started: float,
-          tb: str | None = None) -> None:
+          tb: str | None = None, usage: dict | None = None) -> None:
     from gflow.executors.base import qualname
 
     tb = traceback.format_exc() if tb is None else tb
     record = {"ok": False, "stage": stage, "error_type": qualname(type(e)), "error_message": str(e),
               "traceback": tb, "started": started, "ended": time.time(), **_where(spec)}
+    if usage is not None:
+        record["usage"] = usage
     print(f"gflow worker: {stage} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
     print(tb, file=sys.stderr, flush=True)
     try:

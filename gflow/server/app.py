@@ -65,6 +65,8 @@ class ServerState:
     artifacts: ArtifactStore | None = None
     hub: EventHub | None = None
     subscriptions: SubscriptionLimit = field(default_factory=lambda: SubscriptionLimit(0))
+    #: the profile's price table (gflow.usage.Prices) for cost estimates; None: no estimates
+    prices: Any = None
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking store call on a store thread, translating its errors into GraphQL errors."""
@@ -267,7 +269,7 @@ def _client_key(header: str | None, request: Any) -> str:
 
 def create_app(store: Store, *, auth: AuthConfig | None = None, limits: Limits | None = None,
                close_store: bool = False, drivers: DriverConfig | None = None,
-               artifacts: ArtifactStore | None = None) -> Starlette:
+               artifacts: ArtifactStore | None = None, prices: Any = None) -> Starlette:
     """The server's ASGI app over an open store.
 
     Args:
@@ -277,12 +279,13 @@ def create_app(store: Store, *, auth: AuthConfig | None = None, limits: Limits |
         drivers: How retryTask / replayRun start their driver processes (default: ``python -m gflow``
             with this store's URL).
         artifacts: The artifact store, to show results that are not stored inline (optional).
+        prices: The price table (:class:`gflow.usage.Prices`) cost estimates use (optional).
     """
     limits = limits or Limits()
     state = ServerState(store=store, auth=auth or AuthConfig(), limits=limits,
                         pool=ThreadPoolExecutor(limits.store_threads, thread_name_prefix="gflow-store"),
                         drivers=Drivers(drivers or DriverConfig(), getattr(store, "url", None)), artifacts=artifacts,
-                        subscriptions=SubscriptionLimit(limits.max_subscriptions_per_token))
+                        subscriptions=SubscriptionLimit(limits.max_subscriptions_per_token), prices=prices)
     graphql = GflowGraphQL(state)
 
     async def index(request: Request) -> Response:

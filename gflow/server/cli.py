@@ -119,6 +119,7 @@ def _app(opts: dict[str, Any], store: Any = None) -> tuple[Any, str]:
         arts = None
     limits = Limits(max_page_size=opts["max_page_size"], request_timeout=opts["request_timeout"],
                     max_subscriptions_per_token=opts["max_subscriptions_per_token"])
-    app = create_app(st, auth=auth, limits=limits, close_store=True, drivers=drivers, artifacts=arts)
+    app = create_app(st, auth=auth, limits=limits, close_store=True, drivers=drivers, artifacts=arts,
+                     prices=prof.prices)
     kind = st.url.split(":", 1)[0] if ":" in getattr(st, "url", "") else type(st).__name__
     return app, kind

@@ -154,6 +154,16 @@ class Run:
     async def counts_by_state(self, info: Info) -> list[StateCount]:
         return counts_list(await info.context.loaders.counts.load(str(self.id)))
 
+    @strawberry.field(description="What the run used and its estimated cost, per task (outliers first).")
+    async def usage(self, info: Info) -> RunUsage:
+        from gflow.usage import summarize
+
+        trs = await info.context.call(info.context.store.task_runs, str(self.id))
+        prices = info.context.state.prices
+        total, tasks = summarize(trs, prices)
+        return RunUsage(total=UsageGroup.of(total), tasks=[UsageGroup.of(t) for t in tasks],
+                        currency=prices.currency if prices else None)
+
     @strawberry.field(description="Number of task runs.")
     async def task_run_count(self, info: Info) -> int:
         return sum((await info.context.loaders.counts.load(str(self.id))).values())
@@ -228,6 +238,67 @@ class Attempt:
                                               "type (OutOfMemory, Preempted, ValueError ...); null if it did not.")
     asked: str | None = strawberry.field(default=None, description="The resources the attempt asked for where the "
                                          "call set memory or spot ('memory=128Mi spot'): escalations show here.")
+    wall_seconds: float | None = strawberry.field(default=None, description="Measured by the worker (docs/usage.md); "
+                                                  "null where the attempt recorded no usage.")
+    cpu_seconds: float | None = strawberry.field(default=None, description="CPU time: the thread's on local threads "
+                                                 "and Dask, the process's elsewhere.")
+    peak_memory_bytes: float | None = strawberry.field(default=None, description="Peak RSS during the attempt (on "
+                                                       "threads: the process's peak growth).")
+    gpu_peak_memory_bytes: float | None = strawberry.field(default=None, description="Peak GPU memory used (NVML); "
+                                                           "null where no GPU was seen.")
+    gpu_utilization: int | None = strawberry.field(default=None, description="Peak GPU utilization, percent.")
+    requested_memory_bytes: float | None = strawberry.field(default=None, description="The memory it asked for.")
+    requested_cpu: float | None = strawberry.field(default=None, description="The CPUs it asked for.")
+    cost: float | None = strawberry.field(default=None, description="Estimated cost by the server profile's price "
+                                          "table; null without one.")
+
+
+def with_usage(attempts: list[Attempt], info: Any, last: int, prices: Any) -> list[Attempt]:
+    """``attempts`` with the usage each recorded (a task run's ``info``) and its estimated cost."""
+    from gflow.usage import attempt_cost, attempt_usages
+
+    got = attempt_usages(info, last)
+    for a in attempts:
+        u = got.get(a.attempt)
+        if not u:
+            continue
+        a.wall_seconds, a.cpu_seconds = u.get("wall_seconds"), u.get("cpu_seconds")
+        a.peak_memory_bytes, a.gpu_peak_memory_bytes = u.get("peak_memory_bytes"), u.get("gpu_peak_memory_bytes")
+        a.gpu_utilization = u.get("gpu_utilization")
+        req = u.get("requested") or {}
+        a.requested_memory_bytes, a.requested_cpu = req.get("memory_bytes"), req.get("cpu")
+        a.cost = attempt_cost(u, prices)
+    return attempts
+
+
+@strawberry.type(description="What a group of task runs used (one task's calls, a map's elements, or the run).")
+class UsageGroup:
+    name: str
+    calls: int
+    measured: int = strawberry.field(description="Calls whose last attempt recorded usage.")
+    is_map: bool
+    cpu_seconds: float
+    wall_seconds: float
+    peak_memory_bytes: float = strawberry.field(description="The largest peak among the calls.")
+    requested_memory_bytes: float | None
+    gpu_peak_memory_bytes: float | None
+    memory_ratio: float | None = strawberry.field(description="Peak used / requested memory.")
+    cost: float | None = strawberry.field(description="Estimated, every attempt; null without a price table.")
+
+    @classmethod
+    def of(cls, s: Any) -> UsageGroup:
+        return cls(name=s.name, calls=s.calls, measured=s.measured, is_map=s.is_map, cpu_seconds=s.cpu_seconds,
+                   wall_seconds=s.wall_seconds, peak_memory_bytes=s.peak_memory_bytes,
+                   requested_memory_bytes=s.requested_memory_bytes, gpu_peak_memory_bytes=s.gpu_peak_memory_bytes,
+                   memory_ratio=s.memory_ratio, cost=s.cost)
+
+
+@strawberry.type(description="A run's usage and estimated cost: the total and one group per task, outliers first "
+                             "(peak memory furthest from what was asked, then CPU seconds).")
+class RunUsage:
+    total: UsageGroup
+    tasks: list[UsageGroup]
+    currency: str | None = strawberry.field(description="The price table's currency; null without one.")
 
 
 def attempts_of(events: list[Event]) -> list[Attempt]:
@@ -289,9 +360,18 @@ class TaskRun:
     upstream_ids: list[strawberry.ID] = strawberry.field(description="Task runs whose results this one took.")
     map_index: int | None
 
-    @strawberry.field(description="Attempts with their timings, from the event log.")
+    info_: strawberry.Private[Any] = None
+
+    @strawberry.field(description="Attempts with their timings (event log) and usage (measured by the worker).")
     async def attempts(self, info: Info) -> list[Attempt]:
-        return attempts_of(await info.context.loaders.task_events.load((str(self.run_id), str(self.id))))
+        got = attempts_of(await info.context.loaders.task_events.load((str(self.run_id), str(self.id))))
+        return with_usage(got, self.info_, self.attempt, info.context.state.prices)
+
+    @strawberry.field(description="Estimated cost of all its attempts (the server profile's price table).")
+    def cost(self, info: Info) -> float | None:
+        from gflow.usage import task_run_cost
+
+        return task_run_cost(self.info_, self.attempt, info.context.state.prices)
 
     @strawberry.field(description="This task run's events, oldest first.")
     async def events(self, info: Info) -> list[RunEvent]:
@@ -349,7 +429,7 @@ class TaskRun:
                    attempt=t.attempt, cache_key=t.key, created=t.created, started=t.started, ended=t.ended,
                    duration=dur, error=t.error, traceback=t.traceback, result_ref=t.result_ref,
                    result_inline=t.result_inline, executor_handle=t.handle,
-                   upstream_ids=[strawberry.ID(u) for u in t.upstream], map_index=t.map_index)
+                   upstream_ids=[strawberry.ID(u) for u in t.upstream], map_index=t.map_index, info_=t.info)
 
 
 @strawberry.type(description="A page of runs, newest first.")

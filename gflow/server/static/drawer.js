@@ -4,7 +4,7 @@
 import {actionMessage, ApiError, gql} from "./api.js";
 import {launchLine} from "./run.js";
 import {valueView} from "./objects.js";
-import {$, copyButton, download, el, fmtDur, fmtTime, stateBadge} from "./util.js";
+import {$, copyButton, download, el, fmtBytes, fmtDur, fmtTime, stateBadge} from "./util.js";
 
 const VALUE = "display size truncated source table objects { kind type data depictionSvg view }";
 const TASK = `query($id: ID!) {
@@ -12,7 +12,9 @@ const TASK = `query($id: ID!) {
     id runId task name state attempt cacheKey created started ended duration executorHandle mapIndex resultRef
     errorExcerpt(head: 4000, tail: 4000) { text truncated size }
     tracebackExcerpt { text truncated size omitted }
-    attempts { attempt state queued started ended message errorType asked }
+    attempts { attempt state queued started ended message errorType asked cpuSeconds wallSeconds peakMemoryBytes
+      gpuPeakMemoryBytes gpuUtilization requestedMemoryBytes cost }
+    cost
     output { ${VALUE} }
     upstream { id name state output { display truncated table objects { kind data depictionSvg view } } }
     objects { inputs outputs }
@@ -190,13 +192,23 @@ export class Drawer {
   }
 
   attempts(t) {
+    // used vs requested: the peak beside what the attempt asked for (docs/usage.md); "–" where nothing was measured
+    const mem = (a) => a.peakMemoryBytes == null ? "–" :
+      fmtBytes(a.peakMemoryBytes) + (a.requestedMemoryBytes ? ` of ${fmtBytes(a.requestedMemoryBytes)}` : "");
     const rows = t.attempts.map((a) => el("tr", null, el("td", null, String(a.attempt)), el("td", null, stateBadge(a.state)),
       el("td", null, a.queued && a.started ? fmtDur(a.started - a.queued) : "–"),
       el("td", null, a.started && a.ended ? fmtDur(a.ended - a.started) : a.started ? "running" : "–"),
-      el("td", null, fmtTime(a.started)), el("td", null, a.errorType || ""), el("td", null, a.asked || ""),
+      el("td", null, fmtTime(a.started)),
+      el("td", {"data-testid": "attempt-cpu"}, a.cpuSeconds == null ? "–" : `${a.cpuSeconds.toFixed(2)} s`),
+      el("td", {"data-testid": "attempt-memory"}, mem(a)),
+      el("td", null, a.gpuPeakMemoryBytes == null ? "–" : `${fmtBytes(a.gpuPeakMemoryBytes)} ${a.gpuUtilization ?? 0}%`),
+      el("td", null, a.cost == null ? "–" : a.cost.toFixed(4)),
+      el("td", null, a.errorType || ""), el("td", null, a.asked || ""),
       el("td", {class: "muted"}, a.message || "")));
+    const heads = ["try", "state", "queued", "ran", "started", "CPU", "peak memory", "GPU", "cost", "error", "asked",
+      "message"];
     return el("section", null, el("h3", null, "attempts"), el("table", {class: "mini", "data-testid": "attempts"},
-      el("thead", null, el("tr", null, ...["try", "state", "queued", "ran", "started", "error", "asked", "message"].map((h) => el("th", null, h)))),
+      el("thead", null, el("tr", null, ...heads.map((h) => el("th", null, h)))),
       el("tbody", null, ...rows)));
   }
 

@@ -5,7 +5,7 @@ import {Dag} from "./dag.js";
 import {RunModel} from "./model.js";
 import {TaskTable} from "./table.js";
 import {Timeline} from "./timeline.js";
-import {copyButton, countsBar, countsChips, el, fmtAgo, fmtDur, fmtInt, fmtTime, nowSec, pretty, stateBadge,
+import {copyButton, countsBar, countsChips, el, fmtAgo, fmtBytes, fmtDur, fmtInt, fmtTime, nowSec, pretty, stateBadge,
         TERMINAL} from "./util.js";
 
 const RUN_FIELDS = `id flow flowPath state paramsDisplay imageTag executor created started ended duration tags
@@ -21,6 +21,8 @@ const LINKS = `query($id: ID!) { run(id: $id) { derivedRuns { id state flow resu
   launches { ${LAUNCH} logTail(maxBytes: 4000) } launch { ${LAUNCH} logTail(maxBytes: 4000) } } }`;
 const EVENTS = `subscription($id: ID!, $after: Int!) { runEventBatches(runId: $id, after: $after) {
   seq taskRunId state attempt ts message } }`;
+const USAGE = `query($id: ID!) { run(id: $id) { usage { currency total { measured cpuSeconds wallSeconds cost }
+  tasks { name isMap calls measured cpuSeconds peakMemoryBytes requestedMemoryBytes gpuPeakMemoryBytes memoryRatio cost } } } }`;
 const POLL = `query($id: ID!, $after: Int!) { runEvents(runId: $id, after: $after, first: 5000) {
   items { seq taskRunId state attempt ts message } lastSeq hasMore } }`;
 const CANCEL = `mutation($id: ID!) { cancelRun(id: $id) { run { id state } unfinishedTaskRuns } }`;
@@ -86,7 +88,8 @@ export class RunPage {
             el("span", null, el("i", {style: "background:var(--FAILED)"}), "failed"))),
         this.timeline.box));
     const tasks = el("section", {"aria-label": "task runs"}, this.table.tools, this.table.root);
-    main.replaceChildren(head, counts, viz, tasks);
+    this.usageEl = el("section", {class: "panel", "aria-label": "usage", "data-testid": "run-usage"});
+    main.replaceChildren(head, counts, viz, this.usageEl, tasks);
     this.timers.push(setInterval(() => this.tick(), 1000));
   }
 
@@ -135,6 +138,7 @@ export class RunPage {
     if (this.moreRows) this.fetchRows();
     this.loadTimeline();
     this.loadLinks();
+    this.loadUsage();
     this.app.afterRunLoad(this);
   }
 
@@ -145,6 +149,34 @@ export class RunPage {
       this.m.setQueued(d.runTimeline);
       this.mark("timeline", "table");
     } catch { /* the timeline falls back to created times */ }
+  }
+
+  async loadUsage() {
+    try {
+      const d = await gql(USAGE, {id: this.id}, {quiet: true});
+      if (!this.dead) this.renderUsage(d.run.usage);
+    } catch { /* usage is extra */ }
+  }
+
+  /** Used vs requested per task and per map, outliers (peak furthest from the ask) first (docs/usage.md). */
+  renderUsage(u) {
+    if (!u.total.measured) {
+      this.usageEl.replaceChildren(el("h2", null, "Usage"), el("p", {class: "muted"}, "not recorded"));
+      return;
+    }
+    const cur = u.currency ? ` ${u.currency}` : "";
+    const total = `CPU ${u.total.cpuSeconds.toFixed(2)} s, wall ${u.total.wallSeconds.toFixed(2)} s` +
+      (u.total.cost == null ? ", no price table" : `, estimated ${u.total.cost.toFixed(4)}${cur}`);
+    const rows = u.tasks.map((t) => el("tr", {"data-testid": "usage-row"}, el("td", null, t.name),
+      el("td", null, t.isMap ? `map of ${t.calls}` : String(t.calls)), el("td", null, `${t.cpuSeconds.toFixed(2)} s`),
+      el("td", null, fmtBytes(t.peakMemoryBytes) + (t.requestedMemoryBytes ? ` of ${fmtBytes(t.requestedMemoryBytes)}` : "")),
+      el("td", null, t.memoryRatio == null ? "–" : `${Math.round(t.memoryRatio * 100)}%`),
+      el("td", null, t.gpuPeakMemoryBytes == null ? "–" : fmtBytes(t.gpuPeakMemoryBytes)),
+      el("td", null, t.cost == null ? "–" : t.cost.toFixed(4))));
+    this.usageEl.replaceChildren(el("h2", null, "Usage"), el("p", {class: "muted"}, total),
+      el("table", {class: "mini"}, el("thead", null, el("tr", null,
+        ...["task", "calls", "CPU", "peak memory", "of asked", "GPU", "cost"].map((h) => el("th", null, h)))),
+      el("tbody", null, ...rows)));
   }
 
   async loadLinks() {
@@ -270,6 +302,7 @@ export class RunPage {
     setConn("live", "live");
     this.fetchRows();
     this.refreshHeader();
+    this.loadUsage();
   }
 
   // -- rendering -----------------------------------------------------------------------------------
