@@ -289,6 +289,16 @@ class TaskRun:
     upstream_ids: list[strawberry.ID] = strawberry.field(description="Task runs whose results this one took.")
     map_index: int | None
 
+    @strawberry.field(description="Why this task run still waits on its backend while it is QUEUED (`Slurm: "
+                                  "ReqNodeNotAvail: ...`), as the executor last reported it; null otherwise.")
+    async def pending_reason(self, info: Info) -> str | None:
+        if self.state is not State.QUEUED:
+            return None
+        from gflow.flows._pending import reason_of, shown_reason
+
+        row = await info.context.call(reason_of, info.context.store, str(self.run_id), str(self.id))
+        return shown_reason(row, self.state.value, self.attempt)
+
     @strawberry.field(description="Attempts with their timings, from the event log.")
     async def attempts(self, info: Info) -> list[Attempt]:
         return attempts_of(await info.context.loaders.task_events.load((str(self.run_id), str(self.id))))
