@@ -208,3 +208,33 @@ def test_a_store_without_tables_costs_the_run_nothing(broken):
 
     note_pending(NoTables(), [pending_row("r", "r.1", 1, "x", 1.0)])
     assert reasons_of(NoTables(), "r") == {}
+
+
+def test_aws_batch_reports_a_runnable_jobs_status_reason(tmp_path):
+    """DescribeJobs' statusReason of a RUNNABLE job (moto sets none, so the answers are the test's, as in
+    test_aws_batch_units.py) becomes a CallPending once, and none after the job starts."""
+    import flows_basic as fb
+    from test_aws_batch_units import _FakeBatch
+
+    from gflow.artifacts import open_artifacts
+    from gflow.executors.aws_batch._monitor import BatchHandler, BatchMonitor, Handle, Job
+
+    api = _FakeBatch()
+    handler = BatchHandler(api, open_artifacts(str(tmp_path / "arts")), log_group="/aws/batch/job", queue="q")
+    mon = BatchMonitor(handler, clock=lambda: 100.0)
+    events: list = []
+    mon.start(events.append)
+    job = Job("job-1", "gflow-inc", 0, "img:1", None)
+    h = Handle(Call("c1", "r1", fb.inc, (1,), {}), job, 0, 0, "sha256:" + "0" * 64)
+    job.elements[0] = [h]
+    mon.add(job)
+    mon.track([h], thread=False)
+    why = "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement (vCPU) is higher than allowed"
+    api.jobs["job-1"] = {"jobId": "job-1", "status": "RUNNABLE", "statusReason": why}
+    mon.cycle()
+    mon.cycle()
+    assert events == [CallPending("c1", 1, f"AWS Batch: {why}")]
+    api.jobs["job-1"] = {"jobId": "job-1", "status": "RUNNING", "startedAt": 5000, "statusReason": why}
+    mon.cycle()
+    assert events[1:] == [CallStarted("c1", 1, 5.0, None)]
+    mon.close()
