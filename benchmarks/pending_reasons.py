@@ -63,6 +63,7 @@ if __name__ == "__main__":
     base, _ = median_cycle(None)
     print(f"{N} queued calls, median of {REPEAT} cycles")
     print(f"  no reason (baseline):      {base * 1e3:7.2f} ms")
-    for label, reason in (("same reason every cycle:", "Resources: waiting"), ("a new reason every cycle:", "changing")):
+    cases = (("same reason every cycle:", "Resources: waiting"), ("a new reason every cycle:", "changing"))
+    for label, reason in cases:
         t, n = median_cycle(reason)
         print(f"  {label:<26} {t * 1e3:7.2f} ms  x{t / base:.2f}  ({n} CallPending per cycle)")
