@@ -346,6 +346,7 @@ def runs_show(run_id: str, state: str | None, limit: int, show_value: bool, stor
             table.add_row(escape(t.id), escape(t.name), _state(t.state.value), str(t.attempt), _fmt_dur(dur),
                           escape(t.executor or "-"), escape((t.error or "").split("\n")[0][:120]))
         out.print(table)
+        _print_waiting(st, r.id, trs)
         _print_attempts(st, r.id, [t.id for t in trs if t.attempt > 1][:20])
         _print_usage(st, r.id, profile)
         total = sum(counts.values())
@@ -375,6 +376,14 @@ def _print_usage(st: Any, run_id: str, profile: str | None) -> None:
         c = f", cost {s.cost:.4f} {cur}" if s.cost is not None else ""
         kind = f"map of {s.calls}" if s.is_map else f"{s.calls} call{'s' if s.calls != 1 else ''}"
         out.print(f"    {s.name} ({kind}): CPU {s.cpu_seconds:.2f} s, {used}{gpu}{c}", markup=False, soft_wrap=True)
+
+
+def _print_waiting(st: Any, run_id: str, trs: list[Any]) -> None:
+    """Why the listed QUEUED task runs still wait on their backend (gflow.flows._pending), one line each."""
+    from gflow.flows._pending import shown_reasons
+
+    for tid, why in shown_reasons(st, run_id, trs).items():
+        out.print(f"  waiting      {tid}: QUEUED ({why})", markup=False, soft_wrap=True)
 
 
 def _print_attempts(st: Any, run_id: str, retried: list[str]) -> None:

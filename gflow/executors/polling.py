@@ -22,6 +22,8 @@ How to write a polling backend
      the monitor's pool, so it may do I/O). A failure with no record becomes a gflow class through
      :func:`gflow.errors.failure_class` (one map for all backends): see :func:`failed`.
    - :meth:`~PollingHandler.kill` stops calls (cancel).
+   - :meth:`~PollingHandler.pending_reason` (optional) reads why a queued call waits (no I/O): the monitor
+     reports it as a :class:`~gflow.executors.events.CallPending` each time it changes.
 3. In the executor: ``self.monitor = PollingMonitor(handler, cadence=Cadence(1, 30))``; in ``start``:
    ``self.monitor.start(listener)``; after each submit: ``self.monitor.track(handles)``; ``cancel``:
    ``self.monitor.cancel(handles)``; ``close``: ``self.monitor.close()``.
@@ -46,7 +48,7 @@ from typing import Any
 
 from gflow.errors import ExecutorError, failure_class
 from gflow.executors.base import Call, Outcome, qualname
-from gflow.executors.events import CallDone, CallStarted, Listener
+from gflow.executors.events import CallDone, CallPending, CallStarted, Listener
 from gflow.states import State
 
 __all__ = ["Cadence", "PollingHandler", "PollingMonitor", "Tracked", "failed"]
@@ -82,15 +84,17 @@ class Tracked:
         state: QUEUED, then RUNNING, then a terminal state (written by the monitor only).
         cancelled: Cancelled by the engine: never reported again.
         since: The monitor's clock when it began to follow the call.
+        reason: The last pending reason reported for it (written by the monitor only).
     """
 
-    __slots__ = ("call", "cancelled", "since", "state")
+    __slots__ = ("call", "cancelled", "reason", "since", "state")
 
     def __init__(self, call: Call):
         self.call = call
         self.state = State.QUEUED
         self.cancelled = False
         self.since = 0.0  # the monitor's clock when tracking began
+        self.reason: str | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.call.id} {self.state.value}>"
@@ -161,6 +165,11 @@ class PollingHandler(abc.ABC):
 
     def describe(self, t: Tracked) -> str | None:
         """What ``t`` runs as, learnt at its start (a node, a pod); None: the handle's description stands."""
+        return None
+
+    def pending_reason(self, t: Tracked) -> str | None:
+        """Why ``t`` still waits on the backend, in one line (``ReqNodeNotAvail: the nodes ...``), from the last
+        refresh; None: no reason known (the default). The monitor adds :attr:`name` in front."""
         return None
 
     def lost(self, t: Tracked, message: str) -> Outcome:
@@ -284,6 +293,7 @@ class PollingMonitor:
         self.errors = 0
         started: list[tuple[Tracked, float]] = []
         done: list[tuple[Tracked, Any]] = []
+        waiting: list[tuple[Tracked, str | None]] = []
         for t in live:
             detail = h.check_if_completed(t)
             if detail is not None:
@@ -292,6 +302,16 @@ class PollingMonitor:
                 ts = h.check_if_running(t)
                 if ts is not None:
                     started.append((t, ts))
+                else:
+                    why = h.pending_reason(t)
+                    if why != t.reason:
+                        waiting.append((t, why))
+        for t, why in waiting:
+            with self.lock:
+                if t.cancelled or t.state is not State.QUEUED:
+                    continue
+                t.reason = why
+            self._emit(CallPending(t.call.id, t.call.attempt, f"{h.name}: {why}" if why else None))
         for t, ts in started:
             if self._claim(t, State.RUNNING):
                 self._emit(CallStarted(t.call.id, t.call.attempt, ts, h.describe(t)))
@@ -299,7 +319,7 @@ class PollingMonitor:
             for (t, _), out in zip(done, self._outcomes(done)):
                 if self._claim(t, State.SUCCEEDED if out.ok else State.FAILED):
                     self._emit(CallDone(t.call.id, t.call.attempt, out))
-        return changed or bool(started) or bool(done)
+        return changed or bool(started) or bool(done) or bool(waiting)
 
     def _outcomes(self, done: list[tuple[Tracked, Any]]) -> list[Outcome]:
         if len(done) == 1:
@@ -331,7 +351,7 @@ class PollingMonitor:
                 self._live.pop(id(t), None)
             return True
 
-    def _emit(self, event: CallStarted | CallDone) -> None:
+    def _emit(self, event: CallStarted | CallDone | CallPending) -> None:
         if self._listener is None:
             raise ExecutorError(f"{self.handler.name}: the monitor reports before start(listener) was called")
         self._listener(event)

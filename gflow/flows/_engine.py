@@ -25,6 +25,7 @@ from typing import Any
 from gflow.errors import GflowError, StoreError
 from gflow.executors import get_executor, settings_key
 from gflow.executors.base import CallDone, CallEvent, CallStarted, Executor
+from gflow.executors.events import CallPending
 from gflow.flows._core import Core
 from gflow.flows._events import (
     Adopt,
@@ -59,6 +60,7 @@ from gflow.flows._events import (
     TimerFired,
 )
 from gflow.flows._future import Future
+from gflow.flows._pending import note_pending, pending_row
 from gflow.flows._recorder import Recorder
 from gflow.serialization import decode
 from gflow.states import State
@@ -123,6 +125,8 @@ class Engine:
         self._last_watch = time.monotonic()
         self._crashed: BaseException | None = None
         self._closed = False
+        #: pending reasons heard in this loop step (``CallPending``): written beside the run, no state change
+        self._waiting: list[CallPending] = []
         self._thread = threading.Thread(target=self._loop, name="gflow-engine", daemon=True)
         self.default = self.open_executor(executor)
         self._thread.start()
@@ -321,6 +325,8 @@ class Engine:
                         msg = q.get_nowait()
                     except queue.Empty:
                         msg = None
+                if self._waiting:
+                    self._note_waiting()
                 now = time.time()
                 if self._timers and self._timers[0][0] <= now:
                     self._due_timers(now, events)
@@ -352,6 +358,9 @@ class Engine:
         if t is CallStarted:
             events.append(Started("executor-started", msg.call_id, msg.attempt, msg.ts, msg.description))
             return
+        if t is CallPending:  # not an event of the core: a note for people, no state changes
+            self._waiting.append(msg)
+            return
         if t is tuple:  # ("add", tasks, futures) from a flow's thread, or ("state-failed",): only a wake-up
             if msg[0] == "add":
                 for f in msg[2]:
@@ -359,6 +368,20 @@ class Engine:
                 events.append(CallsAdded("calls-added", msg[1]))
             return
         events.append(msg)
+
+    def _note_waiting(self) -> None:
+        """Write the pending reasons heard in this step for calls still QUEUED in that attempt (gflow.flows._pending).
+        Reads the core's task states (this thread owns them) and changes none."""
+        now = time.time()
+        rows = []
+        tasks = self.core.tasks
+        for msg in self._waiting:
+            ts = tasks.get(msg.call_id)
+            if ts is not None and ts.attempt == msg.attempt and ts.state is State.QUEUED:
+                rows.append(pending_row(ts.run_id, ts.id, ts.attempt, msg.reason, now))
+        self._waiting = []
+        if rows:
+            note_pending(self.store, rows)
 
     def _next_timeout(self) -> float | None:
         t: float | None = None

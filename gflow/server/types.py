@@ -362,6 +362,16 @@ class TaskRun:
 
     info_: strawberry.Private[Any] = None
 
+    @strawberry.field(description="Why this task run still waits on its backend while it is QUEUED (`Slurm: "
+                                  "ReqNodeNotAvail: ...`), as the executor last reported it; null otherwise.")
+    async def pending_reason(self, info: Info) -> str | None:
+        if self.state is not State.QUEUED:
+            return None
+        from gflow.flows._pending import reason_of, shown_reason
+
+        row = await info.context.call(reason_of, info.context.store, str(self.run_id), str(self.id))
+        return shown_reason(row, self.state.value, self.attempt)
+
     @strawberry.field(description="Attempts with their timings (event log) and usage (measured by the worker).")
     async def attempts(self, info: Info) -> list[Attempt]:
         got = attempts_of(await info.context.loaders.task_events.load((str(self.run_id), str(self.id))))

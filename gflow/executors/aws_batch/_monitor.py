@@ -75,6 +75,8 @@ class Job:
         self.summary: dict[str, int] = {}
         self.last_change = 0.0
         self.state = "SUBMITTED"
+        #: why it waits (DescribeJobs' statusReason while RUNNABLE: "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT")
+        self.reason: str | None = None
 
     def child_id(self, element: int) -> str:
         return f"{self.id}:{element}" if self.size else self.id
@@ -149,6 +151,8 @@ class BatchHandler(PollingHandler):
                 if job.state != d.get("status"):
                     job.state = d.get("status", job.state)
                     changed = True
+                why = d.get("statusReason") if job.state == "RUNNABLE" else None
+                job.reason = why if isinstance(why, str) and why else None
                 if job.size == 0:
                     if d.get("status") in TERMINAL and 0 not in job.finished:
                         finished.append((job, 0, d))
@@ -174,6 +178,10 @@ class BatchHandler(PollingHandler):
     def check_if_completed(self, t: Tracked) -> dict | None:
         h: Handle = t  # type: ignore[assignment]
         return self._done.get((h.job.id, h.element))
+
+    def pending_reason(self, t: Tracked) -> str | None:
+        h: Handle = t  # type: ignore[assignment]
+        return h.job.reason if (h.job.id, h.element) not in self._running else None
 
     def _array(self, job: Job, d: dict, now: float, finished: list, started: list) -> bool:
         summary = {k: int(v) for k, v in ((d.get("arrayProperties") or {}).get("statusSummary") or {}).items()}

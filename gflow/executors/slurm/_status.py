@@ -223,6 +223,9 @@ class SlurmHandler(PollingHandler):
             return None
         return pending_text(row.reason)
 
+    def pending_reason(self, t: Tracked) -> str | None:
+        return self.pending(t) if isinstance(t, SlurmTracked) else None
+
     def describe(self, t: Tracked) -> str | None:
         assert isinstance(t, SlurmTracked)
         row = self._row(t)

@@ -10,6 +10,7 @@ const VALUE = "display size truncated source table objects { kind type data depi
 const TASK = `query($id: ID!) {
   taskRun(id: $id) {
     id runId task name state attempt cacheKey created started ended duration executorHandle mapIndex resultRef
+    pendingReason
     errorExcerpt(head: 4000, tail: 4000) { text truncated size }
     tracebackExcerpt { text truncated size omitted }
     attempts { attempt state queued started ended message errorType asked cpuSeconds wallSeconds peakMemoryBytes
@@ -158,6 +159,8 @@ export class Drawer {
     add("started", fmtTime(t.started));
     add("ended", fmtTime(t.ended));
     if (t.mapIndex !== null) add("map index", String(t.mapIndex));
+    // why a QUEUED call still waits on its backend (Slurm: ReqNodeNotAvail: ...), as the executor last said
+    if (t.pendingReason) add("waiting", el("span", {"data-testid": "pending-reason"}, `QUEUED (${t.pendingReason})`));
     add("backend", t.executorHandle ? el("span", {class: "mono", "data-testid": "handle"}, t.executorHandle) : "–");
     if (t.cacheKey) add("cache key", el("span", {class: "mono"}, `${t.cacheKey.slice(0, 24)}…`), copyButton(t.cacheKey));
     if (t.resultRef) add("result", el("span", {class: "mono"}, `${t.resultRef.slice(0, 24)}…`), copyButton(t.resultRef));
