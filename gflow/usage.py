@@ -8,8 +8,9 @@ Measured by the code that runs the call (``docs/usage.md``):
   two calls at once share one growth.
 - **processes** (``local://processes``' pool worker, ``gflow worker`` on Docker, AWS Batch, Volcano, Slurm,
   GCP Batch): the process's CPU time (``getrusage``, user + system) and its peak RSS during the call: the
-  kernel's high-water mark is reset before the call (``/proc/self/clear_refs``) and read after (``ru_maxrss``,
-  which follows the reset); where the reset cannot be done, that is the process's peak since it started.
+  kernel's high-water mark is reset before the call (``/proc/self/clear_refs``) and read after (``VmHWM`` in
+  ``/proc/self/status``, which follows the reset; ``ru_maxrss`` does not: a spawned worker inherits its parent's
+  at exec); where the reset cannot be done, ``ru_maxrss``, the process's peak since it started.
 - **GPU**, where NVML (``nvidia-ml-py``, extra ``gpu``) finds devices: the peak of the devices' used memory and
   of their utilization, sampled every 0.2 s during a process-mode call.
 
@@ -111,11 +112,26 @@ def _reset_peak() -> bool:
         return False
 
 
+def _peak_since_reset() -> int | None:
+    """The high-water mark that ``clear_refs`` resets (``VmHWM``), in bytes; None where /proc has none.
+
+    Not ``ru_maxrss``: that also keeps ``signal->maxrss``, which a spawned child inherits at exec from the mm it
+    was forked with (a pool worker started by a 1.8 GB test process read 1.8 GB for a 5 MB call)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class _ProcessMeter:
-    __slots__ = ("t0", "cpu0", "gpu")
+    __slots__ = ("t0", "cpu0", "gpu", "reset")
 
     def __init__(self) -> None:
-        _reset_peak()  # ru_maxrss follows the reset: the peak read after the call is the call's own
+        self.reset = _reset_peak()  # VmHWM follows the reset: the peak read after the call is the call's own
         self.gpu = _GpuSampler.start()
         ru = _getrusage(_SELF)
         self.cpu0 = ru.ru_utime + ru.ru_stime
@@ -124,8 +140,9 @@ class _ProcessMeter:
     def stop(self, task: Any = None) -> dict[str, Any]:
         end = _time()
         ru = _getrusage(_SELF)
+        peak = _peak_since_reset() if self.reset else None
         out: dict[str, Any] = {"wall_seconds": end - self.t0, "cpu_seconds": ru.ru_utime + ru.ru_stime - self.cpu0,
-                               "peak_memory_bytes": ru.ru_maxrss * _RSS_UNIT}
+                               "peak_memory_bytes": peak if peak is not None else ru.ru_maxrss * _RSS_UNIT}
         req = requested(task)
         if req is not None:
             out["requested"] = req

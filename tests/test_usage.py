@@ -208,3 +208,32 @@ def test_cost_per_attempt_task_map_and_run_in_graphql_runs_show_and_report(store
     html = render_report(store, res.id, prices=prices)
     assert 'data-testid="cost-total"' in html and "cost-not-recorded" not in html
     assert "usage-not-recorded" not in html
+
+
+def test_a_spawned_worker_does_not_report_its_big_parents_peak(tmp_path):
+    """ru_maxrss of a spawned pool worker starts at its parent's (inherited at exec): a 5 MB call in a worker
+    of a 600 MB driver read ~600 MB. The peak is the call's own (VmHWM after clear_refs)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "big_driver.py"
+    script.write_text(
+        "import os, sys\n"
+        "import usage_flows as uf\n"
+        "from gflow.store import open_store\n"
+        "import gflow.usage as U\n"
+        "if __name__ == '__main__':\n"
+        "    big = bytearray(600 * 1024 * 1024)\n"
+        "    for i in range(0, len(big), 4096):\n"
+        "        big[i] = 1\n"
+        "    res = uf.hold_flow.run(5, executor='local://processes?workers=1', return_run=True)\n"
+        "    st = open_store(f\"sqlite:///{os.environ['GFLOW_HOME']}/gflow.db\")\n"
+        "    print(max(U.usage_of(t.info)['peak_memory_bytes'] for t in st.task_runs(res.id) if U.usage_of(t.info)))\n")
+    from conftest import RESOURCES, ROOT
+
+    env = {**os.environ, "GFLOW_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": os.pathsep.join([str(RESOURCES), str(ROOT)])}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) < 200 * MB
