@@ -379,8 +379,8 @@ def _print_usage(st: Any, run_id: str, profile: str | None) -> None:
 
 
 def _print_waiting(st: Any, run_id: str, trs: list[Any]) -> None:
-    """Why the listed QUEUED task runs still wait on their backend (gflow.flows._pending), one line each."""
-    from gflow.flows._pending import shown_reasons
+    """Why the listed QUEUED task runs still wait on their backend (gflow.flows.pending), one line each."""
+    from gflow.flows.pending import shown_reasons
 
     for tid, why in shown_reasons(st, run_id, trs).items():
         out.print(f"  waiting      {tid}: QUEUED ({why})", markup=False, soft_wrap=True)

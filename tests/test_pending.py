@@ -15,7 +15,7 @@ import gflow
 from gflow.executors.base import Call, CallStarted, JobStatus, run_task
 from gflow.executors.events import CallPending
 from gflow.executors.polling import Cadence, PollingHandler, PollingMonitor, Tracked
-from gflow.flows._pending import TABLE, pending_row, shown_reason
+from gflow.flows.pending import TABLE, pending_row, shown_reason
 from gflow.states import State
 
 
@@ -195,7 +195,7 @@ def test_a_waiting_call_shows_its_reason_in_runs_show_and_graphql_then_not_once_
 
 @pytest.mark.parametrize("broken", [True, False])
 def test_a_store_without_tables_costs_the_run_nothing(broken):
-    from gflow.flows._pending import note_pending, reasons_of
+    from gflow.flows.pending import note_pending, reasons_of
 
     class NoTables:
         def put_rows(self, *a, **k):

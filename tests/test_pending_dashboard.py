@@ -13,7 +13,7 @@ expect = sync_api.expect
 
 from test_dashboard import app_for, browser, db, page, shots  # noqa: E402, F401  (fixtures, shared)
 
-from gflow.flows._pending import TABLE, pending_row  # noqa: E402
+from gflow.flows.pending import TABLE, pending_row  # noqa: E402
 from gflow.server.testing import serve  # noqa: E402
 from gflow.states import State  # noqa: E402
 from gflow.store import RunRecord, Transition, open_store  # noqa: E402

@@ -60,8 +60,8 @@ from gflow.flows._events import (
     TimerFired,
 )
 from gflow.flows._future import Future
-from gflow.flows._pending import note_pending, pending_row
 from gflow.flows._recorder import Recorder
+from gflow.flows.pending import note_pending, pending_row
 from gflow.serialization import decode
 from gflow.states import State
 from gflow.store import RunRecord, Store, TaskRunRecord
@@ -370,7 +370,7 @@ class Engine:
         events.append(msg)
 
     def _note_waiting(self) -> None:
-        """Write the pending reasons heard in this step for calls still QUEUED in that attempt (gflow.flows._pending).
+        """Write the pending reasons heard in this step for calls still QUEUED in that attempt (gflow.flows.pending).
         Reads the core's task states (this thread owns them) and changes none."""
         now = time.time()
         rows = []

@@ -367,7 +367,7 @@ class TaskRun:
     async def pending_reason(self, info: Info) -> str | None:
         if self.state is not State.QUEUED:
             return None
-        from gflow.flows._pending import reason_of, shown_reason
+        from gflow.flows.pending import reason_of, shown_reason
 
         row = await info.context.call(reason_of, info.context.store, str(self.run_id), str(self.id))
         return shown_reason(row, self.state.value, self.attempt)
