@@ -16,7 +16,7 @@ child. :func:`split_sizes` spreads children over arrays of at most ``max_childre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,8 @@ from gflow.executors.base import Call, Outcome
 from gflow.images.worker import INDEX_VARS
 
 __all__ = ["INDEX_VARS", "Manifest", "RunArtifacts", "PagedManifest", "backend_failure", "child_outcome", "chunk",
-           "group_by_task", "outcome_of", "per_job", "split_sizes", "write_manifest", "write_paged_manifest"]
+           "ensure_in_registry", "group_by_task", "outcome_of", "per_job", "split_sizes", "with_worker_package",
+           "write_manifest", "write_paged_manifest"]
 
 
 class RunArtifacts:
@@ -262,3 +263,36 @@ def read_json(artifacts: Any, digest: str) -> dict:
     if type(obj) is not dict:
         raise SerializationError(f"{digest} is not a JSON object")
     return obj
+
+
+def with_worker_package(image: Any, package: str) -> Any:
+    """``image`` plus the distribution ``package`` a batch worker needs (``boto3``, ``google-cloud-storage``),
+    unless its packages already list it."""
+    from gflow.images.lock import parse_requirement
+
+    names = set()
+    for p in image.packages:
+        try:
+            names.add(parse_requirement(p)[0])
+        except ValueError:
+            continue
+    return image if package in names else image.with_packages(package)
+
+
+def ensure_in_registry(builder: Callable[[], Any], ctx: Any, registry: str, *, build: bool, in_registry: Any,
+                       log: Any) -> str:
+    """Make an image context available in ``registry`` and return the reference workers pull: with ``build``
+    off it must already be there (``in_registry(tag, registry)``, else ImageError with the fix); otherwise
+    the builder (``builder()``, only made when building) builds and pushes it if absent."""
+    from gflow.images.builders import with_registry
+    from gflow.images.errors import ImageError
+
+    if not build:
+        if not in_registry(ctx.tag, registry):
+            raise ImageError(f"image {ctx.tag} is not in {registry} and building is off (build=0); "
+                             f"run 'gflow build --push {registry}' first")
+        return with_registry(ctx.tag, registry)
+    res = builder().ensure(ctx, registry=registry, push=True)
+    if res.built:
+        log.info("built %s in %.1fs", ctx.tag, res.seconds)
+    return with_registry(ctx.tag, registry)
