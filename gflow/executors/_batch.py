@@ -23,9 +23,9 @@ from typing import Any
 from gflow.executors.base import Call, Outcome
 from gflow.images.worker import INDEX_VARS
 
-__all__ = ["INDEX_VARS", "Manifest", "RunArtifacts", "PagedManifest", "backend_failure", "child_outcome", "chunk",
-           "ensure_in_registry", "group_by_task", "outcome_of", "per_job", "split_sizes", "with_worker_package",
-           "write_manifest", "write_paged_manifest"]
+__all__ = ["INDEX_VARS", "Manifest", "RunArtifacts", "PagedManifest", "adopt", "backend_failure", "child_outcome",
+           "chunk", "ensure_in_registry", "group_by_task", "outcome_of", "per_job", "split_sizes",
+           "with_worker_package", "write_manifest", "write_paged_manifest"]
 
 
 class RunArtifacts:
@@ -296,3 +296,16 @@ def ensure_in_registry(builder: Callable[[], Any], ctx: Any, registry: str, *, b
     if res.built:
         log.info("built %s in %.1fs", ctx.tag, res.seconds)
     return with_registry(ctx.tag, registry)
+
+
+def adopt(ex: Any, handles: Sequence[Any], jobs: Any) -> list[Any]:
+    """The last step of reattaching to a batch backend's jobs: count the adopted handles (those not None) as
+    in flight on ``ex``, give ``ex.monitor`` the jobs, have it track the handles; returns the adopted ones."""
+    adopted = [h for h in handles if h is not None]
+    with ex._lock:
+        ex._in_flight += len(adopted)
+    for job in jobs:
+        ex.monitor.add(job)
+    if adopted:
+        ex.monitor.track(adopted)
+    return adopted
