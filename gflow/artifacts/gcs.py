@@ -25,7 +25,8 @@ import threading
 import urllib.parse
 from typing import Any
 
-from gflow.artifacts.base import ArtifactStore, check_key, digest_of
+from gflow.artifacts._remote import RemoteStore
+from gflow.artifacts.base import check_key, digest_of
 from gflow.errors import ArtifactCorrupt, ArtifactNotFound, ArtifactStoreError, ConfigError, GflowError
 
 _META = "gflow-content"
@@ -35,7 +36,7 @@ _CHUNK = 256 * 1024  # resumable chunks must be multiples of 256 KiB
 NEEDED = ("storage.objects.create", "storage.objects.get", "storage.objects.list")
 
 
-class GcsArtifactStore(ArtifactStore):
+class GcsArtifactStore(RemoteStore):
     """Blobs in ``gs://bucket/prefix``.
 
     Args:
@@ -46,6 +47,8 @@ class GcsArtifactStore(ArtifactStore):
         chunk_size: Size of a resumable chunk (rounded to a multiple of 256 KiB).
         max_workers: Parallel requests in :meth:`put_many` and :meth:`get_many`.
     """
+
+    _pool_prefix = "gflow-gcs"
 
     def __init__(self, bucket: str, prefix: str = "", *, project: str | None = None,
                  resumable_threshold: int = 8 * _MIB, chunk_size: int = 8 * _MIB, max_workers: int = 32,
@@ -225,52 +228,6 @@ class GcsArtifactStore(ArtifactStore):
             return bool(self.bucket.blob(self.key(key)).exists())
         except Exception as e:  # noqa: BLE001 - translated at the boundary
             raise self._error(e, f"looking up {key} in {self.url}") from None
-
-    # -- the contract, in fewer requests ---------------------------------------------------------------
-    def put(self, data: bytes, digest: str | None = None) -> str:
-        """As the base class (refuses bytes that do not hash to ``digest``), in one conditional upload
-        instead of a lookup and an upload."""
-        actual = digest_of(data)
-        if digest is not None and check_key(digest) != actual:
-            raise ArtifactCorrupt(f"refusing to store a blob under {digest} in {self.url}: its content hashes to "
-                                  f"{actual}")
-        self.write(actual, data)
-        return actual
-
-    def put_many(self, blobs: dict[str, bytes]) -> None:
-        """Upload in parallel, one conditional upload per blob."""
-        if len(blobs) <= 1:
-            for d, data in blobs.items():
-                self.put(data, d)
-            return
-        for f in [self.pool.submit(self.put, data, d) for d, data in blobs.items()]:
-            f.result()
-
-    def get_many(self, digests: list[str]) -> list[bytes | None]:
-        """Read blobs in parallel (verified); a missing one is None (other errors raise)."""
-
-        def one(d: str) -> bytes | None:
-            try:
-                return self.get(d)
-            except ArtifactCorrupt:
-                raise
-            except ArtifactNotFound:
-                return None
-
-        return list(self.pool.map(one, digests))
-
-    @property
-    def pool(self) -> cf.ThreadPoolExecutor:
-        if self._pool is None:
-            with self._lock:
-                if self._pool is None:
-                    self._pool = cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="gflow-gcs")
-        return self._pool
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
 
     def __repr__(self) -> str:
         return f"GcsArtifactStore({self.url!r})"

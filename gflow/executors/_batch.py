@@ -16,15 +16,17 @@ child. :func:`split_sizes` spreads children over arrays of at most ``max_childre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gflow.executors.base import Call, Outcome
+from gflow.errors import ConfigError, ExecutorError
+from gflow.executors.base import Call, JobStatus, Outcome
 from gflow.images.worker import INDEX_VARS
 
-__all__ = ["INDEX_VARS", "Manifest", "RunArtifacts", "PagedManifest", "backend_failure", "child_outcome", "chunk",
-           "group_by_task", "outcome_of", "per_job", "split_sizes", "write_manifest", "write_paged_manifest"]
+__all__ = ["INDEX_VARS", "Manifest", "RunArtifacts", "PagedManifest", "CloudBatch", "adopt", "backend_failure",
+           "child_outcome", "chunk", "ensure_in_registry", "group_by_task", "outcome_of", "per_job", "split_sizes",
+           "with_worker_package", "write_manifest", "write_paged_manifest"]
 
 
 class RunArtifacts:
@@ -262,3 +264,110 @@ def read_json(artifacts: Any, digest: str) -> dict:
     if type(obj) is not dict:
         raise SerializationError(f"{digest} is not a JSON object")
     return obj
+
+
+def with_worker_package(image: Any, package: str) -> Any:
+    """``image`` plus the distribution ``package`` a batch worker needs (``boto3``, ``google-cloud-storage``),
+    unless its packages already list it."""
+    from gflow.images.lock import parse_requirement
+
+    names = set()
+    for p in image.packages:
+        try:
+            names.add(parse_requirement(p)[0])
+        except ValueError:
+            continue
+    return image if package in names else image.with_packages(package)
+
+
+def ensure_in_registry(builder: Callable[[], Any], ctx: Any, registry: str, *, build: bool, in_registry: Any,
+                       log: Any) -> str:
+    """Make an image context available in ``registry`` and return the reference workers pull: with ``build``
+    off it must already be there (``in_registry(tag, registry)``, else ImageError with the fix); otherwise
+    the builder (``builder()``, only made when building) builds and pushes it if absent."""
+    from gflow.images.builders import with_registry
+    from gflow.images.errors import ImageError
+
+    if not build:
+        if not in_registry(ctx.tag, registry):
+            raise ImageError(f"image {ctx.tag} is not in {registry} and building is off (build=0); "
+                             f"run 'gflow build --push {registry}' first")
+        return with_registry(ctx.tag, registry)
+    res = builder().ensure(ctx, registry=registry, push=True)
+    if res.built:
+        log.info("built %s in %.1fs", ctx.tag, res.seconds)
+    return with_registry(ctx.tag, registry)
+
+
+def adopt(ex: Any, handles: Sequence[Any], jobs: Any) -> list[Any]:
+    """The last step of reattaching to a batch backend's jobs: count the adopted handles (those not None) as
+    in flight on ``ex``, give ``ex.monitor`` the jobs, have it track the handles; returns the adopted ones."""
+    adopted = [h for h in handles if h is not None]
+    with ex._lock:
+        ex._in_flight += len(adopted)
+    for job in jobs:
+        ex.monitor.add(job)
+    if adopted:
+        ex.monitor.track(adopted)
+    return adopted
+
+
+class CloudBatch(RunArtifacts):
+    """What the cloud batch executors (AWS Batch, Google Cloud Batch) share: the artifact-store check, the
+    image of a task, and the in-flight count. A subclass names itself in ``_label``, the artifact URL scheme
+    its workers reach in ``_store_scheme``, the error for any other store in ``_store_refused`` (formatted
+    with ``url``), its handle class in ``_handle_type``, and sets ``images``, ``monitor``, ``max_in_flight``,
+    ``handler``, ``_lock``, ``_in_flight``, ``_artifacts_ok``, ``_flow_name``, ``_flow_tag``, ``_flow_ref``."""
+
+    _label = ""
+    _store_scheme = ""
+    _store_refused = ""
+    _handle_type: type = object
+    images: Any
+    monitor: Any
+    handler: Any
+    max_in_flight: int
+    _lock: Any
+    _in_flight: int
+    _artifacts_ok: Any
+    _flow_name: Any
+    _flow_tag: str | None
+    _flow_ref: str | None
+
+    def _artifacts_attached(self) -> None:
+        self._artifacts_ok = None
+
+    def _check_artifacts(self) -> Any:
+        arts = self.artifacts
+        if self._artifacts_ok is arts:
+            return arts
+        if not str(getattr(arts, "url", "")).startswith(self._store_scheme):
+            raise ConfigError(self._store_refused.format(url=getattr(arts, "url", arts)))
+        arts.check()
+        self.handler.artifacts = arts
+        self._artifacts_ok = arts
+        return arts
+
+    def image_key(self, task: Any) -> str | None:
+        got = self.images.task_ref(task, self._flow_name)
+        return got[0] if got else self._flow_tag
+
+    def _image_for(self, task: Any) -> str:
+        got = self.images.task_ref(task, self._flow_name)
+        if got is not None:
+            return str(got[1])
+        if self._flow_ref is None:
+            raise ExecutorError(f"the {self._label} executor has no image: run a flow (its image is built and "
+                                f"pushed) or give ?image=REF")
+        return self._flow_ref
+
+    def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
+        return [JobStatus(h.state) for h in handles]
+
+    def cancel(self, handles: Sequence[Any]) -> None:
+        gone = self.monitor.cancel([h for h in handles if isinstance(h, self._handle_type)])
+        with self._lock:
+            self._in_flight -= len(gone)
+
+    def capacity(self) -> int:
+        return self.max_in_flight - self._in_flight

@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from gflow.clouds import aws
-from gflow.errors import ConfigError, ExecutorError, GflowError
-from gflow.executors._batch import RunArtifacts, group_by_task, per_job, split_sizes, write_paged_manifest
+from gflow.errors import ConfigError, GflowError
+from gflow.executors._batch import CloudBatch, group_by_task, per_job, split_sizes, write_paged_manifest
 from gflow.executors.aws_batch._checks import check_queue, check_roles
 from gflow.executors.aws_batch._images import Images
 from gflow.executors.aws_batch._jobs import (
@@ -48,13 +48,13 @@ from gflow.executors.aws_batch._jobs import (
 )
 from gflow.executors.aws_batch._monitor import DEFAULT_LOG_GROUP, BatchHandler, BatchMonitor, Handle, Job
 from gflow.executors.aws_batch._options import merge, parse_url, render_url
-from gflow.executors.base import Call, CallDone, CallEvent, Capabilities, Executor, JobStatus, Listener
+from gflow.executors.base import Call, CallDone, CallEvent, Capabilities, Executor, Listener
 from gflow.executors.polling import Cadence
 
 log = logging.getLogger("gflow.executors.aws_batch")
 
 
-class AwsBatchExecutor(RunArtifacts, Executor):
+class AwsBatchExecutor(CloudBatch, Executor):
     """Runs calls as AWS Batch jobs (arrays for fan-outs). Arguments are described in docs/aws-batch.md.
 
     Args:
@@ -79,6 +79,12 @@ class AwsBatchExecutor(RunArtifacts, Executor):
 
     name = "aws-batch"
     capabilities = Capabilities(reports_start=True, array_jobs=True)
+
+    _label = "aws-batch"
+    _store_scheme = "s3://"
+    _store_refused = ("the aws-batch executor needs an S3 artifact store "
+                      "(artifacts='s3://BUCKET/PREFIX' or GFLOW_ARTIFACTS): Batch jobs cannot reach {url}")
+    _handle_type = Handle
 
     def __init__(self, queue: str, *, region: str | None = None, profile: str | None = None,
                  endpoint_url: str | None = None, job_role_arn: str | None = None,
@@ -234,21 +240,6 @@ class AwsBatchExecutor(RunArtifacts, Executor):
         self.prepare()
         self._check_artifacts()
 
-    def _artifacts_attached(self) -> None:
-        self._artifacts_ok = None
-
-    def _check_artifacts(self) -> Any:
-        arts = self.artifacts
-        if self._artifacts_ok is arts:
-            return arts
-        if not str(getattr(arts, "url", "")).startswith("s3://"):
-            raise ConfigError(f"the aws-batch executor needs an S3 artifact store (artifacts='s3://BUCKET/PREFIX' or "
-                              f"GFLOW_ARTIFACTS): Batch jobs cannot reach {getattr(arts, 'url', arts)}")
-        arts.check()
-        self.handler.artifacts = arts
-        self._artifacts_ok = arts
-        return arts
-
     def job_environment(self) -> dict[str, str]:
         """What every job gets in its environment: where the artifact store is (never credentials)."""
         arts = self._check_artifacts()
@@ -281,19 +272,6 @@ class AwsBatchExecutor(RunArtifacts, Executor):
             self._flow_tag = self._flow_ref = plain
             return plain
         self._flow_tag, self._flow_ref = self.images.flow_ref(flow)
-        return self._flow_ref
-
-    def image_key(self, task: Any) -> str | None:
-        got = self.images.task_ref(task, self._flow_name)
-        return got[0] if got else self._flow_tag
-
-    def _image_for(self, task: Any) -> str:
-        got = self.images.task_ref(task, self._flow_name)
-        if got is not None:
-            return got[1]
-        if self._flow_ref is None:
-            raise ExecutorError("the aws-batch executor has no image: run a flow (its image is built and pushed) or "
-                                "give ?image=REF")
         return self._flow_ref
 
     # -- job definitions -------------------------------------------------------------------------------
@@ -426,23 +404,12 @@ class AwsBatchExecutor(RunArtifacts, Executor):
                 self._in_flight -= 1
         self._listener(event)
 
-    def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
-        return [JobStatus(h.state) for h in handles]
-
-    def cancel(self, handles: Sequence[Any]) -> None:
-        gone = self.monitor.cancel([h for h in handles if isinstance(h, Handle)])
-        with self._lock:
-            self._in_flight -= len(gone)
-
     def _terminate_ids(self, ids: list[str], reason: str) -> None:
         for job_id in ids:
             try:
                 self._call("terminate_job", jobId=job_id, reason=reason)
             except GflowError as e:
                 log.warning("could not terminate AWS Batch job %s: %s", job_id, e)
-
-    def capacity(self) -> int:
-        return self.max_in_flight - self._in_flight
 
     def describe_handle(self, handle: Any) -> str:
         h: Handle = handle

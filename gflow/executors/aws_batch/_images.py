@@ -21,7 +21,8 @@ import threading
 from typing import Any
 
 from gflow.errors import ConfigError
-from gflow.images.errors import ImageError, RegistryError
+from gflow.executors._batch import ensure_in_registry, with_worker_package
+from gflow.images.errors import RegistryError
 
 log = logging.getLogger("gflow.executors.aws_batch")
 ECR = re.compile(r"^(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?(?:/.*)?$")
@@ -33,15 +34,7 @@ def is_ecr(registry: str | None) -> bool:
 
 def batch_image(image: Any) -> Any:
     """The ``Image`` a Batch worker needs: the given one plus ``boto3`` unless it lists it."""
-    from gflow.images.lock import parse_requirement
-
-    names = set()
-    for p in image.packages:
-        try:
-            names.add(parse_requirement(p)[0])
-        except ValueError:
-            continue
-    return image if "boto3" in names else image.with_packages("boto3")
+    return with_worker_package(image, "boto3")
 
 
 class Images:
@@ -93,21 +86,12 @@ class Images:
 
     def ensure(self, ctx: Any) -> str:
         """Make the context's image available in the registry; returns the reference Batch pulls."""
-        from gflow.images.builders import with_registry
-
         if self.registry is None:
             raise ConfigError(f"image {ctx.tag}: the aws-batch executor needs an image registry to push the flow's "
                               f"image to (image_registry=ACCOUNT.dkr.ecr.REGION.amazonaws.com or ?registry=HOST:PORT), "
                               f"or a prebuilt image (?image=REF)")
-        if not self.build:
-            if not self.in_registry(ctx.tag, self.registry):
-                raise ImageError(f"image {ctx.tag} is not in {self.registry} and building is off (build=0); "
-                                 f"run 'gflow build --push {self.registry}' first")
-            return with_registry(ctx.tag, self.registry)
-        res = self.builder.ensure(ctx, registry=self.registry, push=True)
-        if res.built:
-            log.info("built %s in %.1fs", ctx.tag, res.seconds)
-        return with_registry(ctx.tag, self.registry)
+        return ensure_in_registry(lambda: self.builder, ctx, self.registry, build=self.build,
+                                  in_registry=self.in_registry, log=log)
 
     def flow_ref(self, flow: Any) -> tuple[str, str]:
         """``(content tag, registry reference)`` of a flow's Batch image (built and pushed if absent)."""

@@ -7,6 +7,8 @@ import urllib.parse
 from typing import Any
 
 from gflow.errors import ConfigError
+from gflow.executors._options import OptionTable, merge_settings, parse_query
+from gflow.executors._options import check_keywords as _check_keywords
 
 #: URL query name -> constructor keyword (the keywords themselves are accepted as well)
 ALIASES = {
@@ -22,15 +24,9 @@ STRINGS = {"region", "profile", "endpoint_url", "job_role_arn", "execution_role_
 #: dict-valued options, written ``tag.KEY=V``, ``env.KEY=V``, ``secret.KEY=ARN`` in a URL
 DICTS = {"tag": "tags", "env": "environment", "secret": "secrets"}
 KEYWORDS = BOOLS | INTS | FLOATS | STRINGS | set(DICTS.values()) | {"queue"}
-
-
-def _bool(v: str, key: str, spec: str) -> bool:
-    low = v.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"aws-batch executor {spec!r}: {key}={v!r} is not a boolean (1/0, true/false)")
+TABLE = OptionTable(label="aws-batch executor", section="aws_batch settings", dict_hint="tag.KEY, env.KEY, secret.KEY",
+                    aliases=ALIASES, bools=BOOLS, ints=INTS, floats=FLOATS, strings=STRINGS, dicts=DICTS,
+                    keywords=KEYWORDS)
 
 
 def parse_url(spec: str, *, require_queue: bool = True) -> dict[str, Any]:
@@ -50,26 +46,7 @@ def parse_url(spec: str, *, require_queue: bool = True) -> dict[str, Any]:
     if not queue and require_queue:
         raise ConfigError(f"aws-batch executor {spec!r} names no job queue: use aws-batch://JOB_QUEUE?region=R")
     kw: dict[str, Any] = {"queue": queue} if queue else {}
-    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        head, dot, sub = key.partition(".")
-        if dot and head in DICTS:
-            kw.setdefault(DICTS[head], {})[sub] = value
-            continue
-        name = ALIASES.get(key, key)
-        if name in BOOLS:
-            kw[name] = _bool(value, key, spec)
-        elif name in INTS or name in FLOATS:
-            try:
-                kw[name] = int(value) if name in INTS else float(value)
-            except ValueError:
-                raise ConfigError(f"aws-batch executor {spec!r}: {key}={value!r} is not a number") from None
-        elif name in STRINGS:
-            kw[name] = value
-        else:
-            known = sorted({*ALIASES, *BOOLS, *INTS, *FLOATS, *STRINGS} - set(ALIASES.values()))
-            raise ConfigError(f"aws-batch executor {spec!r}: unknown option {key!r}; known: {', '.join(known)}, "
-                              f"tag.KEY, env.KEY, secret.KEY")
-    return kw
+    return parse_query(TABLE, spec, query, kw)
 
 
 def merge(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -80,12 +57,7 @@ def merge(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
         ConfigError: unknown settings or URL options, or no queue in either.
     """
     check_keywords(settings)
-    settings = {ALIASES.get(k, k): v for k, v in settings.items()}
-    url = parse_url(spec, require_queue=False)
-    out = {**settings, **url}
-    for name in DICTS.values():
-        if name in settings and name in url:
-            out[name] = {**settings[name], **url[name]}
+    out = merge_settings(TABLE, settings, parse_url(spec, require_queue=False))
     if not out.get("queue"):
         raise ConfigError(f"aws-batch executor {spec!r} names no job queue: use aws-batch://JOB_QUEUE?region=R or "
                           f"queue = \"...\" in the profile's [aws_batch] table")
@@ -94,9 +66,7 @@ def merge(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 def check_keywords(kw: dict[str, Any]) -> None:
     """Refuse unknown profile keys (``[profiles.X.aws_batch]``) with the known ones listed."""
-    bad = set(kw) - KEYWORDS - set(ALIASES)
-    if bad:
-        raise ConfigError(f"aws_batch settings: unknown keys {sorted(bad)}; known: {', '.join(sorted(KEYWORDS))}")
+    _check_keywords(TABLE, kw)
 
 
 def render_url(ex: Any) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gflow.errors import GflowError
-from gflow.executors._batch import Placed, placed_calls
+from gflow.executors._batch import Placed, adopt, placed_calls
 from gflow.executors.aws_batch._monitor import Handle, Job
 from gflow.executors.base import Call
 
@@ -99,13 +99,7 @@ def reattach(ex: Any, calls: Sequence[Call], records: Sequence[Any]) -> list[Han
         h = Handle(call, job, p.element if size else 0, p.pos, p.spec)
         job.elements.setdefault(h.element, []).append(h)
         out.append(h)
-    adopted = [h for h in out if h is not None]
-    with ex._lock:
-        ex._in_flight += len(adopted)
-    for job in jobs.values():
-        ex.monitor.add(job)
-    if adopted:
-        ex.monitor.track(adopted)
+    adopted = adopt(ex, out, jobs.values())
     log.info("adopted %d of %d calls in %d AWS Batch jobs of run(s) %s", len(adopted), len(calls), len(jobs),
              ", ".join(sorted({r.run_id for r in records})))
     return out

@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from gflow.clouds import gcp as g
-from gflow.errors import ConfigError, ExecutorError, GflowError
-from gflow.executors._batch import RunArtifacts, group_by_task, per_job, split_sizes, write_paged_manifest
-from gflow.executors.base import Call, Capabilities, Executor, JobStatus, Listener
+from gflow.errors import ConfigError, GflowError
+from gflow.executors._batch import CloudBatch, group_by_task, per_job, split_sizes, write_paged_manifest
+from gflow.executors.base import Call, Capabilities, Executor, Listener
 from gflow.executors.events import CallDone, CallEvent
 from gflow.executors.gcp_batch._images import Images
 from gflow.executors.gcp_batch._jobs import (
@@ -56,7 +56,7 @@ _REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$|^[a-z0-9.-]+:[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 
 
-class GcpBatchExecutor(RunArtifacts, Executor):
+class GcpBatchExecutor(CloudBatch, Executor):
     """Runs calls as Google Cloud Batch jobs (one job per fan-out). Arguments are described in docs/gcp-batch.md.
 
     Args:
@@ -76,6 +76,12 @@ class GcpBatchExecutor(RunArtifacts, Executor):
 
     name = "gcp-batch"
     capabilities = Capabilities(reports_start=True, array_jobs=True, spot=True)
+
+    _label = "gcp-batch"
+    _store_scheme = "gs://"
+    _store_refused = ("the gcp-batch executor needs a gs:// artifact store "
+                      "(artifacts='gs://BUCKET/PREFIX' or GFLOW_ARTIFACTS): Batch tasks cannot reach {url}")
+    _handle_type = Handle
 
     def __init__(self, project: str | None = None, region: str | None = None, *, machine_type: str | None = None,
                  spot: bool = False, gpu_type: str = "nvidia-tesla-t4", install_gpu_drivers: bool = True,
@@ -264,21 +270,6 @@ class GcpBatchExecutor(RunArtifacts, Executor):
                            f"driver's account roles/batch.jobsEditor and roles/iam.serviceAccountUser "
                            f"(docs/gcp-batch.md)")
 
-    def _artifacts_attached(self) -> None:
-        self._artifacts_ok = None
-
-    def _check_artifacts(self) -> Any:
-        arts = self.artifacts
-        if self._artifacts_ok is arts:
-            return arts
-        if not str(getattr(arts, "url", "")).startswith("gs://"):
-            raise ConfigError(f"the gcp-batch executor needs a gs:// artifact store (artifacts='gs://BUCKET/PREFIX' or "
-                              f"GFLOW_ARTIFACTS): Batch tasks cannot reach {getattr(arts, 'url', arts)}")
-        arts.check()
-        self.handler.artifacts = arts
-        self._artifacts_ok = arts
-        return arts
-
     def job_environment(self) -> dict[str, str]:
         """What every task gets in its environment: where the artifact store is (never credentials)."""
         arts = self._check_artifacts()
@@ -314,19 +305,6 @@ class GcpBatchExecutor(RunArtifacts, Executor):
         """Run this image reference (and code bundle) for every flow instead of building (replay)."""
         self.image = self._flow_ref = self._flow_tag = image
         self.bundle = bundle
-
-    def image_key(self, task: Any) -> str | None:
-        got = self.images.task_ref(task, self._flow_name)
-        return got[0] if got else self._flow_tag
-
-    def _image_for(self, task: Any) -> str:
-        got = self.images.task_ref(task, self._flow_name)
-        if got is not None:
-            return got[1]
-        if self._flow_ref is None:
-            raise ExecutorError("the gcp-batch executor has no image: run a flow (its image is built and pushed) or "
-                                "give ?image=REF")
-        return self._flow_ref
 
     # -- the executor interface ---------------------------------------------------------------------------------
     def start(self, listener: Listener) -> None:
@@ -419,17 +397,6 @@ class GcpBatchExecutor(RunArtifacts, Executor):
         except Exception:  # noqa: BLE001 - 409 (passed through): it exists, made by this very submission
             log.info("Batch job %s exists already (an earlier try of this create went through)", jid)
             return f"{self.parent}/jobs/{jid}"
-
-    def poll(self, handles: Sequence[Any]) -> list[JobStatus]:
-        return [JobStatus(h.state) for h in handles]
-
-    def cancel(self, handles: Sequence[Any]) -> None:
-        gone = self.monitor.cancel([h for h in handles if isinstance(h, Handle)])
-        with self._lock:
-            self._in_flight -= len(gone)
-
-    def capacity(self) -> int:
-        return self.max_in_flight - self._in_flight
 
     def describe_handle(self, handle: Any) -> str:
         h: Handle = handle

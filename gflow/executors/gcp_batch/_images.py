@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from gflow.errors import ConfigError
+from gflow.executors._batch import ensure_in_registry, with_worker_package
 
 log = logging.getLogger("gflow.executors.gcp_batch")
 ARTIFACT_REGISTRY = re.compile(r"^([a-z0-9-]+)-docker\.pkg\.dev/([a-z][a-z0-9-]{4,28}[a-z0-9])/([a-z0-9._-]+)$")
@@ -30,15 +31,7 @@ def check_registry(registry: str | None) -> str | None:
 
 def gcs_image(image: Any) -> Any:
     """The ``Image`` a Batch worker needs: the given one plus ``google-cloud-storage`` unless it lists it."""
-    from gflow.images.lock import parse_requirement
-
-    names = set()
-    for p in image.packages:
-        try:
-            names.add(parse_requirement(p)[0])
-        except ValueError:
-            continue
-    return image if "google-cloud-storage" in names else image.with_packages("google-cloud-storage")
+    return with_worker_package(image, "google-cloud-storage")
 
 
 class Images:
@@ -70,22 +63,12 @@ class Images:
 
     def ensure(self, ctx: Any) -> str:
         """Make the context's image available in the registry; returns the reference Batch pulls."""
-        from gflow.images.builders import with_registry
-        from gflow.images.errors import ImageError
-
         if self.registry is None:
             raise ConfigError(f"image {ctx.tag}: the gcp-batch executor needs an image registry to push the flow's "
                               f"image to (image_registry=REGION-docker.pkg.dev/PROJECT/REPO), or a prebuilt image "
                               f"(?image=REF)")
-        if not self.build:
-            if not self.builder.in_registry(ctx.tag, self.registry):
-                raise ImageError(f"image {ctx.tag} is not in {self.registry} and building is off (build=0); run "
-                                 f"'gflow build --push {self.registry}' first")
-            return with_registry(ctx.tag, self.registry)
-        res = self.builder.ensure(ctx, registry=self.registry, push=True)
-        if res.built:
-            log.info("built %s in %.1fs", ctx.tag, res.seconds)
-        return with_registry(ctx.tag, self.registry)
+        return ensure_in_registry(lambda: self.builder, ctx, self.registry, build=self.build,
+                                  in_registry=lambda tag, reg: self.builder.in_registry(tag, reg), log=log)
 
     def flow_ref(self, flow: Any) -> tuple[str, str, bytes | None]:
         """``(content tag, registry reference, code bundle or None)`` of a flow's image (built and pushed if absent)."""

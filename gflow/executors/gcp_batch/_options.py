@@ -7,6 +7,8 @@ import urllib.parse
 from typing import Any
 
 from gflow.errors import ConfigError
+from gflow.executors._options import OptionTable, merge_settings, parse_query
+from gflow.executors._options import check_keywords as _check_keywords
 
 #: URL query name -> constructor keyword (the keywords themselves are accepted as well)
 ALIASES = {"registry": "image_registry", "max_concurrency": "parallelism", "prefix": "job_prefix",
@@ -19,16 +21,10 @@ STRINGS = {"project", "region", "machine_type", "gpu_type", "image", "image_regi
 #: dict-valued options, written ``label.KEY=V`` and ``env.KEY=V`` in a URL
 DICTS = {"label": "labels", "env": "environment"}
 KEYWORDS = BOOLS | INTS | FLOATS | STRINGS | set(DICTS.values())
+TABLE = OptionTable(label="gcp-batch executor", section="gcp_batch settings", dict_hint="label.KEY, env.KEY",
+                    aliases=ALIASES, bools=BOOLS, ints=INTS, floats=FLOATS, strings=STRINGS, dicts=DICTS,
+                    keywords=KEYWORDS)
 EXAMPLE = "gcp-batch://PROJECT/REGION (e.g. gcp-batch://my-project/us-central1)"
-
-
-def _bool(v: str, key: str, spec: str) -> bool:
-    low = v.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"gcp-batch executor {spec!r}: {key}={v!r} is not a boolean (1/0, true/false)")
 
 
 def parse_url(spec: str) -> dict[str, Any]:
@@ -46,26 +42,7 @@ def parse_url(spec: str) -> dict[str, Any]:
     if len(parts) > 2:
         raise ConfigError(f"gcp-batch executor {spec!r}: expected {EXAMPLE}, got {len(parts)} path parts")
     kw: dict[str, Any] = {k: v for k, v in zip(("project", "region"), parts) if v}
-    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        head, dot, sub = key.partition(".")
-        if dot and head in DICTS:
-            kw.setdefault(DICTS[head], {})[sub] = value
-            continue
-        name = ALIASES.get(key, key)
-        if name in BOOLS:
-            kw[name] = _bool(value, key, spec)
-        elif name in INTS or name in FLOATS:
-            try:
-                kw[name] = int(value) if name in INTS else float(value)
-            except ValueError:
-                raise ConfigError(f"gcp-batch executor {spec!r}: {key}={value!r} is not a number") from None
-        elif name in STRINGS:
-            kw[name] = value
-        else:
-            known = sorted({*ALIASES, *BOOLS, *INTS, *FLOATS, *STRINGS} - set(ALIASES.values()))
-            raise ConfigError(f"gcp-batch executor {spec!r}: unknown option {key!r}; known: {', '.join(known)}, "
-                              f"label.KEY, env.KEY")
-    return kw
+    return parse_query(TABLE, spec, query, kw)
 
 
 def merge(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -76,20 +53,13 @@ def merge(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
         ConfigError: unknown settings or URL options.
     """
     check_keywords(settings)
-    settings = {ALIASES.get(k, k): v for k, v in settings.items()}
-    url = parse_url(spec)
-    out = {**settings, **url}
-    for name in DICTS.values():
-        if name in settings and name in url:
-            out[name] = {**settings[name], **url[name]}
+    out = merge_settings(TABLE, settings, parse_url(spec))
     return out
 
 
 def check_keywords(kw: dict[str, Any]) -> None:
     """Refuse unknown profile keys (``[profiles.X.gcp_batch]``) with the known ones listed."""
-    bad = set(kw) - KEYWORDS - set(ALIASES)
-    if bad:
-        raise ConfigError(f"gcp_batch settings: unknown keys {sorted(bad)}; known: {', '.join(sorted(KEYWORDS))}")
+    _check_keywords(TABLE, kw)
 
 
 def render_url(ex: Any) -> str:

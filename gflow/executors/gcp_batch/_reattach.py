@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gflow.errors import GflowError
-from gflow.executors._batch import Placed, placed_calls
+from gflow.executors._batch import Placed, adopt, placed_calls
 from gflow.executors.base import Call
 from gflow.executors.gcp_batch._jobs import label
 from gflow.executors.gcp_batch._monitor import Handle, Job
@@ -83,12 +83,6 @@ def reattach(ex: Any, calls: Sequence[Call], records: Sequence[Any]) -> list[Han
         h = Handle(call, job, p.element, p.pos, p.spec)
         job.elements.setdefault(h.element, []).append(h)
         out.append(h)
-    adopted = [h for h in out if h is not None]
-    with ex._lock:
-        ex._in_flight += len(adopted)
-    for job in jobs.values():
-        ex.monitor.add(job)
-    if adopted:
-        ex.monitor.track(adopted)
+    adopted = adopt(ex, out, jobs.values())
     log.info("adopted %d of %d calls in %d Batch jobs", len(adopted), len(calls), len(jobs))
     return out

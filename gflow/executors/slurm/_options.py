@@ -7,6 +7,8 @@ import urllib.parse
 from typing import Any
 
 from gflow.errors import ConfigError
+from gflow.executors._options import OptionTable, merge_settings, parse_query
+from gflow.executors._options import check_keywords as _check_keywords
 
 #: URL query name -> constructor keyword (the keywords themselves are accepted as well)
 ALIASES = {"logs": "log_dir", "gpus": "gpu_option", "registry": "image_registry"}
@@ -18,15 +20,9 @@ STRINGS = {"account", "qos", "container", "apptainer", "image", "log_dir", "pyth
 #: dict-valued options, written ``env.KEY=V`` in a URL
 DICTS = {"env": "environment"}
 KEYWORDS = BOOLS | INTS | FLOATS | STRINGS | set(DICTS.values()) | {"partition"}
-
-
-def _bool(v: str, key: str, spec: str) -> bool:
-    low = v.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"slurm executor {spec!r}: {key}={v!r} is not a boolean (1/0, true/false)")
+TABLE = OptionTable(label="slurm executor", section="slurm settings", dict_hint="env.KEY",
+                    aliases=ALIASES, bools=BOOLS, ints=INTS, floats=FLOATS, strings=STRINGS, dicts=DICTS,
+                    keywords=KEYWORDS)
 
 
 def parse_url(spec: str, *, require_partition: bool = True) -> dict[str, Any]:
@@ -44,32 +40,12 @@ def parse_url(spec: str, *, require_partition: bool = True) -> dict[str, Any]:
     if not partition and require_partition:
         raise ConfigError(f"slurm executor {spec!r} names no partition: use slurm://PARTITION")
     kw: dict[str, Any] = {"partition": partition} if partition else {}
-    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        head, dot, sub = key.partition(".")
-        if dot and head in DICTS:
-            kw.setdefault(DICTS[head], {})[sub] = value
-            continue
-        name = ALIASES.get(key, key)
-        if name in BOOLS:
-            kw[name] = _bool(value, key, spec)
-        elif name in INTS or name in FLOATS:
-            try:
-                kw[name] = int(value) if name in INTS else float(value)
-            except ValueError:
-                raise ConfigError(f"slurm executor {spec!r}: {key}={value!r} is not a number") from None
-        elif name in STRINGS:
-            kw[name] = value
-        else:
-            known = sorted({*ALIASES, *BOOLS, *INTS, *FLOATS, *STRINGS} - set(ALIASES.values()))
-            raise ConfigError(f"slurm executor {spec!r}: unknown option {key!r}; known: {', '.join(known)}, env.KEY")
-    return kw
+    return parse_query(TABLE, spec, query, kw)
 
 
 def check_keywords(kw: dict[str, Any]) -> None:
     """Refuse unknown keys of a profile's ``[slurm]`` table, listing the known ones."""
-    bad = set(kw) - KEYWORDS - set(ALIASES)
-    if bad:
-        raise ConfigError(f"slurm settings: unknown keys {sorted(bad)}; known: {', '.join(sorted(KEYWORDS))}")
+    _check_keywords(TABLE, kw)
 
 
 def merge(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -79,11 +55,7 @@ def merge(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
         ConfigError: unknown settings or URL options, or no partition in either.
     """
     check_keywords(settings)
-    settings = {ALIASES.get(k, k): v for k, v in settings.items()}
-    url = parse_url(spec, require_partition=False)
-    out = {**settings, **url}
-    if "environment" in settings and "environment" in url:
-        out["environment"] = {**settings["environment"], **url["environment"]}
+    out = merge_settings(TABLE, settings, parse_url(spec, require_partition=False))
     if not out.get("partition"):
         raise ConfigError(f"slurm executor {spec!r} names no partition: use slurm://PARTITION or partition = \"...\" "
                           f"in the profile's [slurm] table")
