@@ -100,6 +100,20 @@ class Tracked:
         return f"<{type(self).__name__} {self.call.id} {self.state.value}>"
 
 
+class ElementTracked(Tracked):
+    """A call run as one element of an array job (AWS Batch, GCP Batch): the job, the element (array index or
+    task index) and the call's position in that element's chunk, and the call spec whose outcome slot it reads."""
+
+    __slots__ = ("element", "job", "pos", "spec")
+
+    def __init__(self, call: Call, job: Any, element: int, pos: int, spec: str):
+        super().__init__(call)
+        self.job = job
+        self.element = element
+        self.pos = pos
+        self.spec = spec
+
+
 def failed(error: type[BaseException] | BaseException | str, message: str = "", *,
            info: dict[str, Any] | None = None, log_tail: str = "", started: float | None = None,
            ended: float | None = None, error_type: str | None = None) -> Outcome:

@@ -26,8 +26,8 @@ from typing import Any
 
 from gflow.errors import ExecutorError, GflowError, OutOfMemory, TaskTimeout, failure_class
 from gflow.executors._batch import chunk
-from gflow.executors.base import Call, Outcome
-from gflow.executors.polling import Cadence, PollingHandler, PollingMonitor, Tracked, failed
+from gflow.executors.base import Outcome
+from gflow.executors.polling import Cadence, ElementTracked, PollingHandler, PollingMonitor, Tracked, failed
 
 __all__ = ["DEFAULT_LOG_GROUP", "BatchHandler", "BatchMonitor", "Cadence", "Handle", "Job", "element_of"]
 
@@ -37,17 +37,11 @@ STARTED = ("STARTING", "RUNNING")
 DEFAULT_LOG_GROUP = "/aws/batch/job"
 
 
-class Handle(Tracked):
+class Handle(ElementTracked):
     """One call on AWS Batch: the job (and array element, and position in the element's chunk) that runs it."""
 
-    __slots__ = ("element", "job", "pos", "spec")
-
-    def __init__(self, call: Call, job: Job, element: int, pos: int, spec: str):
-        super().__init__(call)
-        self.job = job
-        self.element = element
-        self.pos = pos
-        self.spec = spec
+    __slots__ = ()
+    job: Job
 
     @property
     def job_id(self) -> str:

@@ -23,25 +23,19 @@ from datetime import datetime
 from typing import Any
 
 from gflow.errors import ExecutorError, GflowError, OutOfMemory, TaskTimeout, failure_class
-from gflow.executors.base import Call, Outcome
-from gflow.executors.polling import PollingHandler, PollingMonitor, Tracked, failed
+from gflow.executors.base import Outcome
+from gflow.executors.polling import ElementTracked, PollingHandler, PollingMonitor, Tracked, failed
 
 DONE = ("SUCCEEDED", "FAILED")
 ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
 PAGE = 1000
 
 
-class Handle(Tracked):
+class Handle(ElementTracked):
     """One call on Batch: the job, task index and position in the task's chunk that run it."""
 
-    __slots__ = ("element", "job", "pos", "spec")
-
-    def __init__(self, call: Call, job: Job, element: int, pos: int, spec: str):
-        super().__init__(call)
-        self.job = job
-        self.element = element
-        self.pos = pos
-        self.spec = spec
+    __slots__ = ()
+    job: Job
 
     @property
     def task_name(self) -> str:
